@@ -1,0 +1,181 @@
+"""Message types: the code side of the contracts in ``schemas/``.
+
+The JSON Schema files under ``schemas/`` are generated from these types
+(``parcel-stream schemas export``) and a contract test keeps them identical, so the
+decoder that validates input and the published schema cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from parcel_stream.currency import Currency
+
+SCHEMA_VERSION = 1
+
+Country = Annotated[
+    str,
+    msgspec.Meta(pattern="^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country code"),
+]
+Text = Annotated[str, msgspec.Meta(max_length=512)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^\S(.*\S)?$")]
+TsMs = Annotated[
+    int,
+    msgspec.Meta(ge=0, le=32503680000000, description="Unix time in milliseconds (UTC)"),
+]
+MoneyValue = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
+HsCode = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^([0-9]{4}(\.?[0-9]{2}){0,3})?$",
+        description="HS/HTS code, 4 to 10 digits, dots allowed; empty when unknown",
+    ),
+]
+
+
+class Address(msgspec.Struct, forbid_unknown_fields=False):
+    """A postal address. Personal data: never logged, never a metric label."""
+
+    lines: Annotated[list[Text], msgspec.Meta(min_length=1, max_length=6)]
+    country: Country
+    city: Text = ""
+    postal_code: Annotated[str, msgspec.Meta(max_length=16)] = ""
+
+
+class Shipper(msgspec.Struct, forbid_unknown_fields=False):
+    id: Id
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    address: Address
+    country: Country
+
+
+class Consignee(msgspec.Struct, forbid_unknown_fields=False):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    address: Address
+    country: Country
+
+
+class Seller(msgspec.Struct, forbid_unknown_fields=False):
+    id: Id
+    name: Text = ""
+    marketplace: Text = ""
+
+
+class Item(msgspec.Struct, forbid_unknown_fields=False):
+    description: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    hs_code: HsCode
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    value: Annotated[MoneyValue, msgspec.Meta(description="line value in the parcel currency")]
+    origin_country: Country | None = None
+
+
+class Manifest(msgspec.Struct, forbid_unknown_fields=False):
+    """One parcel of a low-value (de minimis) entry, as a hub declares it."""
+
+    parcel_id: Annotated[Id, msgspec.Meta(description="parcel or waybill number")]
+    carrier: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    hub: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=32, description="hub or port of arrival")
+    ]
+    shipper: Shipper
+    consignee: Consignee
+    items: Annotated[list[Item], msgspec.Meta(min_length=1, max_length=500)]
+    declared_value: Annotated[MoneyValue, msgspec.Meta(description="total, in `currency`")]
+    currency: Currency
+    gross_weight_kg: Annotated[float, msgspec.Meta(gt=0, le=100_000)]
+    origin_country: Country
+    manifest_ts_ms: Annotated[TsMs, msgspec.Meta(description="when the hub filed the data")]
+    seller: Seller | None = None
+    shipped_ts_ms: TsMs | None = None
+    master_waybill: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    schema_version: Literal[1] = 1
+
+
+Lane = Literal["release", "review", "hold"]
+
+
+class Reason(msgspec.Struct):
+    code: str
+    text: str
+    weight: float
+
+
+class Hold(msgspec.Struct):
+    """A parcel sent for examination; key on the holds topic = parcel id."""
+
+    parcel_id: str
+    shipper_id: str
+    hub: str
+    score: float
+    lane: Lane
+    reasons: list[Reason]
+    ruleset_version: str
+    event_ts_ms: Annotated[int, msgspec.Meta(description="manifest_ts_ms of the parcel")]
+    decision_ts_ms: int
+    source: Annotated[str, msgspec.Meta(description="topic/partition/offset[/line]")]
+    schema_version: Literal[1] = 1
+
+
+class Decision(msgspec.Struct):
+    """Every parcel's decision (audit trail); one line per parcel on the decisions topic."""
+
+    parcel_id: str
+    shipper_id: str
+    score: float
+    lane: Lane
+    reason_codes: list[str]
+    ruleset_version: str
+    event_ts_ms: int
+    decision_ts_ms: int
+    source: str
+    schema_version: Literal[1] = 1
+
+
+RejectReason = Literal[
+    "invalid_json",
+    "invalid_utf8",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "out_of_range",
+    "invalid_value",
+    "unknown_currency",
+    "oversize_record",
+    "too_many_parcels",
+    "empty_record",
+]
+
+
+class Rejection(msgspec.Struct):
+    """A manifest that could not be scored; nothing is dropped silently."""
+
+    reason: RejectReason
+    path: Annotated[str, msgspec.Meta(description="JSON path of the offending value, e.g. $.x")]
+    detail: Annotated[str, msgspec.Meta(max_length=300)]
+    source: str
+    rejected_ts_ms: int
+    parcel_id: str | None = None
+    raw_b64: Annotated[
+        str, msgspec.Meta(description="the rejected bytes, base64; empty when over 64 KiB")
+    ] = ""
+    raw_bytes: Annotated[int, msgspec.Meta(ge=0, description="length of the rejected input")] = 0
+    schema_version: Literal[1] = 1
+
+
+CONTRACTS: dict[str, type[msgspec.Struct]] = {
+    "parcel-manifest.v1.json": Manifest,
+    "hold.v1.json": Hold,
+    "decision.v1.json": Decision,
+    "rejection.v1.json": Rejection,
+}
+
+
+def json_schema(kind: type[msgspec.Struct]) -> dict[str, object]:
+    """The published JSON Schema (draft 2020-12) for one message type."""
+    schema: dict[str, object] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **msgspec.json.schema(kind),
+    }
+    return schema

@@ -1,0 +1,186 @@
+"""bytes -> typed manifests | rejections.
+
+A Kafka record on the manifests topic holds either one parcel (compact JSON) or a batch
+(NDJSON: one parcel per line; also announced by the header ``content-type:
+application/x-ndjson``). Each malformed parcel becomes a :class:`Rejection` with a reason
+code and a JSON path; the good parcels of the same record still flow. Nothing here raises
+on input.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+
+import msgspec
+
+from parcel_stream.model import Manifest, Rejection, RejectReason
+
+NDJSON = b"application/x-ndjson"
+RAW_KEEP_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """One Kafka record as the core sees it (no client types)."""
+
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    timestamp_ms: int = 0
+    content_type: bytes | None = None
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    """The good parcels of a batch, in input order, plus the rejections."""
+
+    manifests: list[Manifest] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    record_index: list[int] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    records: int = 0
+
+    def __len__(self) -> int:
+        return len(self.manifests)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_record_bytes: int = 4 * 1024 * 1024
+    max_parcels_per_record: int = 20_000
+
+
+_DECODER = msgspec.json.Decoder(Manifest)
+
+
+class _IdOnly(msgspec.Struct, forbid_unknown_fields=False):
+    parcel_id: str | None = None
+
+
+_ID_DECODER = msgspec.json.Decoder(_IdOnly)
+_AT = re.compile(r"^(.*?)(?: - at `(\$[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"Object missing required field `([^`]*)`")
+
+
+def classify_validation_error(message: str) -> tuple[RejectReason, str, str]:
+    """Map a msgspec validation message to (reason, JSON path, detail)."""
+    match = _AT.match(message)
+    detail, path = (match.group(1), match.group(2) or "$") if match else (message, "$")
+    missing = _MISSING.match(detail)
+    if missing:
+        sub = missing.group(1)
+        return "missing_field", f"{path}.{sub}", detail
+    if path == "$" and detail.startswith("Expected `object`"):
+        return "not_an_object", path, detail
+    if detail.startswith("Invalid enum value"):
+        if path.endswith(".currency"):
+            return "unknown_currency", path, detail
+        return "invalid_value", path, detail
+    if "out of range" in detail or re.search(r"` [<>]=? ", detail) and "length" not in detail:
+        return "out_of_range", path, detail
+    if "length" in detail or "matching regex" in detail:
+        return "invalid_value", path, detail
+    return "wrong_type", path, detail
+
+
+def _reject(
+    reason: RejectReason,
+    path: str,
+    detail: str,
+    source: str,
+    raw: bytes,
+    now_ms: int,
+    parcel_id: str | None = None,
+) -> Rejection:
+    keep = raw if len(raw) <= RAW_KEEP_BYTES else b""
+    return Rejection(
+        reason=reason,
+        path=path,
+        detail=detail[:300],
+        source=source,
+        rejected_ts_ms=now_ms,
+        parcel_id=parcel_id,
+        raw_b64=base64.b64encode(keep).decode("ascii"),
+        raw_bytes=len(raw),
+    )
+
+
+def _parcel_id_of(raw: bytes) -> str | None:
+    try:
+        pid = _ID_DECODER.decode(raw).parcel_id
+    except (msgspec.MsgspecError, UnicodeDecodeError):
+        return None
+    return pid[:64] if isinstance(pid, str) else None
+
+
+def parse_one(raw: bytes, source: str, now_ms: int) -> Manifest | Rejection:
+    """Decode and validate one parcel document."""
+    try:
+        return _DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        reason, path, detail = classify_validation_error(str(exc))
+        return _reject(reason, path, detail, source, raw, now_ms, _parcel_id_of(raw))
+    except msgspec.DecodeError as exc:
+        return _reject("invalid_json", "$", str(exc), source, raw, now_ms)
+    except UnicodeDecodeError as exc:
+        detail = f"invalid UTF-8 at byte {exc.start}"
+        return _reject("invalid_utf8", "$", detail, source, raw, now_ms)
+
+
+def _is_batch(record: InRecord, value: bytes) -> bool:
+    if record.content_type is not None:
+        return record.content_type.split(b";")[0].strip().lower() == NDJSON
+    newline = value.find(b"\n")
+    # A pretty-printed single object starts with a line holding only "{".
+    return newline != -1 and value[:newline].strip() != b"{"
+
+
+def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedBatch:
+    """Parse a batch of Kafka records into manifests and rejections, keeping input order."""
+    out = ParsedBatch(records=len(records))
+    manifests, sources, rec_idx = out.manifests, out.sources, out.record_index
+    rejections = out.rejections
+    for index, record in enumerate(records):
+        value = record.value
+        base = f"{record.topic}/{record.partition}/{record.offset}"
+        if len(value) > limits.max_record_bytes:
+            detail = f"record is {len(value)} bytes; the limit is {limits.max_record_bytes}"
+            rejections.append(_reject("oversize_record", "$", detail, base, value, now_ms))
+            continue
+        stripped = value.strip()
+        if not stripped:
+            rejections.append(
+                _reject("empty_record", "$", "record has no value", base, b"", now_ms)
+            )
+            continue
+        if not _is_batch(record, stripped):
+            parsed = parse_one(stripped, base, now_ms)
+            if isinstance(parsed, Manifest):
+                manifests.append(parsed)
+                sources.append(base)
+                rec_idx.append(index)
+            else:
+                rejections.append(parsed)
+            continue
+        lines = stripped.split(b"\n")
+        if len(lines) > limits.max_parcels_per_record:
+            detail = f"{len(lines)} lines; the limit is {limits.max_parcels_per_record} parcels"
+            rejections.append(_reject("too_many_parcels", "$", detail, base, value, now_ms))
+            continue
+        for line_no, line in enumerate(lines):
+            line = line.strip()
+            if not line:
+                continue
+            src = f"{base}/{line_no}"
+            parsed = parse_one(line, src, now_ms)
+            if isinstance(parsed, Manifest):
+                manifests.append(parsed)
+                sources.append(src)
+                rec_idx.append(index)
+            else:
+                rejections.append(parsed)
+    return out

@@ -1,0 +1,105 @@
+"""One batch through the core: parse -> features -> kernels -> decide -> outputs + update.
+
+The I/O around it (reading reputation, producing, applying the update, committing) is the
+caller's: the Faust agent in ``agents/`` and, without Kafka, the in-memory runner below.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from parcel_stream.decide import LANES, Outputs, build_outputs, decide
+from parcel_stream.features import ReputationView, ShipperIndex, build_features, index_shippers
+from parcel_stream.kernels import score_batch
+from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
+from parcel_stream.reputation import (
+    InMemoryStore,
+    Partition,
+    ReputationUpdate,
+    batch_partitions,
+    compute_update,
+)
+from parcel_stream.rules import RuleSet
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+I8 = npt.NDArray[np.int8]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A parsed batch and what must be read from the reputation store to score it."""
+
+    records: list[InRecord]
+    parsed: ParsedBatch
+    shippers: ShipperIndex
+    partitions: list[Partition]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    outputs: Outputs
+    update: ReputationUpdate
+    scores: F64
+    masks: I64
+    lanes: I8
+    lane_counts: dict[str, int]
+    rejection_counts: dict[str, int]
+    parcels: int
+
+
+def prepare(records: list[InRecord], limits: Limits, now_ms: int) -> Prepared:
+    parsed = parse_batch(records, limits, now_ms)
+    return Prepared(
+        records=records,
+        parsed=parsed,
+        shippers=index_shippers(parsed.manifests),
+        partitions=batch_partitions(records),
+    )
+
+
+def score_prepared(
+    prep: Prepared,
+    view: ReputationView,
+    watermarks: dict[Partition, int],
+    ruleset: RuleSet,
+    now_ms: int,
+) -> BatchResult:
+    parsed = prep.parsed
+    feats = build_features(parsed.manifests, prep.shippers, view, now_ms)
+    scores, masks = score_batch(feats, ruleset)
+    lanes = decide(scores, ruleset.review_score, ruleset.hold_score)
+    outputs = build_outputs(prep.records, parsed, scores, masks, lanes, ruleset, now_ms)
+    event_ts = np.fromiter(
+        (m.manifest_ts_ms for m in parsed.manifests), dtype=np.int64, count=len(parsed)
+    )
+    update = compute_update(
+        prep.records, parsed, prep.shippers, feats.value_usd, lanes, event_ts, watermarks
+    )
+    counts = np.bincount(lanes, minlength=3)
+    return BatchResult(
+        outputs=outputs,
+        update=update,
+        scores=scores,
+        masks=masks,
+        lanes=lanes,
+        lane_counts={LANES[i]: int(counts[i]) for i in range(3)},
+        rejection_counts=dict(Counter(r.reason for r in parsed.rejections)),
+        parcels=len(parsed),
+    )
+
+
+def run_in_memory(
+    records: list[InRecord], store: InMemoryStore, ruleset: RuleSet, limits: Limits, now_ms: int
+) -> BatchResult:
+    """The whole batch step against an in-memory store (tests, backtests)."""
+    prep = prepare(records, limits, now_ms)
+    view, marks = store.read(prep.shippers.ids, prep.partitions)
+    result = score_prepared(prep, view, marks, ruleset, now_ms)
+    if not store.apply(result.update):
+        raise RuntimeError("reputation watermark conflict in a single-writer store")
+    return result

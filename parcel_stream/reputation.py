@@ -1,0 +1,148 @@
+"""Shipper reputation: the per-batch update, its idempotency rule, and an in-memory store.
+
+Every state change carries the Kafka offsets it came from. A store keeps, per input
+partition, the last offset applied (the watermark) and applies a batch's update only if the
+watermarks it was computed against are still current (compare-and-set). Records at or
+below a watermark are left out of the update, so a batch redelivered after a crash changes
+nothing twice. The Redis store (``adapters/redis_store.py``) implements the same contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from parcel_stream.features import ReputationView, ShipperIndex
+from parcel_stream.parse import InRecord, ParsedBatch
+
+F64 = npt.NDArray[np.float64]
+I8 = npt.NDArray[np.int8]
+LANE_HOLD = 2
+
+Partition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ShipperDelta:
+    shipper_id: str
+    seen: int
+    value_usd: float
+    holds: int
+    first_seen_ms: int
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReputationUpdate:
+    """What one batch changes: new watermarks (with the expected old ones) and deltas."""
+
+    watermarks: dict[Partition, tuple[int, int]]  # partition -> (expected, new)
+    shippers: list[ShipperDelta]
+
+    def is_empty(self) -> bool:
+        return not self.watermarks
+
+
+@dataclass(slots=True)
+class ShipperState:
+    seen: int = 0
+    value_usd: float = 0.0
+    holds: int = 0
+    first_seen_ms: int = 0
+    last_seen_ms: int = 0
+
+
+def batch_partitions(records: list[InRecord]) -> list[Partition]:
+    return sorted({(r.topic, r.partition) for r in records})
+
+
+def compute_update(
+    records: list[InRecord],
+    parsed: ParsedBatch,
+    shippers: ShipperIndex,
+    value_usd: F64,
+    lanes: I8,
+    event_ts_ms: npt.NDArray[np.int64],
+    watermarks: dict[Partition, int],
+) -> ReputationUpdate:
+    """The reputation change of one batch, leaving out records already applied."""
+    new_wm: dict[Partition, int] = {}
+    fresh = np.zeros(len(records), dtype=np.bool_)
+    for i, r in enumerate(records):
+        part = (r.topic, r.partition)
+        applied = watermarks.get(part, -1)
+        if r.offset > applied:
+            fresh[i] = True
+        if r.offset > new_wm.get(part, applied):
+            new_wm[part] = r.offset
+    marks = {p: (watermarks.get(p, -1), off) for p, off in new_wm.items()}
+    if not len(parsed):
+        return ReputationUpdate(watermarks=marks, shippers=[])
+    take = fresh[np.asarray(parsed.record_index, dtype=np.int64)]
+    sidx = shippers.parcel_shipper[take]
+    n = len(shippers.ids)
+    seen = np.bincount(sidx, minlength=n)
+    value = np.bincount(sidx, weights=value_usd[take], minlength=n)
+    holds = np.bincount(sidx, weights=(lanes[take] == LANE_HOLD), minlength=n)
+    ts = event_ts_ms[take]
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.zeros(n, dtype=np.int64)
+    np.minimum.at(first, sidx, ts)
+    np.maximum.at(last, sidx, ts)
+    deltas = [
+        ShipperDelta(
+            shipper_id=shippers.ids[j],
+            seen=int(seen[j]),
+            value_usd=float(value[j]),
+            holds=int(holds[j]),
+            first_seen_ms=int(first[j]),
+            last_seen_ms=int(last[j]),
+        )
+        for j in np.flatnonzero(seen)
+    ]
+    return ReputationUpdate(watermarks=marks, shippers=deltas)
+
+
+def view_from_states(states: list[ShipperState | None]) -> ReputationView:
+    view = ReputationView.empty(len(states))
+    for i, st in enumerate(states):
+        if st is not None:
+            view.seen[i] = st.seen
+            view.holds[i] = st.holds
+            view.value_usd[i] = st.value_usd
+            view.first_seen_ms[i] = st.first_seen_ms
+    return view
+
+
+@dataclass
+class InMemoryStore:
+    """The in-memory twin of the Redis store: same contract, no network (tests, backtests)."""
+
+    shippers: dict[str, ShipperState] = field(default_factory=dict)
+    watermarks: dict[Partition, int] = field(default_factory=dict)
+
+    def read(
+        self, shipper_ids: list[str], partitions: list[Partition]
+    ) -> tuple[ReputationView, dict[Partition, int]]:
+        view = view_from_states([self.shippers.get(s) for s in shipper_ids])
+        marks = {p: self.watermarks[p] for p in partitions if p in self.watermarks}
+        return view, marks
+
+    def apply(self, update: ReputationUpdate) -> bool:
+        """Apply atomically if the expected watermarks still hold; False on a conflict."""
+        for part, (expected, _new) in update.watermarks.items():
+            if self.watermarks.get(part, -1) != expected:
+                return False
+        for d in update.shippers:
+            st = self.shippers.setdefault(d.shipper_id, ShipperState())
+            st.seen += d.seen
+            st.value_usd += d.value_usd
+            st.holds += d.holds
+            if not st.first_seen_ms or d.first_seen_ms < st.first_seen_ms:
+                st.first_seen_ms = d.first_seen_ms
+            st.last_seen_ms = max(st.last_seen_ms, d.last_seen_ms)
+        for part, (_expected, new) in update.watermarks.items():
+            self.watermarks[part] = new
+        return True

@@ -1,0 +1,178 @@
+"""One Settings object, built once from ``PARCEL_*`` environment variables and passed down.
+
+Every field has a default that works against the embedded dev stack. A bad value raises
+:class:`ConfigError` whose message names the variable and the fix, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+PREFIX = "PARCEL_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which and how to fix it."""
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Field ``foo_bar`` is read from ``PARCEL_FOO_BAR``."""
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "parcel-stream"
+    topic_manifests: str = "parcel-manifests"
+    topic_holds: str = "parcel-holds"
+    topic_decisions: str = "parcel-decisions"
+    topic_rejects: str = "parcel-rejects"
+    partitions: int = 4
+    # Faust consumer tuning. The dev broker joins a new group after about half the
+    # rebalance timeout, so development and tests set these to a few seconds.
+    broker_rebalance_timeout_s: float = 20.0
+    broker_session_timeout_s: float = 20.0
+    broker_heartbeat_interval_s: float = 1.0
+    commit_interval_s: float = 1.0
+    # Batching: Kafka records per agent batch and the longest wait to fill one.
+    batch_max_records: int = 1000
+    batch_within_s: float = 0.05
+    # Input limits: larger records or batch records are rejected, not processed.
+    max_record_bytes: int = 4 * 1024 * 1024
+    max_parcels_per_record: int = 20_000
+    # Redis reputation store
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    redis_key_prefix: str = "ps"
+    # Scoring policy
+    duty_free_threshold_usd: float = 800.0
+    near_threshold_band: float = 0.15
+    review_score: float = 30.0
+    hold_score: float = 60.0
+    # Operations
+    metrics_port: int = 9464
+    data_dir: str = ".parcel-stream/worker"
+    log_level: str = "info"
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "redis_url":
+                value = _mask_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``PARCEL_*`` variables; keyword overrides win over both."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = PREFIX + f.name.upper()
+            if var in env:
+                values[f.name] = _convert(var, env[var], f.type)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """The ``PARCEL_*`` variables that rebuild these settings in another process."""
+        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+
+
+def _convert(var: str, raw: str, type_name: Any) -> Any:
+    conv = _CONVERTERS[str(type_name)]
+    try:
+        value = conv(raw.strip())
+    except ValueError:
+        kind = "an integer" if conv is int else "a number"
+        raise ConfigError(f"{var}={raw!r} is not {kind}; set e.g. {var}=1") from None
+    return value
+
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{PREFIX}{name.upper()}: {message}")
+
+
+def _validate(s: Settings) -> None:
+    for name in ("topic_manifests", "topic_holds", "topic_decisions", "topic_rejects"):
+        _require(
+            bool(_TOPIC_RE.match(getattr(s, name))),
+            name,
+            "topic names use letters, digits, '.', '_' and '-' only (max 249)",
+        )
+    topics = [s.topic_manifests, s.topic_holds, s.topic_decisions, s.topic_rejects]
+    _require(len(set(topics)) == 4, "topic_holds", "the four topics must have distinct names")
+    for host in s.kafka_bootstrap.split(","):
+        _require(
+            bool(re.match(r"^[^:\s]+:\d{1,5}$", host.strip())),
+            "kafka_bootstrap",
+            f"{host!r} is not host:port; set e.g. PARCEL_KAFKA_BOOTSTRAP=127.0.0.1:9092",
+        )
+    _require(
+        s.redis_url.startswith(("redis://", "rediss://", "unix://")),
+        "redis_url",
+        "must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0",
+    )
+    _require(1 <= s.partitions <= 10_000, "partitions", "must be between 1 and 10000")
+    _require(1 <= s.batch_max_records <= 100_000, "batch_max_records", "must be 1..100000")
+    _require(0 < s.batch_within_s <= 60, "batch_within_s", "must be > 0 and <= 60 seconds")
+    _require(s.max_record_bytes >= 1024, "max_record_bytes", "must be at least 1024")
+    _require(s.max_parcels_per_record >= 1, "max_parcels_per_record", "must be at least 1")
+    _require(
+        s.duty_free_threshold_usd >= 0,
+        "duty_free_threshold_usd",
+        "must be >= 0 (0 means no de minimis exemption)",
+    )
+    _require(0 < s.near_threshold_band < 1, "near_threshold_band", "must be between 0 and 1")
+    _require(
+        0 <= s.review_score <= s.hold_score,
+        "review_score",
+        "must be >= 0 and <= PARCEL_HOLD_SCORE",
+    )
+    _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
+    for name in (
+        "broker_rebalance_timeout_s",
+        "broker_session_timeout_s",
+        "broker_heartbeat_interval_s",
+        "commit_interval_s",
+    ):
+        _require(getattr(s, name) > 0, name, "must be a positive number of seconds")
+    _require(
+        s.broker_heartbeat_interval_s < s.broker_session_timeout_s,
+        "broker_heartbeat_interval_s",
+        "must be smaller than PARCEL_BROKER_SESSION_TIMEOUT_S",
+    )
+    _require(
+        s.log_level.lower() in {"debug", "info", "warning", "error"},
+        "log_level",
+        "must be one of debug, info, warning, error",
+    )
