@@ -1,0 +1,1 @@
+"""Faust wiring: the app factory and its agents. Logic lives in ``parcel_stream``."""

@@ -1,0 +1,90 @@
+"""``create_app(settings)``: the Faust app with the scoring agent (wiring only)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from parcel_stream.adapters.metrics import WorkerMetrics
+from parcel_stream.adapters.redis_store import RedisReputationStore
+from parcel_stream.adapters.worker import BatchProcessor
+from parcel_stream.kernels import warm_up
+from parcel_stream.parse import InRecord
+from parcel_stream.rules import RuleSet, default_ruleset
+from parcel_stream.settings import Settings
+
+log = logging.getLogger("parcel_stream.agents")
+CONTENT_TYPE = "content-type"
+
+
+def _faust_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker": ",".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")),
+        "datadir": str(Path(settings.data_dir).resolve()),
+        "web_enabled": False,
+        "topic_partitions": settings.partitions,
+        "broker_rebalance_timeout": settings.broker_rebalance_timeout_s,
+        "broker_session_timeout": settings.broker_session_timeout_s,
+        "broker_heartbeat_interval": settings.broker_heartbeat_interval_s,
+        "broker_commit_interval": settings.commit_interval_s,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "stream_wait_empty": True,
+    }
+
+
+def _in_record(event: Any) -> InRecord:
+    msg = event.message
+    content_type = None
+    for name, value in msg.headers or ():
+        if name == CONTENT_TYPE:
+            content_type = value
+    return InRecord(
+        value=msg.value if msg.value is not None else b"",
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        timestamp_ms=int((msg.timestamp or 0) * 1000),
+        content_type=content_type,
+    )
+
+
+def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
+    """The worker app: one scoring agent over the manifests topic, batches via take_events."""
+    rules = ruleset or default_ruleset(settings)
+    app = faust.App(settings.app_id, **_faust_config(settings))
+    manifests = app.topic(
+        settings.topic_manifests,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    metrics = WorkerMetrics()
+    store = RedisReputationStore(settings.redis_url, prefix=settings.redis_key_prefix)
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        return await app.producer.send(topic, key, value, None, None, None)
+
+    processor = BatchProcessor(settings, rules, store, send, metrics)
+
+    @app.task(on_leader=False)  # type: ignore[untyped-decorator]
+    async def _startup() -> None:
+        warm_up(rules)
+        metrics.serve(settings.metrics_port)
+        log.info("worker ready: rule set %s, metrics on :%s", rules.version, settings.metrics_port)
+
+    # Concurrency stays 1: with more, offset commits can skip in-flight events.
+    @app.agent(manifests, concurrency=1)  # type: ignore[untyped-decorator]
+    async def score(stream: Any) -> None:
+        batch_max, within = settings.batch_max_records, settings.batch_within_s
+        async for events in stream.take_events(batch_max, within=within):
+            await processor.handle([_in_record(e) for e in events])
+
+    app.parcel_processor = processor  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,1 @@
+"""I/O edges: Redis, Kafka, Prometheus, the embedded dev stack."""

@@ -1,0 +1,86 @@
+"""Prometheus metrics of the worker, updated once per batch through pre-bound children.
+
+Labels are bounded enums only (lane, rejection reason, output topic kind): never shipper
+ids, parcel ids or anything personal.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server
+
+from parcel_stream.decide import LANES
+from parcel_stream.model import RejectReason
+
+BATCH_PARCEL_BUCKETS = (1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        parcels = Counter(
+            "parcel_stream_parcels_total", "Parcels scored, by lane", ["lane"], registry=r
+        )
+        self.parcels = {lane: parcels.labels(lane=lane) for lane in LANES}
+        rejections = Counter(
+            "parcel_stream_rejections_total",
+            "Malformed manifests sent to the rejects topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.rejections = {
+            reason: rejections.labels(reason=reason) for reason in get_args(RejectReason)
+        }
+        self.records = Counter(
+            "parcel_stream_records_total",
+            "Kafka records consumed from the manifests topic",
+            registry=r,
+        )
+        self.batches = Counter("parcel_stream_batches_total", "Batches processed", registry=r)
+        self.batch_parcels = Histogram(
+            "parcel_stream_batch_parcels",
+            "Parcels per processed batch",
+            buckets=BATCH_PARCEL_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "parcel_stream_batch_duration_seconds",
+            "Wall time to process a batch: parse, score, produce, update reputation",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.kernel_seconds = Histogram(
+            "parcel_stream_kernel_duration_seconds",
+            "Time in the scoring kernel per batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "parcel_stream_redis_roundtrip_seconds",
+            "Reputation read and update round trips",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_read = self.redis_seconds.labels(op="read")
+        self.redis_apply = self.redis_seconds.labels(op="apply")
+        errors = Counter(
+            "parcel_stream_errors_total",
+            "Retried failures by component (the batch is retried, not dropped)",
+            ["component"],
+            registry=r,
+        )
+        self.redis_errors = errors.labels(component="redis")
+        self.produce_errors = errors.labels(component="produce")
+        self.redis_up = Gauge(
+            "parcel_stream_redis_up", "1 when the last Redis call succeeded", registry=r
+        )
+        self.ruleset = Info("parcel_stream_ruleset", "The active rule set", registry=r)
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, addr="0.0.0.0", registry=self.registry)

@@ -1,0 +1,135 @@
+"""Shipper reputation in Redis: one pipelined read and one atomic script call per batch.
+
+Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
+
+- ``ps:shipper:{id}`` hash: ``seen``, ``value_usd``, ``holds``, ``first_seen_ms``,
+  ``last_seen_ms``; expires ``ttl_s`` after its last update (bounded memory).
+- ``ps:wm:{topic}:{partition}`` string: the last input offset applied from that partition.
+
+The update script applies a batch only if the watermarks it was computed against are
+still current (compare-and-set), so a redelivered batch changes nothing twice. All keys of
+one call must live on one node; for Redis Cluster use a prefix with a hash tag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from parcel_stream.features import ReputationView
+from parcel_stream.reputation import Partition, ReputationUpdate, ShipperState
+
+FIELDS = ("seen", "holds", "value_usd", "first_seen_ms", "last_seen_ms")
+
+_APPLY_LUA = """
+local n_wm = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+for i = 1, n_wm do
+  local cur = redis.call('GET', KEYS[i]) or '-1'
+  if cur ~= ARGV[2 + 2 * i - 1] then return 0 end
+end
+local a = 3 + 2 * n_wm
+for k = n_wm + 1, #KEYS do
+  local key = KEYS[k]
+  redis.call('HINCRBY', key, 'seen', ARGV[a])
+  redis.call('HINCRBYFLOAT', key, 'value_usd', ARGV[a + 1])
+  redis.call('HINCRBY', key, 'holds', ARGV[a + 2])
+  local first = redis.call('HGET', key, 'first_seen_ms')
+  if (not first) or tonumber(first) > tonumber(ARGV[a + 3]) then
+    redis.call('HSET', key, 'first_seen_ms', ARGV[a + 3])
+  end
+  local last = redis.call('HGET', key, 'last_seen_ms')
+  if (not last) or tonumber(last) < tonumber(ARGV[a + 4]) then
+    redis.call('HSET', key, 'last_seen_ms', ARGV[a + 4])
+  end
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  a = a + 5
+end
+for i = 1, n_wm do
+  redis.call('SET', KEYS[i], ARGV[2 + 2 * i])
+end
+return 1
+"""
+
+
+class RedisReputationStore:
+    """Async Redis implementation of the reputation store contract."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "ps",
+        ttl_s: int = 400 * 86_400,
+        socket_timeout_s: float = 5.0,
+    ) -> None:
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        )
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._apply = self.client.register_script(_APPLY_LUA)
+
+    def shipper_key(self, shipper_id: str) -> str:
+        return f"{self.prefix}:shipper:{shipper_id}"
+
+    def watermark_key(self, part: Partition) -> str:
+        return f"{self.prefix}:wm:{part[0]}:{part[1]}"
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def read(
+        self, shipper_ids: list[str], partitions: list[Partition]
+    ) -> tuple[ReputationView, dict[Partition, int]]:
+        """One pipelined round trip: the shippers' state and the partitions' watermarks."""
+        pipe = self.client.pipeline(transaction=False)
+        for sid in shipper_ids:
+            pipe.hmget(self.shipper_key(sid), FIELDS[:4])
+        for part in partitions:
+            pipe.get(self.watermark_key(part))
+        replies: list[Any] = await pipe.execute()
+        view = ReputationView.empty(len(shipper_ids))
+        for i, row in enumerate(replies[: len(shipper_ids)]):
+            seen, holds, value, first = row
+            if seen is not None:
+                view.seen[i] = float(seen)
+                view.holds[i] = float(holds or 0)
+                view.value_usd[i] = float(value or 0)
+                view.first_seen_ms[i] = float(first or 0)
+        marks = {
+            part: int(raw)
+            for part, raw in zip(partitions, replies[len(shipper_ids) :], strict=True)
+            if raw is not None
+        }
+        return view, marks
+
+    async def apply(self, update: ReputationUpdate) -> bool:
+        """Apply atomically; False when a watermark moved (the caller re-reads)."""
+        if update.is_empty():
+            return True
+        keys: list[str] = []
+        args: list[Any] = [len(update.watermarks), self.ttl_s]
+        for part, (expected, new) in update.watermarks.items():
+            keys.append(self.watermark_key(part))
+            args.extend((str(expected), str(new)))
+        for d in update.shippers:
+            keys.append(self.shipper_key(d.shipper_id))
+            args.extend((d.seen, repr(d.value_usd), d.holds, d.first_seen_ms, d.last_seen_ms))
+        return bool(await self._apply(keys=keys, args=args))
+
+    async def shipper(self, shipper_id: str) -> ShipperState | None:
+        raw = await self.client.hgetall(self.shipper_key(shipper_id))
+        if not raw:
+            return None
+        get = {k.decode(): v.decode() for k, v in raw.items()}
+        return ShipperState(
+            seen=int(get.get("seen", 0)),
+            value_usd=float(get.get("value_usd", 0)),
+            holds=int(get.get("holds", 0)),
+            first_seen_ms=int(get.get("first_seen_ms", 0)),
+            last_seen_ms=int(get.get("last_seen_ms", 0)),
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,146 @@
+"""The batch step with its I/O: read reputation, score, produce outputs, update reputation.
+
+The caller (the Faust agent) acks the batch's events only after :meth:`handle` returns,
+that is after every output has been acknowledged by the broker and the reputation update
+has been applied. Failures of Redis or of producing are retried with backoff (the worker
+stops consuming meanwhile); nothing is acked that was not finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from parcel_stream.adapters.metrics import WorkerMetrics
+from parcel_stream.adapters.redis_store import RedisReputationStore
+from parcel_stream.decide import Out
+from parcel_stream.parse import InRecord, Limits
+from parcel_stream.pipeline import BatchResult, prepare, score_prepared
+from parcel_stream.rules import RuleSet
+from parcel_stream.settings import Settings
+
+log = logging.getLogger("parcel_stream.worker")
+
+# send(topic, key, value) -> awaitable that resolves when the broker acknowledged it.
+SendFn = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[object]]]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Backoff:
+    first_s: float = 0.1
+    max_s: float = 5.0
+    current_s: float = 0.0
+
+    async def wait(self) -> None:
+        self.current_s = min(self.max_s, self.current_s * 2 if self.current_s else self.first_s)
+        await asyncio.sleep(self.current_s)
+
+    def reset(self) -> None:
+        self.current_s = 0.0
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        ruleset: RuleSet,
+        store: RedisReputationStore,
+        send: SendFn,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.ruleset = ruleset
+        self.store = store
+        self.send = send
+        self.metrics = metrics
+        self.limits = Limits(settings.max_record_bytes, settings.max_parcels_per_record)
+        metrics.ruleset.info({"version": ruleset.version})
+
+    async def _score(self, records: list[InRecord], ts_ms: int) -> BatchResult:
+        prep = prepare(records, self.limits, ts_ms)
+        backoff = Backoff()
+        while True:
+            try:
+                t0 = time.perf_counter()
+                view, marks = await self.store.read(prep.shippers.ids, prep.partitions)
+                self.metrics.redis_read.observe(time.perf_counter() - t0)
+                self.metrics.redis_up.set(1)
+                break
+            except (RedisError, OSError) as exc:
+                self._redis_failed("read", exc)
+                await backoff.wait()
+        t0 = time.perf_counter()
+        result = score_prepared(prep, view, marks, self.ruleset, ts_ms)
+        self.metrics.kernel_seconds.observe(time.perf_counter() - t0)
+        return result
+
+    def _redis_failed(self, op: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.inc()
+        self.metrics.redis_up.set(0)
+        log.warning(
+            "redis %s failed (%s); retrying, not consuming meanwhile", op, type(exc).__name__
+        )
+
+    async def _produce(self, result: BatchResult) -> None:
+        s = self.settings
+        out = result.outputs
+        plan: list[tuple[str, list[Out]]] = [
+            (s.topic_decisions, out.decisions),
+            (s.topic_holds, out.holds),
+            (s.topic_rejects, out.rejections),
+        ]
+        backoff = Backoff()
+        while True:
+            try:
+                pending = [await self.send(topic, k, v) for topic, items in plan for k, v in items]
+                await asyncio.gather(*pending)
+                return
+            except Exception as exc:  # any producer failure: resend the whole batch
+                self.metrics.produce_errors.inc()
+                log.warning("producing outputs failed (%s); resending", type(exc).__name__)
+                await backoff.wait()
+
+    async def _apply(self, records: list[InRecord], result: BatchResult, ts_ms: int) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                t0 = time.perf_counter()
+                ok = await self.store.apply(result.update)
+                self.metrics.redis_apply.observe(time.perf_counter() - t0)
+                if ok:
+                    return
+                # A watermark moved (another worker owned the partition): recompute the
+                # update against current state; outputs were already sent.
+                log.info("reputation watermark moved; recomputing the update")
+                result = await self._score(records, ts_ms)
+            except (RedisError, OSError) as exc:
+                self._redis_failed("apply", exc)
+                await backoff.wait()
+
+    async def handle(self, records: list[InRecord]) -> BatchResult:
+        """Process one batch completely; returns only when it is safe to ack it."""
+        t0 = time.perf_counter()
+        ts_ms = now_ms()
+        result = await self._score(records, ts_ms)
+        await self._produce(result)
+        await self._apply(records, result, ts_ms)
+        m = self.metrics
+        m.records.inc(len(records))
+        m.batches.inc()
+        for lane, count in result.lane_counts.items():
+            if count:
+                m.parcels[lane].inc(count)
+        for reason, count in result.rejection_counts.items():
+            m.rejections[reason].inc(count)
+        m.batch_parcels.observe(result.parcels)
+        m.batch_seconds.observe(time.perf_counter() - t0)
+        return result
