@@ -96,7 +96,7 @@ def _score_kernel(  # noqa: PLR0913
         # 4 NEW_SHIPPER
         age = shipper_age_days[i]
         seen = shipper_seen[i]
-        if seen < params[P_NEW_MIN_PARCELS] or age < 0.0 or age < params[P_NEW_MAX_AGE_DAYS]:
+        if seen < params[P_NEW_MIN_PARCELS] or (age >= 0.0 and age < params[P_NEW_MAX_AGE_DAYS]):
             score += weights[4]
             mask |= 1 << 4
         # 5 BAD_REPUTATION

@@ -26,9 +26,9 @@ class Rule:
 # Order is the bit order of the fired mask; append only, never reorder.
 RULES: tuple[Rule, ...] = (
     Rule("NEAR_THRESHOLD", "declared value just below the duty-free threshold", 25.0),
-    Rule("LOW_VALUE_PER_KG", "declared value per kg far below the norm for the goods", 25.0),
-    Rule("HIGH_RISK_HS", "high-risk goods (HS heading on the risk table)", 45.0),
-    Rule("ORIGIN_RISK", "origin country on the risk table", 15.0),
+    Rule("LOW_VALUE_PER_KG", "declared value per kg far below the norm for the goods", 35.0),
+    Rule("HIGH_RISK_HS", "high-risk goods (HS heading on the risk table)", 60.0),
+    Rule("ORIGIN_RISK", "origin country on the risk table", 20.0),
     Rule("NEW_SHIPPER", "new or rarely seen shipper", 15.0),
     Rule("BAD_REPUTATION", "shipper has a high share of past holds", 30.0),
     Rule("TOKEN_VALUE", "zero or token declared value", 20.0),
@@ -61,15 +61,15 @@ HEADING_RISK: dict[int, float] = {
     2939: 1.0,  # alkaloids (ephedrine, pseudoephedrine)
     3003: 0.6,  # medicaments, not dosed
     3004: 0.7,  # medicaments, dosed (counterfeit pharmaceuticals)
-    8479: 0.8,  # machines n.e.s. (8479.30: tablet/pill presses)
+    8479: 1.0,  # machines n.e.s. (8479.30: tablet/pill presses); broad at heading level
     2404: 0.6,  # nicotine products, e-liquids
-    8543: 0.5,  # electrical machines (8543.40: e-cigarettes)
-    6403: 0.5,  # footwear, leather uppers (counterfeit-prone)
-    6404: 0.5,  # footwear, textile uppers (counterfeit-prone)
-    4202: 0.5,  # handbags, wallets (counterfeit-prone)
+    8543: 0.45,  # electrical machines (8543.40: e-cigarettes)
+    6403: 0.45,  # footwear, leather uppers (counterfeit-prone)
+    6404: 0.45,  # footwear, textile uppers (counterfeit-prone)
+    4202: 0.45,  # handbags, wallets (counterfeit-prone)
     9101: 0.6,  # watches, precious metal cases
-    9102: 0.5,  # wrist watches
-    7113: 0.5,  # jewellery
+    9102: 0.45,  # wrist watches
+    7113: 0.45,  # jewellery
     9303: 1.0,  # firearms
     9305: 1.0,  # parts of arms
     9306: 1.0,  # ammunition
@@ -131,12 +131,12 @@ def default_ruleset(settings: Settings) -> RuleSet:
     params[P_THRESHOLD_USD] = settings.duty_free_threshold_usd
     params[P_NEAR_BAND] = settings.near_threshold_band
     params[P_NEW_MIN_PARCELS] = 5
-    params[P_NEW_MAX_AGE_DAYS] = 7
+    params[P_NEW_MAX_AGE_DAYS] = 0  # age test off until the store has history
     params[P_REP_MIN_SEEN] = 10
     params[P_REP_HOLD_RATIO] = 0.2
     params[P_TOKEN_USD] = 1.0
     params[P_MISMATCH_FRAC] = 0.1
-    params[P_HS_FIRE_LEVEL] = 0.5
+    params[P_HS_FIRE_LEVEL] = 0.4
     params[P_ORIGIN_FIRE_LEVEL] = 0.5
     heading = np.zeros(10_000, dtype=np.float64)
     for code, risk in HEADING_RISK.items():
