@@ -80,7 +80,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
         log.info("worker ready: rule set %s, metrics on :%s", rules.version, settings.metrics_port)
 
     # Concurrency stays 1: with more, offset commits can skip in-flight events.
-    @app.agent(manifests, concurrency=1)  # type: ignore[untyped-decorator]
+    @app.agent(manifests, concurrency=1)
     async def score(stream: Any) -> None:
         batch_max, within = settings.batch_max_records, settings.batch_within_s
         async for events in stream.take_events(batch_max, within=within):

@@ -49,15 +49,15 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         stopped = devstack.down(args.state_dir)
         print(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
     elif args.action in ("status", "env"):
-        info = devstack.read_info(args.state_dir)
-        if info is None:
+        found = devstack.read_info(args.state_dir)
+        if found is None:
             print("no dev stack in " + args.state_dir + "; start one with `parcel-stream dev up`")
             return 1
         if args.action == "env":
-            for k, v in info.env().items():
+            for k, v in found.env().items():
                 print(f"export {k}={v}")
         else:
-            print(json.dumps({**info.__dict__, "bootstrap": info.bootstrap}, indent=2))
+            print(json.dumps({**found.__dict__, "bootstrap": found.bootstrap}, indent=2))
     return 0
 
 

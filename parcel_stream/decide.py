@@ -45,7 +45,7 @@ class Outputs:
 
 def _reason_list(ruleset: RuleSet, mask: int) -> list[Reason]:
     return [
-        Reason(code=r.code, text=r.text, weight=float(ruleset.weights[i]))
+        Reason(code=r.code, text=r.text, rule_weight=float(ruleset.weights[i]))
         for i, r in enumerate(ruleset.rules)
         if mask >> i & 1
     ]

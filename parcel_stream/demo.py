@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +114,7 @@ def run_demo(
     seed: int = 7,
     timeout_s: float = 300.0,
     base: Settings | None = None,
-    out=print,  # type: ignore[no-untyped-def]
+    out: Callable[[str], None] = print,
 ) -> DemoResult:
     base = base or Settings.from_env()
     state = Path(tempfile.mkdtemp(prefix="parcel-stream-demo-"))
@@ -133,8 +133,10 @@ def run_demo(
                 producer, settings.topic_manifests, lines, batch_size, single_every
             )
             producer.close()
-            out(f"produced {stats.parcels} manifests in {stats.records} records "
-                f"({batch_size}-parcel NDJSON batches, every {single_every}th parcel alone)")  # fmt: skip
+            out(
+                f"produced {stats.parcels} manifests in {stats.records} records "
+                f"({batch_size}-parcel NDJSON batches, every {single_every}th parcel alone)"
+            )
             expected = len(lines)
             counted = {"n": 0}
 
@@ -179,7 +181,7 @@ def run_demo(
         devstack.down(state)
 
 
-def print_summary(r: DemoResult, out=print) -> None:  # type: ignore[no-untyped-def]
+def print_summary(r: DemoResult, out: Callable[[str], None] = print) -> None:
     lanes = Counter(d.lane for d in r.decisions)
     n = len(r.decisions)
     out("")

@@ -67,6 +67,15 @@ SCENARIOS: dict[str, float] = {
 }
 
 
+@dataclass
+class _Line:
+    hs: str
+    desc: str
+    qty: int
+    usd: float
+    kg: float
+
+
 @dataclass(frozen=True)
 class FeedConfig:
     parcels: int = 10_000
@@ -80,7 +89,7 @@ class FeedConfig:
 
 def _diurnal_offsets(rng: random.Random, n: int, duration_s: float) -> list[float]:
     """Arrival offsets with a daily curve: quiet at night, peak in the afternoon."""
-    out = []
+    out: list[float] = []
     while len(out) < n:
         t = rng.random() * duration_s
         hour = (t / 3600.0) % 24
@@ -154,20 +163,20 @@ class FeedGenerator:
         cfg, rng = self.cfg, self.rng
         shipper = self._shipper(si)
         goods = [GOODS[g] for g in rng.sample(self.shipper_goods[si], k=rng.randint(1, 2))]
-        items = []
+        items: list[_Line] = []
         for hs, desc, usd, kg, _w in goods:
             qty = 1 if rng.random() < 0.7 else rng.randint(2, 4)
-            items.append([hs, desc, qty, usd * qty * rng.lognormvariate(0, 0.35), kg * qty])
+            items.append(_Line(hs, desc, qty, usd * qty * rng.lognormvariate(0, 0.35), kg * qty))
         origin = shipper["country"]
         if label == "undervaluation":
             for it in items:
-                it[3] *= rng.uniform(0.03, 0.12)
+                it.usd *= rng.uniform(0.03, 0.12)
         elif label == "near_threshold_split":
             target = cfg.threshold_usd * rng.uniform(0.87, 0.995) if cfg.threshold_usd else 700
-            scale = target / sum(it[3] for it in items)
+            scale = target / sum(it.usd for it in items)
             for it in items:
-                it[3] *= scale
-                it[4] *= min(scale, 3.0)
+                it.usd *= scale
+                it.kg *= min(scale, 3.0)
         elif label == "counterfeit_new_shipper":
             self.new_shipper_seq += 1
             shipper = self._shipper(si, new=True)
@@ -176,24 +185,24 @@ class FeedGenerator:
                 [("6403.99", "sneakers", 60.0, 1.1), ("9102.11", "luxury watch", 40.0, 0.2),
                  ("4202.21", "designer handbag", 50.0, 0.8)]
             )  # fmt: skip
-            items = [[hs, desc, 1, usd * rng.uniform(0.5, 1.0), kg]]
+            items = [_Line(hs, desc, 1, usd * rng.uniform(0.5, 1.0), kg)]
         elif label == "precursor_vague":
             desc = rng.choice(["industrial chemical", "sample", "gift", "raw material"])
             hs = rng.choice(["2933.39", "2934.99", "2939.41"])
-            items = [[hs, desc, 1, rng.uniform(15, 60), rng.uniform(0.5, 2.0)]]
+            items = [_Line(hs, desc, 1, rng.uniform(15, 60), rng.uniform(0.5, 2.0))]
         elif label == "pill_press":
-            items = [["8479.30", "machine parts", 1, rng.uniform(80, 400), rng.uniform(5, 25)]]
+            items = [_Line("8479.30", "machine parts", 1, rng.uniform(80, 400), rng.uniform(5, 25))]
         elif label == "risky_origin_transship":
             origin = rng.choice(["HK", "AE", "TR"])
             for it in items:
-                it[3] *= rng.uniform(0.2, 0.5)
+                it.usd *= rng.uniform(0.2, 0.5)
         currency = "USD"
         rate = 1.0
         if rng.random() < 0.25 and shipper["country"] in CURRENCY_BY_COUNTRY:
             currency = CURRENCY_BY_COUNTRY[shipper["country"]]
             rate = USD_PER_UNIT[currency]
-        total = sum(it[3] for it in items) / rate
-        weight = sum(it[4] for it in items) * rng.uniform(1.05, 1.3) + 0.05
+        total = sum(it.usd for it in items) / rate
+        weight = sum(it.kg for it in items) * rng.uniform(1.05, 1.3) + 0.05
         ts = int(cfg.start_ms + offset_s * 1000)
         doc: dict[str, Any] = {
             "parcel_id": f"PS{cfg.seed % 1000:03d}{n:09d}",
@@ -202,8 +211,13 @@ class FeedGenerator:
             "shipper": shipper,
             "consignee": self._consignee(cj),
             "items": [
-                {"description": d, "hs_code": h, "quantity": q, "value": round(v / rate, 2)}
-                for h, d, q, v, _kg in items
+                {
+                    "description": it.desc,
+                    "hs_code": it.hs,
+                    "quantity": it.qty,
+                    "value": round(it.usd / rate, 2),
+                }
+                for it in items
             ],
             "declared_value": round(total, 2),
             "currency": currency,

@@ -30,7 +30,7 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 
-@njit(cache=True, nogil=True)  # type: ignore[misc]
+@njit(cache=True, nogil=True)
 def _score_kernel(  # noqa: PLR0913
     value_usd: F64,
     weight_kg: F64,

@@ -99,7 +99,7 @@ Lane = Literal["release", "review", "hold"]
 class Reason(msgspec.Struct):
     code: str
     text: str
-    weight: float
+    rule_weight: Annotated[float, msgspec.Meta(description="the rule's weight in the rule set")]
 
 
 class Hold(msgspec.Struct):

@@ -118,12 +118,13 @@ def _parcel_id_of(raw: bytes) -> str | None:
 
 
 def parse_one(raw: bytes, source: str, now_ms: int) -> Manifest | Rejection:
-    """Decode and validate one parcel document."""
+    """Decode and validate one parcel document (surrounding whitespace is ignored)."""
+    doc = raw.strip()
     try:
-        return _DECODER.decode(raw)
+        return _DECODER.decode(doc)
     except msgspec.ValidationError as exc:
         reason, path, detail = classify_validation_error(str(exc))
-        return _reject(reason, path, detail, source, raw, now_ms, _parcel_id_of(raw))
+        return _reject(reason, path, detail, source, raw, now_ms, _parcel_id_of(doc))
     except msgspec.DecodeError as exc:
         return _reject("invalid_json", "$", str(exc), source, raw, now_ms)
     except UnicodeDecodeError as exc:
@@ -158,7 +159,7 @@ def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedB
             )
             continue
         if not _is_batch(record, stripped):
-            parsed = parse_one(stripped, base, now_ms)
+            parsed = parse_one(value, base, now_ms)
             if isinstance(parsed, Manifest):
                 manifests.append(parsed)
                 sources.append(base)
@@ -172,8 +173,7 @@ def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedB
             rejections.append(_reject("too_many_parcels", "$", detail, base, value, now_ms))
             continue
         for line_no, line in enumerate(lines):
-            line = line.strip()
-            if not line:
+            if not line.strip():
                 continue
             src = f"{base}/{line_no}"
             parsed = parse_one(line, src, now_ms)

@@ -53,6 +53,10 @@ return 1
 """
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisReputationStore:
     """Async Redis implementation of the reputation store contract."""
 
@@ -122,7 +126,7 @@ class RedisReputationStore:
         raw = await self.client.hgetall(self.shipper_key(shipper_id))
         if not raw:
             return None
-        get = {k.decode(): v.decode() for k, v in raw.items()}
+        get = {_text(k): _text(v) for k, v in raw.items()}
         return ShipperState(
             seen=int(get.get("seen", 0)),
             value_usd=float(get.get("value_usd", 0)),

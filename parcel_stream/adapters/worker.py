@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
-from parcel_stream.decide import Out
+from parcel_stream.decide import LANES, Out
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import BatchResult, prepare, score_prepared
 from parcel_stream.rules import RuleSet
@@ -136,9 +136,9 @@ class BatchProcessor:
         m = self.metrics
         m.records.inc(len(records))
         m.batches.inc()
-        for lane, count in result.lane_counts.items():
-            if count:
-                m.parcels[lane].inc(count)
+        for lane in LANES:
+            if result.lane_counts[lane]:
+                m.parcels[lane].inc(result.lane_counts[lane])
         for reason, count in result.rejection_counts.items():
             m.rejections[reason].inc(count)
         m.batch_parcels.observe(result.parcels)

@@ -1,0 +1,116 @@
+import base64
+import copy
+
+import orjson
+import pytest
+
+from parcel_stream.model import Manifest
+from parcel_stream.parse import InRecord, Limits, parse_batch
+from tests.unit.samples import BASE, line, manifest
+
+NOW = 1_790_000_100_000
+
+
+def rec(value: bytes, offset: int = 0, content_type: bytes | None = None) -> InRecord:
+    return InRecord(value=value, topic="m", partition=1, offset=offset, content_type=content_type)
+
+
+def test_single_record_parses() -> None:
+    out = parse_batch([rec(line())], Limits(), NOW)
+    assert len(out) == 1 and not out.rejections
+    m = out.manifests[0]
+    assert isinstance(m, Manifest) and m.parcel_id == "PX0001" and m.items[0].quantity == 2
+    assert out.sources == ["m/1/0"]
+
+
+def test_batch_record_keeps_good_parcels_and_rejects_bad_ones() -> None:
+    lines = [
+        line(parcel_id="A"),
+        b'{"parcel_id": "B", ',
+        line(parcel_id="C", currency="XYZ"),
+        line(parcel_id="D"),
+    ]
+    out = parse_batch([rec(b"\n".join(lines), offset=5)], Limits(), NOW)
+    assert [m.parcel_id for m in out.manifests] == ["A", "D"]
+    assert out.sources == ["m/1/5/0", "m/1/5/3"]
+    reasons = [(r.reason, r.path, r.source, r.parcel_id) for r in out.rejections]
+    assert reasons == [
+        ("invalid_json", "$", "m/1/5/1", None),
+        ("unknown_currency", "$.currency", "m/1/5/2", "C"),
+    ]
+    assert base64.b64decode(out.rejections[0].raw_b64) == lines[1]
+
+
+def _without(path: list[str]) -> bytes:
+    doc = copy.deepcopy(BASE)
+    target = doc
+    for p in path[:-1]:
+        target = target[p]
+    del target[path[-1]]
+    return orjson.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "path"),
+    [
+        (line(declared_value="12"), "wrong_type", "$.declared_value"),
+        (line(declared_value=-1), "out_of_range", "$.declared_value"),
+        (b'{"declared_value": 1e999}', "out_of_range", "$.declared_value"),
+        (line(gross_weight_kg=0), "out_of_range", "$.gross_weight_kg"),
+        (line(currency="XXX"), "unknown_currency", "$.currency"),
+        (line(origin_country="China"), "invalid_value", "$.origin_country"),
+        (line(items=[]), "invalid_value", "$.items"),
+        (
+            line(items=[{"description": "x", "hs_code": "61", "quantity": 1, "value": 1}]),
+            "invalid_value",
+            "$.items[0].hs_code",
+        ),
+        (
+            line(items=[{"description": "x", "hs_code": "6109", "quantity": 0, "value": 1}]),
+            "out_of_range",
+            "$.items[0].quantity",
+        ),
+        (_without(["parcel_id"]), "missing_field", "$.parcel_id"),
+        (_without(["consignee", "address"]), "missing_field", "$.consignee.address"),
+        (b'{"parcel_id": NaN}', "invalid_json", "$"),
+        (b"[1, 2]", "not_an_object", "$"),
+        (b'{"parcel_id": "\xff"}', "invalid_utf8", "$"),
+        (b'"just a string"', "not_an_object", "$"),
+    ],
+)
+def test_malformed_parcels_get_reason_and_path(raw: bytes, reason: str, path: str) -> None:
+    out = parse_batch([rec(raw)], Limits(), NOW)
+    assert not out.manifests
+    (rej,) = out.rejections
+    assert (rej.reason, rej.path) == (reason, path), rej.detail
+    assert rej.source == "m/1/0" and rej.rejected_ts_ms == NOW and rej.raw_bytes == len(raw)
+
+
+def test_oversize_and_too_many_parcels_and_empty() -> None:
+    limits = Limits(max_record_bytes=2048, max_parcels_per_record=2)
+    big = rec(b"{" + b" " * 3000 + b"}")
+    many = rec(b"\n".join([line(parcel_id=str(i)) for i in range(3)]), offset=1)
+    empty = rec(b"  ", offset=2)
+    out = parse_batch([big, many, empty], limits, NOW)
+    assert [r.reason for r in out.rejections] == [
+        "oversize_record",
+        "too_many_parcels",
+        "empty_record",
+    ]
+    assert not out.manifests
+
+
+def test_pretty_printed_single_object_is_one_parcel() -> None:
+    pretty = orjson.dumps(manifest(), option=orjson.OPT_INDENT_2)
+    out = parse_batch([rec(pretty)], Limits(), NOW)
+    assert len(out) == 1 and not out.rejections
+
+
+def test_ndjson_header_makes_a_single_line_a_batch() -> None:
+    out = parse_batch([rec(line() + b"\n", content_type=b"application/x-ndjson")], Limits(), NOW)
+    assert out.sources == ["m/1/0/0"]
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    out = parse_batch([rec(line(extra_field={"a": 1}))], Limits(), NOW)
+    assert len(out) == 1

@@ -1,0 +1,104 @@
+import msgspec
+import numpy as np
+
+from parcel_stream.decide import decide
+from parcel_stream.model import Decision, Hold
+from parcel_stream.parse import InRecord, Limits
+from parcel_stream.pipeline import prepare, run_in_memory, score_prepared
+from parcel_stream.reputation import InMemoryStore
+from parcel_stream.rules import default_ruleset
+from parcel_stream.settings import Settings
+from tests.unit.samples import line
+
+NOW = 1_790_000_100_000
+RS = default_ruleset(Settings())
+
+
+def records() -> list[InRecord]:
+    batch = b"\n".join(
+        [line(parcel_id=f"B{i}", shipper={**_shipper("S1")}) for i in range(3)]
+        + [b"{broken", line(parcel_id="PRE", shipper=_shipper("S1"), items=[
+            {"description": "sample", "hs_code": "2933.39", "quantity": 1, "value": 24.0}])]
+    )  # fmt: skip
+    return [
+        InRecord(value=batch, topic="m", partition=0, offset=10, key=None),
+        InRecord(
+            value=line(parcel_id="ONE", shipper=_shipper("S2")),
+            topic="m",
+            partition=1,
+            offset=3,
+            key=b"S2",
+        ),
+    ]
+
+
+def _shipper(sid: str) -> dict[str, object]:
+    return {
+        "id": sid,
+        "name": "X",
+        "address": {"lines": ["1 Rd"], "country": "CN"},
+        "country": "CN",
+    }
+
+
+def test_decide_lanes() -> None:
+    lanes = decide(np.array([0.0, 29.9, 30.0, 59.9, 60.0, 100.0]), 30.0, 60.0)
+    assert lanes.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_outputs_account_for_every_parcel() -> None:
+    store = InMemoryStore()
+    result = run_in_memory(records(), store, RS, Limits(), NOW)
+    dec = msgspec.json.Decoder(Decision)
+    groups = [[dec.decode(x) for x in v.split(b"\n")] for _k, v in result.outputs.decisions]
+    assert [[d.parcel_id for d in g] for g in groups] == [["B0", "B1", "B2", "PRE"], ["ONE"]]
+    assert result.outputs.decisions[1][0] == b"S2"
+    assert len(result.outputs.rejections) == 1 and result.rejection_counts == {"invalid_json": 1}
+    holds = [msgspec.json.decode(v, type=Hold) for _k, v in result.outputs.holds]
+    assert [h.parcel_id for h in holds] == ["PRE"]
+    assert result.outputs.holds[0][0] == b"PRE"
+    assert {r.code for r in holds[0].reasons} >= {"HIGH_RISK_HS"} and holds[
+        0
+    ].ruleset_version == RS.version
+    assert sum(result.lane_counts.values()) == 5
+
+
+def test_reputation_counts_and_idempotent_replay() -> None:
+    store = InMemoryStore()
+    run_in_memory(records(), store, RS, Limits(), NOW)
+    s1 = store.shippers["S1"]
+    assert (s1.seen, s1.holds) == (4, 1) and s1.value_usd == 96.0
+    assert store.shippers["S2"].seen == 1
+    snapshot = {k: (v.seen, v.holds, v.value_usd) for k, v in store.shippers.items()}
+    # A crash redelivers the same batch: state must not change.
+    run_in_memory(records(), store, RS, Limits(), NOW + 5)
+    assert {k: (v.seen, v.holds, v.value_usd) for k, v in store.shippers.items()} == snapshot
+    assert store.watermarks == {("m", 0): 10, ("m", 1): 3}
+
+
+def test_partial_redelivery_applies_only_new_records() -> None:
+    store = InMemoryStore()
+    first = records()
+    run_in_memory(first[:1], store, RS, Limits(), NOW)
+    run_in_memory(first, store, RS, Limits(), NOW)  # record 0 again + record 1 new
+    assert store.shippers["S1"].seen == 4 and store.shippers["S2"].seen == 1
+
+
+def test_stale_update_is_refused() -> None:
+    store = InMemoryStore()
+    prep = prepare(records(), Limits(), NOW)
+    view, marks = store.read(prep.shippers.ids, prep.partitions)
+    stale = score_prepared(prep, view, marks, RS, NOW)
+    assert run_in_memory(records(), store, RS, Limits(), NOW).parcels == 5
+    assert store.apply(stale.update) is False
+    assert store.shippers["S1"].seen == 4
+
+
+def test_shipper_history_changes_later_scores() -> None:
+    store = InMemoryStore()
+    recs = [
+        InRecord(value=line(parcel_id=f"P{i}"), topic="m", partition=0, offset=i) for i in range(6)
+    ]
+    lanes = [run_in_memory([r], store, RS, Limits(), NOW).masks[0] for r in recs]
+    new_bit = 1 << 4
+    assert [bool(m & new_bit) for m in lanes] == [True] * 5 + [False]

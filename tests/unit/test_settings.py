@@ -1,0 +1,47 @@
+import pytest
+
+from parcel_stream.settings import ConfigError, Settings
+
+
+def test_defaults_are_valid() -> None:
+    s = Settings()
+    assert s.partitions == 4 and s.hold_score > s.review_score
+
+
+def test_from_env_reads_prefixed_variables() -> None:
+    s = Settings.from_env({"PARCEL_PARTITIONS": "8", "PARCEL_DUTY_FREE_THRESHOLD_USD": "0",
+                           "PARCEL_TOPIC_HOLDS": "holds-x", "OTHER": "1"})  # fmt: skip
+    assert (s.partitions, s.duty_free_threshold_usd, s.topic_holds) == (8, 0.0, "holds-x")
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"PARCEL_PARTITIONS": "four"}, "PARCEL_PARTITIONS='four' is not an integer"),
+        ({"PARCEL_PARTITIONS": "0"}, "PARCEL_PARTITIONS: must be between 1 and 10000"),
+        (
+            {"PARCEL_KAFKA_BOOTSTRAP": "localhost"},
+            "PARCEL_KAFKA_BOOTSTRAP: 'localhost' is not host:port",
+        ),
+        ({"PARCEL_REDIS_URL": "http://x"}, "PARCEL_REDIS_URL: must start with redis://"),
+        ({"PARCEL_REVIEW_SCORE": "90"}, "PARCEL_REVIEW_SCORE"),
+        ({"PARCEL_DUTY_FREE_THRESHOLD_USD": "-1"}, "PARCEL_DUTY_FREE_THRESHOLD_USD: must be >= 0"),
+        ({"PARCEL_TOPIC_HOLDS": "parcel-manifests"}, "distinct"),
+        ({"PARCEL_LOG_LEVEL": "loud"}, "PARCEL_LOG_LEVEL"),
+    ],
+)
+def test_bad_values_give_one_line_errors(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    message = str(err.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_repr_masks_redis_password() -> None:
+    s = Settings(redis_url="redis://worker:s3cret@redis.internal:6379/0")
+    assert "s3cret" not in repr(s) and "worker:***@redis.internal:6379" in repr(s)
+
+
+def test_as_env_round_trips() -> None:
+    s = Settings(partitions=3, batch_within_s=0.2, redis_url="redis://127.0.0.1:1/0")
+    assert Settings.from_env(s.as_env()) == s
