@@ -1,0 +1,204 @@
+"""End-to-end worker throughput on the dev broker, next to its peers in the same run.
+
+Measures parcels/s of the parcel-stream worker for NDJSON batch records and for one parcel
+per record, and the events/s of (a) a bare Faust agent that does nothing and (b) a plain
+aiokafka getmany loop, all on the same broker and machine. Records are produced before
+each consumer starts; rates count from the first to the last record processed, so group
+join and start-up are excluded (they are printed separately).
+
+    python benchmarks/e2e_throughput.py [--single N] [--batch N] [--batch-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
+
+from parcel_stream.adapters import devstack
+from parcel_stream.adapters.kafka_io import make_producer, produce_parcels
+from parcel_stream.demo import dev_settings, running_worker
+from parcel_stream.generate import FeedConfig, generate
+from parcel_stream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def feed(n: int, seed: int) -> list[tuple[bytes | None, bytes]]:
+    return [
+        (d["shipper"]["id"].encode(), orjson.dumps(d))
+        for d, _ in generate(FeedConfig(parcels=n, seed=seed))
+    ]
+
+
+def fresh(info: devstack.StackInfo, tmp: Path) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    s = dev_settings(info, Settings(), app_id=f"bench-{tag}", topic_manifests=f"bm-{tag}",
+                     topic_holds=f"bh-{tag}", topic_decisions=f"bd-{tag}", topic_rejects=f"br-{tag}",
+                     redis_key_prefix=f"b{tag}", data_dir=str(tmp / tag), log_level="warning")  # fmt: skip
+    devstack.create_topics(info.bootstrap, s)
+    return s
+
+
+def peak_rss_mb(pid: int) -> float:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_decisions(
+    s: Settings, parcels: int, worker: subprocess.Popen[bytes], timeout_s: float
+) -> tuple[float, float]:
+    """Read the decisions topic until every parcel is there; return first/last decision times."""
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
+                      fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)  # fmt: skip
+    parts = [TopicPartition(s.topic_decisions, p) for p in range(s.partitions)]
+    c.assign(parts)
+    c.seek_to_beginning(*parts)
+    n, first, last = 0, float("inf"), 0.0
+    deadline = time.monotonic() + timeout_s
+    while n < parcels and time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit("worker exited during the benchmark")
+        for msgs in c.poll(timeout_ms=200, max_records=100_000).values():
+            for m in msgs:
+                n += m.value.count(b"\n") + 1
+                # decision_ts_ms = when scoring started; record timestamp = when it was sent
+                first = min(
+                    first, orjson.loads(m.value.split(b"\n", 1)[0])["decision_ts_ms"] / 1000
+                )
+                last = max(last, m.timestamp / 1000)
+    c.close()
+    if n < parcels:
+        raise SystemExit(f"only {n}/{parcels} decisions within {timeout_s}s")
+    return first, last
+
+
+def run_worker(info: devstack.StackInfo, tmp: Path, pairs, batch_size: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    s = fresh(info, tmp)
+    p = make_producer(info.bootstrap, linger_ms=20, batch_size=1 << 20)
+    produce_parcels(p, s.topic_manifests, pairs, batch_size=batch_size)
+    p.close()
+    t0 = time.time()
+    with running_worker(s, tmp) as w:
+        first, last = wait_decisions(s, len(pairs), w, timeout_s=600)
+        rss = peak_rss_mb(w.pid)
+    return {"rate": len(pairs) / (last - first), "startup_s": first - t0, "peak_rss_mb": rss}
+
+
+def run_bare(info: devstack.StackInfo, tmp: Path, pairs) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    s = fresh(info, tmp)
+    p = make_producer(info.bootstrap, linger_ms=20, batch_size=1 << 20)
+    produce_parcels(p, s.topic_manifests, pairs, batch_size=1)
+    p.close()
+    out = tmp / f"bare-{uuid.uuid4().hex[:6]}.json"
+    env = {**os.environ, **s.as_env(), "PYTHONPATH": str(ROOT)}
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bare_agent.py"), s.topic_manifests,
+                             str(len(pairs)), str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not out.exists() and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit("bare agent exited")
+            time.sleep(0.1)
+        time.sleep(0.2)
+        r = json.loads(out.read_text())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"rate": r["n"] / (r["last"] - r["first"]), "startup_s": r["first"] - t0}
+
+
+def run_getmany(info: devstack.StackInfo, tmp: Path, pairs) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    s = fresh(info, tmp)
+    p = make_producer(info.bootstrap, linger_ms=20, batch_size=1 << 20)
+    produce_parcels(p, s.topic_manifests, pairs, batch_size=1)
+    p.close()
+
+    async def consume() -> tuple[float, float]:
+        c = AIOKafkaConsumer(s.topic_manifests, bootstrap_servers=info.bootstrap,
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             group_id=None)  # fmt: skip
+        await c.start()
+        n, first = 0, 0.0
+        try:
+            while n < len(pairs):
+                batch = await c.getmany(timeout_ms=500, max_records=10_000)
+                for msgs in batch.values():
+                    if msgs and not first:
+                        first = time.time()
+                    n += len(msgs)
+        finally:
+            await c.stop()
+        return first, time.time()
+
+    first, last = asyncio.run(consume())
+    return {"rate": len(pairs) / (last - first)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--single", type=int, default=20_000, help="parcels sent one per record")
+    ap.add_argument("--batch", type=int, default=200_000, help="parcels sent in batch records")
+    ap.add_argument("--batch-size", type=int, default=1000, help="parcels per batch record")
+    args = ap.parse_args()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    singles = feed(args.single, seed=21)
+    batched = feed(min(args.batch, 100_000), seed=22)
+    while len(batched) < args.batch:  # repeat the feed with new parcel ids
+        k = len(batched)
+        batched += [
+            (key, v.replace(b'"PS022', b'"R%05d' % (k // 100_000), 1))
+            for key, v in batched[: args.batch - k]
+        ]
+    tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-bench-"))
+    info = devstack.up(Settings(), tmp / "stack")
+    try:
+        bare = run_bare(info, tmp, singles)
+        getmany = run_getmany(info, tmp, singles)
+        single = run_worker(info, tmp, singles, batch_size=1)
+        batch = run_worker(info, tmp, batched, batch_size=args.batch_size)
+    finally:
+        devstack.down(tmp / "stack")
+    rows = [
+        ("bare Faust agent (no work), single records", bare["rate"], "events/s"),
+        ("plain aiokafka getmany loop, single records", getmany["rate"], "records/s"),
+        ("parcel-stream worker, one parcel per record", single["rate"], "parcels/s"),
+        (
+            f"parcel-stream worker, {args.batch_size}-parcel batch records",
+            batch["rate"],
+            "parcels/s",
+        ),
+    ]
+    print()
+    for name, rate, unit in rows:
+        print(f"{name:<52} {rate:>12,.0f} {unit}")
+    print()
+    print(f"single records: worker / bare Faust agent = {single['rate'] / bare['rate']:.2f}")
+    print(f"batch records:  worker / bare Faust agent = {batch['rate'] / bare['rate']:.2f}")
+    print(f"worker start-up to first decision: {single['startup_s']:.1f}s (single run), "
+          f"{batch['startup_s']:.1f}s (batch run); bare agent {bare['startup_s']:.1f}s")  # fmt: skip
+    print(
+        f"worker peak RSS: {single['peak_rss_mb']:.0f} MB (single), {batch['peak_rss_mb']:.0f} MB (batch)"
+    )
+
+
+if __name__ == "__main__":
+    main()
