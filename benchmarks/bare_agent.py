@@ -20,8 +20,9 @@ def main() -> None:
     topic_name, expected, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     settings = Settings.from_env()
     app = faust.App(settings.app_id, **_faust_config(settings))
-    topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")  # fmt: skip
+    topic = app.topic(
+        topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
     state = {"n": 0, "first": 0.0}
 
     @app.agent(topic)

@@ -45,9 +45,18 @@ def feed(n: int, seed: int) -> list[tuple[bytes | None, bytes]]:
 
 def fresh(info: devstack.StackInfo, tmp: Path) -> Settings:
     tag = uuid.uuid4().hex[:6]
-    s = dev_settings(info, Settings(), app_id=f"bench-{tag}", topic_manifests=f"bm-{tag}",
-                     topic_holds=f"bh-{tag}", topic_decisions=f"bd-{tag}", topic_rejects=f"br-{tag}",
-                     redis_key_prefix=f"b{tag}", data_dir=str(tmp / tag), log_level="warning")  # fmt: skip
+    s = dev_settings(
+        info,
+        Settings(),
+        app_id=f"bench-{tag}",
+        topic_manifests=f"bm-{tag}",
+        topic_holds=f"bh-{tag}",
+        topic_decisions=f"bd-{tag}",
+        topic_rejects=f"br-{tag}",
+        redis_key_prefix=f"b{tag}",
+        data_dir=str(tmp / tag),
+        log_level="warning",
+    )
     devstack.create_topics(info.bootstrap, s)
     return s
 
@@ -63,8 +72,12 @@ def wait_decisions(
     s: Settings, parcels: int, worker: subprocess.Popen[bytes], timeout_s: float
 ) -> tuple[float, float]:
     """Read the decisions topic until every parcel is there; return first/last decision times."""
-    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-                      fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)  # fmt: skip
+    c = KafkaConsumer(
+        bootstrap_servers=s.kafka_bootstrap,
+        enable_auto_commit=False,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
     parts = [TopicPartition(s.topic_decisions, p) for p in range(s.partitions)]
     c.assign(parts)
     c.seek_to_beginning(*parts)
@@ -107,9 +120,19 @@ def run_bare(info: devstack.StackInfo, tmp: Path, pairs) -> dict[str, float]:  #
     out = tmp / f"bare-{uuid.uuid4().hex[:6]}.json"
     env = {**os.environ, **s.as_env(), "PYTHONPATH": str(ROOT)}
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bare_agent.py"), s.topic_manifests,
-                             str(len(pairs)), str(out)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bare_agent.py"),
+            s.topic_manifests,
+            str(len(pairs)),
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while not out.exists() and time.monotonic() < deadline:
@@ -131,9 +154,13 @@ def run_getmany(info: devstack.StackInfo, tmp: Path, pairs) -> dict[str, float]:
     p.close()
 
     async def consume() -> tuple[float, float]:
-        c = AIOKafkaConsumer(s.topic_manifests, bootstrap_servers=info.bootstrap,
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             group_id=None)  # fmt: skip
+        c = AIOKafkaConsumer(
+            s.topic_manifests,
+            bootstrap_servers=info.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
         await c.start()
         n, first = 0, 0.0
         try:
@@ -193,8 +220,10 @@ def main() -> None:
     print()
     print(f"single records: worker / bare Faust agent = {single['rate'] / bare['rate']:.2f}")
     print(f"batch records:  worker / bare Faust agent = {batch['rate'] / bare['rate']:.2f}")
-    print(f"worker start-up to first decision: {single['startup_s']:.1f}s (single run), "
-          f"{batch['startup_s']:.1f}s (batch run); bare agent {bare['startup_s']:.1f}s")  # fmt: skip
+    print(
+        f"worker start-up to first decision: {single['startup_s']:.1f}s (single run), "
+        f"{batch['startup_s']:.1f}s (batch run); bare agent {bare['startup_s']:.1f}s"
+    )
     print(
         f"worker peak RSS: {single['peak_rss_mb']:.0f} MB (single), {batch['peak_rss_mb']:.0f} MB (batch)"
     )
