@@ -29,7 +29,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels
-from parcel_stream.demo import dev_settings, running_worker
+from parcel_stream.demo import isolated_settings, running_worker
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
 
@@ -45,20 +45,7 @@ def feed(n: int, seed: int) -> list[tuple[bytes | None, bytes]]:
 
 def fresh(info: devstack.StackInfo, tmp: Path) -> Settings:
     tag = uuid.uuid4().hex[:6]
-    s = dev_settings(
-        info,
-        Settings(),
-        app_id=f"bench-{tag}",
-        topic_manifests=f"bm-{tag}",
-        topic_holds=f"bh-{tag}",
-        topic_decisions=f"bd-{tag}",
-        topic_rejects=f"br-{tag}",
-        redis_key_prefix=f"b{tag}",
-        data_dir=str(tmp / tag),
-        log_level="warning",
-    )
-    devstack.create_topics(info.bootstrap, s)
-    return s
+    return isolated_settings(info, tag, tmp / tag).replace(log_level="warning")
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -44,6 +44,24 @@ def dev_settings(info: devstack.StackInfo, base: Settings, **overrides: object) 
     return base.replace(**values)
 
 
+def isolated_settings(info: devstack.StackInfo, tag: str, data_dir: str | Path) -> Settings:
+    """Dev-stack settings with their own topics, group and key prefix (tests, benchmarks);
+    the topics are created."""
+    s = dev_settings(
+        info,
+        Settings(),
+        app_id=f"ps-{tag}",
+        topic_manifests=f"manifests-{tag}",
+        topic_holds=f"holds-{tag}",
+        topic_decisions=f"decisions-{tag}",
+        topic_rejects=f"rejects-{tag}",
+        redis_key_prefix=f"ps{tag}",
+        data_dir=str(data_dir),
+    )
+    devstack.create_topics(info.bootstrap, s)
+    return s
+
+
 @contextmanager
 def running_worker(settings: Settings, state_dir: str | Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``parcel-stream worker`` in a child process; its pid file lets `dev down` stop it."""

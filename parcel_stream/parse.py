@@ -47,6 +47,14 @@ class ParsedBatch:
     def __len__(self) -> int:
         return len(self.manifests)
 
+    def add(self, parsed: Manifest | Rejection, source: str, record_index: int) -> None:
+        if isinstance(parsed, Manifest):
+            self.manifests.append(parsed)
+            self.sources.append(source)
+            self.record_index.append(record_index)
+        else:
+            self.rejections.append(parsed)
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -143,7 +151,6 @@ def _is_batch(record: InRecord, value: bytes) -> bool:
 def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedBatch:
     """Parse a batch of Kafka records into manifests and rejections, keeping input order."""
     out = ParsedBatch(records=len(records))
-    manifests, sources, rec_idx = out.manifests, out.sources, out.record_index
     rejections = out.rejections
     for index, record in enumerate(records):
         value = record.value
@@ -159,13 +166,7 @@ def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedB
             )
             continue
         if not _is_batch(record, stripped):
-            parsed = parse_one(value, base, now_ms)
-            if isinstance(parsed, Manifest):
-                manifests.append(parsed)
-                sources.append(base)
-                rec_idx.append(index)
-            else:
-                rejections.append(parsed)
+            out.add(parse_one(value, base, now_ms), base, index)
             continue
         lines = stripped.split(b"\n")
         if len(lines) > limits.max_parcels_per_record:
@@ -176,11 +177,5 @@ def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedB
             if not line.strip():
                 continue
             src = f"{base}/{line_no}"
-            parsed = parse_one(line, src, now_ms)
-            if isinstance(parsed, Manifest):
-                manifests.append(parsed)
-                sources.append(src)
-                rec_idx.append(index)
-            else:
-                rejections.append(parsed)
+            out.add(parse_one(line, src, now_ms), src, index)
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from parcel_stream.adapters import devstack
-from parcel_stream.demo import dev_settings
+from parcel_stream.demo import isolated_settings
 from parcel_stream.settings import Settings
 
 
@@ -30,17 +30,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.StackIn
 @pytest.fixture
 def settings(stack: devstack.StackInfo, tmp_path: Path) -> Settings:
     """Fresh topics, group and key prefix per test, so tests do not see each other."""
-    tag = uuid.uuid4().hex[:8]
-    s = dev_settings(
-        stack,
-        Settings(),
-        app_id=f"ps-test-{tag}",
-        topic_manifests=f"manifests-{tag}",
-        topic_holds=f"holds-{tag}",
-        topic_decisions=f"decisions-{tag}",
-        topic_rejects=f"rejects-{tag}",
-        redis_key_prefix=f"t{tag}",
-        data_dir=str(tmp_path / "worker-data"),
-    )
-    devstack.create_topics(stack.bootstrap, s)
-    return s
+    return isolated_settings(stack, uuid.uuid4().hex[:8], tmp_path / "worker-data")

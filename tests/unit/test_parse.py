@@ -114,3 +114,21 @@ def test_ndjson_header_makes_a_single_line_a_batch() -> None:
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     out = parse_batch([rec(line(extra_field={"a": 1}))], Limits(), NOW)
     assert len(out) == 1
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_good = line()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.one_of(st.binary(max_size=300), st.just(_good), st.just(_good[:-7])), max_size=8)
+)
+def test_parser_never_raises_and_accounts_for_every_line(chunks: list[bytes]) -> None:
+    value = b"\n".join(c.replace(b"\n", b" ") for c in chunks)
+    out = parse_batch([rec(value, content_type=b"application/x-ndjson")], Limits(), NOW)
+    non_empty = sum(1 for c in value.strip().split(b"\n") if c.strip()) if value.strip() else 0
+    assert len(out.manifests) + len(out.rejections) == max(non_empty, 1 if not value.strip() else 0)
+    assert all(r.path.startswith("$") and r.reason for r in out.rejections)
