@@ -6,6 +6,7 @@ NDJSON with one line per parcel of the input record it answers.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import msgspec
@@ -20,6 +21,7 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 LANES: tuple[Lane, Lane, Lane] = ("release", "review", "hold")
+LANE_HOLD = 2
 
 _ENC = msgspec.json.Encoder()
 
@@ -62,55 +64,50 @@ def build_outputs(
 ) -> Outputs:
     """Encode every decision (grouped per input record), the holds and the rejections."""
     out = Outputs()
-    codes_cache: dict[int, list[str]] = {}
-    lines: list[bytes] = []
-    current = -1
     version = ruleset.version
-    rounded = np.round(scores, 2)
-    for i, m in enumerate(parsed.manifests):
-        rec = parsed.record_index[i]
-        if rec != current:
-            if lines:
-                out.decisions.append((records[current].key, b"\n".join(lines)))
-                lines = []
-            current = rec
-        mask = int(masks[i])
-        codes = codes_cache.get(mask)
-        if codes is None:
-            codes = codes_cache[mask] = ruleset.reason_codes(mask)
-        lane = LANES[lanes[i]]
-        score = float(rounded[i])
-        lines.append(
-            _ENC.encode(
-                Decision(
-                    parcel_id=m.parcel_id,
-                    shipper_id=m.shipper.id,
-                    score=score,
-                    lane=lane,
-                    reason_codes=codes,
-                    ruleset_version=version,
-                    event_ts_ms=m.manifest_ts_ms,
-                    decision_ts_ms=now_ms,
-                    source=parsed.sources[i],
-                )
-            )
+    manifests, sources = parsed.manifests, parsed.sources
+    masks_l = masks.tolist()
+    codes_of = {mask: ruleset.reason_codes(mask) for mask in set(masks_l)}
+    lane_names = [LANES[x] for x in lanes.tolist()]
+    score_l = np.round(scores, 2).tolist()
+    decisions = [
+        Decision(
+            parcel_id=m.parcel_id,
+            shipper_id=m.shipper.id,
+            score=score,
+            lane=lane,
+            reason_codes=codes_of[mask],
+            ruleset_version=version,
+            event_ts_ms=m.manifest_ts_ms,
+            decision_ts_ms=now_ms,
+            source=src,
         )
-        if lane == "hold":
-            hold = Hold(
-                parcel_id=m.parcel_id,
-                shipper_id=m.shipper.id,
-                hub=m.hub,
-                score=score,
-                lane=lane,
-                reasons=_reason_list(ruleset, mask),
-                ruleset_version=version,
-                event_ts_ms=m.manifest_ts_ms,
-                decision_ts_ms=now_ms,
-                source=parsed.sources[i],
-            )
-            out.holds.append((m.parcel_id.encode(), _ENC.encode(hold)))
-    if lines:
-        out.decisions.append((records[current].key, b"\n".join(lines)))
+        for m, score, lane, mask, src in zip(
+            manifests, score_l, lane_names, masks_l, sources, strict=True
+        )
+    ]
+    # One decisions record per input record: parcels of a record are contiguous.
+    rec_idx = np.asarray(parsed.record_index, dtype=np.int64)
+    bounds = [0, *(np.flatnonzero(np.diff(rec_idx)) + 1).tolist(), len(decisions)]
+    for lo, hi in itertools.pairwise(bounds):
+        if hi > lo:
+            value = _ENC.encode_lines(decisions[lo:hi])[:-1]
+            out.decisions.append((records[int(rec_idx[lo])].key, value))
+    for i in np.flatnonzero(lanes == LANE_HOLD).tolist():
+        m, d = manifests[i], decisions[i]
+        hold = Hold(
+            parcel_id=m.parcel_id,
+            shipper_id=m.shipper.id,
+            hub=m.hub,
+            score=d.score,
+            lane="hold",
+            reasons=_reason_list(ruleset, masks_l[i]),
+            ruleset_version=version,
+            event_ts_ms=m.manifest_ts_ms,
+            decision_ts_ms=now_ms,
+            source=d.source,
+        )
+        out.holds.append((m.parcel_id.encode(), _ENC.encode(hold)))
     for rej in parsed.rejections:
         key = rej.parcel_id.encode() if rej.parcel_id else None
         out.rejections.append((key, encode_rejection(rej)))

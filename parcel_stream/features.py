@@ -7,10 +7,12 @@ hop. Items are flattened into item columns addressed by ``item_start``/``item_co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
 
+from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.model import Manifest
 from parcel_stream.rules import country_index
@@ -72,8 +74,13 @@ def index_shippers(manifests: list[Manifest]) -> ShipperIndex:
     return ShipperIndex(ids=list(positions), parcel_shipper=idx)
 
 
+@lru_cache(maxsize=1 << 16)
 def _heading(hs_code: str) -> int:
+    """4-digit HS heading of a validated code ("6109.10" -> 6109); -1 when empty."""
     return int(hs_code[:4]) if hs_code else -1
+
+
+_COUNTRY_INDEX: dict[str, int] = {c: country_index(c) for c in COUNTRIES}
 
 
 def build_features(
@@ -83,28 +90,21 @@ def build_features(
     now_ms: int,
     usd_per_unit: dict[str, float] = USD_PER_UNIT,
 ) -> Features:
-    """Fill the feature columns for one batch."""
+    """Fill the feature columns for one batch (one generator pass per column)."""
     n = len(manifests)
-    n_items = sum(len(m.items) for m in manifests)
-    value_usd = np.empty(n, dtype=np.float64)
-    weight_kg = np.empty(n, dtype=np.float64)
-    origin_idx = np.empty(n, dtype=np.int64)
-    item_start = np.empty(n, dtype=np.int64)
-    item_count = np.empty(n, dtype=np.int64)
-    item_heading = np.empty(n_items, dtype=np.int64)
-    item_value = np.empty(n_items, dtype=np.float64)
-    k = 0
-    for i, m in enumerate(manifests):
-        rate = usd_per_unit[m.currency]
-        value_usd[i] = m.declared_value * rate
-        weight_kg[i] = m.gross_weight_kg
-        origin_idx[i] = country_index(m.origin_country)
-        item_start[i] = k
-        item_count[i] = len(m.items)
-        for it in m.items:
-            item_heading[k] = _heading(it.hs_code)
-            item_value[k] = it.value * rate
-            k += 1
+    f64, i64 = np.float64, np.int64
+    rates = np.fromiter((usd_per_unit[m.currency] for m in manifests), f64, n)
+    value_usd = np.fromiter((m.declared_value for m in manifests), f64, n) * rates
+    weight_kg = np.fromiter((m.gross_weight_kg for m in manifests), f64, n)
+    cidx = _COUNTRY_INDEX
+    origin_idx = np.fromiter((cidx.get(m.origin_country, -1) for m in manifests), i64, n)
+    item_count = np.fromiter((len(m.items) for m in manifests), i64, n)
+    item_start = np.cumsum(item_count) - item_count
+    items = [it for m in manifests for it in m.items]
+    n_items = len(items)
+    item_heading = np.fromiter((_heading(it.hs_code) for it in items), i64, n_items)
+    item_value = np.fromiter((it.value for it in items), f64, n_items)
+    item_value *= np.repeat(rates, item_count)
     ps = shippers.parcel_shipper
     first_seen = view.first_seen_ms[ps]
     age_days = np.where(first_seen > 0, (now_ms - first_seen) / MS_PER_DAY, -1.0)

@@ -11,16 +11,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from parcel_stream.countries import Country
 from parcel_stream.currency import Currency
 
 SCHEMA_VERSION = 1
 
-Country = Annotated[
-    str,
-    msgspec.Meta(pattern="^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country code"),
-]
 Text = Annotated[str, msgspec.Meta(max_length=512)]
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^\S(.*\S)?$")]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 TsMs = Annotated[
     int,
     msgspec.Meta(ge=0, le=32503680000000, description="Unix time in milliseconds (UTC)"),
@@ -35,7 +32,7 @@ HsCode = Annotated[
 ]
 
 
-class Address(msgspec.Struct, forbid_unknown_fields=False):
+class Address(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     """A postal address. Personal data: never logged, never a metric label."""
 
     lines: Annotated[list[Text], msgspec.Meta(min_length=1, max_length=6)]
@@ -44,26 +41,26 @@ class Address(msgspec.Struct, forbid_unknown_fields=False):
     postal_code: Annotated[str, msgspec.Meta(max_length=16)] = ""
 
 
-class Shipper(msgspec.Struct, forbid_unknown_fields=False):
+class Shipper(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     id: Id
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
     address: Address
     country: Country
 
 
-class Consignee(msgspec.Struct, forbid_unknown_fields=False):
+class Consignee(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
     address: Address
     country: Country
 
 
-class Seller(msgspec.Struct, forbid_unknown_fields=False):
+class Seller(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     id: Id
     name: Text = ""
     marketplace: Text = ""
 
 
-class Item(msgspec.Struct, forbid_unknown_fields=False):
+class Item(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     description: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
     hs_code: HsCode
     quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
@@ -71,7 +68,7 @@ class Item(msgspec.Struct, forbid_unknown_fields=False):
     origin_country: Country | None = None
 
 
-class Manifest(msgspec.Struct, forbid_unknown_fields=False):
+class Manifest(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     """One parcel of a low-value (de minimis) entry, as a hub declares it."""
 
     parcel_id: Annotated[Id, msgspec.Meta(description="parcel or waybill number")]
@@ -142,6 +139,7 @@ RejectReason = Literal[
     "out_of_range",
     "invalid_value",
     "unknown_currency",
+    "unknown_country",
     "oversize_record",
     "too_many_parcels",
     "empty_record",

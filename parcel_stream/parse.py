@@ -87,6 +87,8 @@ def classify_validation_error(message: str) -> tuple[RejectReason, str, str]:
     if detail.startswith("Invalid enum value"):
         if path.endswith(".currency"):
             return "unknown_currency", path, detail
+        if path.endswith("country"):
+            return "unknown_country", path, detail
         return "invalid_value", path, detail
     if "out of range" in detail or re.search(r"` [<>]=? ", detail) and "length" not in detail:
         return "out_of_range", path, detail

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from time import perf_counter
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,7 @@ class Prepared:
     parsed: ParsedBatch
     shippers: ShipperIndex
     partitions: list[Partition]
+    parse_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +52,19 @@ class BatchResult:
     lane_counts: dict[str, int]
     rejection_counts: dict[str, int]
     parcels: int
+    # seconds spent per core stage, for the stage-duration metrics
+    stage_s: dict[str, float]
 
 
 def prepare(records: list[InRecord], limits: Limits, now_ms: int) -> Prepared:
+    t0 = perf_counter()
     parsed = parse_batch(records, limits, now_ms)
     return Prepared(
         records=records,
         parsed=parsed,
         shippers=index_shippers(parsed.manifests),
         partitions=batch_partitions(records),
+        parse_s=perf_counter() - t0,
     )
 
 
@@ -70,9 +76,12 @@ def score_prepared(
     now_ms: int,
 ) -> BatchResult:
     parsed = prep.parsed
+    t0 = perf_counter()
     feats = build_features(parsed.manifests, prep.shippers, view, now_ms)
+    t1 = perf_counter()
     scores, masks = score_batch(feats, ruleset)
     lanes = decide(scores, ruleset.review_score, ruleset.hold_score)
+    t2 = perf_counter()
     outputs = build_outputs(prep.records, parsed, scores, masks, lanes, ruleset, now_ms)
     event_ts = np.fromiter(
         (m.manifest_ts_ms for m in parsed.manifests), dtype=np.int64, count=len(parsed)
@@ -81,6 +90,8 @@ def score_prepared(
         prep.records, parsed, prep.shippers, feats.value_usd, lanes, event_ts, watermarks
     )
     counts = np.bincount(lanes, minlength=3)
+    t3 = perf_counter()
+    stages = {"parse": prep.parse_s, "features": t1 - t0, "kernel": t2 - t1, "encode": t3 - t2}
     return BatchResult(
         outputs=outputs,
         update=update,
@@ -90,6 +101,7 @@ def score_prepared(
         lane_counts={LANES[i]: int(counts[i]) for i in range(3)},
         rejection_counts=dict(Counter(r.reason for r in parsed.rejections)),
         parcels=len(parsed),
+        stage_s=stages,
     )
 
 

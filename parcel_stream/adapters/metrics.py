@@ -53,12 +53,17 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.kernel_seconds = Histogram(
-            "parcel_stream_kernel_duration_seconds",
-            "Time in the scoring kernel per batch",
+        stages = Histogram(
+            "parcel_stream_stage_duration_seconds",
+            "Time per batch in each stage (parse, features, kernel, encode, produce, reputation)",
+            ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.stage_seconds = {
+            st: stages.labels(stage=st)
+            for st in ("parse", "features", "kernel", "encode", "produce", "reputation")
+        }
         self.redis_seconds = Histogram(
             "parcel_stream_redis_roundtrip_seconds",
             "Reputation read and update round trips",

@@ -78,10 +78,7 @@ class BatchProcessor:
             except (RedisError, OSError) as exc:
                 self._redis_failed("read", exc)
                 await backoff.wait()
-        t0 = time.perf_counter()
-        result = score_prepared(prep, view, marks, self.ruleset, ts_ms)
-        self.metrics.kernel_seconds.observe(time.perf_counter() - t0)
-        return result
+        return score_prepared(prep, view, marks, self.ruleset, ts_ms)
 
     def _redis_failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.inc()
@@ -131,9 +128,15 @@ class BatchProcessor:
         t0 = time.perf_counter()
         ts_ms = now_ms()
         result = await self._score(records, ts_ms)
+        t1 = time.perf_counter()
         await self._produce(result)
+        t2 = time.perf_counter()
         await self._apply(records, result, ts_ms)
         m = self.metrics
+        for stage, seconds in result.stage_s.items():
+            m.stage_seconds[stage].observe(seconds)
+        m.stage_seconds["produce"].observe(t2 - t1)
+        m.stage_seconds["reputation"].observe(time.perf_counter() - t2)
         m.records.inc(len(records))
         m.batches.inc()
         for lane in LANES:

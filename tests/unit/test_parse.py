@@ -58,7 +58,8 @@ def _without(path: list[str]) -> bytes:
         (b'{"declared_value": 1e999}', "out_of_range", "$.declared_value"),
         (line(gross_weight_kg=0), "out_of_range", "$.gross_weight_kg"),
         (line(currency="XXX"), "unknown_currency", "$.currency"),
-        (line(origin_country="China"), "invalid_value", "$.origin_country"),
+        (line(origin_country="China"), "unknown_country", "$.origin_country"),
+        (line(origin_country="ZZ"), "unknown_country", "$.origin_country"),
         (line(items=[]), "invalid_value", "$.items"),
         (
             line(items=[{"description": "x", "hs_code": "61", "quantity": 1, "value": 1}]),
