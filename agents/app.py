@@ -13,7 +13,7 @@ from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.worker import BatchProcessor
 from parcel_stream.kernels import warm_up
-from parcel_stream.parse import InRecord
+from parcel_stream.parse import InRecord, chunk_records
 from parcel_stream.rules import RuleSet, default_ruleset
 from parcel_stream.settings import Settings
 
@@ -92,7 +92,10 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     async def score(stream: Any) -> None:
         batch_max, within = settings.batch_max_records, settings.batch_within_s
         async for events in stream.take_events(batch_max, within=within):
-            await processor.handle([_in_record(e) for e in events])
+            records = [_in_record(e) for e in events]
+            # The events are acked when this body returns: after every chunk is done.
+            for chunk in chunk_records(records, settings.chunk_max_bytes):
+                await processor.handle(chunk)
 
     app.parcel_processor = processor  # type: ignore[attr-defined]
     return app

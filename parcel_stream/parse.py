@@ -181,3 +181,20 @@ def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedB
             src = f"{base}/{line_no}"
             out.add(parse_one(line, src, now_ms), src, index)
     return out
+
+
+def chunk_records(records: list[InRecord], max_bytes: int) -> list[list[InRecord]]:
+    """Split a batch into consecutive chunks of at most ``max_bytes`` of values (a record
+    larger than that is a chunk of its own), so memory stays bounded per chunk."""
+    chunks: list[list[InRecord]] = []
+    current: list[InRecord] = []
+    size = 0
+    for r in records:
+        if current and size + len(r.value) > max_bytes:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(r)
+        size += len(r.value)
+    if current:
+        chunks.append(current)
+    return chunks

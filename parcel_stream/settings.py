@@ -56,6 +56,8 @@ class Settings:
     # Input limits: larger records or batch records are rejected, not processed.
     max_record_bytes: int = 4 * 1024 * 1024
     max_parcels_per_record: int = 20_000
+    # A batch is scored in chunks of at most this many input bytes (bounds worker memory).
+    chunk_max_bytes: int = 8 * 1024 * 1024
     # Redis reputation store
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_key_prefix: str = "ps"
@@ -147,6 +149,7 @@ def _validate(s: Settings) -> None:
     _require(0 < s.batch_within_s <= 60, "batch_within_s", "must be > 0 and <= 60 seconds")
     _require(s.max_record_bytes >= 1024, "max_record_bytes", "must be at least 1024")
     _require(s.max_parcels_per_record >= 1, "max_parcels_per_record", "must be at least 1")
+    _require(s.chunk_max_bytes >= 1024, "chunk_max_bytes", "must be at least 1024")
     _require(
         s.duty_free_threshold_usd >= 0,
         "duty_free_threshold_usd",

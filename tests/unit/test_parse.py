@@ -133,3 +133,12 @@ def test_parser_never_raises_and_accounts_for_every_line(chunks: list[bytes]) ->
     non_empty = sum(1 for c in value.strip().split(b"\n") if c.strip()) if value.strip() else 0
     assert len(out.manifests) + len(out.rejections) == max(non_empty, 1 if not value.strip() else 0)
     assert all(r.path.startswith("$") and r.reason for r in out.rejections)
+
+
+def test_chunk_records_bounds_bytes_and_keeps_order() -> None:
+    from parcel_stream.parse import chunk_records
+
+    recs = [rec(b"x" * n, offset=i) for i, n in enumerate([400, 400, 300, 2000, 10, 10])]
+    chunks = chunk_records(recs, 1000)
+    assert [[r.offset for r in c] for c in chunks] == [[0, 1], [2], [3], [4, 5]]
+    assert chunk_records([], 1000) == []
