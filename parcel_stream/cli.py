@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from parcel_stream.settings import ConfigError, Settings
 
@@ -87,26 +88,47 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
+    from parcel_stream.feed import RawRecord, encode_record
     from parcel_stream.generate import FeedConfig, generate
+    from parcel_stream.progress import Progress
 
     cfg = FeedConfig(
         parcels=args.parcels,
+        shippers=args.shippers,
         seed=args.seed,
         threshold_usd=settings.duty_free_threshold_usd,
+        duration_s=args.days * 86_400.0,
     )
-    out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
-    labels = open(args.labels, "wb") if args.labels else None  # noqa: SIM115
+    progress = Progress("generating", total=args.parcels, unit="parcels")
+    out = sys.stdout.buffer if args.out == "-" else open_out(args.out)
+    labels = open_out(args.labels) if args.labels else None
     try:
-        for doc, label in generate(cfg):
-            out.write(orjson.dumps(doc) + b"\n")
+        for n, (doc, label) in enumerate(generate(cfg)):
+            line = orjson.dumps(doc)
+            if args.format == "feed":
+                key = doc["shipper"]["id"].encode()
+                topic = settings.topic_manifests
+                line = encode_record(RawRecord(doc["manifest_ts_ms"], topic, 0, n, key, line))
+            out.write(line + b"\n")
             if labels is not None:
                 labels.write(orjson.dumps({"parcel_id": doc["parcel_id"], "label": label}) + b"\n")
+            progress.update()
     finally:
+        progress.close()
         if out is not sys.stdout.buffer:
             out.close()
         if labels is not None:
             labels.close()
     return 0
+
+
+def open_out(path: str) -> Any:
+    from parcel_stream.feed import open_feed
+
+    try:
+        return open_feed(path, "wb")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
@@ -136,8 +158,84 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _time_ms(text: str) -> int:
+    """Unix ms, or an ISO 8601 time (UTC when no zone is given)."""
+    from datetime import UTC, datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use Unix ms or ISO 8601, e.g. 2026-11-22T08:00:00Z"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _speed(text: str) -> float:
+    if text in ("max", "0"):
+        return 0.0
+    try:
+        value = float(text.rstrip("x"))
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a speed: use max, 1 (recorded pace) or a factor such as 10"
+        )
+    return value
+
+
+def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
+    from parcel_stream.adapters.kafka_io import RecordRange, record_topics
+    from parcel_stream.progress import Progress
+
+    rng = RecordRange(args.from_offset, args.to_offset, args.since, args.until, args.follow)
+    if rng.since_ms is not None and rng.until_ms is not None and rng.since_ms > rng.until_ms:
+        raise UsageError("--since is after --until; swap them")
+    topics = args.topics or [settings.topic_manifests]
+    try:
+        n = record_topics(
+            settings.kafka_bootstrap, topics, args.out, rng, Progress("recording", unit="records")
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {n} records from {', '.join(topics)} to {args.out}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from parcel_stream.adapters.kafka_io import ReplayPlan, make_producer, replay_feed
+    from parcel_stream.feed import FeedError, read_feed
+    from parcel_stream.progress import Progress
+
+    if not Path(args.file).exists():
+        raise UsageError(f"{args.file}: no such file; record one with `parcel-stream record`")
+    plan = ReplayPlan(
+        topic=args.topic or settings.topic_manifests,
+        speed=args.speed,
+        mode=args.mode,
+        batch_size=args.batch_size,
+        keep_partitions=args.keep_partitions,
+    )
+    unit = "parcels" if plan.mode != "recorded" else "records"
+    progress = Progress(f"replaying to {plan.topic}", unit=unit)
+    producer = make_producer(settings.kafka_bootstrap)
+    try:
+        sent = replay_feed(producer, read_feed(args.file, plan.topic), plan, progress)
+    except FeedError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        producer.close()
+    print(f"sent {sent} records to {plan.topic} ({progress.rate():,.0f} {unit}/s)")
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
-    from parcel_stream.model import CONTRACTS, json_schema
+    from parcel_stream.contracts import CONTRACTS, json_schema
 
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,12 +274,49 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--out", default="-", help="file, or - for stdout")
     g.add_argument("--labels", help="also write ground-truth labels (NDJSON) to this file")
+    g.add_argument("--shippers", type=_positive_int, default=2000, help="distinct shippers")
+    g.add_argument("--days", type=float, default=1.0, help="time span of the feed in days")
+    g.add_argument(
+        "--format",
+        choices=["manifests", "feed"],
+        default="manifests",
+        help="one manifest per line, or feed records (replayable at the generated pace)",
+    )
     g.set_defaults(func=cmd_generate)
 
     pr = sub.add_parser("produce", help="send an NDJSON feed file to the manifests topic")
     pr.add_argument("file")
     pr.add_argument("--batch-size", type=_positive_int, default=1, help="parcels per record")
     pr.set_defaults(func=cmd_produce)
+
+    rec = sub.add_parser(
+        "record", help="copy topic records (an offset or time range) into a feed file"
+    )
+    rec.add_argument("topics", nargs="*", help="topics to record (default: the manifests topic)")
+    rec.add_argument("--out", required=True, help="feed file (.ndjson, or .ndjson.gz)")
+    rec.add_argument("--from-offset", type=int, help="first offset per partition")
+    rec.add_argument("--to-offset", type=int, help="last offset per partition (inclusive)")
+    rec.add_argument("--since", type=_time_ms, help="Unix ms or ISO 8601; earlier records skipped")
+    rec.add_argument("--until", type=_time_ms, help="Unix ms or ISO 8601; later records skipped")
+    rec.add_argument("--follow", action="store_true", help="keep recording until Ctrl-C")
+    rec.set_defaults(func=cmd_record)
+
+    rp = sub.add_parser("replay", help="send a feed file to the manifests topic at any pace")
+    rp.add_argument("file", help="feed file written by `record`, or a manifests NDJSON file")
+    rp.add_argument("--topic", help="target topic (default: the manifests topic)")
+    rp.add_argument(
+        "--speed", type=_speed, default=0.0, help="max (default), 1 = recorded pace, N = N× faster"
+    )
+    rp.add_argument(
+        "--as",
+        dest="mode",
+        choices=["recorded", "single", "batch"],
+        default="recorded",
+        help="send records as recorded, one parcel per record, or as NDJSON batch records",
+    )
+    rp.add_argument("--batch-size", type=_positive_int, default=1000, help="parcels per batch")
+    rp.add_argument("--keep-partitions", action="store_true", help="send to recorded partitions")
+    rp.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("schemas", help="write the JSON Schemas generated from the code")
     s.add_argument("dir", nargs="?", default="schemas")

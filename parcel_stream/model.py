@@ -1,4 +1,4 @@
-"""Message types: the code side of the contracts in ``schemas/``.
+"""Message types: the code side of the contracts in ``schemas/`` (see ``contracts.py``).
 
 The JSON Schema files under ``schemas/`` are generated from these types
 (``parcel-stream schemas export``) and a contract test keeps them identical, so the
@@ -160,20 +160,3 @@ class Rejection(msgspec.Struct):
     ] = ""
     raw_bytes: Annotated[int, msgspec.Meta(ge=0, description="length of the rejected input")] = 0
     schema_version: Literal[1] = 1
-
-
-CONTRACTS: dict[str, type[msgspec.Struct]] = {
-    "parcel-manifest.v1.json": Manifest,
-    "hold.v1.json": Hold,
-    "decision.v1.json": Decision,
-    "rejection.v1.json": Rejection,
-}
-
-
-def json_schema(kind: type[msgspec.Struct]) -> dict[str, object]:
-    """The published JSON Schema (draft 2020-12) for one message type."""
-    schema: dict[str, object] = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        **msgspec.json.schema(kind),
-    }
-    return schema

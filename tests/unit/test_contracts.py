@@ -9,7 +9,7 @@ import jsonschema
 import msgspec
 import pytest
 
-from parcel_stream.model import CONTRACTS, json_schema
+from parcel_stream.contracts import CONTRACTS, json_schema
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 EXAMPLES = sorted((SCHEMAS / "examples").glob("*.json"))

@@ -1,0 +1,25 @@
+"""The published contracts: message type per schema file in ``schemas/``."""
+
+from __future__ import annotations
+
+import msgspec
+
+from parcel_stream.feed import FeedRecord
+from parcel_stream.model import Decision, Hold, Manifest, Rejection
+
+CONTRACTS: dict[str, type[msgspec.Struct]] = {
+    "parcel-manifest.v1.json": Manifest,
+    "hold.v1.json": Hold,
+    "decision.v1.json": Decision,
+    "rejection.v1.json": Rejection,
+    "feed-record.v1.json": FeedRecord,
+}
+
+
+def json_schema(kind: type[msgspec.Struct]) -> dict[str, object]:
+    """The published JSON Schema (draft 2020-12) for one message type."""
+    schema: dict[str, object] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **msgspec.json.schema(kind),
+    }
+    return schema
