@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,6 +159,16 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage between 0 and 100, e.g. 2")
+    return value
+
+
 def _time_ms(text: str) -> int:
     """Unix ms, or an ISO 8601 time (UTC when no zone is given)."""
     from datetime import UTC, datetime
@@ -231,6 +242,100 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         producer.close()
     print(f"sent {sent} records to {plan.topic} ({progress.rate():,.0f} {unit}/s)")
+    return 0
+
+
+def _load_labels(path: str | None) -> dict[str, str | None]:
+    import orjson
+
+    if not path:
+        return {}
+    labels: dict[str, str | None] = {}
+    try:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = orjson.loads(line)
+                    labels[str(doc["parcel_id"])] = doc.get("label")
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    raise UsageError(
+                        f'{path}:{n}: expected {{"parcel_id": ..., "label": ...}}'
+                    ) from None
+    except FileNotFoundError:
+        raise UsageError(
+            f"{path}: no such file; `parcel-stream generate --labels` writes one"
+        ) from None
+    return labels
+
+
+def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from parcel_stream.backtest import evaluate, render_markdown, run_backtest, write_plots
+    from parcel_stream.feed import FeedError, read_feed
+    from parcel_stream.kernels import warm_up
+    from parcel_stream.parse import Limits
+    from parcel_stream.progress import Progress
+    from parcel_stream.rules import RuleSetError, default_ruleset, load_overrides
+
+    if not Path(args.feed).exists():
+        raise UsageError(
+            f"{args.feed}: no such file; `parcel-stream generate` or `record` makes one"
+        )
+    labels = _load_labels(args.labels)
+    base = default_ruleset(settings)
+    try:
+        rulesets = [load_overrides(base, args.rules) if args.rules else base]
+        if args.compare:
+            rulesets.append(load_overrides(base, args.compare))
+    except RuleSetError as exc:
+        raise UsageError(str(exc)) from None
+    if len(rulesets) == 2 and rulesets[0].version == rulesets[1].version:
+        raise UsageError('both rule sets have the same version; give one a distinct "version"')
+    warm_up(base)
+    limits = Limits(settings.max_record_bytes, settings.max_parcels_per_record)
+    runs, reports = [], []
+    for rs in rulesets:
+        store = None
+        if args.store == "redis":
+            from parcel_stream.adapters.redis_store import BlockingRedisStore
+
+            store = BlockingRedisStore(settings.redis_url, prefix=f"{settings.redis_key_prefix}:bt")
+        progress = Progress(f"backtest {rs.version}", unit="records")
+
+        def counted(path: str = args.feed, progress: Progress = progress) -> Any:
+            for rec in read_feed(path):
+                progress.update()
+                yield rec
+
+        try:
+            run = run_backtest(counted(), rs, store=store, limits=limits)
+        except FeedError as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            progress.close()
+            if store is not None:
+                store.close()
+        runs.append(run)
+        reports.append(evaluate(run, labels, rs, args.capacity_pct))
+    text = render_markdown(reports)
+    print(text)
+    if not labels:
+        print("(no --labels given: precision and recall need ground truth)")
+    if args.plots:
+        for path in write_plots(reports, runs, labels, args.plots):
+            print(f"wrote {path}")
+    if args.report:
+        lines = [f"# Backtest of {args.feed}\n\n", text]
+        if args.plots:
+            lines.append("\n## Plots\n\n")
+            for name in ("score-distribution.png", "precision-recall-capacity.png"):
+                rel = os.path.relpath(
+                    os.path.join(args.plots, name), os.path.dirname(args.report) or "."
+                )
+                lines.append(f"![{name}]({rel})\n\n")
+        Path(args.report).write_text("".join(lines))
+        print(f"wrote {args.report}")
     return 0
 
 
@@ -317,6 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--batch-size", type=_positive_int, default=1000, help="parcels per batch")
     rp.add_argument("--keep-partitions", action="store_true", help="send to recorded partitions")
     rp.set_defaults(func=cmd_replay)
+
+    bt = sub.add_parser(
+        "backtest", help="score a feed offline with the worker's code; report against labels"
+    )
+    bt.add_argument("feed", help="feed file (record/generate --format feed) or manifests NDJSON")
+    bt.add_argument("--labels", help="ground truth: NDJSON lines {parcel_id, label}")
+    bt.add_argument("--rules", help="rule-set overrides (JSON) for the main run")
+    bt.add_argument("--compare", help="a second rule-set overrides file, reported side by side")
+    bt.add_argument(
+        "--capacity-pct", type=_percent, default=2.0, help="examination capacity, %% of parcels"
+    )
+    bt.add_argument("--report", help="also write the report as Markdown to this file")
+    bt.add_argument("--plots", help="write PNG plots into this directory")
+    bt.add_argument(
+        "--store", choices=["memory", "redis"], default="memory", help="reputation store"
+    )
+    bt.set_defaults(func=cmd_backtest)
 
     s = sub.add_parser("schemas", help="write the JSON Schemas generated from the code")
     s.add_argument("dir", nargs="?", default="schemas")

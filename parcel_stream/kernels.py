@@ -161,6 +161,8 @@ def score_batch(features: Features, ruleset: RuleSet) -> tuple[F64, I64]:
         score,
         mask,
     )
+    if ruleset.enabled_mask != (1 << 62) - 1:
+        mask &= ruleset.enabled_mask
     return score, mask
 
 

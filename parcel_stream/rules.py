@@ -119,6 +119,7 @@ class RuleSet:
     origin_risk: F64  # [676]
     review_score: float
     hold_score: float
+    enabled_mask: int = (1 << 62) - 1  # bit i set = rule i enabled
 
     def reason_codes(self, mask: int) -> list[str]:
         return [r.code for i, r in enumerate(self.rules) if mask >> i & 1]
@@ -158,3 +159,96 @@ def default_ruleset(settings: Settings) -> RuleSet:
         review_score=settings.review_score,
         hold_score=settings.hold_score,
     )
+
+
+class RuleSetError(ValueError):
+    """A rule-set override file is invalid; the message names the file and the field."""
+
+
+def _number(doc: dict[str, object], key: str, where: str) -> float | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RuleSetError(f"{where}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def apply_overrides(base: RuleSet, doc: dict[str, object], where: str = "overrides") -> RuleSet:
+    """A variant of ``base``: ``version``, ``disabled`` rule codes, ``weights`` by code,
+    ``review_score``, ``hold_score``, ``duty_free_threshold_usd``, ``near_threshold_band``.
+    Unknown keys or codes are errors naming ``where`` and the field."""
+    known = {"version", "disabled", "weights", "review_score", "hold_score",
+             "duty_free_threshold_usd", "near_threshold_band", "description"}  # fmt: skip
+    for key in doc:
+        if key not in known:
+            raise RuleSetError(f"{where}: unknown field {key!r}; known: {', '.join(sorted(known))}")
+    codes = {r.code: i for i, r in enumerate(base.rules)}
+    weights = base.weights.copy()
+    enabled = base.enabled_mask
+    new_weights = doc.get("weights", {})
+    if not isinstance(new_weights, dict):
+        raise RuleSetError(f"{where}: weights must be an object of rule code -> number")
+    for code in new_weights:
+        if code not in codes:
+            raise RuleSetError(f"{where}: weights.{code}: unknown rule; known: {', '.join(codes)}")
+        value = _number(new_weights, code, f"{where}: weights")
+        assert value is not None
+        weights[codes[code]] = value
+    disabled = doc.get("disabled", [])
+    if not isinstance(disabled, list):
+        raise RuleSetError(f"{where}: disabled must be a list of rule codes")
+    for code in disabled:
+        if code not in codes:
+            raise RuleSetError(
+                f"{where}: disabled: unknown rule {code!r}; known: {', '.join(codes)}"
+            )
+        enabled &= ~(1 << codes[code])
+        weights[codes[code]] = 0.0
+    params = base.params.copy()
+    threshold = _number(doc, "duty_free_threshold_usd", where)
+    if threshold is not None:
+        if threshold < 0:
+            raise RuleSetError(f"{where}: duty_free_threshold_usd must be >= 0")
+        params[P_THRESHOLD_USD] = threshold
+    band = _number(doc, "near_threshold_band", where)
+    if band is not None:
+        if not 0 < band < 1:
+            raise RuleSetError(f"{where}: near_threshold_band must be between 0 and 1")
+        params[P_NEAR_BAND] = band
+    review = _number(doc, "review_score", where)
+    hold = _number(doc, "hold_score", where)
+    review = base.review_score if review is None else review
+    hold = base.hold_score if hold is None else hold
+    if not 0 <= review <= hold:
+        raise RuleSetError(f"{where}: review_score must be >= 0 and <= hold_score")
+    version = doc.get("version", base.version + "+overrides")
+    if not isinstance(version, str) or not version:
+        raise RuleSetError(f"{where}: version must be a non-empty string")
+    return RuleSet(
+        version=version,
+        rules=base.rules,
+        weights=weights,
+        params=params,
+        heading_risk=base.heading_risk,
+        chapter_min_usd_per_kg=base.chapter_min_usd_per_kg,
+        origin_risk=base.origin_risk,
+        review_score=review,
+        hold_score=hold,
+        enabled_mask=enabled,
+    )
+
+
+def load_overrides(base: RuleSet, path: str) -> RuleSet:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise RuleSetError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise RuleSetError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(doc, dict):
+        raise RuleSetError(f"{path}: expected a JSON object")
+    return apply_overrides(base, doc, path)

@@ -137,3 +137,26 @@ class RedisReputationStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class BlockingRedisStore:
+    """The Redis store behind a synchronous interface (backtests, tools): runs the async
+    store on a private event loop."""
+
+    def __init__(self, url: str, prefix: str = "ps") -> None:
+        import asyncio
+
+        self._loop = asyncio.new_event_loop()
+        self._store = RedisReputationStore(url, prefix=prefix)
+
+    def read(
+        self, shipper_ids: list[str], partitions: list[Partition]
+    ) -> tuple[ReputationView, dict[Partition, int]]:
+        return self._loop.run_until_complete(self._store.read(shipper_ids, partitions))
+
+    def apply(self, update: ReputationUpdate) -> bool:
+        return self._loop.run_until_complete(self._store.apply(update))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._store.close())
+        self._loop.close()

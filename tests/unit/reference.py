@@ -59,5 +59,5 @@ def reference_score(f: Features, rs: RuleSet) -> tuple[list[float], list[int]]:
         for bit in sorted(fired):
             total += fired[bit]
         scores.append(min(max(total, 0.0), 100.0) if not math.isnan(total) else total)
-        masks.append(sum(1 << b for b in fired))
+        masks.append(sum(1 << b for b in fired) & rs.enabled_mask)
     return scores, masks

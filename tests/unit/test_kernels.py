@@ -56,7 +56,11 @@ def rulesets(draw: st.DrawFn):  # type: ignore[no-untyped-def]
         origin[idx] = draw(st.floats(min_value=0, max_value=1))
     params = rs.params.copy()
     params[3] = draw(st.sampled_from([0.0, 7.0]))
-    return type(rs)(**{**rs.__dict__, "weights": weights, "origin_risk": origin, "params": params})
+    enabled = draw(st.sampled_from([rs.enabled_mask, rs.enabled_mask & ~0b100, 0b1011]))
+    return type(rs)(
+        **{**rs.__dict__, "weights": weights, "origin_risk": origin, "params": params,
+           "enabled_mask": enabled}
+    )  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
