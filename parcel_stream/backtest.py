@@ -62,7 +62,7 @@ def _chunks(records: Iterable[RawRecord], max_bytes: int) -> Iterable[list[InRec
         # Offsets must grow per partition for the reputation watermarks: number the
         # records in feed order (a plain manifests file has no offsets of its own).
         rec = raw.to_in_record()
-        rec = InRecord(rec.value, rec.topic, 0, n, rec.key, rec.timestamp_ms, rec.content_type)
+        rec.partition, rec.offset = 0, n
         chunk.append(rec)
         size += len(rec.value)
         if size >= max_bytes:
@@ -88,7 +88,7 @@ def run_backtest(
         now_ms = max(r.timestamp_ms for r in chunk)
         prep = prepare(chunk, limits, now_ms)
         view, marks = store.read(prep.shippers.ids, prep.partitions)
-        result = score_prepared(prep, view, marks, ruleset, now_ms)
+        result = score_prepared(prep, view, marks, ruleset, now_ms, encode=False)
         if not store.apply(result.update):
             raise RuntimeError("reputation watermark conflict: is another writer using it?")
         run.records += len(chunk)

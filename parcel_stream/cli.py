@@ -304,7 +304,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         progress = Progress(f"backtest {rs.version}", unit="records")
 
         def counted(path: str = args.feed, progress: Progress = progress) -> Any:
-            for rec in read_feed(path):
+            for rec in read_feed(path, group_lines=1000):
                 progress.update()
                 yield rec
 

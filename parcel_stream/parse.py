@@ -21,7 +21,7 @@ NDJSON = b"application/x-ndjson"
 RAW_KEEP_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InRecord:
     """One Kafka record as the core sees it (no client types)."""
 

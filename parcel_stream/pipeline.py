@@ -74,7 +74,9 @@ def score_prepared(
     watermarks: dict[Partition, int],
     ruleset: RuleSet,
     now_ms: int,
+    encode: bool = True,
 ) -> BatchResult:
+    """Score a prepared batch; ``encode=False`` skips building output records (backtests)."""
     parsed = prep.parsed
     t0 = perf_counter()
     feats = build_features(parsed.manifests, prep.shippers, view, now_ms)
@@ -82,7 +84,11 @@ def score_prepared(
     scores, masks = score_batch(feats, ruleset)
     lanes = decide(scores, ruleset.review_score, ruleset.hold_score)
     t2 = perf_counter()
-    outputs = build_outputs(prep.records, parsed, scores, masks, lanes, ruleset, now_ms)
+    outputs = (
+        build_outputs(prep.records, parsed, scores, masks, lanes, ruleset, now_ms)
+        if encode
+        else Outputs()
+    )
     event_ts = np.fromiter(
         (m.manifest_ts_ms for m in parsed.manifests), dtype=np.int64, count=len(parsed)
     )
