@@ -9,6 +9,7 @@ parcels carry injected bad behaviour, and each parcel gets a ground-truth label
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -56,15 +57,30 @@ CITIES = (("New York", "NY", "100"), ("Chicago", "IL", "606"), ("Houston", "TX",
 FIRST = ("Alex", "Sam", "Jordan", "Taylor", "Morgan", "Casey", "Riley", "Jamie", "Drew", "Lee")
 LAST = ("Smith", "Garcia", "Nguyen", "Brown", "Khan", "Lopez", "Kim", "Miller", "Davis", "Chen")
 
-# Injected behaviours and their share of all parcels (about 3% in total).
+# Injected behaviours and their share of all parcels (about 3-4% in total; a split
+# shipment event makes 2-4 parcels). Shippers of the "turned_bad" group comply until the
+# middle of the feed and then mostly undervalue.
 SCENARIOS: dict[str, float] = {
-    "undervaluation": 0.012,
-    "near_threshold_split": 0.006,
-    "counterfeit_new_shipper": 0.006,
-    "precursor_vague": 0.003,
-    "pill_press": 0.001,
+    "undervaluation": 0.010,
+    "near_threshold": 0.004,
+    "split_shipment": 0.0015,
+    "counterfeit_new_shipper": 0.005,
+    "precursor_vague": 0.002,
+    "pill_press": 0.0007,
+    "drop_address": 0.003,
+    "watchlisted_party": 0.001,
     "risky_origin_transship": 0.002,
 }
+TURNED_BAD = "turned_bad"
+TURNED_BAD_SHIPPER_SHARE = 0.01
+# Synthetic watchlisted parties (no real company or person).
+WATCHLIST: tuple[str, ...] = (
+    "Golden Peak Chemical Trading Co", "Apex Fine Pharma Export Ltd", "Blue Lotus Labs Supply",
+    "Northstar Reagent Trading", "Silverline Pill Machinery Co", "Vortex Precursor Holdings",
+)  # fmt: skip
+DROP_ADDRESSES = 20
+# Local time of each hub relative to the feed clock, for the diurnal curves.
+HUB_PHASE_H = {"JFK-ISC": 0, "ORD-ISC": -1, "LAX-ISC": -3, "CVG-DHL": 0, "MEM-FDX": -1}
 
 
 @dataclass
@@ -87,14 +103,16 @@ class FeedConfig:
     threshold_usd: float = 800.0
 
 
-def _diurnal_offsets(rng: random.Random, n: int, duration_s: float) -> list[float]:
-    """Arrival offsets with a daily curve: quiet at night, peak in the afternoon."""
-    out: list[float] = []
+def _arrivals(rng: random.Random, n: int, duration_s: float) -> list[tuple[float, str]]:
+    """(offset s, hub) pairs sorted by time; each hub follows its own daily curve (quiet at
+    night, peak in the afternoon, local time)."""
+    out = []
     while len(out) < n:
+        hub = HUBS[rng.randrange(len(HUBS))]
         t = rng.random() * duration_s
-        hour = (t / 3600.0) % 24
-        if rng.random() < 0.35 + 0.65 * (0.5 - 0.5 * math.cos((hour - 3) / 24 * 2 * math.pi)):
-            out.append(t)
+        hour = (t / 3600.0 + HUB_PHASE_H[hub]) % 24
+        if rng.random() < 0.25 + 0.75 * (0.5 - 0.5 * math.cos((hour - 3) / 24 * 2 * math.pi)):
+            out.append((t, hub))
     out.sort()
     return out
 
@@ -114,7 +132,13 @@ class FeedGenerator:
             rng.choices(range(len(GOODS)), GOODS_WEIGHTS, k=3) for _ in range(cfg.shippers)
         ]
         self.consignee_weight = [rng.paretovariate(2.0) for _ in range(cfg.consignees)]
+        self.shipper_ids = range(cfg.shippers)
+        self.shipper_cum = list(itertools.accumulate(self.shipper_weight))
+        self.consignee_ids = range(cfg.consignees)
+        self.consignee_cum = list(itertools.accumulate(self.consignee_weight))
         self.new_shipper_seq = 0
+        k = max(1, int(cfg.shippers * TURNED_BAD_SHIPPER_SHARE))
+        self.turncoats = set(rng.sample(range(cfg.shippers), k))
 
     def _shipper(self, i: int, new: bool = False) -> dict[str, Any]:
         cc = "CN" if new else self.shipper_country[i]
@@ -143,40 +167,70 @@ class FeedGenerator:
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], str | None]]:
         cfg, rng = self.cfg, self.rng
-        offsets = _diurnal_offsets(rng, cfg.parcels, cfg.duration_s)
-        shippers = rng.choices(range(cfg.shippers), self.shipper_weight, k=cfg.parcels)
-        consignees = rng.choices(range(cfg.consignees), self.consignee_weight, k=cfg.parcels)
+        arrivals = _arrivals(rng, cfg.parcels, cfg.duration_s)
         names = list(SCENARIOS)
-        cut = []
-        acc = 0.0
-        for name in names:
-            acc += SCENARIOS[name]
-            cut.append(acc)
-        for n in range(cfg.parcels):
+        cut = list(itertools.accumulate(SCENARIOS[name] for name in names))
+        midpoint = cfg.duration_s / 2
+        n = 0
+        while n < cfg.parcels:
+            offset_s, hub = arrivals[n]
             u = rng.random()
             label = next((names[k] for k, c in enumerate(cut) if u < c), None)
-            yield self._parcel(n, shippers[n], consignees[n], offsets[n], label), label
+            si = rng.choices(self.shipper_ids, cum_weights=self.shipper_cum)[0]
+            cj = rng.choices(self.consignee_ids, cum_weights=self.consignee_cum)[0]
+            if label is None and si in self.turncoats and offset_s > midpoint:
+                label = TURNED_BAD if rng.random() < 0.7 else None
+            if label == "split_shipment":
+                k = min(rng.randint(2, 4), cfg.parcels - n)
+                share = rng.uniform(1.1, 1.6) / k  # together above the threshold
+                for j in range(k):
+                    doc = self._parcel(n, si, cj, offset_s + 60 * j, hub, label, share)
+                    yield doc, label
+                    n += 1
+                continue
+            yield self._parcel(n, si, cj, offset_s, hub, label), label
+            n += 1
 
     def _parcel(
-        self, n: int, si: int, cj: int, offset_s: float, label: str | None
+        self,
+        n: int,
+        si: int,
+        cj: int,
+        offset_s: float,
+        hub: str,
+        label: str | None,
+        split_share: float = 0.0,
     ) -> dict[str, Any]:
         cfg, rng = self.cfg, self.rng
         shipper = self._shipper(si)
+        consignee = self._consignee(cj)
         goods = [GOODS[g] for g in rng.sample(self.shipper_goods[si], k=rng.randint(1, 2))]
         items: list[_Line] = []
         for hs, desc, usd, kg, _w in goods:
             qty = 1 if rng.random() < 0.7 else rng.randint(2, 4)
             items.append(_Line(hs, desc, qty, usd * qty * rng.lognormvariate(0, 0.35), kg * qty))
         origin = shipper["country"]
-        if label == "undervaluation":
+        threshold = cfg.threshold_usd or 800.0
+        if label in ("undervaluation", TURNED_BAD):
             for it in items:
                 it.usd *= rng.uniform(0.03, 0.12)
-        elif label == "near_threshold_split":
-            target = cfg.threshold_usd * rng.uniform(0.87, 0.995) if cfg.threshold_usd else 700
-            scale = target / sum(it.usd for it in items)
+        elif label in ("near_threshold", "split_shipment"):
+            share = split_share or rng.uniform(0.87, 0.995)
+            scale = threshold * share / sum(it.usd for it in items)
             for it in items:
                 it.usd *= scale
                 it.kg *= min(scale, 3.0)
+        elif label == "drop_address":
+            cj = rng.randrange(DROP_ADDRESSES)
+            consignee = self._consignee(cj)
+            consignee["address"]["lines"] = [f"{100 + cj} Commerce Way", f"Suite {cj * 7 + 3}"]
+        elif label == "watchlisted_party":
+            name = WATCHLIST[rng.randrange(len(WATCHLIST))]
+            self.new_shipper_seq += 1
+            shipper = self._shipper(si, new=True)
+            shipper["name"] = name
+            items = [_Line("2933.39", rng.choice(["reagent", "sample", "chemical"]), 1,
+                           rng.uniform(20, 90), rng.uniform(0.3, 1.5))]  # fmt: skip
         elif label == "counterfeit_new_shipper":
             self.new_shipper_seq += 1
             shipper = self._shipper(si, new=True)
@@ -207,9 +261,9 @@ class FeedGenerator:
         doc: dict[str, Any] = {
             "parcel_id": f"PS{cfg.seed % 1000:03d}{n:09d}",
             "carrier": CARRIERS[(si + n) % len(CARRIERS)],
-            "hub": HUBS[(si * 7 + n) % len(HUBS)],
+            "hub": hub,
             "shipper": shipper,
-            "consignee": self._consignee(cj),
+            "consignee": consignee,
             "items": [
                 {
                     "description": it.desc,

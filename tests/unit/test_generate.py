@@ -2,7 +2,8 @@ from collections import Counter
 
 import orjson
 
-from parcel_stream.generate import SCENARIOS, FeedConfig, generate
+from parcel_stream.currency import USD_PER_UNIT
+from parcel_stream.generate import SCENARIOS, TURNED_BAD, FeedConfig, generate
 from parcel_stream.parse import InRecord, Limits, parse_batch
 
 
@@ -33,7 +34,7 @@ def test_feed_is_valid_realistic_and_labelled() -> None:
     # labelled bad behaviour at a few percent, every scenario present
     labels = Counter(label for _, label in feed if label)
     share = sum(labels.values()) / len(docs)
-    assert 0.015 < share < 0.06 and set(labels) == set(SCENARIOS)
+    assert 0.015 < share < 0.06 and set(labels) == set(SCENARIOS) | {TURNED_BAD}
     # most declared values sit well below the threshold, parcels ids are unique
     values = sorted(m.declared_value for m in parsed.manifests if m.currency == "USD")
     assert values[len(values) // 2] < 200
@@ -41,3 +42,24 @@ def test_feed_is_valid_realistic_and_labelled() -> None:
     # consignee addresses are reused
     addrs = Counter(tuple(d["consignee"]["address"]["lines"]) for d in docs)
     assert addrs.most_common(1)[0][1] > 5
+
+
+def test_split_shipments_cross_the_threshold_together() -> None:
+    feed = list(generate(FeedConfig(parcels=30_000, seed=2)))
+    groups: dict[tuple[str, str], list[float]] = {}
+    for doc, label in feed:
+        if label == "split_shipment":
+            key = (doc["shipper"]["id"], doc["consignee"]["address"]["lines"][0])
+            usd = doc["declared_value"] * USD_PER_UNIT[doc["currency"]]
+            groups.setdefault(key, []).append(usd)
+    assert groups
+    for values in groups.values():
+        assert len(values) >= 2 and all(v < 800 for v in values) and sum(values) > 800
+
+
+def test_turned_bad_shippers_comply_first_half() -> None:
+    cfg = FeedConfig(parcels=30_000, seed=3)
+    feed = list(generate(cfg))
+    mid = cfg.start_ms + cfg.duration_s * 500
+    turned = [doc["manifest_ts_ms"] for doc, label in feed if label == TURNED_BAD]
+    assert turned and min(turned) > mid
