@@ -106,7 +106,7 @@ class FeedConfig:
 def _arrivals(rng: random.Random, n: int, duration_s: float) -> list[tuple[float, str]]:
     """(offset s, hub) pairs sorted by time; each hub follows its own daily curve (quiet at
     night, peak in the afternoon, local time)."""
-    out = []
+    out: list[tuple[float, str]] = []
     while len(out) < n:
         hub = HUBS[rng.randrange(len(HUBS))]
         t = rng.random() * duration_s
