@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 
+from agents import faust_transport
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.worker import BatchProcessor
@@ -23,7 +24,9 @@ CONTENT_TYPE = "content-type"
 
 def _faust_config(settings: Settings) -> dict[str, Any]:
     return {
-        "broker": ",".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")),
+        "broker": ",".join(
+            f"{faust_transport.SCHEME}://{h.strip()}" for h in settings.kafka_bootstrap.split(",")
+        ),
         "datadir": str(Path(settings.data_dir).resolve()),
         "web_enabled": False,
         "topic_partitions": settings.partitions,
@@ -39,6 +42,14 @@ def _faust_config(settings: Settings) -> dict[str, Any]:
         "producer_acks": -1,
         "stream_wait_empty": True,
     }
+
+
+def make_faust_app(settings: Settings) -> faust.App:
+    """A Faust app configured from settings (also the benchmark's bare-agent peer)."""
+    faust_transport.register()
+    app = faust.App(settings.app_id, **_faust_config(settings))
+    app.parcel_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    return app
 
 
 def _in_record(event: Any) -> InRecord:
@@ -61,7 +72,7 @@ def _in_record(event: Any) -> InRecord:
 def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     """The worker app: one scoring agent over the manifests topic, batches via take_events."""
     rules = ruleset or default_ruleset(settings)
-    app = faust.App(settings.app_id, **_faust_config(settings))
+    app = make_faust_app(settings)
     manifests = app.topic(
         settings.topic_manifests,
         key_type=bytes,

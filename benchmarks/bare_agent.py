@@ -12,14 +12,14 @@ import time
 
 import faust
 
-from agents.app import _faust_config
+from agents.app import make_faust_app
 from parcel_stream.settings import Settings
 
 
 def main() -> None:
     topic_name, expected, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     settings = Settings.from_env()
-    app = faust.App(settings.app_id, **_faust_config(settings))
+    app = make_faust_app(settings)
     topic = app.topic(
         topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )

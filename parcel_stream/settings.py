@@ -50,9 +50,11 @@ class Settings:
     broker_session_timeout_s: float = 20.0
     broker_heartbeat_interval_s: float = 1.0
     commit_interval_s: float = 1.0
+    # Longest a consumer fetch waits for data; bounds added latency at low load.
+    fetch_max_wait_ms: int = 20
     # Batching: Kafka records per agent batch and the longest wait to fill one.
     batch_max_records: int = 1000
-    batch_within_s: float = 0.05
+    batch_within_s: float = 0.01
     # Input limits: larger records or batch records are rejected, not processed.
     max_record_bytes: int = 4 * 1024 * 1024
     max_parcels_per_record: int = 20_000
@@ -161,6 +163,7 @@ def _validate(s: Settings) -> None:
         "review_score",
         "must be >= 0 and <= PARCEL_HOLD_SCORE",
     )
+    _require(1 <= s.fetch_max_wait_ms <= 60_000, "fetch_max_wait_ms", "must be 1..60000")
     _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
     for name in (
         "broker_rebalance_timeout_s",
