@@ -41,6 +41,8 @@ def _faust_config(settings: Settings) -> dict[str, Any]:
         "producer_max_request_size": settings.max_record_bytes + (1 << 20),
         "producer_acks": -1,
         "stream_wait_empty": True,
+        # Bound what the consumer holds ahead of the agent (records, not bytes).
+        "stream_buffer_maxsize": 2 * settings.batch_max_records,
     }
 
 

@@ -53,11 +53,11 @@ class Settings:
     # Longest a consumer fetch waits for data; bounds added latency at low load.
     fetch_max_wait_ms: int = 20
     # Batching: Kafka records per agent batch and the longest wait to fill one.
-    batch_max_records: int = 1000
+    batch_max_records: int = 200
     batch_within_s: float = 0.01
     # Input limits: larger records or batch records are rejected, not processed.
-    max_record_bytes: int = 4 * 1024 * 1024
-    max_parcels_per_record: int = 20_000
+    max_record_bytes: int = 1024 * 1024
+    max_parcels_per_record: int = 5_000
     # A batch is scored in chunks of at most this many input bytes (bounds worker memory).
     chunk_max_bytes: int = 8 * 1024 * 1024
     # Redis reputation store
