@@ -6,7 +6,6 @@ NDJSON with one line per parcel of the input record it answers.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import msgspec
@@ -22,6 +21,7 @@ I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 LANES: tuple[Lane, Lane, Lane] = ("release", "review", "hold")
 LANE_HOLD = 2
+DECISIONS_PER_RECORD = 2000  # ~500 KB per decisions record
 
 _ENC = msgspec.json.Encoder()
 
@@ -86,13 +86,18 @@ def build_outputs(
             manifests, score_l, lane_names, masks_l, sources, strict=True
         )
     ]
-    # One decisions record per input record: parcels of a record are contiguous.
-    rec_idx = np.asarray(parsed.record_index, dtype=np.int64)
-    bounds = [0, *(np.flatnonzero(np.diff(rec_idx)) + 1).tolist(), len(decisions)]
-    for lo, hi in itertools.pairwise(bounds):
-        if hi > lo:
-            value = _ENC.encode_lines(decisions[lo:hi])[:-1]
-            out.decisions.append((records[int(rec_idx[lo])].key, value))
+    # Decisions records: NDJSON, one per input partition of the batch (in input order),
+    # at most DECISIONS_PER_RECORD lines each; key = "topic/partition" of the input, so
+    # the decisions of one input partition stay in order on one output partition.
+    by_part: dict[tuple[str, int], list[Decision]] = {}
+    for d, rec in zip(decisions, parsed.record_index, strict=True):
+        r = records[rec]
+        by_part.setdefault((r.topic, r.partition), []).append(d)
+    for (topic, partition), group in by_part.items():
+        key = f"{topic}/{partition}".encode()
+        for lo in range(0, len(group), DECISIONS_PER_RECORD):
+            value = _ENC.encode_lines(group[lo : lo + DECISIONS_PER_RECORD])[:-1]
+            out.decisions.append((key, value))
     for i in np.flatnonzero(lanes == LANE_HOLD).tolist():
         m, d = manifests[i], decisions[i]
         hold = Hold(

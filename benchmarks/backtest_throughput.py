@@ -1,0 +1,85 @@
+"""Backtest throughput on one core, next to the JSON decode of the same parcels.
+
+Generates a feed, then times (process CPU time, one thread) the backtest over:
+  (a) a plain manifests file (lines grouped into NDJSON batch records), and
+  (b) a recorded feed of single-parcel records (gzip),
+next to peers measured in the same run on the same lines (each result dropped at once):
+orjson.loads alone, and the validating msgspec decode into the manifest types alone.
+
+    python benchmarks/backtest_throughput.py [--parcels N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import orjson
+
+from parcel_stream.backtest import run_backtest
+from parcel_stream.feed import RawRecord, read_feed, write_feed
+from parcel_stream.generate import FeedConfig, generate
+from parcel_stream.kernels import warm_up
+from parcel_stream.model import Manifest
+from parcel_stream.rules import default_ruleset
+from parcel_stream.settings import Settings
+
+
+def each(fn, items) -> None:  # type: ignore[no-untyped-def]
+    for x in items:
+        fn(x)
+
+
+def cpu(fn) -> float:  # type: ignore[no-untyped-def]
+    gc.collect()
+    t = time.process_time()
+    fn()
+    return time.process_time() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parcels", type=int, default=200_000)
+    args = ap.parse_args()
+    gc.set_threshold(50_000, 20, 100)  # as the worker does
+    tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-btb-"))
+    docs = [d for d, _ in generate(FeedConfig(parcels=args.parcels, seed=41))]
+    lines = [orjson.dumps(d) for d in docs]
+    manifests = tmp / "manifests.ndjson"
+    manifests.write_bytes(b"\n".join(lines) + b"\n")
+    feed = tmp / "feed.ndjson.gz"
+    write_feed(feed, (RawRecord(d["manifest_ts_ms"], "m", 0, i, d["shipper"]["id"].encode(), ln)
+                      for i, (d, ln) in enumerate(zip(docs, lines, strict=True))))  # fmt: skip
+    del docs
+    rs = default_ruleset(Settings())
+    warm_up(rs)
+    n = len(lines)
+    dec = msgspec.json.Decoder(Manifest)
+    rows = [
+        ("orjson.loads of every line (peer)", cpu(lambda: each(orjson.loads, lines))),
+        ("msgspec validating decode into Manifest (peer)", cpu(lambda: each(dec.decode, lines))),
+        ("backtest, manifests file (1000-line batches)",
+         cpu(lambda: run_backtest(read_feed(manifests, group_lines=1000), rs))),
+        ("backtest, recorded feed of single records (gzip)",
+         cpu(lambda: run_backtest(read_feed(feed), rs))),
+    ]  # fmt: skip
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{n:,} parcels, mean line {sum(map(len, lines)) / n:.0f} bytes; CPU time of one thread"
+    )
+    print()
+    for name, seconds in rows:
+        print(f"{name:<52} {n / seconds:>10,.0f} parcels/s  ({seconds * 1e6 / n:5.2f} µs/parcel)")
+    base = rows[1][1]
+    print()
+    print(f"backtest (manifests) / validating decode alone = {base / rows[2][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
