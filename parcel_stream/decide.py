@@ -114,8 +114,8 @@ def build_outputs(
         )
         out.holds.append((m.parcel_id.encode(), _ENC.encode(hold)))
     for rej in parsed.rejections:
-        key = rej.parcel_id.encode() if rej.parcel_id else None
-        out.rejections.append((key, encode_rejection(rej)))
+        rkey = rej.parcel_id.encode() if rej.parcel_id else None
+        out.rejections.append((rkey, encode_rejection(rej)))
     return out
 
 
