@@ -43,6 +43,8 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/e2e_throughput.py
+	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/backtest_throughput.py
 
 dev-up: setup
 	$(BIN)/parcel-stream dev up
