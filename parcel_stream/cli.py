@@ -8,13 +8,20 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from parcel_stream.settings import ConfigError, Settings
 
 
 class UsageError(Exception):
     """A bad argument: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (and a pointer to --help), no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -352,12 +359,12 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="parcel-stream",
         description="Risk-score e-commerce parcel manifests as they stream through Kafka. "
         "Configuration comes from PARCEL_* environment variables (see README).",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     w = sub.add_parser("worker", help="run the scoring worker (Faust) until stopped")
     w.set_defaults(func=cmd_worker)

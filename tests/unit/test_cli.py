@@ -48,3 +48,24 @@ def test_missing_redis_server_is_a_clear_error(monkeypatch, capsys, tmp_path) ->
         devstack.redis_binary()
     assert main(["dev", "up", "--state-dir", str(tmp_path / "s")]) == 1
     assert "apt-get install redis-server" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["replay", "feed.ndjson", "--speed", "fast"],
+        ["replay", "feed.ndjson", "--as", "sideways"],
+        ["record", "--out", "x.ndjson", "--until", "tomorrow"],
+        ["backtest", "feed.ndjson", "--capacity-pct", "0"],
+        ["generate", "--parcels", "many"],
+        ["demo", "--batch-size", "0"],
+        ["dev", "sideways"],
+        ["no-such-command"],
+    ],
+)
+def test_every_bad_argument_is_one_line(argv: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1 and "--help" in err and "Traceback" not in err
