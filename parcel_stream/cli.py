@@ -143,6 +143,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
     from parcel_stream.adapters.kafka_io import make_producer, produce_parcels
+    from parcel_stream.progress import Progress
 
     path = Path(args.file)
     if not path.exists():
@@ -159,7 +160,10 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
             key = None  # malformed lines are sent as they are: the worker rejects them
         pairs.append((key, line))
     producer = make_producer(settings.kafka_bootstrap)
-    stats = produce_parcels(producer, settings.topic_manifests, pairs, args.batch_size)
+    progress = Progress("producing", total=len(pairs), unit="parcels")
+    stats = produce_parcels(
+        producer, settings.topic_manifests, pairs, args.batch_size, progress=progress
+    )
     producer.close()
     rate = stats.parcels / max(stats.seconds, 1e-9)
     print(f"sent {stats.parcels} manifests in {stats.records} records ({rate:,.0f}/s)")

@@ -39,6 +39,7 @@ def produce_parcels(
     parcels: Sequence[tuple[bytes | None, bytes]],
     batch_size: int = 1,
     single_every: int = 0,
+    progress: Progress | None = None,
 ) -> ProduceStats:
     """Send (shipper key, JSON line) pairs: as NDJSON batch records of ``batch_size`` parcels,
     or one parcel per record when ``batch_size`` is 1. With ``single_every`` = k, every k-th
@@ -55,6 +56,8 @@ def produce_parcels(
             buf.clear()
 
     for n, (key, line) in enumerate(parcels):
+        if progress is not None:
+            progress.update()
         if batch_size <= 1 or (single_every and n % single_every == 0):
             producer.send(topic, key=key, value=line)
             records += 1
@@ -64,6 +67,8 @@ def produce_parcels(
             flush()
     flush()
     producer.flush()
+    if progress is not None:
+        progress.close()
     return ProduceStats(records, len(parcels), time.perf_counter() - t0)
 
 
