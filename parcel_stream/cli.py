@@ -99,12 +99,13 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from parcel_stream.feed import RawRecord, encode_record
     from parcel_stream.generate import FeedConfig, generate
     from parcel_stream.progress import Progress
+    from parcel_stream.rules import default_ruleset
 
     cfg = FeedConfig(
         parcels=args.parcels,
         shippers=args.shippers,
         seed=args.seed,
-        threshold_usd=settings.duty_free_threshold_usd,
+        threshold_usd=default_ruleset(settings).threshold_usd,
         duration_s=args.days * 86_400.0,
     )
     progress = Progress("generating", total=args.parcels, unit="parcels")
@@ -287,18 +288,18 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from parcel_stream.kernels import warm_up
     from parcel_stream.parse import Limits
     from parcel_stream.progress import Progress
-    from parcel_stream.rules import RuleSetError, default_ruleset, load_overrides
+    from parcel_stream.rules import RuleSetError, default_ruleset, load_ruleset
 
     if not Path(args.feed).exists():
         raise UsageError(
             f"{args.feed}: no such file; `parcel-stream generate` or `record` makes one"
         )
     labels = _load_labels(args.labels)
-    base = default_ruleset(settings)
     try:
-        rulesets = [load_overrides(base, args.rules) if args.rules else base]
+        base = default_ruleset(settings)
+        rulesets = [load_ruleset(args.rules) if args.rules else base]
         if args.compare:
-            rulesets.append(load_overrides(base, args.compare))
+            rulesets.append(load_ruleset(args.compare))
     except RuleSetError as exc:
         raise UsageError(str(exc)) from None
     if len(rulesets) == 2 and rulesets[0].version == rulesets[1].version:
@@ -348,6 +349,90 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         Path(args.report).write_text("".join(lines))
         print(f"wrote {args.report}")
     return 0
+
+
+def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
+    from parcel_stream.feature_catalog import FEATURE_DOCS
+    from parcel_stream.rules import (
+        DEFAULT_RULESET_PATH,
+        RuleSetError,
+        default_ruleset,
+        load_ruleset,
+    )
+
+    if args.action == "default":
+        print(DEFAULT_RULESET_PATH.read_text(encoding="utf-8"), end="")
+        return 0
+    if args.action == "features":
+        for name, doc in FEATURE_DOCS.items():
+            print(f"{name:<26} {doc}")
+        return 0
+    if args.action == "validate":
+        if not args.files:
+            raise UsageError("rules validate needs one or more FILE arguments")
+        failed = 0
+        for path in args.files:
+            try:
+                rs = load_ruleset(path)
+            except RuleSetError as exc:
+                print(f"invalid: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            active = int(rs.active(_now_ms()).sum())
+            print(
+                f"ok: {path}: version {rs.version}, {len(rs.rules)} rules ({active} in effect now)"
+            )
+        return 1 if failed else 0
+    # explain
+    if len(args.files) != 1:
+        raise UsageError("rules explain needs one parcel JSON file (or - for stdin)")
+    try:
+        rs = load_ruleset(args.rules) if args.rules else default_ruleset(settings)
+    except RuleSetError as exc:
+        raise UsageError(str(exc)) from None
+    print(explain_parcel(args.files[0], rs, args))
+    return 0
+
+
+def _now_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+def explain_parcel(path: str, rs: Any, args: argparse.Namespace) -> str:
+    import numpy as np
+
+    from parcel_stream.explain import evaluate_parcel, feature_values, render
+    from parcel_stream.features import ReputationView, build_features, index_shippers
+    from parcel_stream.parse import parse_one
+
+    raw = sys.stdin.buffer.read() if path == "-" else _read(path)
+    parsed = parse_one(raw, path, _now_ms())
+    from parcel_stream.model import Manifest
+
+    if not isinstance(parsed, Manifest):
+        raise UsageError(
+            f"{path}: not a valid manifest: {parsed.reason} at {parsed.path}: {parsed.detail}"
+        )
+    now = args.at if args.at is not None else _now_ms()
+    view = ReputationView(
+        seen=np.array([float(args.shipper_seen)]),
+        holds=np.array([float(args.shipper_holds)]),
+        value_usd=np.zeros(1),
+        first_seen_ms=np.array(
+            [float(now - args.shipper_age_days * 86_400_000) if args.shipper_age_days >= 0 else 0.0]
+        ),
+    )
+    feats = build_features([parsed], index_shippers([parsed]), view, rs, now)
+    return render(evaluate_parcel(feats, 0, rs, now), rs, feature_values(feats, 0))
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
 
 
 def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
@@ -439,8 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bt.add_argument("feed", help="feed file (record/generate --format feed) or manifests NDJSON")
     bt.add_argument("--labels", help="ground truth: NDJSON lines {parcel_id, label}")
-    bt.add_argument("--rules", help="rule-set overrides (JSON) for the main run")
-    bt.add_argument("--compare", help="a second rule-set overrides file, reported side by side")
+    bt.add_argument("--rules", help="rule-set file (TOML/JSON) for the main run")
+    bt.add_argument("--compare", help="a second rule-set file, reported side by side")
     bt.add_argument(
         "--capacity-pct", type=_percent, default=2.0, help="examination capacity, %% of parcels"
     )
@@ -451,6 +536,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bt.set_defaults(func=cmd_backtest)
 
+    ru = sub.add_parser("rules", help="validate, explain and list rule sets and features")
+    ru.add_argument(
+        "action",
+        choices=["validate", "explain", "features", "default"],
+        help="validate FILE...; explain PARCEL.json; features: list them; "
+        "default: print the built-in rule set",
+    )
+    ru.add_argument("files", nargs="*", help="rule-set files (validate) or a parcel JSON (explain)")
+    ru.add_argument(
+        "--rules", help="rule-set file for explain (default: PARCEL_RULES_FILE or built-in)"
+    )
+    ru.add_argument(
+        "--shipper-seen", type=int, default=0, help="explain: the shipper's past parcels"
+    )
+    ru.add_argument(
+        "--shipper-holds", type=int, default=0, help="explain: the shipper's past holds"
+    )
+    ru.add_argument(
+        "--shipper-age-days",
+        type=float,
+        default=-1,
+        help="explain: days since first seen (-1 = never)",
+    )
+    ru.add_argument("--at", type=_time_ms, help="explain: decision time (default now)")
+    ru.set_defaults(func=cmd_rules)
+
     s = sub.add_parser("schemas", help="write the JSON Schemas generated from the code")
     s.add_argument("dir", nargs="?", default="schemas")
     s.set_defaults(func=cmd_schemas)
@@ -460,10 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from parcel_stream.rules import RuleSetError
+
     try:
         settings = Settings.from_env()
         return int(args.func(args, settings))
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, RuleSetError) as exc:
         print(f"parcel-stream: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

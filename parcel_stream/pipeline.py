@@ -79,9 +79,9 @@ def score_prepared(
     """Score a prepared batch; ``encode=False`` skips building output records (backtests)."""
     parsed = prep.parsed
     t0 = perf_counter()
-    feats = build_features(parsed.manifests, prep.shippers, view, now_ms)
+    feats = build_features(parsed.manifests, prep.shippers, view, ruleset, now_ms)
     t1 = perf_counter()
-    scores, masks = score_batch(feats, ruleset)
+    scores, masks = score_batch(feats, ruleset, now_ms)
     lanes = decide(scores, ruleset.review_score, ruleset.hold_score)
     t2 = perf_counter()
     outputs = (

@@ -63,11 +63,12 @@ class Settings:
     # Redis reputation store
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_key_prefix: str = "ps"
-    # Scoring policy
-    duty_free_threshold_usd: float = 800.0
-    near_threshold_band: float = 0.15
-    review_score: float = 30.0
-    hold_score: float = 60.0
+    # Scoring: the rule-set file (empty = the built-in default). The threshold and lane
+    # scores come from the rule set; set these only to override it.
+    rules_file: str = ""
+    duty_free_threshold_usd: float | None = None
+    review_score: float | None = None
+    hold_score: float | None = None
     # Operations
     metrics_port: int = 9464
     data_dir: str = ".parcel-stream/worker"
@@ -102,14 +103,23 @@ class Settings:
 
     def as_env(self) -> dict[str, str]:
         """The ``PARCEL_*`` variables that rebuild these settings in another process."""
-        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[PREFIX + f.name.upper()] = "" if value is None else str(value)
+        return out
 
 
 _CONVERTERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
 
 
 def _convert(var: str, raw: str, type_name: Any) -> Any:
-    conv = _CONVERTERS[str(type_name)]
+    name = str(type_name)
+    if name.endswith(" | None"):
+        if raw.strip() == "":
+            return None
+        name = name[: -len(" | None")]
+    conv = _CONVERTERS[name]
     try:
         value = conv(raw.strip())
     except ValueError:
@@ -153,16 +163,15 @@ def _validate(s: Settings) -> None:
     _require(s.max_parcels_per_record >= 1, "max_parcels_per_record", "must be at least 1")
     _require(s.chunk_max_bytes >= 1024, "chunk_max_bytes", "must be at least 1024")
     _require(
-        s.duty_free_threshold_usd >= 0,
+        s.duty_free_threshold_usd is None or s.duty_free_threshold_usd >= 0,
         "duty_free_threshold_usd",
         "must be >= 0 (0 means no de minimis exemption)",
     )
-    _require(0 < s.near_threshold_band < 1, "near_threshold_band", "must be between 0 and 1")
-    _require(
-        0 <= s.review_score <= s.hold_score,
-        "review_score",
-        "must be >= 0 and <= PARCEL_HOLD_SCORE",
-    )
+    for name in ("review_score", "hold_score"):
+        value = getattr(s, name)
+        _require(value is None or 0 <= value <= 100, name, "must be between 0 and 100")
+    if s.review_score is not None and s.hold_score is not None:
+        _require(s.review_score <= s.hold_score, "review_score", "must be <= PARCEL_HOLD_SCORE")
     _require(1 <= s.fetch_max_wait_ms <= 60_000, "fetch_max_wait_ms", "must be 1..60000")
     _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
     for name in (

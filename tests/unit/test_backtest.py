@@ -7,7 +7,7 @@ from parcel_stream.backtest import evaluate, render_markdown, run_backtest
 from parcel_stream.cli import main
 from parcel_stream.feed import RawRecord
 from parcel_stream.generate import FeedConfig, generate
-from parcel_stream.rules import RuleSetError, apply_overrides, default_ruleset
+from parcel_stream.rules import DEFAULT_RULESET_PATH, default_ruleset
 from parcel_stream.settings import Settings
 
 
@@ -23,7 +23,9 @@ def feed() -> tuple[list[RawRecord], dict[str, str | None]]:
 def test_backtest_reports_and_reacts_to_a_disabled_rule(feed) -> None:  # type: ignore[no-untyped-def]
     recs, labels = feed
     base = default_ruleset(Settings())
-    no_hs = apply_overrides(base, {"version": "no-hs", "disabled": ["HIGH_RISK_HS"]})
+    from dataclasses import replace
+
+    no_hs = replace(base.with_rules(HIGH_RISK_HS={"enabled": False}), version="no-hs")
     r_base = evaluate(run_backtest(recs, base), labels, base, capacity_pct=2.0)
     r_off = evaluate(run_backtest(recs, no_hs), labels, no_hs, capacity_pct=2.0)
     assert r_base.parcels == r_off.parcels == 15_000
@@ -43,37 +45,31 @@ def test_backtest_reports_and_reacts_to_a_disabled_rule(feed) -> None:  # type: 
     assert r_off.hold_recall < r_base.hold_recall
     assert r_base.parcels_per_s > 0 and r_base.cpu_parcels_per_s > 0
     text = render_markdown([r_base, r_off])
-    assert "| builtin-1 | no-hs |" in text and "precursor_vague" in text
-
-
-def test_overrides_are_validated() -> None:
-    base = default_ruleset(Settings())
-    with pytest.raises(RuleSetError, match="rules.json: disabled: unknown rule 'NOPE'"):
-        apply_overrides(base, {"disabled": ["NOPE"]}, "rules.json")
-    with pytest.raises(RuleSetError, match="r: weights: NEW_SHIPPER must be a number"):
-        apply_overrides(base, {"weights": {"NEW_SHIPPER": "high"}}, "r")
-    with pytest.raises(RuleSetError, match="unknown field 'wieghts'"):
-        apply_overrides(base, {"wieghts": {}}, "r")
-    rs = apply_overrides(base, {"weights": {"NEW_SHIPPER": 5}, "hold_score": 70, "version": "v2"})
-    assert rs.weights[4] == 5 and rs.hold_score == 70 and rs.version == "v2"
+    assert "| default-2026.11.1 | no-hs |" in text and "precursor_vague" in text
 
 
 def test_backtest_cli_writes_report_and_plots(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     feed_path, labels = tmp_path / "f.ndjson.gz", tmp_path / "l.ndjson"
     assert main(["generate", "--parcels", "3000", "--format", "feed", "--out", str(feed_path),
                  "--labels", str(labels)]) == 0  # fmt: skip
-    rules = tmp_path / "r.json"
-    rules.write_text('{"version": "strict", "hold_score": 45}')
+    rules = tmp_path / "strict.toml"
+    rules.write_text(
+        (DEFAULT_RULESET_PATH.read_text())
+        .replace('version = "default-2026.11.1"', 'version = "strict"')
+        .replace("hold_score = 60", "hold_score = 45")
+    )
     code = main(["backtest", str(feed_path), "--labels", str(labels), "--compare", str(rules),
                  "--report", str(tmp_path / "rep.md"), "--plots", str(tmp_path / "plots")])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "| builtin-1 | strict |" in out and "precision / recall @ 2%" in out
+    assert "| default-2026.11.1 | strict |" in out and "precision / recall @ 2%" in out
     assert (tmp_path / "plots" / "precision-recall-capacity.png").stat().st_size > 1000
     assert (
         "![score-distribution.png](plots/score-distribution.png)"
         in (tmp_path / "rep.md").read_text()
     )
-    rules.write_text('{"disabled": ["NOPE"]}')
+    rules.write_text(
+        'version = "x"\n[[rules]]\nid = "NOPE"\ndescription = "d"\nwhen = ["nope > 1"]\nweight = 1\n'
+    )
     assert main(["backtest", str(feed_path), "--rules", str(rules)]) == 2
-    assert "unknown rule 'NOPE'" in capsys.readouterr().err
+    assert "rule NOPE: when[0]: unknown feature 'nope'" in capsys.readouterr().err

@@ -5,13 +5,14 @@ from parcel_stream.settings import ConfigError, Settings
 
 def test_defaults_are_valid() -> None:
     s = Settings()
-    assert s.partitions == 4 and s.hold_score > s.review_score
+    assert s.partitions == 4 and s.hold_score is None and s.rules_file == ""
 
 
 def test_from_env_reads_prefixed_variables() -> None:
     s = Settings.from_env({"PARCEL_PARTITIONS": "8", "PARCEL_DUTY_FREE_THRESHOLD_USD": "0",
                            "PARCEL_TOPIC_HOLDS": "holds-x", "OTHER": "1"})  # fmt: skip
     assert (s.partitions, s.duty_free_threshold_usd, s.topic_holds) == (8, 0.0, "holds-x")
+    assert Settings.from_env({"PARCEL_HOLD_SCORE": ""}).hold_score is None
 
 
 @pytest.mark.parametrize(
@@ -24,7 +25,7 @@ def test_from_env_reads_prefixed_variables() -> None:
             "PARCEL_KAFKA_BOOTSTRAP: 'localhost' is not host:port",
         ),
         ({"PARCEL_REDIS_URL": "http://x"}, "PARCEL_REDIS_URL: must start with redis://"),
-        ({"PARCEL_REVIEW_SCORE": "90"}, "PARCEL_REVIEW_SCORE"),
+        ({"PARCEL_REVIEW_SCORE": "90", "PARCEL_HOLD_SCORE": "60"}, "PARCEL_REVIEW_SCORE"),
         ({"PARCEL_DUTY_FREE_THRESHOLD_USD": "-1"}, "PARCEL_DUTY_FREE_THRESHOLD_USD: must be >= 0"),
         ({"PARCEL_TOPIC_HOLDS": "parcel-manifests"}, "distinct"),
         ({"PARCEL_LOG_LEVEL": "loud"}, "PARCEL_LOG_LEVEL"),

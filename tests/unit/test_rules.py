@@ -1,0 +1,100 @@
+"""Every rule of the default catalog: a parcel that fires it and one that does not."""
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from parcel_stream.features import ReputationView, build_features, index_shippers
+from parcel_stream.kernels import score_batch
+from parcel_stream.model import Manifest
+from parcel_stream.parse import parse_one
+from parcel_stream.rules import RuleSetError, compile_ruleset, default_document, default_ruleset
+from tests.unit.samples import BASE, line
+
+NOW = 1_790_000_000_000
+RS = default_ruleset()
+
+
+def item(**kw: Any) -> list[dict[str, Any]]:
+    base = {"description": "cotton t-shirt", "hs_code": "6109.10", "quantity": 2, "value": 24.0}
+    return [{**base, **kw}]
+
+
+def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0) -> list[str]:
+    m = parse_one(line(**changes), "t", NOW)
+    assert isinstance(m, Manifest), m
+    view = ReputationView(np.array([float(seen)]), np.array([float(holds)]), np.zeros(1),
+                          np.array([float(NOW - 30 * 86_400_000) if seen else 0.0]))  # fmt: skip
+    feats = build_features([m], index_shippers([m]), view, RS, NOW)
+    _score, mask = score_batch(feats, RS, NOW)
+    return RS.reason_codes(int(mask[0]))
+
+
+def shipper(name: str) -> dict[str, Any]:
+    return {**BASE["shipper"], "name": name}
+
+
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, int], dict[str, int]]] = {
+    # rule: (fires, does not fire, reputation when firing, reputation when not)
+    "NEAR_THRESHOLD": ({"declared_value": 750.0, "items": item(value=750.0), "gross_weight_kg": 10.0},
+                       {"declared_value": 600.0, "items": item(value=600.0), "gross_weight_kg": 10.0}, {}, {}),
+    "LOW_VALUE_PER_KG": ({"gross_weight_kg": 5.0}, {"gross_weight_kg": 0.5}, {}, {}),
+    "HIGH_RISK_HS": ({"items": item(hs_code="2933.39", description="piperidine")}, {}, {}, {}),
+    "ORIGIN_RISK": ({"origin_country": "HK"}, {"origin_country": "CN"}, {}, {}),
+    "NEW_SHIPPER": ({}, {}, {"seen": 2}, {"seen": 5}),
+    "BAD_REPUTATION": ({}, {}, {"seen": 50, "holds": 10}, {"seen": 50, "holds": 9}),
+    "TOKEN_VALUE": ({"declared_value": 0.5, "items": item(value=0.5)}, {}, {}, {}),
+    "VALUE_MISMATCH": ({"items": item(value=60.0)}, {"items": item(value=25.0)}, {}, {}),
+    "MISSING_HS": ({"items": item(hs_code="")}, {}, {}, {}),
+    "VAGUE_DESCRIPTION": ({"items": item(description="Gift!")}, {"items": item(description="gift box set")}, {}, {}),
+    "DESCRIPTION_HS_MISMATCH": ({"items": item(description="running shoes")},
+                                {"items": item(description="running shoes", hs_code="6404.11")}, {}, {}),
+    "ROUND_VALUE": ({"declared_value": 60.0, "items": item(value=60.0)},
+                    {"declared_value": 59.5, "items": item(value=59.5)}, {}, {}),
+    "WATCHLIST_SHIPPER": ({"shipper": shipper("GOLDEN PEAK chemical-trading co.")},
+                          {"shipper": shipper("Golden Peak Foods")}, {}, {}),
+    "WATCHLIST_CONSIGNEE": ({"consignee": {**BASE["consignee"], "name": "Blue Lotus Labs Supply"}}, {}, {}, {}),
+    "TRUSTED_SHIPPER": ({}, {}, {"seen": 500, "holds": 0}, {"seen": 500, "holds": 50}),
+}  # fmt: skip
+
+
+def test_every_default_rule_has_a_case() -> None:
+    assert set(CASES) == {r.code for r in RS.rules}
+
+
+@pytest.mark.parametrize("code", list(CASES))
+def test_rule_fires_and_does_not(code: str) -> None:
+    fire, no_fire, rep_fire, rep_no = CASES[code]
+    assert code in fired(fire, **rep_fire), fired(fire, **rep_fire)
+    assert code not in fired(no_fire, **rep_no), fired(no_fire, **rep_no)
+
+
+def test_validation_errors_name_file_rule_and_field() -> None:
+    def bad(rule: dict[str, Any]) -> str:
+        doc = default_document()
+        doc["rules"] = [rule]
+        with pytest.raises(RuleSetError) as err:
+            compile_ruleset(doc, "my-rules.toml")
+        return str(err.value)
+
+    ok = {"id": "X_RULE", "description": "d", "when": ["value_usd < 5"], "weight": 10}
+    assert bad({**ok, "when": ["valeu_usd < 5"]}).startswith(
+        "my-rules.toml: rule X_RULE: when[0]: unknown feature 'valeu_usd'"
+    )
+    assert "when[0]: 'value_usd << 5' is not 'feature op number'" in bad(
+        {**ok, "when": ["value_usd << 5"]}
+    )
+    assert "rule X_RULE: weight: expected a number" in bad({**ok, "weight": "high"})
+    assert "rule X_RULE: unknown field 'wieght'" in bad({**ok, "wieght": 3})
+    assert "rule x: id: use UPPER_SNAKE_CASE" in bad({**ok, "id": "x"})
+    assert "effective_from: 'soon' is not an ISO date" in bad({**ok, "effective_from": "soon"})
+    assert "scale_by: unknown feature" in bad({**ok, "scale_by": "nope"})
+    doc = default_document()
+    doc["tables"]["origin_risk"]["XX"] = 0.5
+    with pytest.raises(RuleSetError, match="tables.origin_risk.XX: unknown code"):
+        compile_ruleset(doc, "f")
+    del doc["tables"]["origin_risk"]["XX"]
+    doc.pop("version")
+    with pytest.raises(RuleSetError, match="f: version"):
+        compile_ruleset(doc, "f")
