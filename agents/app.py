@@ -105,6 +105,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     async def score(stream: Any) -> None:
         batch_max, within = settings.batch_max_records, settings.batch_within_s
         async for events in stream.take_events(batch_max, within=within):
+            processor.maybe_reload()  # a new rule set applies from a batch boundary on
             records = [_in_record(e) for e in events]
             # The events are acked when this body returns: after every chunk is done.
             for chunk in chunk_records(records, settings.chunk_max_bytes):

@@ -85,6 +85,18 @@ class WorkerMetrics:
             "parcel_stream_redis_up", "1 when the last Redis call succeeded", registry=r
         )
         self.ruleset = Info("parcel_stream_ruleset", "The active rule set", registry=r)
+        reloads = Counter(
+            "parcel_stream_ruleset_reloads_total",
+            "Rule-set file changes picked up (ok) or refused (error)",
+            ["result"],
+            registry=r,
+        )
+        self.ruleset_reloads = {k: reloads.labels(result=k) for k in ("ok", "error")}
+        self.ruleset_error = Gauge(
+            "parcel_stream_ruleset_load_error",
+            "1 when the last rule-set change was refused (the previous rule set still runs)",
+            registry=r,
+        )
 
     def serve(self, port: int) -> None:
         if port:

@@ -18,10 +18,12 @@ from redis.exceptions import RedisError
 
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
+from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.decide import LANES, Out
+from parcel_stream.kernels import warm_up
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import BatchResult, prepare, score_prepared
-from parcel_stream.rules import RuleSet
+from parcel_stream.rules import RuleSet, RuleSetError
 from parcel_stream.settings import Settings
 
 log = logging.getLogger("parcel_stream.worker")
@@ -63,7 +65,23 @@ class BatchProcessor:
         self.send = send
         self.metrics = metrics
         self.limits = Limits(settings.max_record_bytes, settings.max_parcels_per_record)
+        self.watcher = RuleSetWatcher(settings, ruleset)
         metrics.ruleset.info({"version": ruleset.version})
+
+    def maybe_reload(self) -> None:
+        """Between batches: switch to a changed rule-set file if it is valid."""
+        try:
+            new = self.watcher.poll()
+        except RuleSetError:
+            self.metrics.ruleset_reloads["error"].inc()
+            self.metrics.ruleset_error.set(1)
+            return
+        if new is not None:
+            warm_up(new)
+            self.ruleset = new
+            self.metrics.ruleset_reloads["ok"].inc()
+            self.metrics.ruleset_error.set(0)
+            self.metrics.ruleset.info({"version": new.version})
 
     async def _score(self, records: list[InRecord], ts_ms: int) -> BatchResult:
         prep = prepare(records, self.limits, ts_ms)
