@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python benchmarks/e2e_throughput.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/backtest_throughput.py
+	$(BIN)/python benchmarks/kernel_cost.py
 
 dev-up: setup
 	$(BIN)/parcel-stream dev up
