@@ -54,8 +54,10 @@ def main() -> None:
     warm_up(rs)
     full = features_for(16384, rs)
     n_conds = int(rs.rule_count.sum())
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"rule set {rs.version}: {len(rs.rules)} rules, {n_conds} conditions; one thread")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"rule set {rs.version}: {len(rs.rules)} rules, {n_conds} conditions; one thread"
+    )
     print()
     print(f"{'batch':>6} {'kernel µs/parcel':>17} {'reference µs/parcel':>20} {'speedup':>8}")
     for n in (1, 64, 1024, 16384):
@@ -63,7 +65,10 @@ def main() -> None:
         kern = timed(lambda f=f: score_batch(f, rs, NOW), repeats=max(20, 20000 // n)) / n
         ref_n = min(n, 1024)
         fr = Features(matrix=np.ascontiguousarray(full.matrix[:, :ref_n]))
-        ref = timed(lambda fr=fr: reference_score(fr, rs, NOW), repeats=3 if ref_n > 64 else 10) / ref_n
+        ref = (
+            timed(lambda fr=fr: reference_score(fr, rs, NOW), repeats=3 if ref_n > 64 else 10)
+            / ref_n
+        )
         print(f"{n:>6} {kern:>17.3f} {ref:>20.2f} {ref / kern:>7.0f}x")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from parcel_stream.decide import LANES
-from parcel_stream.features import ReputationView
+from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.feed import RawRecord
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import prepare, score_prepared
@@ -32,7 +32,7 @@ CAPACITIES_PCT = (1.0, 2.0, 5.0, 10.0)
 
 class SyncStore(Protocol):
     def read(
-        self, shipper_ids: list[str], partitions: list[Partition]
+        self, keys: ShipperIndex, partitions: list[Partition]
     ) -> tuple[ReputationView, dict[Partition, int]]: ...
 
     def apply(self, update: ReputationUpdate) -> bool: ...
@@ -87,7 +87,7 @@ def run_backtest(
     for chunk in _chunks(records, chunk_bytes):
         now_ms = max(r.timestamp_ms for r in chunk)
         prep = prepare(chunk, limits, now_ms)
-        view, marks = store.read(prep.shippers.ids, prep.partitions)
+        view, marks = store.read(prep.shippers, prep.partitions)
         result = score_prepared(prep, view, marks, ruleset, now_ms, encode=False)
         if not store.apply(result.update):
             raise RuntimeError("reputation watermark conflict: is another writer using it?")

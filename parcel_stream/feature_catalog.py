@@ -23,6 +23,10 @@ FEATURE_DOCS: dict[str, str] = {
     "shipper_watchlisted": "1 when the shipper's normalised name is on the watchlist",
     "consignee_watchlisted": "1 when the consignee's normalised name is on the watchlist",
     "value_is_round": "1 when the declared value is a positive multiple of 10 in its currency",
+    "consignee_distinct_shippers": "distinct shippers seen sending to the consignee's normalised address (stored + this batch)",
+    "pair_parcels": "parcels this shipper sent to this address within the split window, this one included",
+    "pair_value_usd": "USD value this shipper sent to this address within the split window, this one included",
+    "pair_value_to_threshold": "pair_value_usd / duty-free threshold (-1 when there is no threshold)",
 }
 FEATURES: tuple[str, ...] = tuple(FEATURE_DOCS)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}

@@ -6,7 +6,8 @@ no dict-per-parcel hop. The features are named in :mod:`parcel_stream.feature_ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy.typing as npt
 from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
-from parcel_stream.model import Manifest
+from parcel_stream.model import Address, Manifest
 from parcel_stream.rules import RuleSet, country_index, normalise_name
 
 F64 = npt.NDArray[np.float64]
@@ -25,25 +26,38 @@ MS_PER_DAY = 86_400_000.0
 
 @dataclass(frozen=True, slots=True)
 class ShipperIndex:
-    """The distinct shippers of a batch and, per parcel, the position of its shipper."""
+    """The distinct entities of a batch and, per parcel, the position of each of its own:
+    shippers (by id), consignee addresses and shipper-address pairs (by a hash of the
+    normalised address, so no address is ever a store key or a log line)."""
 
     ids: list[str]
     parcel_shipper: I64
+    addresses: list[str] = field(default_factory=list)
+    parcel_address: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    pairs: list[str] = field(default_factory=list)
+    parcel_pair: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass(frozen=True, slots=True)
 class ReputationView:
-    """Reputation of the batch's distinct shippers, aligned with ``ShipperIndex.ids``."""
+    """Stored state of the batch's entities, aligned with the ``ShipperIndex`` lists.
+    The address and pair arrays may be left out (None): then they count as empty."""
 
     seen: F64
     holds: F64
     value_usd: F64
     first_seen_ms: F64  # 0 when never seen
+    address_shippers: F64 | None = None  # distinct shippers seen at the address
+    pair_start_ms: F64 | None = None  # start of the pair's open window, 0 = none
+    pair_value_usd: F64 | None = None  # value shipped to the address in that window
+    pair_parcels: F64 | None = None  # parcels shipped to the address in that window
 
     @classmethod
-    def empty(cls, n: int) -> ReputationView:
+    def empty(cls, n: int, n_addresses: int = 0, n_pairs: int = 0) -> ReputationView:
         z = np.zeros(n, dtype=np.float64)
-        return cls(seen=z, holds=z.copy(), value_usd=z.copy(), first_seen_ms=z.copy())
+        za = np.zeros(n_addresses, dtype=np.float64)
+        zp = np.zeros(n_pairs, dtype=np.float64)
+        return cls(z, z.copy(), z.copy(), z.copy(), za, zp, zp.copy(), zp.copy())
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +78,28 @@ class Features:
         return self.row("value_usd")
 
 
+def address_key(addr: Address) -> str:
+    """A stable, non-reversible key of a normalised postal address (16 hex digits)."""
+    text = "|".join([*(normalise_name(x) for x in addr.lines), normalise_name(addr.postal_code),
+                     addr.country])  # fmt: skip
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
 def index_shippers(manifests: list[Manifest]) -> ShipperIndex:
-    positions: dict[str, int] = {}
-    idx = np.empty(len(manifests), dtype=np.int64)
+    n = len(manifests)
+    shippers: dict[str, int] = {}
+    addresses: dict[str, int] = {}
+    pairs: dict[str, int] = {}
+    s_idx = np.empty(n, dtype=np.int64)
+    a_idx = np.empty(n, dtype=np.int64)
+    p_idx = np.empty(n, dtype=np.int64)
     for i, m in enumerate(manifests):
         sid = m.shipper.id
-        pos = positions.get(sid)
-        if pos is None:
-            pos = positions[sid] = len(positions)
-        idx[i] = pos
-    return ShipperIndex(ids=list(positions), parcel_shipper=idx)
+        s_idx[i] = shippers.setdefault(sid, len(shippers))
+        addr = address_key(m.consignee.address)
+        a_idx[i] = addresses.setdefault(addr, len(addresses))
+        p_idx[i] = pairs.setdefault(f"{addr}:{sid}", len(pairs))
+    return ShipperIndex(list(shippers), s_idx, list(addresses), a_idx, list(pairs), p_idx)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -118,6 +144,47 @@ def _text_features(manifests: list[Manifest], rs: RuleSet, n: int) -> tuple[F64,
     return vague, mismatch, ship_watch, cons_watch
 
 
+def _address_features(
+    manifests: list[Manifest],
+    idx: ShipperIndex,
+    view: ReputationView,
+    value_usd: F64,
+    window_ms: float,
+) -> tuple[F64, F64, F64]:
+    """Per parcel: distinct shippers seen at its consignee address (stored + this batch),
+    and the parcels and USD value its shipper sent to that address within the split
+    window, this parcel and the batch's earlier ones included."""
+    n = len(manifests)
+    if not n or not len(idx.parcel_address):
+        return np.zeros(n), np.ones(n), value_usd.copy()
+    n_addr, n_pair = len(idx.addresses), len(idx.pairs)
+    stored = view.address_shippers if view.address_shippers is not None else np.zeros(n_addr)
+    # distinct shippers per address in this batch (pairs are address x shipper)
+    pair_addr = np.empty(n_pair, dtype=np.int64)
+    pair_addr[idx.parcel_pair] = idx.parcel_address
+    in_batch = np.bincount(pair_addr, minlength=n_addr).astype(np.float64)
+    addr_shippers = (stored + in_batch)[idx.parcel_address]
+    start = view.pair_start_ms if view.pair_start_ms is not None else np.zeros(n_pair)
+    prior_value = view.pair_value_usd if view.pair_value_usd is not None else np.zeros(n_pair)
+    prior_parcels = view.pair_parcels if view.pair_parcels is not None else np.zeros(n_pair)
+    ts = np.fromiter((m.manifest_ts_ms for m in manifests), np.float64, n)
+    pair_parcels = np.empty(n, dtype=np.float64)
+    pair_value = np.empty(n, dtype=np.float64)
+    run_value = prior_value.copy()
+    run_parcels = prior_parcels.copy()
+    run_start = start.copy()
+    pp = idx.parcel_pair.tolist()
+    for i, p in enumerate(pp):  # input order: earlier parcels of the batch count first
+        t = ts[i]
+        if run_start[p] <= 0 or t - run_start[p] > window_ms:
+            run_start[p], run_value[p], run_parcels[p] = t, 0.0, 0.0
+        run_value[p] += value_usd[i]
+        run_parcels[p] += 1
+        pair_parcels[i] = run_parcels[p]
+        pair_value[i] = run_value[p]
+    return addr_shippers, pair_parcels, pair_value
+
+
 def build_features(
     manifests: list[Manifest],
     shippers: ShipperIndex,
@@ -125,6 +192,7 @@ def build_features(
     ruleset: RuleSet,
     now_ms: int,
     usd_per_unit: dict[str, float] = USD_PER_UNIT,
+    window_ms: float = 72 * 3_600_000.0,
 ) -> Features:
     """Fill the feature matrix for one batch (one generator pass per column)."""
     n = len(manifests)
@@ -162,6 +230,9 @@ def build_features(
     holds = view.holds[ps]
     first_seen = view.first_seen_ms[ps]
     vague, mismatch, ship_watch, cons_watch = _text_features(manifests, ruleset, n)
+    addr_shippers, pair_parcels, pair_value = _address_features(
+        manifests, shippers, view, value_usd, window_ms
+    )
     rows = {
         "value_usd": value_usd,
         "value_to_threshold": to_threshold,
@@ -182,6 +253,10 @@ def build_features(
         "shipper_watchlisted": ship_watch,
         "consignee_watchlisted": cons_watch,
         "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
+        "consignee_distinct_shippers": addr_shippers,
+        "pair_parcels": pair_parcels,
+        "pair_value_usd": pair_value,
+        "pair_value_to_threshold": pair_value / threshold if threshold > 0 else np.full(n, -1.0),
     }
     matrix = np.empty((len(FEATURES), n), dtype=f64)
     for name, values in rows.items():

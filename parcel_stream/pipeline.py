@@ -116,7 +116,7 @@ def run_in_memory(
 ) -> BatchResult:
     """The whole batch step against an in-memory store (tests, backtests)."""
     prep = prepare(records, limits, now_ms)
-    view, marks = store.read(prep.shippers.ids, prep.partitions)
+    view, marks = store.read(prep.shippers, prep.partitions)
     result = score_prepared(prep, view, marks, ruleset, now_ms)
     if not store.apply(result.update):
         raise RuntimeError("reputation watermark conflict in a single-writer store")

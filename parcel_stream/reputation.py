@@ -35,11 +35,24 @@ class ShipperDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class PairDelta:
+    """Parcels one shipper sent to one consignee address in a batch."""
+
+    pair: str  # "{address key}:{shipper id}"
+    first_ms: int
+    last_ms: int
+    value_usd: float
+    parcels: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReputationUpdate:
     """What one batch changes: new watermarks (with the expected old ones) and deltas."""
 
     watermarks: dict[Partition, tuple[int, int]]  # partition -> (expected, new)
     shippers: list[ShipperDelta]
+    addresses: list[tuple[str, list[str]]] = field(default_factory=list)  # key, shipper ids
+    pairs: list[PairDelta] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not self.watermarks
@@ -102,7 +115,25 @@ def compute_update(
         )
         for j in np.flatnonzero(seen)
     ]
-    return ReputationUpdate(watermarks=marks, shippers=deltas)
+    if not len(shippers.parcel_pair):
+        return ReputationUpdate(watermarks=marks, shippers=deltas)
+    pidx = shippers.parcel_pair[take]
+    np_ = len(shippers.pairs)
+    p_parcels = np.bincount(pidx, minlength=np_)
+    p_value = np.bincount(pidx, weights=value_usd[take], minlength=np_)
+    p_first = np.full(np_, np.iinfo(np.int64).max, dtype=np.int64)
+    p_last = np.zeros(np_, dtype=np.int64)
+    np.minimum.at(p_first, pidx, ts)
+    np.maximum.at(p_last, pidx, ts)
+    pairs = []
+    by_address: dict[str, list[str]] = {}
+    for j in np.flatnonzero(p_parcels).tolist():
+        key = shippers.pairs[j]
+        pairs.append(PairDelta(key, int(p_first[j]), int(p_last[j]), float(p_value[j]),
+                               int(p_parcels[j])))  # fmt: skip
+        address, shipper = key.split(":", 1)
+        by_address.setdefault(address, []).append(shipper)
+    return ReputationUpdate(marks, deltas, sorted(by_address.items()), pairs)
 
 
 def view_from_states(states: list[ShipperState | None]) -> ReputationView:
@@ -118,15 +149,24 @@ def view_from_states(states: list[ShipperState | None]) -> ReputationView:
 
 @dataclass
 class InMemoryStore:
-    """The in-memory twin of the Redis store: same contract, no network (tests, backtests)."""
+    """The in-memory twin of the Redis store: same contract, no network (tests, backtests).
+    Distinct shippers per address are exact sets here (Redis: HyperLogLog, ~1 % error)."""
 
     shippers: dict[str, ShipperState] = field(default_factory=dict)
     watermarks: dict[Partition, int] = field(default_factory=dict)
+    addresses: dict[str, set[str]] = field(default_factory=dict)
+    pairs: dict[str, list[float]] = field(default_factory=dict)  # start_ms, value, parcels
+    window_ms: float = 72 * 3_600_000.0
 
     def read(
-        self, shipper_ids: list[str], partitions: list[Partition]
+        self, keys: ShipperIndex, partitions: list[Partition]
     ) -> tuple[ReputationView, dict[Partition, int]]:
-        view = view_from_states([self.shippers.get(s) for s in shipper_ids])
+        base = view_from_states([self.shippers.get(s) for s in keys.ids])
+        addr = np.array([float(len(self.addresses.get(a, ()))) for a in keys.addresses])
+        pair_rows = [self.pairs.get(p, [0.0, 0.0, 0.0]) for p in keys.pairs]
+        pr = np.array(pair_rows, dtype=np.float64).reshape(len(pair_rows), 3)
+        view = ReputationView(base.seen, base.holds, base.value_usd, base.first_seen_ms,
+                              addr, pr[:, 0].copy(), pr[:, 1].copy(), pr[:, 2].copy())  # fmt: skip
         marks = {p: self.watermarks[p] for p in partitions if p in self.watermarks}
         return view, marks
 
@@ -143,6 +183,15 @@ class InMemoryStore:
             if not st.first_seen_ms or d.first_seen_ms < st.first_seen_ms:
                 st.first_seen_ms = d.first_seen_ms
             st.last_seen_ms = max(st.last_seen_ms, d.last_seen_ms)
+        for address, shipper_ids in update.addresses:
+            self.addresses.setdefault(address, set()).update(shipper_ids)
+        for p in update.pairs:
+            row = self.pairs.get(p.pair)
+            if row is None or row[0] <= 0 or p.last_ms - row[0] > self.window_ms:
+                self.pairs[p.pair] = [float(p.first_ms), p.value_usd, float(p.parcels)]
+            else:
+                row[1] += p.value_usd
+                row[2] += p.parcels
         for part, (_expected, new) in update.watermarks.items():
             self.watermarks[part] = new
         return True

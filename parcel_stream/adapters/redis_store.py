@@ -4,6 +4,11 @@ Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
 
 - ``ps:shipper:{id}`` hash: ``seen``, ``value_usd``, ``holds``, ``first_seen_ms``,
   ``last_seen_ms``; expires ``ttl_s`` after its last update (bounded memory).
+- ``ps:addr:{address key}`` HyperLogLog of the shipper ids seen sending to a consignee
+  address (the key is a hash of the normalised address); expires 30 days after its last
+  update.
+- ``ps:pair:{address key}:{shipper id}`` hash: ``start_ms``, ``value_usd``, ``parcels`` of
+  the open split-shipment window (72 h by default, by manifest time).
 - ``ps:wm:{topic}:{partition}`` string: the last input offset applied from that partition.
 
 The update script applies a batch only if the watermarks it was computed against are
@@ -17,21 +22,24 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from parcel_stream.features import ReputationView
+from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.reputation import Partition, ReputationUpdate, ShipperState
 
 FIELDS = ("seen", "holds", "value_usd", "first_seen_ms", "last_seen_ms")
 
 _APPLY_LUA = """
-local n_wm = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
+local n_wm, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n_sh, n_addr, n_pair = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local window_ms, addr_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local a = 8
 for i = 1, n_wm do
   local cur = redis.call('GET', KEYS[i]) or '-1'
-  if cur ~= ARGV[2 + 2 * i - 1] then return 0 end
+  if cur ~= ARGV[a + 2 * (i - 1)] then return 0 end
 end
-local a = 3 + 2 * n_wm
-for k = n_wm + 1, #KEYS do
-  local key = KEYS[k]
+a = a + 2 * n_wm
+local k = n_wm
+for i = 1, n_sh do
+  local key = KEYS[k + i]
   redis.call('HINCRBY', key, 'seen', ARGV[a])
   redis.call('HINCRBYFLOAT', key, 'value_usd', ARGV[a + 1])
   redis.call('HINCRBY', key, 'holds', ARGV[a + 2])
@@ -46,8 +54,31 @@ for k = n_wm + 1, #KEYS do
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
   a = a + 5
 end
+k = k + n_sh
+for i = 1, n_addr do
+  local key = KEYS[k + i]
+  local count = tonumber(ARGV[a])
+  for j = a + 1, a + count, 500 do
+    redis.call('PFADD', key, unpack(ARGV, j, math.min(j + 499, a + count)))
+  end
+  if addr_ttl > 0 then redis.call('EXPIRE', key, addr_ttl) end
+  a = a + 1 + count
+end
+k = k + n_addr
+for i = 1, n_pair do
+  local key = KEYS[k + i]
+  local start = tonumber(redis.call('HGET', key, 'start_ms') or '0')
+  if start <= 0 or tonumber(ARGV[a + 1]) - start > window_ms then
+    redis.call('HSET', key, 'start_ms', ARGV[a], 'value_usd', ARGV[a + 2], 'parcels', ARGV[a + 3])
+  else
+    redis.call('HINCRBYFLOAT', key, 'value_usd', ARGV[a + 2])
+    redis.call('HINCRBY', key, 'parcels', ARGV[a + 3])
+  end
+  redis.call('PEXPIRE', key, math.floor(window_ms * 2))
+  a = a + 4
+end
 for i = 1, n_wm do
-  redis.call('SET', KEYS[i], ARGV[2 + 2 * i])
+  redis.call('SET', KEYS[i], ARGV[8 + 2 * (i - 1) + 1])
 end
 return 1
 """
@@ -66,7 +97,11 @@ class RedisReputationStore:
         prefix: str = "ps",
         ttl_s: int = 400 * 86_400,
         socket_timeout_s: float = 5.0,
+        window_ms: float = 72 * 3_600_000.0,
+        address_ttl_s: int = 30 * 86_400,
     ) -> None:
+        self.window_ms = window_ms
+        self.address_ttl_s = address_ttl_s
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
@@ -77,6 +112,12 @@ class RedisReputationStore:
     def shipper_key(self, shipper_id: str) -> str:
         return f"{self.prefix}:shipper:{shipper_id}"
 
+    def address_key(self, address: str) -> str:
+        return f"{self.prefix}:addr:{address}"
+
+    def pair_key(self, pair: str) -> str:
+        return f"{self.prefix}:pair:{pair}"
+
     def watermark_key(self, part: Partition) -> str:
         return f"{self.prefix}:wm:{part[0]}:{part[1]}"
 
@@ -84,26 +125,41 @@ class RedisReputationStore:
         return bool(await self.client.ping())
 
     async def read(
-        self, shipper_ids: list[str], partitions: list[Partition]
+        self, keys: ShipperIndex, partitions: list[Partition]
     ) -> tuple[ReputationView, dict[Partition, int]]:
-        """One pipelined round trip: the shippers' state and the partitions' watermarks."""
+        """One pipelined round trip: shippers, addresses, pairs and the watermarks."""
         pipe = self.client.pipeline(transaction=False)
-        for sid in shipper_ids:
+        for sid in keys.ids:
             pipe.hmget(self.shipper_key(sid), FIELDS[:4])
+        for addr in keys.addresses:
+            pipe.pfcount(self.address_key(addr))
+        for pair in keys.pairs:
+            pipe.hmget(self.pair_key(pair), ("start_ms", "value_usd", "parcels"))
         for part in partitions:
             pipe.get(self.watermark_key(part))
         replies: list[Any] = await pipe.execute()
-        view = ReputationView.empty(len(shipper_ids))
-        for i, row in enumerate(replies[: len(shipper_ids)]):
+        n_s, n_a, n_p = len(keys.ids), len(keys.addresses), len(keys.pairs)
+        view = ReputationView.empty(n_s, n_a, n_p)
+        for i, row in enumerate(replies[:n_s]):
             seen, holds, value, first = row
             if seen is not None:
                 view.seen[i] = float(seen)
                 view.holds[i] = float(holds or 0)
                 view.value_usd[i] = float(value or 0)
                 view.first_seen_ms[i] = float(first or 0)
+        assert view.address_shippers is not None and view.pair_start_ms is not None
+        assert view.pair_value_usd is not None and view.pair_parcels is not None
+        for i, count in enumerate(replies[n_s : n_s + n_a]):
+            view.address_shippers[i] = float(count or 0)
+        for i, row in enumerate(replies[n_s + n_a : n_s + n_a + n_p]):
+            start, value, parcels = row
+            if start is not None:
+                view.pair_start_ms[i] = float(start)
+                view.pair_value_usd[i] = float(value or 0)
+                view.pair_parcels[i] = float(parcels or 0)
         marks = {
             part: int(raw)
-            for part, raw in zip(partitions, replies[len(shipper_ids) :], strict=True)
+            for part, raw in zip(partitions, replies[n_s + n_a + n_p :], strict=True)
             if raw is not None
         }
         return view, marks
@@ -113,13 +169,23 @@ class RedisReputationStore:
         if update.is_empty():
             return True
         keys: list[str] = []
-        args: list[Any] = [len(update.watermarks), self.ttl_s]
+        args: list[Any] = [
+            len(update.watermarks), self.ttl_s, len(update.shippers), len(update.addresses),
+            len(update.pairs), repr(float(self.window_ms)), self.address_ttl_s,
+        ]  # fmt: skip
         for part, (expected, new) in update.watermarks.items():
             keys.append(self.watermark_key(part))
             args.extend((str(expected), str(new)))
         for d in update.shippers:
             keys.append(self.shipper_key(d.shipper_id))
             args.extend((d.seen, repr(d.value_usd), d.holds, d.first_seen_ms, d.last_seen_ms))
+        for address, shipper_ids in update.addresses:
+            keys.append(self.address_key(address))
+            args.append(len(shipper_ids))
+            args.extend(shipper_ids)
+        for p in update.pairs:
+            keys.append(self.pair_key(p.pair))
+            args.extend((p.first_ms, p.last_ms, repr(p.value_usd), p.parcels))
         return bool(await self._apply(keys=keys, args=args))
 
     async def shipper(self, shipper_id: str) -> ShipperState | None:
@@ -150,9 +216,9 @@ class BlockingRedisStore:
         self._store = RedisReputationStore(url, prefix=prefix)
 
     def read(
-        self, shipper_ids: list[str], partitions: list[Partition]
+        self, keys: ShipperIndex, partitions: list[Partition]
     ) -> tuple[ReputationView, dict[Partition, int]]:
-        return self._loop.run_until_complete(self._store.read(shipper_ids, partitions))
+        return self._loop.run_until_complete(self._store.read(keys, partitions))
 
     def apply(self, update: ReputationUpdate) -> bool:
         return self._loop.run_until_complete(self._store.apply(update))

@@ -89,7 +89,7 @@ class BatchProcessor:
         while True:
             try:
                 t0 = time.perf_counter()
-                view, marks = await self.store.read(prep.shippers.ids, prep.partitions)
+                view, marks = await self.store.read(prep.shippers, prep.partitions)
                 self.metrics.redis_read.observe(time.perf_counter() - t0)
                 self.metrics.redis_up.set(1)
                 break

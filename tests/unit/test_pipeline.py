@@ -87,7 +87,7 @@ def test_partial_redelivery_applies_only_new_records() -> None:
 def test_stale_update_is_refused() -> None:
     store = InMemoryStore()
     prep = prepare(records(), Limits(), NOW)
-    view, marks = store.read(prep.shippers.ids, prep.partitions)
+    view, marks = store.read(prep.shippers, prep.partitions)
     stale = score_prepared(prep, view, marks, RS, NOW)
     assert run_in_memory(records(), store, RS, Limits(), NOW).parcels == 5
     assert store.apply(stale.update) is False

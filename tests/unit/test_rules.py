@@ -21,11 +21,15 @@ def item(**kw: Any) -> list[dict[str, Any]]:
     return [{**base, **kw}]
 
 
-def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0) -> list[str]:
+def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0, address_shippers: int = 0,
+          pair_value: float = 0.0, pair_parcels: int = 0) -> list[str]:  # fmt: skip
     m = parse_one(line(**changes), "t", NOW)
     assert isinstance(m, Manifest), m
+    start = float(NOW - 3_600_000) if pair_parcels else 0.0
     view = ReputationView(np.array([float(seen)]), np.array([float(holds)]), np.zeros(1),
-                          np.array([float(NOW - 30 * 86_400_000) if seen else 0.0]))  # fmt: skip
+                          np.array([float(NOW - 30 * 86_400_000) if seen else 0.0]),
+                          np.array([float(address_shippers)]), np.array([start]),
+                          np.array([pair_value]), np.array([float(pair_parcels)]))  # fmt: skip
     feats = build_features([m], index_shippers([m]), view, RS, NOW)
     _score, mask = score_batch(feats, RS, NOW)
     return RS.reason_codes(int(mask[0]))
@@ -35,7 +39,7 @@ def shipper(name: str) -> dict[str, Any]:
     return {**BASE["shipper"], "name": name}
 
 
-CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, int], dict[str, int]]] = {
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     # rule: (fires, does not fire, reputation when firing, reputation when not)
     "NEAR_THRESHOLD": ({"declared_value": 750.0, "items": item(value=750.0), "gross_weight_kg": 10.0},
                        {"declared_value": 600.0, "items": item(value=600.0), "gross_weight_kg": 10.0}, {}, {}),
@@ -56,6 +60,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, int], dict[str,
                           {"shipper": shipper("Golden Peak Foods")}, {}, {}),
     "WATCHLIST_CONSIGNEE": ({"consignee": {**BASE["consignee"], "name": "Blue Lotus Labs Supply"}}, {}, {}, {}),
     "TRUSTED_SHIPPER": ({}, {}, {"seen": 500, "holds": 0}, {"seen": 500, "holds": 50}),
+    "SPLIT_SHIPMENT": ({"declared_value": 500.0, "items": item(value=500.0), "gross_weight_kg": 5.0},
+                       {"declared_value": 500.0, "items": item(value=500.0), "gross_weight_kg": 5.0},
+                       {"pair_value": 400.0, "pair_parcels": 1}, {"pair_value": 200.0, "pair_parcels": 1}),
+    "DROP_ADDRESS": ({}, {}, {"address_shippers": 9}, {"address_shippers": 5}),
 }  # fmt: skip
 
 
@@ -98,3 +106,35 @@ def test_validation_errors_name_file_rule_and_field() -> None:
     doc.pop("version")
     with pytest.raises(RuleSetError, match="f: version"):
         compile_ruleset(doc, "f")
+
+
+def test_split_shipment_within_one_batch_and_window() -> None:
+    """Three parcels, one shipper, one address, minutes apart: the third crosses 800."""
+    from parcel_stream.parse import InRecord, Limits
+    from parcel_stream.pipeline import run_in_memory
+    from parcel_stream.reputation import InMemoryStore
+
+    docs = [line(parcel_id=f"S{i}", declared_value=300.0, items=item(value=300.0), gross_weight_kg=3.0,
+                 manifest_ts_ms=NOW + i * 60_000) for i in range(3)]  # fmt: skip
+    store = InMemoryStore()
+    result = run_in_memory([InRecord(b"\n".join(docs), "m", 0, 0)], store, RS, Limits(), NOW)
+    bit = 1 << [r.code for r in RS.rules].index("SPLIT_SHIPMENT")
+    assert [bool(m & bit) for m in result.masks.tolist()] == [False, False, True]
+    # the window state is stored: a fourth parcel in a later batch also fires
+    later = line(
+        parcel_id="S3",
+        declared_value=100.0,
+        items=item(value=100.0),
+        manifest_ts_ms=NOW + 3_600_000,
+    )
+    r2 = run_in_memory([InRecord(later, "m", 0, 1)], store, RS, Limits(), NOW)
+    assert r2.masks[0] & bit
+    # ...but not once the 72 h window has passed
+    late = line(
+        parcel_id="S4",
+        declared_value=100.0,
+        items=item(value=100.0),
+        manifest_ts_ms=NOW + 80 * 3_600_000,
+    )
+    r3 = run_in_memory([InRecord(late, "m", 0, 2)], store, RS, Limits(), NOW)
+    assert not r3.masks[0] & bit
