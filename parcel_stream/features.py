@@ -80,8 +80,12 @@ class Features:
 
 def address_key(addr: Address) -> str:
     """A stable, non-reversible key of a normalised postal address (16 hex digits)."""
-    text = "|".join([*(normalise_name(x) for x in addr.lines), normalise_name(addr.postal_code),
-                     addr.country])  # fmt: skip
+    return _address_key(tuple(addr.lines), addr.postal_code, addr.country)
+
+
+@lru_cache(maxsize=1 << 17)
+def _address_key(lines: tuple[str, ...], postal_code: str, country: str) -> str:
+    text = "|".join([*(normalise_name(x) for x in lines), normalise_name(postal_code), country])
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -116,26 +120,43 @@ def _words(text: str) -> str:
 _COUNTRY_INDEX: dict[str, int] = {c: country_index(c) for c in COUNTRIES}
 
 
+def _description_flags(rs: RuleSet, description: str, hs_code: str) -> tuple[bool, bool]:
+    """(vague, contradicts its HS chapter) for one item line; memoised per rule set, since
+    marketplace descriptions repeat heavily."""
+    key = (description, hs_code[:2])
+    hit = rs.memo.get(key)
+    if hit is not None:
+        return hit
+    desc = normalise_name(description)
+    vague = desc in rs.vague_words
+    mismatch = False
+    if hs_code:
+        chapter = int(hs_code[:2])
+        padded = f" {desc} "
+        mismatch = any(
+            chapter not in chapters and f" {word} " in padded
+            for word, chapters in rs.keyword_chapters
+        )
+    if len(rs.memo) > 200_000:
+        rs.memo.clear()
+    rs.memo[key] = (vague, mismatch)
+    return vague, mismatch
+
+
 def _text_features(manifests: list[Manifest], rs: RuleSet, n: int) -> tuple[F64, F64, F64, F64]:
-    """Vague descriptions, description/HS contradictions and watchlist hits: per parcel
-    Python, but only set lookups on cached normalised strings."""
+    """Vague descriptions, description/HS contradictions and watchlist hits."""
     vague = np.zeros(n, dtype=np.float64)
     mismatch = np.zeros(n, dtype=np.float64)
     ship_watch = np.zeros(n, dtype=np.float64)
     cons_watch = np.zeros(n, dtype=np.float64)
-    vague_words, watchlist, keywords = rs.vague_words, rs.watchlist, rs.keyword_chapters
+    watchlist = rs.watchlist
     for i, m in enumerate(manifests):
         for it in m.items:
-            desc = _words(it.description)
-            if desc in vague_words:
+            v, x = _description_flags(rs, it.description, it.hs_code)
+            if v:
                 vague[i] += 1
-            if keywords and it.hs_code:
-                chapter = int(it.hs_code[:2])
-                padded = f" {desc} "
-                for word, chapters in keywords:
-                    if chapter not in chapters and f" {word} " in padded:
-                        mismatch[i] += 1
-                        break
+            if x:
+                mismatch[i] += 1
         if watchlist:
             if _words(m.shipper.name) in watchlist:
                 ship_watch[i] = 1.0

@@ -78,7 +78,7 @@ WATCHLIST: tuple[str, ...] = (
     "Golden Peak Chemical Trading Co", "Apex Fine Pharma Export Ltd", "Blue Lotus Labs Supply",
     "Northstar Reagent Trading", "Silverline Pill Machinery Co", "Vortex Precursor Holdings",
 )  # fmt: skip
-DROP_ADDRESSES = 20
+DROP_ADDRESSES = 6
 # Local time of each hub relative to the feed clock, for the diurnal curves.
 HUB_PHASE_H = {"JFK-ISC": 0, "ORD-ISC": -1, "LAX-ISC": -3, "CVG-DHL": 0, "MEM-FDX": -1}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,10 @@ class RuleSet:
     watchlist: frozenset[str]
     keyword_chapters: tuple[tuple[str, frozenset[int]], ...]
     source: str = "<built-in>"
+    # per-rule-set memo of description checks (not part of the rule set's identity)
+    memo: dict[tuple[str, str], tuple[bool, bool]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def reason_codes(self, mask: int) -> list[str]:
         return [r.code for i, r in enumerate(self.rules) if mask >> i & 1]
@@ -110,9 +114,12 @@ def country_index(code: str) -> int:
     return a * 26 + b
 
 
+_PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\t\r\n"})
+
+
 def normalise_name(name: str) -> str:
-    """Lower case, letters and digits only, single spaces: the watchlist match key."""
-    return " ".join("".join(ch if ch.isalnum() else " " for ch in name.lower()).split())
+    """Lower case, punctuation to spaces, single spaces: the watchlist match key."""
+    return " ".join(name.lower().translate(_PUNCT).split())
 
 
 # -- loading ---------------------------------------------------------------------------

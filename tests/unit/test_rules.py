@@ -63,7 +63,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str,
     "SPLIT_SHIPMENT": ({"declared_value": 500.0, "items": item(value=500.0), "gross_weight_kg": 5.0},
                        {"declared_value": 500.0, "items": item(value=500.0), "gross_weight_kg": 5.0},
                        {"pair_value": 400.0, "pair_parcels": 1}, {"pair_value": 200.0, "pair_parcels": 1}),
-    "DROP_ADDRESS": ({}, {}, {"address_shippers": 9}, {"address_shippers": 5}),
+    "DROP_ADDRESS": ({}, {}, {"address_shippers": 13}, {"address_shippers": 5}),
 }  # fmt: skip
 
 
