@@ -86,7 +86,7 @@ def run_backtest(
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     for chunk in _chunks(records, chunk_bytes):
         now_ms = max(r.timestamp_ms for r in chunk)
-        prep = prepare(chunk, limits, now_ms)
+        prep = prepare(chunk, limits, now_ms, ruleset.split_min_usd)
         view, marks = store.read(prep.shippers, prep.partitions)
         result = score_prepared(prep, view, marks, ruleset, now_ms, encode=False)
         if not store.apply(result.update):

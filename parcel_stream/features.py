@@ -89,21 +89,38 @@ def _address_key(lines: tuple[str, ...], postal_code: str, country: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def index_shippers(manifests: list[Manifest]) -> ShipperIndex:
+def index_shippers(
+    manifests: list[Manifest],
+    split_min_usd: float | None = None,
+    usd_per_unit: dict[str, float] = USD_PER_UNIT,
+) -> ShipperIndex:
+    """Index the batch's entities. Shipper-address pairs (split-shipment windows) are kept
+    only for parcels worth at least ``split_min_usd`` (None: none): a split meant to stay
+    under the threshold is made of parcels that each carry a real share of it, and
+    skipping the many small parcels keeps the state small. Others get pair index -1."""
     n = len(manifests)
     shippers: dict[str, int] = {}
     addresses: dict[str, int] = {}
     pairs: dict[str, int] = {}
     s_idx = np.empty(n, dtype=np.int64)
     a_idx = np.empty(n, dtype=np.int64)
-    p_idx = np.empty(n, dtype=np.int64)
+    p_idx = np.full(n, -1, dtype=np.int64)
     for i, m in enumerate(manifests):
         sid = m.shipper.id
         s_idx[i] = shippers.setdefault(sid, len(shippers))
         addr = address_key(m.consignee.address)
         a_idx[i] = addresses.setdefault(addr, len(addresses))
-        p_idx[i] = pairs.setdefault(f"{addr}:{sid}", len(pairs))
+        if (
+            split_min_usd is not None
+            and m.declared_value * usd_per_unit[m.currency] >= split_min_usd
+        ):
+            p_idx[i] = pairs.setdefault(f"{addr}:{sid}", len(pairs))
     return ShipperIndex(list(shippers), s_idx, list(addresses), a_idx, list(pairs), p_idx)
+
+
+def address_shipper_combos(idx: ShipperIndex) -> npt.NDArray[np.int64]:
+    """Distinct (address, shipper) combinations of the batch, encoded as one integer."""
+    return np.unique(idx.parcel_address * max(len(idx.ids), 1) + idx.parcel_shipper)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -180,10 +197,8 @@ def _address_features(
         return np.zeros(n), np.ones(n), value_usd.copy()
     n_addr, n_pair = len(idx.addresses), len(idx.pairs)
     stored = view.address_shippers if view.address_shippers is not None else np.zeros(n_addr)
-    # distinct shippers per address in this batch (pairs are address x shipper)
-    pair_addr = np.empty(n_pair, dtype=np.int64)
-    pair_addr[idx.parcel_pair] = idx.parcel_address
-    in_batch = np.bincount(pair_addr, minlength=n_addr).astype(np.float64)
+    combos = address_shipper_combos(idx)
+    in_batch = np.bincount(combos // max(len(idx.ids), 1), minlength=n_addr).astype(np.float64)
     addr_shippers = (stored + in_batch)[idx.parcel_address]
     start = view.pair_start_ms if view.pair_start_ms is not None else np.zeros(n_pair)
     prior_value = view.pair_value_usd if view.pair_value_usd is not None else np.zeros(n_pair)
@@ -196,6 +211,9 @@ def _address_features(
     run_start = start.copy()
     pp = idx.parcel_pair.tolist()
     for i, p in enumerate(pp):  # input order: earlier parcels of the batch count first
+        if p < 0:
+            pair_parcels[i], pair_value[i] = 1.0, value_usd[i]
+            continue
         t = ts[i]
         if run_start[p] <= 0 or t - run_start[p] > window_ms:
             run_start[p], run_value[p], run_parcels[p] = t, 0.0, 0.0

@@ -56,13 +56,15 @@ class BatchResult:
     stage_s: dict[str, float]
 
 
-def prepare(records: list[InRecord], limits: Limits, now_ms: int) -> Prepared:
+def prepare(
+    records: list[InRecord], limits: Limits, now_ms: int, split_min_usd: float | None = None
+) -> Prepared:
     t0 = perf_counter()
     parsed = parse_batch(records, limits, now_ms)
     return Prepared(
         records=records,
         parsed=parsed,
-        shippers=index_shippers(parsed.manifests),
+        shippers=index_shippers(parsed.manifests, split_min_usd),
         partitions=batch_partitions(records),
         parse_s=perf_counter() - t0,
     )
@@ -115,7 +117,7 @@ def run_in_memory(
     records: list[InRecord], store: InMemoryStore, ruleset: RuleSet, limits: Limits, now_ms: int
 ) -> BatchResult:
     """The whole batch step against an in-memory store (tests, backtests)."""
-    prep = prepare(records, limits, now_ms)
+    prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
     view, marks = store.read(prep.shippers, prep.partitions)
     result = score_prepared(prep, view, marks, ruleset, now_ms)
     if not store.apply(result.update):

@@ -115,24 +115,31 @@ def compute_update(
         )
         for j in np.flatnonzero(seen)
     ]
-    if not len(shippers.parcel_pair):
+    if not len(shippers.parcel_address):
         return ReputationUpdate(watermarks=marks, shippers=deltas)
-    pidx = shippers.parcel_pair[take]
-    np_ = len(shippers.pairs)
-    p_parcels = np.bincount(pidx, minlength=np_)
-    p_value = np.bincount(pidx, weights=value_usd[take], minlength=np_)
-    p_first = np.full(np_, np.iinfo(np.int64).max, dtype=np.int64)
-    p_last = np.zeros(np_, dtype=np.int64)
-    np.minimum.at(p_first, pidx, ts)
-    np.maximum.at(p_last, pidx, ts)
-    pairs = []
+    n_ship = max(len(shippers.ids), 1)
+    combos = np.unique(shippers.parcel_address[take] * n_ship + sidx)
     by_address: dict[str, list[str]] = {}
-    for j in np.flatnonzero(p_parcels).tolist():
-        key = shippers.pairs[j]
-        pairs.append(PairDelta(key, int(p_first[j]), int(p_last[j]), float(p_value[j]),
-                               int(p_parcels[j])))  # fmt: skip
-        address, shipper = key.split(":", 1)
-        by_address.setdefault(address, []).append(shipper)
+    for c in combos.tolist():
+        by_address.setdefault(shippers.addresses[c // n_ship], []).append(shippers.ids[c % n_ship])
+    pairs: list[PairDelta] = []
+    pidx_all = shippers.parcel_pair[take]
+    eligible = pidx_all >= 0
+    if eligible.any():
+        pidx = pidx_all[eligible]
+        pts = ts[eligible]
+        np_ = len(shippers.pairs)
+        p_parcels = np.bincount(pidx, minlength=np_)
+        p_value = np.bincount(pidx, weights=value_usd[take][eligible], minlength=np_)
+        p_first = np.full(np_, np.iinfo(np.int64).max, dtype=np.int64)
+        p_last = np.zeros(np_, dtype=np.int64)
+        np.minimum.at(p_first, pidx, pts)
+        np.maximum.at(p_last, pidx, pts)
+        pairs = [
+            PairDelta(shippers.pairs[j], int(p_first[j]), int(p_last[j]), float(p_value[j]),
+                      int(p_parcels[j]))
+            for j in np.flatnonzero(p_parcels).tolist()
+        ]  # fmt: skip
     return ReputationUpdate(marks, deltas, sorted(by_address.items()), pairs)
 
 

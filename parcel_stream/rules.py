@@ -81,6 +81,12 @@ class RuleSet:
         default_factory=dict, compare=False, repr=False
     )
 
+    @property
+    def split_min_usd(self) -> float | None:
+        """Smallest parcel value that opens or extends a split-shipment window (a fifth of
+        the threshold); None when there is no threshold to split around."""
+        return self.threshold_usd * 0.2 if self.threshold_usd > 0 else None
+
     def reason_codes(self, mask: int) -> list[str]:
         return [r.code for i, r in enumerate(self.rules) if mask >> i & 1]
 

@@ -20,12 +20,37 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.reputation import Partition, ReputationUpdate, ShipperState
 
 FIELDS = ("seen", "holds", "value_usd", "first_seen_ms", "last_seen_ms")
+F64 = npt.NDArray[np.float64]
+
+# One command reads everything a batch needs (one reply array, no per-key command
+# overhead): 4 fields per shipper, a count per address, 3 fields per pair, then watermarks.
+_READ_LUA = """
+local n_sh, n_addr, n_pair = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+local k = 0
+for i = 1, n_sh do
+  local row = redis.call('HMGET', KEYS[k + i], 'seen', 'holds', 'value_usd', 'first_seen_ms')
+  for j = 1, 4 do out[#out + 1] = row[j] end
+end
+k = k + n_sh
+for i = 1, n_addr do out[#out + 1] = redis.call('PFCOUNT', KEYS[k + i]) end
+k = k + n_addr
+for i = 1, n_pair do
+  local row = redis.call('HMGET', KEYS[k + i], 'start_ms', 'value_usd', 'parcels')
+  for j = 1, 3 do out[#out + 1] = row[j] end
+end
+k = k + n_pair
+for i = k + 1, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) end
+return out
+"""
 
 _APPLY_LUA = """
 local n_wm, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -108,6 +133,7 @@ class RedisReputationStore:
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._apply = self.client.register_script(_APPLY_LUA)
+        self._read = self.client.register_script(_READ_LUA)
 
     def shipper_key(self, shipper_id: str) -> str:
         return f"{self.prefix}:shipper:{shipper_id}"
@@ -127,40 +153,36 @@ class RedisReputationStore:
     async def read(
         self, keys: ShipperIndex, partitions: list[Partition]
     ) -> tuple[ReputationView, dict[Partition, int]]:
-        """One pipelined round trip: shippers, addresses, pairs and the watermarks."""
-        pipe = self.client.pipeline(transaction=False)
-        for sid in keys.ids:
-            pipe.hmget(self.shipper_key(sid), FIELDS[:4])
-        for addr in keys.addresses:
-            pipe.pfcount(self.address_key(addr))
-        for pair in keys.pairs:
-            pipe.hmget(self.pair_key(pair), ("start_ms", "value_usd", "parcels"))
-        for part in partitions:
-            pipe.get(self.watermark_key(part))
-        replies: list[Any] = await pipe.execute()
+        """One round trip (one script call): shippers, addresses, pairs and watermarks."""
         n_s, n_a, n_p = len(keys.ids), len(keys.addresses), len(keys.pairs)
-        view = ReputationView.empty(n_s, n_a, n_p)
-        for i, row in enumerate(replies[:n_s]):
-            seen, holds, value, first = row
-            if seen is not None:
-                view.seen[i] = float(seen)
-                view.holds[i] = float(holds or 0)
-                view.value_usd[i] = float(value or 0)
-                view.first_seen_ms[i] = float(first or 0)
-        assert view.address_shippers is not None and view.pair_start_ms is not None
-        assert view.pair_value_usd is not None and view.pair_parcels is not None
-        for i, count in enumerate(replies[n_s : n_s + n_a]):
-            view.address_shippers[i] = float(count or 0)
-        for i, row in enumerate(replies[n_s + n_a : n_s + n_a + n_p]):
-            start, value, parcels = row
-            if start is not None:
-                view.pair_start_ms[i] = float(start)
-                view.pair_value_usd[i] = float(value or 0)
-                view.pair_parcels[i] = float(parcels or 0)
+        redis_keys = [
+            *(self.shipper_key(x) for x in keys.ids),
+            *(self.address_key(x) for x in keys.addresses),
+            *(self.pair_key(x) for x in keys.pairs),
+            *(self.watermark_key(p) for p in partitions),
+        ]
+        flat: list[Any] = await self._read(keys=redis_keys, args=[n_s, n_a, n_p])
+        flat += [None] * (4 * n_s + n_a + 3 * n_p + len(partitions) - len(flat))  # trailing nils
+
+        def col(values: list[Any]) -> F64:
+            return np.array([float(v) if v is not None else 0.0 for v in values], dtype=np.float64)
+
+        sh = flat[: 4 * n_s]
+        addr = flat[4 * n_s : 4 * n_s + n_a]
+        pr = flat[4 * n_s + n_a : 4 * n_s + n_a + 3 * n_p]
+        wm = flat[4 * n_s + n_a + 3 * n_p :]
+        view = ReputationView(
+            seen=col(sh[0::4]),
+            holds=col(sh[1::4]),
+            value_usd=col(sh[2::4]),
+            first_seen_ms=col(sh[3::4]),
+            address_shippers=col(addr),
+            pair_start_ms=col(pr[0::3]),
+            pair_value_usd=col(pr[1::3]),
+            pair_parcels=col(pr[2::3]),
+        )
         marks = {
-            part: int(raw)
-            for part, raw in zip(partitions, replies[n_s + n_a + n_p :], strict=True)
-            if raw is not None
+            part: int(raw) for part, raw in zip(partitions, wm, strict=True) if raw is not None
         }
         return view, marks
 

@@ -84,7 +84,7 @@ class BatchProcessor:
             self.metrics.ruleset.info({"version": new.version})
 
     async def _score(self, records: list[InRecord], ts_ms: int) -> BatchResult:
-        prep = prepare(records, self.limits, ts_ms)
+        prep = prepare(records, self.limits, ts_ms, self.ruleset.split_min_usd)
         backoff = Backoff()
         while True:
             try:

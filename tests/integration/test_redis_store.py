@@ -21,7 +21,7 @@ def records(offset: int) -> list[InRecord]:
 
 
 async def step(store, recs):  # type: ignore[no-untyped-def]
-    prep = prepare(recs, Limits(), NOW)
+    prep = prepare(recs, Limits(), NOW, RS.split_min_usd)
     view, marks = await store.read(prep.shippers, prep.partitions)
     result = score_prepared(prep, view, marks, RS, NOW)
     return result, await store.apply(result.update)
@@ -85,10 +85,10 @@ def test_address_and_pair_state_match_the_twin(settings: Settings) -> None:
             for recs in batches + batches[-3:]:  # the last three batches redelivered
                 r, ok = await step(store, recs)
                 assert ok
-                prep = prepare(recs, Limits(), NOW)
+                prep = prepare(recs, Limits(), NOW, RS.split_min_usd)
                 v, m = twin.read(prep.shippers, prep.partitions)
                 assert twin.apply(score_prepared(prep, v, m, RS, NOW).update)
-            prep = prepare([r for b in batches for r in b], Limits(), NOW)
+            prep = prepare([r for b in batches for r in b], Limits(), NOW, RS.split_min_usd)
             keys = prep.shippers
             got, _ = await store.read(keys, [])
             want, _ = twin.read(keys, [])

@@ -30,7 +30,7 @@ def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0, address_shipp
                           np.array([float(NOW - 30 * 86_400_000) if seen else 0.0]),
                           np.array([float(address_shippers)]), np.array([start]),
                           np.array([pair_value]), np.array([float(pair_parcels)]))  # fmt: skip
-    feats = build_features([m], index_shippers([m]), view, RS, NOW)
+    feats = build_features([m], index_shippers([m], RS.split_min_usd), view, RS, NOW)
     _score, mask = score_batch(feats, RS, NOW)
     return RS.reason_codes(int(mask[0]))
 
@@ -123,8 +123,8 @@ def test_split_shipment_within_one_batch_and_window() -> None:
     # the window state is stored: a fourth parcel in a later batch also fires
     later = line(
         parcel_id="S3",
-        declared_value=100.0,
-        items=item(value=100.0),
+        declared_value=200.0,
+        items=item(value=200.0),
         manifest_ts_ms=NOW + 3_600_000,
     )
     r2 = run_in_memory([InRecord(later, "m", 0, 1)], store, RS, Limits(), NOW)
@@ -132,8 +132,8 @@ def test_split_shipment_within_one_batch_and_window() -> None:
     # ...but not once the 72 h window has passed
     late = line(
         parcel_id="S4",
-        declared_value=100.0,
-        items=item(value=100.0),
+        declared_value=200.0,
+        items=item(value=200.0),
         manifest_ts_ms=NOW + 80 * 3_600_000,
     )
     r3 = run_in_memory([InRecord(late, "m", 0, 2)], store, RS, Limits(), NOW)
