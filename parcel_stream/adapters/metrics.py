@@ -55,14 +55,14 @@ class WorkerMetrics:
         )
         stages = Histogram(
             "parcel_stream_stage_duration_seconds",
-            "Time per batch in each stage (parse, features, kernel, encode, produce, reputation)",
+            "Time per batch in each stage (produce and reputation overlap; outputs = both)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.stage_seconds = {
             st: stages.labels(stage=st)
-            for st in ("parse", "features", "kernel", "encode", "produce", "reputation")
+            for st in ("parse", "features", "kernel", "encode", "produce", "reputation", "outputs")
         }
         self.redis_seconds = Histogram(
             "parcel_stream_redis_roundtrip_seconds",
