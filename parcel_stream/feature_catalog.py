@@ -27,6 +27,9 @@ FEATURE_DOCS: dict[str, str] = {
     "pair_parcels": "parcels this shipper sent to this address within the split window, this one included",
     "pair_value_usd": "USD value this shipper sent to this address within the split window, this one included",
     "pair_value_to_threshold": "pair_value_usd / duty-free threshold (-1 when there is no threshold)",
+    "shipper_watchlist_similarity": "1 for an exact watchlist match, else the best trigram similarity (0..1) of the shipper's normalised name to an entry",
+    "consignee_watchlist_similarity": "as shipper_watchlist_similarity, for the consignee's name",
+    "weight_per_item_kg": "gross weight / total item quantity",
 }
 FEATURES: tuple[str, ...] = tuple(FEATURE_DOCS)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}

@@ -17,7 +17,7 @@ from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
 from parcel_stream.model import Address, Manifest
-from parcel_stream.rules import RuleSet, country_index, normalise_name
+from parcel_stream.rules import RuleSet, _trigrams, country_index, normalise_name
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -143,7 +143,7 @@ def _description_flags(rs: RuleSet, description: str, hs_code: str) -> tuple[boo
     key = (description, hs_code[:2])
     hit = rs.memo.get(key)
     if hit is not None:
-        return hit
+        return bool(hit[0]), hit[1]
     desc = normalise_name(description)
     vague = desc in rs.vague_words
     mismatch = False
@@ -160,8 +160,28 @@ def _description_flags(rs: RuleSet, description: str, hs_code: str) -> tuple[boo
     return vague, mismatch
 
 
+def watchlist_similarity(rs: RuleSet, name: str) -> float:
+    """1.0 for an exact match of the normalised name, else the best trigram Jaccard
+    similarity to a watchlist entry (memoised per rule set: names repeat)."""
+    norm = _words(name)
+    if norm in rs.watchlist:
+        return 1.0
+    key = ("\0watch", norm)
+    hit = rs.memo.get(key)
+    if hit is not None:
+        return float(hit[0])
+    grams = _trigrams(norm)
+    best = 0.0
+    for entry in rs.watch_trigrams:
+        union = len(grams | entry)
+        if union:
+            best = max(best, len(grams & entry) / union)
+    rs.memo[key] = (best, False)
+    return best
+
+
 def _text_features(manifests: list[Manifest], rs: RuleSet, n: int) -> tuple[F64, F64, F64, F64]:
-    """Vague descriptions, description/HS contradictions and watchlist hits."""
+    """Vague descriptions, description/HS contradictions and watchlist similarity."""
     vague = np.zeros(n, dtype=np.float64)
     mismatch = np.zeros(n, dtype=np.float64)
     ship_watch = np.zeros(n, dtype=np.float64)
@@ -175,10 +195,8 @@ def _text_features(manifests: list[Manifest], rs: RuleSet, n: int) -> tuple[F64,
             if x:
                 mismatch[i] += 1
         if watchlist:
-            if _words(m.shipper.name) in watchlist:
-                ship_watch[i] = 1.0
-            if _words(m.consignee.name) in watchlist:
-                cons_watch[i] = 1.0
+            ship_watch[i] = watchlist_similarity(rs, m.shipper.name)
+            cons_watch[i] = watchlist_similarity(rs, m.consignee.name)
     return vague, mismatch, ship_watch, cons_watch
 
 
@@ -247,6 +265,7 @@ def build_features(
     n_items = len(items)
     item_heading = np.fromiter((_heading(it.hs_code) for it in items), i64, n_items)
     item_value = np.fromiter((it.value for it in items), f64, n_items)
+    item_qty = np.fromiter((it.quantity for it in items), f64, n_items)
     item_value *= np.repeat(rates, item_count)
     owner = np.repeat(np.arange(n), item_count)
     coded = item_heading >= 0
@@ -259,6 +278,7 @@ def build_features(
     )
     item_sum = np.bincount(owner, weights=item_value, minlength=n)
     missing_hs = np.bincount(owner, weights=~coded, minlength=n)
+    total_qty = np.bincount(owner, weights=item_qty, minlength=n)
     usd_per_kg = value_usd / weight_kg
     to_norm = np.where(np.isfinite(norm), usd_per_kg / np.where(np.isfinite(norm), norm, 1.0), 1e9)
     threshold = ruleset.threshold_usd
@@ -289,8 +309,11 @@ def build_features(
         "item_count": item_count.astype(f64),
         "vague_items": vague,
         "description_hs_mismatch": mismatch,
-        "shipper_watchlisted": ship_watch,
-        "consignee_watchlisted": cons_watch,
+        "shipper_watchlisted": (ship_watch >= 1.0).astype(f64),
+        "consignee_watchlisted": (cons_watch >= 1.0).astype(f64),
+        "shipper_watchlist_similarity": ship_watch,
+        "consignee_watchlist_similarity": cons_watch,
+        "weight_per_item_kg": weight_kg / np.maximum(total_qty, 1.0),
         "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
         "consignee_distinct_shippers": addr_shippers,
         "pair_parcels": pair_parcels,

@@ -74,10 +74,11 @@ class RuleSet:
     origin_risk: F64  # [676] by country index
     vague_words: frozenset[str]
     watchlist: frozenset[str]
+    watch_trigrams: tuple[frozenset[str], ...]
     keyword_chapters: tuple[tuple[str, frozenset[int]], ...]
     source: str = "<built-in>"
     # per-rule-set memo of description checks (not part of the rule set's identity)
-    memo: dict[tuple[str, str], tuple[bool, bool]] = field(
+    memo: dict[tuple[str, str], tuple[Any, bool]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -121,6 +122,11 @@ def country_index(code: str) -> int:
 
 
 _PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\t\r\n"})
+
+
+def _trigrams(name: str) -> frozenset[str]:
+    padded = f"  {name} "
+    return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
 
 
 def normalise_name(name: str) -> str:
@@ -384,6 +390,7 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
         origin_risk=origin,
         vague_words=frozenset(normalise_name(w) for w in vague),
         watchlist=frozenset(normalise_name(w) for w in watch),
+        watch_trigrams=tuple(_trigrams(normalise_name(w)) for w in watch),
         keyword_chapters=tuple(keyword_chapters),
         source=source,
     )

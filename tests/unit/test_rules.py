@@ -64,6 +64,12 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str,
                        {"declared_value": 500.0, "items": item(value=500.0), "gross_weight_kg": 5.0},
                        {"pair_value": 400.0, "pair_parcels": 1}, {"pair_value": 200.0, "pair_parcels": 1}),
     "DROP_ADDRESS": ({}, {}, {"address_shippers": 13}, {"address_shippers": 5}),
+    "WATCHLIST_SHIPPER_FUZZY": ({"shipper": shipper("Golden Peek Chemical Tradng Co")},
+                                {"shipper": shipper("Golden Peak Chemical Trading Co")}, {}, {}),
+    "WATCHLIST_CONSIGNEE_FUZZY": ({"consignee": {**BASE["consignee"], "name": "Blue Lotos Lab Supply"}},
+                                  {"consignee": {**BASE["consignee"], "name": "Alex Smith"}}, {}, {}),
+    "HEAVY_FOR_ITEMS": ({"gross_weight_kg": 70.0}, {"gross_weight_kg": 50.0}, {}, {}),
+    "LIGHT_FOR_ITEMS": ({"gross_weight_kg": 0.005}, {"gross_weight_kg": 0.02}, {}, {}),
 }  # fmt: skip
 
 
