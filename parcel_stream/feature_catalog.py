@@ -30,6 +30,10 @@ FEATURE_DOCS: dict[str, str] = {
     "shipper_watchlist_similarity": "1 for an exact watchlist match, else the best trigram similarity (0..1) of the shipper's normalised name to an entry",
     "consignee_watchlist_similarity": "as shipper_watchlist_similarity, for the consignee's name",
     "weight_per_item_kg": "gross weight / total item quantity",
+    "shipper_today_parcels": "the shipper's parcels on the batch's (manifest-time) day, stored + this batch",
+    "shipper_daily_baseline": "the shipper's mean parcels per day over the 7 days before",
+    "shipper_volume_ratio": "shipper_today_parcels / max(shipper_daily_baseline, 1/7)",
+    "placeholder_parties": "number of party names (shipper, consignee) that are placeholders or under 3 characters",
 }
 FEATURES: tuple[str, ...] = tuple(FEATURE_DOCS)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}

@@ -22,6 +22,7 @@ from parcel_stream.rules import RuleSet, _trigrams, country_index, normalise_nam
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 MS_PER_DAY = 86_400_000.0
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class ShipperIndex:
     parcel_address: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     pairs: list[str] = field(default_factory=list)
     parcel_pair: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    today: int = 0  # day number (Unix days) of the batch's latest manifest time
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +53,15 @@ class ReputationView:
     pair_start_ms: F64 | None = None  # start of the pair's open window, 0 = none
     pair_value_usd: F64 | None = None  # value shipped to the address in that window
     pair_parcels: F64 | None = None  # parcels shipped to the address in that window
+    day_counts: F64 | None = None  # [n_shippers, 8]: parcels on today, today-1 .. today-7
 
     @classmethod
     def empty(cls, n: int, n_addresses: int = 0, n_pairs: int = 0) -> ReputationView:
         z = np.zeros(n, dtype=np.float64)
         za = np.zeros(n_addresses, dtype=np.float64)
         zp = np.zeros(n_pairs, dtype=np.float64)
-        return cls(z, z.copy(), z.copy(), z.copy(), za, zp, zp.copy(), zp.copy())
+        days = np.zeros((n, 8), dtype=np.float64)
+        return cls(z, z.copy(), z.copy(), z.copy(), za, zp, zp.copy(), zp.copy(), days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,10 @@ def index_shippers(
             and m.declared_value * usd_per_unit[m.currency] >= split_min_usd
         ):
             p_idx[i] = pairs.setdefault(f"{addr}:{sid}", len(pairs))
-    return ShipperIndex(list(shippers), s_idx, list(addresses), a_idx, list(pairs), p_idx)
+    latest = max((m.manifest_ts_ms for m in manifests), default=0)
+    return ShipperIndex(
+        list(shippers), s_idx, list(addresses), a_idx, list(pairs), p_idx, latest // DAY_MS
+    )
 
 
 def address_shipper_combos(idx: ShipperIndex) -> npt.NDArray[np.int64]:
@@ -178,6 +185,18 @@ def watchlist_similarity(rs: RuleSet, name: str) -> float:
             best = max(best, len(grams & entry) / union)
     rs.memo[key] = (best, False)
     return best
+
+
+def _placeholders(manifests: list[Manifest], rs: RuleSet) -> F64:
+    """Party names that are placeholders (test, n/a, xxx, ...) or under 3 characters."""
+    bad = rs.placeholder_names
+    out = np.zeros(len(manifests), dtype=np.float64)
+    for i, m in enumerate(manifests):
+        for name in (m.shipper.name, m.consignee.name):
+            norm = _words(name)
+            if len(norm) < 3 or norm in bad:
+                out[i] += 1
+    return out
 
 
 def _text_features(manifests: list[Manifest], rs: RuleSet, n: int) -> tuple[F64, F64, F64, F64]:
@@ -289,6 +308,12 @@ def build_features(
     holds = view.holds[ps]
     first_seen = view.first_seen_ms[ps]
     vague, mismatch, ship_watch, cons_watch = _text_features(manifests, ruleset, n)
+    placeholders = _placeholders(manifests, ruleset)
+    n_ship = len(shippers.ids)
+    days = view.day_counts if view.day_counts is not None else np.zeros((n_ship, 8))
+    batch_count = np.bincount(ps, minlength=n_ship).astype(f64)
+    today_count = (days[:, 0] + batch_count)[ps] if n_ship else np.zeros(n)
+    baseline = days[:, 1:].mean(axis=1)[ps] if n_ship else np.zeros(n)
     addr_shippers, pair_parcels, pair_value = _address_features(
         manifests, shippers, view, value_usd, window_ms
     )
@@ -314,6 +339,10 @@ def build_features(
         "shipper_watchlist_similarity": ship_watch,
         "consignee_watchlist_similarity": cons_watch,
         "weight_per_item_kg": weight_kg / np.maximum(total_qty, 1.0),
+        "shipper_today_parcels": today_count,
+        "shipper_daily_baseline": baseline,
+        "shipper_volume_ratio": today_count / np.maximum(baseline, 1.0 / 7.0),
+        "placeholder_parties": placeholders,
         "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
         "consignee_distinct_shippers": addr_shippers,
         "pair_parcels": pair_parcels,

@@ -20,6 +20,7 @@ from parcel_stream.parse import InRecord, ParsedBatch
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
 LANE_HOLD = 2
+DAY_MS = 86_400_000
 
 Partition = tuple[str, int]
 
@@ -32,6 +33,7 @@ class ShipperDelta:
     holds: int
     first_seen_ms: int
     last_seen_ms: int
+    days: tuple[tuple[int, int], ...] = ()  # (Unix day, parcels) for the volume baseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class ShipperState:
     holds: int = 0
     first_seen_ms: int = 0
     last_seen_ms: int = 0
+    days: dict[int, int] = field(default_factory=dict)  # the last 8 days only
 
 
 def batch_partitions(records: list[InRecord]) -> list[Partition]:
@@ -104,6 +107,11 @@ def compute_update(
     last = np.zeros(n, dtype=np.int64)
     np.minimum.at(first, sidx, ts)
     np.maximum.at(last, sidx, ts)
+    day_of = ts // DAY_MS
+    day_combos, day_counts = np.unique(sidx * 1_000_000 + day_of, return_counts=True)
+    per_shipper_days: dict[int, list[tuple[int, int]]] = {}
+    for combo, count in zip(day_combos.tolist(), day_counts.tolist(), strict=True):
+        per_shipper_days.setdefault(combo // 1_000_000, []).append((combo % 1_000_000, count))
     deltas = [
         ShipperDelta(
             shipper_id=shippers.ids[j],
@@ -112,6 +120,7 @@ def compute_update(
             holds=int(holds[j]),
             first_seen_ms=int(first[j]),
             last_seen_ms=int(last[j]),
+            days=tuple(per_shipper_days.get(int(j), ())),
         )
         for j in np.flatnonzero(seen)
     ]
@@ -143,14 +152,17 @@ def compute_update(
     return ReputationUpdate(marks, deltas, sorted(by_address.items()), pairs)
 
 
-def view_from_states(states: list[ShipperState | None]) -> ReputationView:
+def view_from_states(states: list[ShipperState | None], today: int = 0) -> ReputationView:
     view = ReputationView.empty(len(states))
+    assert view.day_counts is not None
     for i, st in enumerate(states):
         if st is not None:
             view.seen[i] = st.seen
             view.holds[i] = st.holds
             view.value_usd[i] = st.value_usd
             view.first_seen_ms[i] = st.first_seen_ms
+            for k in range(8):
+                view.day_counts[i, k] = st.days.get(today - k, 0)
     return view
 
 
@@ -168,12 +180,13 @@ class InMemoryStore:
     def read(
         self, keys: ShipperIndex, partitions: list[Partition]
     ) -> tuple[ReputationView, dict[Partition, int]]:
-        base = view_from_states([self.shippers.get(s) for s in keys.ids])
+        base = view_from_states([self.shippers.get(s) for s in keys.ids], keys.today)
         addr = np.array([float(len(self.addresses.get(a, ()))) for a in keys.addresses])
         pair_rows = [self.pairs.get(p, [0.0, 0.0, 0.0]) for p in keys.pairs]
         pr = np.array(pair_rows, dtype=np.float64).reshape(len(pair_rows), 3)
         view = ReputationView(base.seen, base.holds, base.value_usd, base.first_seen_ms,
-                              addr, pr[:, 0].copy(), pr[:, 1].copy(), pr[:, 2].copy())  # fmt: skip
+                              addr, pr[:, 0].copy(), pr[:, 1].copy(), pr[:, 2].copy(),
+                              base.day_counts)  # fmt: skip
         marks = {p: self.watermarks[p] for p in partitions if p in self.watermarks}
         return view, marks
 
@@ -190,6 +203,12 @@ class InMemoryStore:
             if not st.first_seen_ms or d.first_seen_ms < st.first_seen_ms:
                 st.first_seen_ms = d.first_seen_ms
             st.last_seen_ms = max(st.last_seen_ms, d.last_seen_ms)
+            for day, count in d.days:
+                st.days[day] = st.days.get(day, 0) + count
+            if d.days:
+                newest = max(st.days)
+                for day in [x for x in st.days if x <= newest - 8]:
+                    del st.days[day]
         for address, shipper_ids in update.addresses:
             self.addresses.setdefault(address, set()).update(shipper_ids)
         for p in update.pairs:

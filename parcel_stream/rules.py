@@ -75,6 +75,7 @@ class RuleSet:
     vague_words: frozenset[str]
     watchlist: frozenset[str]
     watch_trigrams: tuple[frozenset[str], ...]
+    placeholder_names: frozenset[str]
     keyword_chapters: tuple[tuple[str, frozenset[int]], ...]
     source: str = "<built-in>"
     # per-rule-set memo of description checks (not part of the rule set's identity)
@@ -285,7 +286,9 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
         chapter[int(ch)] = _num(f"{source}: tables.chapter_min_usd_per_kg.{ch}", norm)
     vague = tables.get("vague_words", [])
     watch = tables.get("watchlist", [])
-    for name, value in (("vague_words", vague), ("watchlist", watch)):
+    placeholders = tables.get("placeholder_names", [])
+    for name, value in (("vague_words", vague), ("watchlist", watch),
+                        ("placeholder_names", placeholders)):  # fmt: skip
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise RuleSetError(f"{source}: tables.{name}: expected a list of strings")
     kw_doc = tables.get("description_keywords", {})
@@ -391,6 +394,7 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
         vague_words=frozenset(normalise_name(w) for w in vague),
         watchlist=frozenset(normalise_name(w) for w in watch),
         watch_trigrams=tuple(_trigrams(normalise_name(w)) for w in watch),
+        placeholder_names=frozenset(normalise_name(w) for w in placeholders),
         keyword_chapters=tuple(keyword_chapters),
         source=source,
     )

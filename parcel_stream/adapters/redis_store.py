@@ -3,7 +3,8 @@
 Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
 
 - ``ps:shipper:{id}`` hash: ``seen``, ``value_usd``, ``holds``, ``first_seen_ms``,
-  ``last_seen_ms``; expires ``ttl_s`` after its last update (bounded memory).
+  ``last_seen_ms`` and ``d{day}`` parcel counts of the last 8 (manifest-time) days;
+  expires ``ttl_s`` after its last update (bounded memory).
 - ``ps:addr:{address key}`` HyperLogLog of the shipper ids seen sending to a consignee
   address (the key is a hash of the normalised address); expires 30 days after its last
   update.
@@ -31,14 +32,18 @@ FIELDS = ("seen", "holds", "value_usd", "first_seen_ms", "last_seen_ms")
 F64 = npt.NDArray[np.float64]
 
 # One command reads everything a batch needs (one reply array, no per-key command
-# overhead): 4 fields per shipper, a count per address, 3 fields per pair, then watermarks.
+# overhead): 12 fields per shipper (4 + 8 day counts), a count per address, 3 fields per
+# pair, then the watermarks.
 _READ_LUA = """
 local n_sh, n_addr, n_pair = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local today = tonumber(ARGV[4])
 local out = {}
 local k = 0
 for i = 1, n_sh do
-  local row = redis.call('HMGET', KEYS[k + i], 'seen', 'holds', 'value_usd', 'first_seen_ms')
-  for j = 1, 4 do out[#out + 1] = row[j] end
+  local row = redis.call('HMGET', KEYS[k + i], 'seen', 'holds', 'value_usd', 'first_seen_ms',
+    'd' .. today, 'd' .. (today - 1), 'd' .. (today - 2), 'd' .. (today - 3),
+    'd' .. (today - 4), 'd' .. (today - 5), 'd' .. (today - 6), 'd' .. (today - 7))
+  for j = 1, 12 do out[#out + 1] = row[j] end
 end
 k = k + n_sh
 for i = 1, n_addr do out[#out + 1] = redis.call('PFCOUNT', KEYS[k + i]) end
@@ -76,8 +81,18 @@ for i = 1, n_sh do
   if (not last) or tonumber(last) < tonumber(ARGV[a + 4]) then
     redis.call('HSET', key, 'last_seen_ms', ARGV[a + 4])
   end
+  local n_days = tonumber(ARGV[a + 5])
+  local newest = 0
+  for d = 1, n_days do
+    local day = tonumber(ARGV[a + 4 + 2 * d])
+    redis.call('HINCRBY', key, 'd' .. day, ARGV[a + 5 + 2 * d])
+    if day > newest then newest = day end
+  end
+  if n_days > 0 then
+    redis.call('HDEL', key, 'd' .. (newest - 8), 'd' .. (newest - 9), 'd' .. (newest - 10))
+  end
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-  a = a + 5
+  a = a + 6 + 2 * n_days
 end
 k = k + n_sh
 for i = 1, n_addr do
@@ -161,25 +176,28 @@ class RedisReputationStore:
             *(self.pair_key(x) for x in keys.pairs),
             *(self.watermark_key(p) for p in partitions),
         ]
-        flat: list[Any] = await self._read(keys=redis_keys, args=[n_s, n_a, n_p])
-        flat += [None] * (4 * n_s + n_a + 3 * n_p + len(partitions) - len(flat))  # trailing nils
+        flat: list[Any] = await self._read(keys=redis_keys, args=[n_s, n_a, n_p, keys.today])
+        flat += [None] * (12 * n_s + n_a + 3 * n_p + len(partitions) - len(flat))
 
         def col(values: list[Any]) -> F64:
             return np.array([float(v) if v is not None else 0.0 for v in values], dtype=np.float64)
 
-        sh = flat[: 4 * n_s]
-        addr = flat[4 * n_s : 4 * n_s + n_a]
-        pr = flat[4 * n_s + n_a : 4 * n_s + n_a + 3 * n_p]
-        wm = flat[4 * n_s + n_a + 3 * n_p :]
+        sh = flat[: 12 * n_s]
+        addr = flat[12 * n_s : 12 * n_s + n_a]
+        pr = flat[12 * n_s + n_a : 12 * n_s + n_a + 3 * n_p]
+        wm = flat[12 * n_s + n_a + 3 * n_p :]
         view = ReputationView(
-            seen=col(sh[0::4]),
-            holds=col(sh[1::4]),
-            value_usd=col(sh[2::4]),
-            first_seen_ms=col(sh[3::4]),
+            seen=col(sh[0::12]),
+            holds=col(sh[1::12]),
+            value_usd=col(sh[2::12]),
+            first_seen_ms=col(sh[3::12]),
             address_shippers=col(addr),
             pair_start_ms=col(pr[0::3]),
             pair_value_usd=col(pr[1::3]),
             pair_parcels=col(pr[2::3]),
+            day_counts=np.stack([col(sh[4 + d :: 12]) for d in range(8)], axis=1)
+            if n_s
+            else np.zeros((0, 8)),
         )
         marks = {
             part: int(raw) for part, raw in zip(partitions, wm, strict=True) if raw is not None
@@ -201,6 +219,9 @@ class RedisReputationStore:
         for d in update.shippers:
             keys.append(self.shipper_key(d.shipper_id))
             args.extend((d.seen, repr(d.value_usd), d.holds, d.first_seen_ms, d.last_seen_ms))
+            args.append(len(d.days))
+            for day, count in d.days:
+                args.extend((day, count))
         for address, shipper_ids in update.addresses:
             keys.append(self.address_key(address))
             args.append(len(shipper_ids))
@@ -221,6 +242,7 @@ class RedisReputationStore:
             holds=int(get.get("holds", 0)),
             first_seen_ms=int(get.get("first_seen_ms", 0)),
             last_seen_ms=int(get.get("last_seen_ms", 0)),
+            days={int(k[1:]): int(v) for k, v in get.items() if k[:1] == "d" and k[1:].isdigit()},
         )
 
     async def close(self) -> None:

@@ -93,6 +93,7 @@ def test_address_and_pair_state_match_the_twin(settings: Settings) -> None:
             got, _ = await store.read(keys, [])
             want, _ = twin.read(keys, [])
             assert got.seen.tolist() == want.seen.tolist()
+            assert got.day_counts.tolist() == want.day_counts.tolist() and got.day_counts.sum() > 0
             assert np.allclose(got.pair_value_usd, want.pair_value_usd)
             assert got.pair_parcels.tolist() == want.pair_parcels.tolist()
             # HyperLogLog is approximate (about 1 %); small sets are exact in practice

@@ -22,14 +22,16 @@ def item(**kw: Any) -> list[dict[str, Any]]:
 
 
 def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0, address_shippers: int = 0,
-          pair_value: float = 0.0, pair_parcels: int = 0) -> list[str]:  # fmt: skip
+          pair_value: float = 0.0, pair_parcels: int = 0, days: tuple[int, ...] = (0,) * 8,
+          ) -> list[str]:  # fmt: skip
     m = parse_one(line(**changes), "t", NOW)
     assert isinstance(m, Manifest), m
     start = float(NOW - 3_600_000) if pair_parcels else 0.0
     view = ReputationView(np.array([float(seen)]), np.array([float(holds)]), np.zeros(1),
                           np.array([float(NOW - 30 * 86_400_000) if seen else 0.0]),
                           np.array([float(address_shippers)]), np.array([start]),
-                          np.array([pair_value]), np.array([float(pair_parcels)]))  # fmt: skip
+                          np.array([pair_value]), np.array([float(pair_parcels)]),
+                          np.array([days], dtype=np.float64))  # fmt: skip
     feats = build_features([m], index_shippers([m], RS.split_min_usd), view, RS, NOW)
     _score, mask = score_batch(feats, RS, NOW)
     return RS.reason_codes(int(mask[0]))
@@ -68,6 +70,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str,
                                 {"shipper": shipper("Golden Peak Chemical Trading Co")}, {}, {}),
     "WATCHLIST_CONSIGNEE_FUZZY": ({"consignee": {**BASE["consignee"], "name": "Blue Lotos Lab Supply"}},
                                   {"consignee": {**BASE["consignee"], "name": "Alex Smith"}}, {}, {}),
+    "PLACEHOLDER_PARTY": ({"consignee": {**BASE["consignee"], "name": "N/A"}}, {}, {}, {}),
+    "VOLUME_SPIKE": ({}, {}, {"days": (30, 4, 4, 4, 4, 4, 4, 4)}, {"days": (10, 4, 4, 4, 4, 4, 4, 4)}),
     "HEAVY_FOR_ITEMS": ({"gross_weight_kg": 70.0}, {"gross_weight_kg": 50.0}, {}, {}),
     "LIGHT_FOR_ITEMS": ({"gross_weight_kg": 0.005}, {"gross_weight_kg": 0.02}, {}, {}),
 }  # fmt: skip
