@@ -6,6 +6,7 @@ import msgspec
 
 from parcel_stream.feed import FeedRecord
 from parcel_stream.model import Decision, Hold, Manifest, Rejection
+from parcel_stream.ruleset_schema import RuleSetDoc
 
 CONTRACTS: dict[str, type[msgspec.Struct]] = {
     "parcel-manifest.v1.json": Manifest,
@@ -13,6 +14,7 @@ CONTRACTS: dict[str, type[msgspec.Struct]] = {
     "decision.v1.json": Decision,
     "rejection.v1.json": Rejection,
     "feed-record.v1.json": FeedRecord,
+    "ruleset.v1.json": RuleSetDoc,
 }
 
 

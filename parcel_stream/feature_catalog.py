@@ -34,6 +34,7 @@ FEATURE_DOCS: dict[str, str] = {
     "shipper_daily_baseline": "the shipper's mean parcels per day over the 7 days before",
     "shipper_volume_ratio": "shipper_today_parcels / max(shipper_daily_baseline, 1/7)",
     "placeholder_parties": "number of party names (shipper, consignee) that are placeholders or under 3 characters",
+    "transit_risk": "highest risk level (0..1) of the transit countries on the transit table",
 }
 FEATURES: tuple[str, ...] = tuple(FEATURE_DOCS)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}

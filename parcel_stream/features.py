@@ -187,6 +187,16 @@ def watchlist_similarity(rs: RuleSet, name: str) -> float:
     return best
 
 
+def _transit_risk(manifests: list[Manifest], rs: RuleSet, n: int) -> F64:
+    """Highest transit-table risk of the countries a parcel transits (0 when none)."""
+    out = np.zeros(n, dtype=np.float64)
+    table, cidx = rs.transit_risk, _COUNTRY_INDEX
+    for i, m in enumerate(manifests):
+        for c in m.transit_countries:
+            out[i] = max(out[i], table[cidx[c]])
+    return out
+
+
 def _placeholders(manifests: list[Manifest], rs: RuleSet) -> F64:
     """Party names that are placeholders (test, n/a, xxx, ...) or under 3 characters."""
     bad = rs.placeholder_names
@@ -325,6 +335,7 @@ def build_features(
         "usd_per_kg_to_norm": to_norm,
         "hs_risk": hs_risk,
         "origin_risk": np.where(origin_idx >= 0, ruleset.origin_risk[origin_idx], 0.0),
+        "transit_risk": _transit_risk(manifests, ruleset, n),
         "shipper_seen": seen,
         "shipper_hold_ratio": np.where(seen > 0, holds / np.maximum(seen, 1.0), 0.0),
         "shipper_age_days": np.where(first_seen > 0, (now_ms - first_seen) / MS_PER_DAY, -1.0),

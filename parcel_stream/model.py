@@ -87,6 +87,9 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     seller: Seller | None = None
     shipped_ts_ms: TsMs | None = None
     master_waybill: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    transit_countries: Annotated[
+        list[Country], msgspec.Meta(max_length=10, description="countries the parcel transits")
+    ] = []
     schema_version: Literal[1] = 1
 
 

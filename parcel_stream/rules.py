@@ -72,6 +72,7 @@ class RuleSet:
     heading_risk: F64  # [10000] by 4-digit HS heading
     chapter_min_usd_per_kg: F64  # [100] by HS chapter
     origin_risk: F64  # [676] by country index
+    transit_risk: F64  # [676] by country index
     vague_words: frozenset[str]
     watchlist: frozenset[str]
     watch_trigrams: tuple[frozenset[str], ...]
@@ -272,6 +273,9 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
     origin = _risk_table(
         f"{source}: tables.origin_risk", tables.get("origin_risk", {}), 676, _country_key
     )
+    transit = _risk_table(
+        f"{source}: tables.transit_risk", tables.get("transit_risk", {}), 676, _country_key
+    )
     norms_doc = tables.get("chapter_min_usd_per_kg", {})
     chapter = np.full(
         100, _num(f"{source}: tables.chapter_min_usd_per_kg.default", norms_doc.get("default", 2.0))
@@ -391,6 +395,7 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
         heading_risk=heading,
         chapter_min_usd_per_kg=chapter,
         origin_risk=origin,
+        transit_risk=transit,
         vague_words=frozenset(normalise_name(w) for w in vague),
         watchlist=frozenset(normalise_name(w) for w in watch),
         watch_trigrams=tuple(_trigrams(normalise_name(w)) for w in watch),

@@ -94,3 +94,41 @@ def test_schema_and_decoder_agree_on_mutations(path: list[Any], value: Any) -> N
     except msgspec.ValidationError:
         code_ok = False
     assert schema_ok == code_ok, f"schema says {schema_ok}, decoder says {code_ok}"
+
+
+def _ruleset_mutations() -> list[tuple[str, Any]]:
+    return [
+        ("rules.0.weight", "high"),
+        ("rules.0.wieght", 3),
+        ("rules.0.when", ["valeu_usd < 5"]),
+        ("rules.0.when", []),
+        ("rules.0.id", "near"),
+        ("rules.0.scale_by", "nope"),
+        ("rules.0.effective_from", "soon"),
+        ("tables.hs_risk.2933", 1.5),
+        ("tables.origin_risk.cn", 0.5),
+        ("colour", "blue"),
+        ("rules.0.weight", 99),
+        ("rules.0.enabled", False),
+        ("rules.0.effective_from", "2026-01-01"),
+        ("rules.0.when", ["hs_risk >= 0.4", "value_usd!=3"]),
+    ]
+
+
+@pytest.mark.parametrize(("path", "value"), _ruleset_mutations(), ids=lambda x: str(x))
+def test_ruleset_schema_and_compiler_agree(path: str, value: Any) -> None:
+    from parcel_stream.rules import RuleSetError, compile_ruleset, default_document
+
+    doc = default_document()
+    target: Any = doc
+    parts = path.split(".")
+    for p in parts[:-1]:
+        target = target[int(p)] if p.isdigit() else target[p]
+    target[parts[-1]] = value
+    schema_ok = jsonschema.Draft202012Validator(load(SCHEMAS / "ruleset.v1.json")).is_valid(doc)
+    try:
+        compile_ruleset(doc, "t")
+        code_ok = True
+    except RuleSetError:
+        code_ok = False
+    assert schema_ok == code_ok, f"schema says {schema_ok}, compiler says {code_ok}"

@@ -100,5 +100,5 @@ def test_shipper_history_changes_later_scores() -> None:
         InRecord(value=line(parcel_id=f"P{i}"), topic="m", partition=0, offset=i) for i in range(6)
     ]
     lanes = [run_in_memory([r], store, RS, Limits(), NOW).masks[0] for r in recs]
-    new_bit = 1 << 4
+    new_bit = 1 << [r.code for r in RS.rules].index("NEW_SHIPPER")
     assert [bool(m & new_bit) for m in lanes] == [True] * 5 + [False]
