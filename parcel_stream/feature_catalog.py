@@ -31,7 +31,7 @@ FEATURE_DOCS: dict[str, str] = {
     "consignee_watchlist_similarity": "as shipper_watchlist_similarity, for the consignee's name",
     "weight_per_item_kg": "gross weight / total item quantity",
     "shipper_today_parcels": "the shipper's parcels on the batch's (manifest-time) day, stored + this batch",
-    "shipper_daily_baseline": "the shipper's mean parcels per day over the 7 days before",
+    "shipper_daily_baseline": "the shipper's mean parcels per day over the (up to 7) days before today that it was known",
     "shipper_volume_ratio": "shipper_today_parcels / max(shipper_daily_baseline, 1/7)",
     "placeholder_parties": "number of party names (shipper, consignee) that are placeholders or under 3 characters",
     "transit_risk": "highest risk level (0..1) of the transit countries on the transit table",

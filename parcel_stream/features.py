@@ -323,7 +323,11 @@ def build_features(
     days = view.day_counts if view.day_counts is not None else np.zeros((n_ship, 8))
     batch_count = np.bincount(ps, minlength=n_ship).astype(f64)
     today_count = (days[:, 0] + batch_count)[ps] if n_ship else np.zeros(n)
-    baseline = days[:, 1:].mean(axis=1)[ps] if n_ship else np.zeros(n)
+    # Mean over the days before today that the shipper was known (at most 7): a shipper
+    # first seen yesterday has a one-day baseline, not yesterday's count diluted by 7.
+    first_day = np.where(view.first_seen_ms > 0, view.first_seen_ms // DAY_MS, shippers.today)
+    known = np.clip(shippers.today - first_day, 1, 7)
+    baseline = (days[:, 1:].sum(axis=1) / known)[ps] if n_ship else np.zeros(n)
     addr_shippers, pair_parcels, pair_value = _address_features(
         manifests, shippers, view, value_usd, window_ms
     )
