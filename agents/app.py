@@ -12,7 +12,7 @@ import faust
 from agents import faust_transport
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
-from parcel_stream.adapters.worker import BatchProcessor
+from parcel_stream.adapters.worker import BatchProcessor, ExamProcessor
 from parcel_stream.kernels import warm_up
 from parcel_stream.parse import InRecord, chunk_records
 from parcel_stream.rules import RuleSet, default_ruleset
@@ -90,6 +90,20 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
         return await app.producer.send(topic, key, value, None, None, None)
 
     processor = BatchProcessor(settings, rules, store, send, metrics)
+    exam_processor = ExamProcessor(settings, store, send, metrics)
+    exam_results = app.topic(
+        settings.topic_exam_results,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+
+    @app.agent(exam_results, concurrency=1)
+    async def apply_exam_results(stream: Any) -> None:
+        async for events in stream.take_events(500, within=0.2):
+            await exam_processor.handle([_in_record(e) for e in events])
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _startup() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from parcel_stream.feed import FeedRecord
-from parcel_stream.model import Decision, Hold, Manifest, Rejection
+from parcel_stream.model import Decision, ExamResult, Hold, Manifest, Rejection
 from parcel_stream.ruleset_schema import RuleSetDoc
 
 CONTRACTS: dict[str, type[msgspec.Struct]] = {
@@ -15,6 +15,7 @@ CONTRACTS: dict[str, type[msgspec.Struct]] = {
     "rejection.v1.json": Rejection,
     "feed-record.v1.json": FeedRecord,
     "ruleset.v1.json": RuleSetDoc,
+    "exam-result.v1.json": ExamResult,
 }
 
 

@@ -55,6 +55,7 @@ def isolated_settings(info: devstack.StackInfo, tag: str, data_dir: str | Path) 
         topic_holds=f"holds-{tag}",
         topic_decisions=f"decisions-{tag}",
         topic_rejects=f"rejects-{tag}",
+        topic_exam_results=f"exams-{tag}",
         redis_key_prefix=f"ps{tag}",
         data_dir=str(data_dir),
     )

@@ -35,6 +35,9 @@ FEATURE_DOCS: dict[str, str] = {
     "shipper_volume_ratio": "shipper_today_parcels / max(shipper_daily_baseline, 1/7)",
     "placeholder_parties": "number of party names (shipper, consignee) that are placeholders or under 3 characters",
     "transit_risk": "highest risk level (0..1) of the transit countries on the transit table",
+    "shipper_exams": "examinations of this shipper's parcels with a recorded outcome",
+    "shipper_exam_violation_rate": "share of those examinations that found a violation or seized goods",
+    "address_exam_violations": "examinations of parcels to this consignee address that found a violation",
 }
 FEATURES: tuple[str, ...] = tuple(FEATURE_DOCS)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}

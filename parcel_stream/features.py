@@ -54,6 +54,9 @@ class ReputationView:
     pair_value_usd: F64 | None = None  # value shipped to the address in that window
     pair_parcels: F64 | None = None  # parcels shipped to the address in that window
     day_counts: F64 | None = None  # [n_shippers, 8]: parcels on today, today-1 .. today-7
+    exams: F64 | None = None  # examinations of the shipper's parcels
+    violations: F64 | None = None  # of which found violative or seized
+    address_violations: F64 | None = None  # violations found on parcels to the address
 
     @classmethod
     def empty(cls, n: int, n_addresses: int = 0, n_pairs: int = 0) -> ReputationView:
@@ -61,7 +64,8 @@ class ReputationView:
         za = np.zeros(n_addresses, dtype=np.float64)
         zp = np.zeros(n_pairs, dtype=np.float64)
         days = np.zeros((n, 8), dtype=np.float64)
-        return cls(z, z.copy(), z.copy(), z.copy(), za, zp, zp.copy(), zp.copy(), days)
+        return cls(z, z.copy(), z.copy(), z.copy(), za, zp, zp.copy(), zp.copy(), days,
+                   z.copy(), z.copy(), za.copy())  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +323,13 @@ def build_features(
     first_seen = view.first_seen_ms[ps]
     vague, mismatch, ship_watch, cons_watch = _text_features(manifests, ruleset, n)
     placeholders = _placeholders(manifests, ruleset)
+    zeros_s = np.zeros(len(shippers.ids))
+    exams = (view.exams if view.exams is not None else zeros_s)[ps]
+    violations = (view.violations if view.violations is not None else zeros_s)[ps]
+    if view.address_violations is not None and len(shippers.parcel_address):
+        addr_violations = view.address_violations[shippers.parcel_address]
+    else:
+        addr_violations = np.zeros(n)
     n_ship = len(shippers.ids)
     days = view.day_counts if view.day_counts is not None else np.zeros((n_ship, 8))
     batch_count = np.bincount(ps, minlength=n_ship).astype(f64)
@@ -358,6 +369,11 @@ def build_features(
         "shipper_daily_baseline": baseline,
         "shipper_volume_ratio": today_count / np.maximum(baseline, 1.0 / 7.0),
         "placeholder_parties": placeholders,
+        "shipper_exams": exams,
+        "shipper_exam_violation_rate": np.where(
+            exams > 0, violations / np.maximum(exams, 1.0), 0.0
+        ),
+        "address_exam_violations": addr_violations,
         "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
         "consignee_distinct_shippers": addr_shippers,
         "pair_parcels": pair_parcels,

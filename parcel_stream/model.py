@@ -163,3 +163,24 @@ class Rejection(msgspec.Struct):
     ] = ""
     raw_bytes: Annotated[int, msgspec.Meta(ge=0, description="length of the rejected input")] = 0
     schema_version: Literal[1] = 1
+
+
+Outcome = Literal["seized", "violation", "clean"]
+Finding = Literal[
+    "undervaluation", "misdescription", "counterfeit", "prohibited", "precursor",
+    "controlled_substance", "split_shipment", "other", "none",
+]  # fmt: skip
+
+
+class ExamResult(msgspec.Struct, forbid_unknown_fields=False):
+    """An officer's examination outcome for a held or reviewed parcel."""
+
+    exam_id: Annotated[Id, msgspec.Meta(description="unique per examination; repeats are ignored")]
+    parcel_id: Id
+    outcome: Outcome
+    examined_ts_ms: TsMs
+    finding: Finding = "none"
+    notes: Annotated[
+        str, msgspec.Meta(max_length=2000, description="officer-facing; never logged")
+    ] = ""
+    schema_version: Literal[1] = 1

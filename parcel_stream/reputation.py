@@ -55,9 +55,23 @@ class ReputationUpdate:
     shippers: list[ShipperDelta]
     addresses: list[tuple[str, list[str]]] = field(default_factory=list)  # key, shipper ids
     pairs: list[PairDelta] = field(default_factory=list)
+    # parcels sent to review or hold: (parcel id, shipper id, address key), so that an
+    # examination result can later be traced to its shipper and address
+    examinable: list[tuple[str, str, str]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not self.watermarks
+
+
+@dataclass(frozen=True, slots=True)
+class ExamDelta:
+    """One examination result traced to its parcel's shipper and address."""
+
+    exam_id: str
+    parcel_id: str
+    shipper_id: str
+    address: str
+    violation: bool  # outcome "violation" or "seized"
 
 
 @dataclass(slots=True)
@@ -68,6 +82,8 @@ class ShipperState:
     first_seen_ms: int = 0
     last_seen_ms: int = 0
     days: dict[int, int] = field(default_factory=dict)  # the last 8 days only
+    exams: int = 0
+    violations: int = 0  # outcomes "violation" or "seized"
 
 
 def batch_partitions(records: list[InRecord]) -> list[Partition]:
@@ -97,6 +113,7 @@ def compute_update(
     if not len(parsed):
         return ReputationUpdate(watermarks=marks, shippers=[])
     take = fresh[np.asarray(parsed.record_index, dtype=np.int64)]
+    take_full = take
     sidx = shippers.parcel_shipper[take]
     n = len(shippers.ids)
     seen = np.bincount(sidx, minlength=n)
@@ -149,12 +166,17 @@ def compute_update(
                       int(p_parcels[j]))
             for j in np.flatnonzero(p_parcels).tolist()
         ]  # fmt: skip
-    return ReputationUpdate(marks, deltas, sorted(by_address.items()), pairs)
+    examinable = [
+        (parsed.manifests[i].parcel_id, shippers.ids[shippers.parcel_shipper[i]],
+         shippers.addresses[shippers.parcel_address[i]])
+        for i in np.flatnonzero(take_full & (lanes >= 1)).tolist()
+    ]  # fmt: skip
+    return ReputationUpdate(marks, deltas, sorted(by_address.items()), pairs, examinable)
 
 
 def view_from_states(states: list[ShipperState | None], today: int = 0) -> ReputationView:
     view = ReputationView.empty(len(states))
-    assert view.day_counts is not None
+    assert view.day_counts is not None and view.exams is not None and view.violations is not None
     for i, st in enumerate(states):
         if st is not None:
             view.seen[i] = st.seen
@@ -163,6 +185,8 @@ def view_from_states(states: list[ShipperState | None], today: int = 0) -> Reput
             view.first_seen_ms[i] = st.first_seen_ms
             for k in range(8):
                 view.day_counts[i, k] = st.days.get(today - k, 0)
+            view.exams[i] = st.exams
+            view.violations[i] = st.violations
     return view
 
 
@@ -176,17 +200,40 @@ class InMemoryStore:
     addresses: dict[str, set[str]] = field(default_factory=dict)
     pairs: dict[str, list[float]] = field(default_factory=dict)  # start_ms, value, parcels
     window_ms: float = 72 * 3_600_000.0
+    parcels: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> shipper, address
+    address_violations: dict[str, int] = field(default_factory=dict)
+    exams_applied: set[str] = field(default_factory=set)
+
+    def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, tuple[str, str]]:
+        return {p: self.parcels[p] for p in parcel_ids if p in self.parcels}
+
+    def apply_exams(self, deltas: list[ExamDelta]) -> list[bool]:
+        """Apply each result once (by exam id); returns which were new."""
+        applied = []
+        for d in deltas:
+            if d.exam_id in self.exams_applied:
+                applied.append(False)
+                continue
+            self.exams_applied.add(d.exam_id)
+            st = self.shippers.setdefault(d.shipper_id, ShipperState())
+            st.exams += 1
+            if d.violation:
+                st.violations += 1
+                self.address_violations[d.address] = self.address_violations.get(d.address, 0) + 1
+            applied.append(True)
+        return applied
 
     def read(
         self, keys: ShipperIndex, partitions: list[Partition]
     ) -> tuple[ReputationView, dict[Partition, int]]:
         base = view_from_states([self.shippers.get(s) for s in keys.ids], keys.today)
         addr = np.array([float(len(self.addresses.get(a, ()))) for a in keys.addresses])
+        addr_viol = np.array([float(self.address_violations.get(a, 0)) for a in keys.addresses])
         pair_rows = [self.pairs.get(p, [0.0, 0.0, 0.0]) for p in keys.pairs]
         pr = np.array(pair_rows, dtype=np.float64).reshape(len(pair_rows), 3)
         view = ReputationView(base.seen, base.holds, base.value_usd, base.first_seen_ms,
                               addr, pr[:, 0].copy(), pr[:, 1].copy(), pr[:, 2].copy(),
-                              base.day_counts)  # fmt: skip
+                              base.day_counts, base.exams, base.violations, addr_viol)  # fmt: skip
         marks = {p: self.watermarks[p] for p in partitions if p in self.watermarks}
         return view, marks
 
@@ -211,6 +258,8 @@ class InMemoryStore:
                     del st.days[day]
         for address, shipper_ids in update.addresses:
             self.addresses.setdefault(address, set()).update(shipper_ids)
+        for parcel_id, shipper_id, address in update.examinable:
+            self.parcels[parcel_id] = (shipper_id, address)
         for p in update.pairs:
             row = self.pairs.get(p.pair)
             if row is None or row[0] <= 0 or p.last_ms - row[0] > self.window_ms:

@@ -43,6 +43,7 @@ class Settings:
     topic_holds: str = "parcel-holds"
     topic_decisions: str = "parcel-decisions"
     topic_rejects: str = "parcel-rejects"
+    topic_exam_results: str = "parcel-exam-results"
     partitions: int = 4
     # Faust consumer tuning. The dev broker joins a new group after about half the
     # rebalance timeout, so development and tests set these to a few seconds.
@@ -137,14 +138,21 @@ def _require(ok: bool, name: str, message: str) -> None:
 
 
 def _validate(s: Settings) -> None:
-    for name in ("topic_manifests", "topic_holds", "topic_decisions", "topic_rejects"):
+    for name in (
+        "topic_manifests",
+        "topic_holds",
+        "topic_decisions",
+        "topic_rejects",
+        "topic_exam_results",
+    ):
         _require(
             bool(_TOPIC_RE.match(getattr(s, name))),
             name,
             "topic names use letters, digits, '.', '_' and '-' only (max 249)",
         )
-    topics = [s.topic_manifests, s.topic_holds, s.topic_decisions, s.topic_rejects]
-    _require(len(set(topics)) == 4, "topic_holds", "the four topics must have distinct names")
+    topics = [s.topic_manifests, s.topic_holds, s.topic_decisions, s.topic_rejects,
+              s.topic_exam_results]  # fmt: skip
+    _require(len(set(topics)) == 5, "topic_holds", "the five topics must have distinct names")
     for host in s.kafka_bootstrap.split(","):
         _require(
             bool(re.match(r"^[^:\s]+:\d{1,5}$", host.strip())),

@@ -135,7 +135,7 @@ def _wait(check: object, what: str, proc: subprocess.Popen[bytes], log: Path, t_
 
 
 def create_topics(bootstrap: str, settings: Settings) -> None:
-    """Create the four topics with ``settings.partitions`` partitions (idempotent)."""
+    """Create the five topics with ``settings.partitions`` partitions (idempotent)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -145,6 +145,7 @@ def create_topics(bootstrap: str, settings: Settings) -> None:
         settings.topic_holds,
         settings.topic_decisions,
         settings.topic_rejects,
+        settings.topic_exam_results,
     ]
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ps-dev")
     try:

@@ -85,6 +85,25 @@ class WorkerMetrics:
             "parcel_stream_redis_up", "1 when the last Redis call succeeded", registry=r
         )
         self.ruleset = Info("parcel_stream_ruleset", "The active rule set", registry=r)
+        exam_results = Counter(
+            "parcel_stream_exam_results_total",
+            "Examination results by what happened to them",
+            ["status"],
+            registry=r,
+        )
+        self.exam_results = {
+            k: exam_results.labels(status=k)
+            for k in ("applied", "duplicate", "unknown_parcel", "rejected")
+        }
+        outcomes = Counter(
+            "parcel_stream_exam_outcomes_total",
+            "Applied examination results by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.exam_outcomes = {
+            k: outcomes.labels(outcome=k) for k in ("seized", "violation", "clean")
+        }
         reloads = Counter(
             "parcel_stream_ruleset_reloads_total",
             "Rule-set file changes picked up (ok) or refused (error)",

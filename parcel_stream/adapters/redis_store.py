@@ -10,6 +10,10 @@ Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
   update.
 - ``ps:pair:{address key}:{shipper id}`` hash: ``start_ms``, ``value_usd``, ``parcels`` of
   the open split-shipment window (72 h by default, by manifest time).
+- ``ps:parcel:{parcel id}`` hash: shipper id and address key of a parcel sent to review
+  or hold, so an examination result can be traced (180 days).
+- ``ps:exam:{exam id}`` marks an applied examination result (duplicates are ignored);
+  ``ps:addr:{address key}:violations`` counts violations found at an address.
 - ``ps:wm:{topic}:{partition}`` string: the last input offset applied from that partition.
 
 The update script applies a batch only if the watermarks it was computed against are
@@ -26,14 +30,14 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from parcel_stream.features import ReputationView, ShipperIndex
-from parcel_stream.reputation import Partition, ReputationUpdate, ShipperState
+from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate, ShipperState
 
 FIELDS = ("seen", "holds", "value_usd", "first_seen_ms", "last_seen_ms")
 F64 = npt.NDArray[np.float64]
 
 # One command reads everything a batch needs (one reply array, no per-key command
-# overhead): 12 fields per shipper (4 + 8 day counts), a count per address, 3 fields per
-# pair, then the watermarks.
+# overhead): 14 fields per shipper (4 + 8 day counts + exams, violations), 2 per address
+# (distinct shippers, exam violations), 3 per pair, then the watermarks.
 _READ_LUA = """
 local n_sh, n_addr, n_pair = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local today = tonumber(ARGV[4])
@@ -42,11 +46,15 @@ local k = 0
 for i = 1, n_sh do
   local row = redis.call('HMGET', KEYS[k + i], 'seen', 'holds', 'value_usd', 'first_seen_ms',
     'd' .. today, 'd' .. (today - 1), 'd' .. (today - 2), 'd' .. (today - 3),
-    'd' .. (today - 4), 'd' .. (today - 5), 'd' .. (today - 6), 'd' .. (today - 7))
-  for j = 1, 12 do out[#out + 1] = row[j] end
+    'd' .. (today - 4), 'd' .. (today - 5), 'd' .. (today - 6), 'd' .. (today - 7),
+    'exams', 'violations')
+  for j = 1, 14 do out[#out + 1] = row[j] end
 end
 k = k + n_sh
-for i = 1, n_addr do out[#out + 1] = redis.call('PFCOUNT', KEYS[k + i]) end
+for i = 1, n_addr do
+  out[#out + 1] = redis.call('PFCOUNT', KEYS[k + i])
+  out[#out + 1] = redis.call('GET', KEYS[k + i] .. ':violations')
+end
 k = k + n_addr
 for i = 1, n_pair do
   local row = redis.call('HMGET', KEYS[k + i], 'start_ms', 'value_usd', 'parcels')
@@ -57,11 +65,35 @@ for i = k + 1, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) end
 return out
 """
 
+# Examination results: each applied once (SET NX on the exam id), then counted on the
+# shipper and on the consignee address.
+_EXAMS_LUA = """
+local prefix, ttl = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for a = 3, #ARGV, 4 do
+  local fresh = redis.call('SET', prefix .. ':exam:' .. ARGV[a], '1', 'NX', 'EX', ttl)
+  if fresh then
+    local shipper = prefix .. ':shipper:' .. ARGV[a + 1]
+    redis.call('HINCRBY', shipper, 'exams', 1)
+    if ARGV[a + 3] == '1' then
+      redis.call('HINCRBY', shipper, 'violations', 1)
+      redis.call('INCR', prefix .. ':addr:' .. ARGV[a + 2] .. ':violations')
+      redis.call('EXPIRE', prefix .. ':addr:' .. ARGV[a + 2] .. ':violations', ttl)
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
 _APPLY_LUA = """
 local n_wm, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n_sh, n_addr, n_pair = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local window_ms, addr_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
-local a = 8
+local n_exam, prefix, exam_ttl = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+local a = 11
 for i = 1, n_wm do
   local cur = redis.call('GET', KEYS[i]) or '-1'
   if cur ~= ARGV[a + 2 * (i - 1)] then return 0 end
@@ -117,8 +149,14 @@ for i = 1, n_pair do
   redis.call('PEXPIRE', key, math.floor(window_ms * 2))
   a = a + 4
 end
+for i = 1, n_exam do
+  local key = prefix .. ':parcel:' .. ARGV[a]
+  redis.call('HSET', key, 's', ARGV[a + 1], 'a', ARGV[a + 2])
+  redis.call('EXPIRE', key, exam_ttl)
+  a = a + 3
+end
 for i = 1, n_wm do
-  redis.call('SET', KEYS[i], ARGV[8 + 2 * (i - 1) + 1])
+  redis.call('SET', KEYS[i], ARGV[11 + 2 * (i - 1) + 1])
 end
 return 1
 """
@@ -139,7 +177,9 @@ class RedisReputationStore:
         socket_timeout_s: float = 5.0,
         window_ms: float = 72 * 3_600_000.0,
         address_ttl_s: int = 30 * 86_400,
+        exam_ttl_s: int = 180 * 86_400,
     ) -> None:
+        self.exam_ttl_s = exam_ttl_s
         self.window_ms = window_ms
         self.address_ttl_s = address_ttl_s
         self.client: aioredis.Redis = aioredis.Redis.from_url(
@@ -149,6 +189,7 @@ class RedisReputationStore:
         self.ttl_s = ttl_s
         self._apply = self.client.register_script(_APPLY_LUA)
         self._read = self.client.register_script(_READ_LUA)
+        self._exams = self.client.register_script(_EXAMS_LUA)
 
     def shipper_key(self, shipper_id: str) -> str:
         return f"{self.prefix}:shipper:{shipper_id}"
@@ -177,27 +218,30 @@ class RedisReputationStore:
             *(self.watermark_key(p) for p in partitions),
         ]
         flat: list[Any] = await self._read(keys=redis_keys, args=[n_s, n_a, n_p, keys.today])
-        flat += [None] * (12 * n_s + n_a + 3 * n_p + len(partitions) - len(flat))
+        flat += [None] * (14 * n_s + 2 * n_a + 3 * n_p + len(partitions) - len(flat))
 
         def col(values: list[Any]) -> F64:
             return np.array([float(v) if v is not None else 0.0 for v in values], dtype=np.float64)
 
-        sh = flat[: 12 * n_s]
-        addr = flat[12 * n_s : 12 * n_s + n_a]
-        pr = flat[12 * n_s + n_a : 12 * n_s + n_a + 3 * n_p]
-        wm = flat[12 * n_s + n_a + 3 * n_p :]
+        sh = flat[: 14 * n_s]
+        addr = flat[14 * n_s : 14 * n_s + 2 * n_a]
+        pr = flat[14 * n_s + 2 * n_a : 14 * n_s + 2 * n_a + 3 * n_p]
+        wm = flat[14 * n_s + 2 * n_a + 3 * n_p :]
         view = ReputationView(
-            seen=col(sh[0::12]),
-            holds=col(sh[1::12]),
-            value_usd=col(sh[2::12]),
-            first_seen_ms=col(sh[3::12]),
-            address_shippers=col(addr),
+            seen=col(sh[0::14]),
+            holds=col(sh[1::14]),
+            value_usd=col(sh[2::14]),
+            first_seen_ms=col(sh[3::14]),
+            address_shippers=col(addr[0::2]),
             pair_start_ms=col(pr[0::3]),
             pair_value_usd=col(pr[1::3]),
             pair_parcels=col(pr[2::3]),
-            day_counts=np.stack([col(sh[4 + d :: 12]) for d in range(8)], axis=1)
+            day_counts=np.stack([col(sh[4 + d :: 14]) for d in range(8)], axis=1)
             if n_s
             else np.zeros((0, 8)),
+            exams=col(sh[12::14]),
+            violations=col(sh[13::14]),
+            address_violations=col(addr[1::2]),
         )
         marks = {
             part: int(raw) for part, raw in zip(partitions, wm, strict=True) if raw is not None
@@ -212,6 +256,7 @@ class RedisReputationStore:
         args: list[Any] = [
             len(update.watermarks), self.ttl_s, len(update.shippers), len(update.addresses),
             len(update.pairs), repr(float(self.window_ms)), self.address_ttl_s,
+            len(update.examinable), self.prefix, self.exam_ttl_s,
         ]  # fmt: skip
         for part, (expected, new) in update.watermarks.items():
             keys.append(self.watermark_key(part))
@@ -229,7 +274,31 @@ class RedisReputationStore:
         for p in update.pairs:
             keys.append(self.pair_key(p.pair))
             args.extend((p.first_ms, p.last_ms, repr(p.value_usd), p.parcels))
+        for parcel_id, shipper_id, address in update.examinable:
+            args.extend((parcel_id, shipper_id, address))
         return bool(await self._apply(keys=keys, args=args))
+
+    async def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """Shipper and address key of parcels that went to review or hold (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for pid in parcel_ids:
+            pipe.hmget(f"{self.prefix}:parcel:{pid}", ("s", "a"))
+        rows: list[Any] = await pipe.execute()
+        return {
+            pid: (_text(s), _text(a))
+            for pid, (s, a) in zip(parcel_ids, rows, strict=True)
+            if s is not None and a is not None
+        }
+
+    async def apply_exams(self, deltas: list[ExamDelta]) -> list[bool]:
+        """Apply each result once, keyed by exam id (one script call); True = applied now."""
+        if not deltas:
+            return []
+        args: list[Any] = [self.prefix, self.exam_ttl_s]
+        for d in deltas:
+            args.extend((d.exam_id, d.shipper_id, d.address, int(d.violation)))
+        res: list[Any] = await self._exams(keys=[], args=args)
+        return [bool(int(x)) for x in res]
 
     async def shipper(self, shipper_id: str) -> ShipperState | None:
         raw = await self.client.hgetall(self.shipper_key(shipper_id))
@@ -243,6 +312,8 @@ class RedisReputationStore:
             first_seen_ms=int(get.get("first_seen_ms", 0)),
             last_seen_ms=int(get.get("last_seen_ms", 0)),
             days={int(k[1:]): int(v) for k, v in get.items() if k[:1] == "d" and k[1:].isdigit()},
+            exams=int(get.get("exams", 0)),
+            violations=int(get.get("violations", 0)),
         )
 
     async def close(self) -> None:
@@ -266,6 +337,12 @@ class BlockingRedisStore:
 
     def apply(self, update: ReputationUpdate) -> bool:
         return self._loop.run_until_complete(self._store.apply(update))
+
+    def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, tuple[str, str]]:
+        return self._loop.run_until_complete(self._store.lookup_parcels(parcel_ids))
+
+    def apply_exams(self, deltas: list[ExamDelta]) -> list[bool]:
+        return self._loop.run_until_complete(self._store.apply_exams(deltas))
 
     def close(self) -> None:
         self._loop.run_until_complete(self._store.close())

@@ -19,7 +19,8 @@ from redis.exceptions import RedisError
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
-from parcel_stream.decide import LANES, Out
+from parcel_stream.decide import LANES, Out, encode_rejection
+from parcel_stream.exams import parse_exam_records, trace
 from parcel_stream.kernels import warm_up
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import BatchResult, prepare, score_prepared
@@ -174,3 +175,50 @@ class BatchProcessor:
         m.batch_parcels.observe(result.parcels)
         m.batch_seconds.observe(time.perf_counter() - t0)
         return result
+
+
+class ExamProcessor:
+    """Applies a batch of examination results; returns only when it is safe to ack."""
+
+    def __init__(
+        self, settings: Settings, store: RedisReputationStore, send: SendFn, metrics: WorkerMetrics
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.send = send
+        self.metrics = metrics
+
+    async def handle(self, records: list[InRecord]) -> dict[str, int]:
+        batch = parse_exam_records(records, now_ms())
+        backoff = Backoff()
+        while True:
+            try:
+                known = await self.store.lookup_parcels([r.parcel_id for r in batch.results])
+                deltas, unknown = trace(batch.results, known)
+                applied = await self.store.apply_exams(deltas)
+                break
+            except (RedisError, OSError) as exc:
+                self.metrics.redis_errors.inc()
+                self.metrics.redis_up.set(0)
+                log.warning("redis failed applying exam results (%s); retrying", type(exc).__name__)
+                await backoff.wait()
+        if batch.rejections:
+            pending = [
+                await self.send(self.settings.topic_rejects, None, encode_rejection(rej))
+                for rej in batch.rejections
+            ]
+            await asyncio.gather(*pending)
+        counts = {
+            "applied": sum(applied),
+            "duplicate": len(applied) - sum(applied),
+            "unknown_parcel": len(unknown),
+            "rejected": len(batch.rejections),
+        }
+        for status, count in counts.items():
+            if count:
+                self.metrics.exam_results[status].inc(count)
+        by_id = {r.exam_id: r for r in batch.results}
+        for d, fresh in zip(deltas, applied, strict=True):
+            if fresh:
+                self.metrics.exam_outcomes[by_id[d.exam_id].outcome].inc()
+        return counts

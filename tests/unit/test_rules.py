@@ -23,6 +23,7 @@ def item(**kw: Any) -> list[dict[str, Any]]:
 
 def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0, address_shippers: int = 0,
           pair_value: float = 0.0, pair_parcels: int = 0, days: tuple[int, ...] = (0,) * 8,
+          exams: int = 0, violations: int = 0, address_violations: int = 0,
           ) -> list[str]:  # fmt: skip
     m = parse_one(line(**changes), "t", NOW)
     assert isinstance(m, Manifest), m
@@ -31,7 +32,8 @@ def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0, address_shipp
                           np.array([float(NOW - 30 * 86_400_000) if seen else 0.0]),
                           np.array([float(address_shippers)]), np.array([start]),
                           np.array([pair_value]), np.array([float(pair_parcels)]),
-                          np.array([days], dtype=np.float64))  # fmt: skip
+                          np.array([days], dtype=np.float64), np.array([float(exams)]),
+                          np.array([float(violations)]), np.array([float(address_violations)]))  # fmt: skip
     feats = build_features([m], index_shippers([m], RS.split_min_usd), view, RS, NOW)
     _score, mask = score_batch(feats, RS, NOW)
     return RS.reason_codes(int(mask[0]))
@@ -71,6 +73,9 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str,
     "WATCHLIST_CONSIGNEE_FUZZY": ({"consignee": {**BASE["consignee"], "name": "Blue Lotos Lab Supply"}},
                                   {"consignee": {**BASE["consignee"], "name": "Alex Smith"}}, {}, {}),
     "TRANSIT_RISK": ({"transit_countries": ["AE"]}, {"transit_countries": ["SG"]}, {}, {}),
+    "EXAM_VIOLATIONS": ({}, {}, {"exams": 2, "violations": 1}, {"exams": 3, "violations": 1}),
+    "ADDRESS_EXAM_VIOLATIONS": ({}, {}, {"address_violations": 1}, {}),
+    "CLEAN_EXAM_HISTORY": ({}, {}, {"exams": 3}, {"exams": 3, "violations": 1}),
     "PLACEHOLDER_PARTY": ({"consignee": {**BASE["consignee"], "name": "N/A"}}, {}, {}, {}),
     "VOLUME_SPIKE": ({}, {}, {"days": (30, 4, 4, 4, 4, 4, 4, 4)}, {"days": (10, 4, 4, 4, 4, 4, 4, 4)}),
     "HEAVY_FOR_ITEMS": ({"gross_weight_kg": 70.0}, {"gross_weight_kg": 50.0}, {}, {}),
