@@ -435,6 +435,45 @@ def _read(path: str) -> bytes:
         raise UsageError(f"{path}: no such file") from None
 
 
+def cmd_reputation(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from parcel_stream.adapters.redis_store import RedisReputationStore
+
+    async def show() -> int:
+        store = RedisReputationStore(settings.redis_url, prefix=settings.redis_key_prefix,
+                                     socket_timeout_s=3.0)  # fmt: skip
+        try:
+            st = await store.shipper(args.shipper)
+        except (RedisError, OSError) as exc:
+            raise UsageError(
+                f"cannot reach Redis at PARCEL_REDIS_URL ({type(exc).__name__}); is it running?"
+            ) from None
+        finally:
+            await store.close()
+        if st is None:
+            print(f"shipper {args.shipper}: no state (never seen, or expired)")
+            return 1
+        doc = {
+            "shipper_id": args.shipper,
+            "parcels_seen": st.seen,
+            "declared_value_usd": round(st.value_usd, 2),
+            "holds": st.holds,
+            "hold_ratio": round(st.holds / st.seen, 4) if st.seen else 0.0,
+            "first_seen_ms": st.first_seen_ms,
+            "last_seen_ms": st.last_seen_ms,
+            "examinations": st.exams,
+            "violations_found": st.violations,
+            "parcels_per_day": {str(k): v for k, v in sorted(st.days.items())},
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+
+    return asyncio.run(show())
+
+
 def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     from parcel_stream.contracts import CONTRACTS, json_schema
 
@@ -561,6 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ru.add_argument("--at", type=_time_ms, help="explain: decision time (default now)")
     ru.set_defaults(func=cmd_rules)
+
+    rep = sub.add_parser("reputation", help="show a shipper's reputation state (Redis)")
+    rep.add_argument("action", choices=["show"])
+    rep.add_argument("shipper", help="shipper id")
+    rep.set_defaults(func=cmd_reputation)
 
     s = sub.add_parser("schemas", help="write the JSON Schemas generated from the code")
     s.add_argument("dir", nargs="?", default="schemas")

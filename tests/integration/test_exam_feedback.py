@@ -90,3 +90,16 @@ def test_exam_results_feed_back_into_scoring(settings: Settings, tmp_path: Path)
         assert st is not None and (st.exams, st.violations) == (1, 1)
 
     asyncio.run(state())
+
+    import json
+    import os
+    import subprocess
+    import sys
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "parcel_stream.cli", "reputation", "show", "SHPX"],
+        env={**os.environ, **s.as_env()}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert (doc["parcels_seen"], doc["examinations"], doc["violations_found"]) == (2, 1, 1)
