@@ -6,13 +6,14 @@ NDJSON with one line per parcel of the input record it answers.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.model import Decision, Hold, Lane, Reason, Rejection
+from parcel_stream.model import Decision, Hold, Lane, Reason, Rejection, Selection
 from parcel_stream.parse import InRecord, ParsedBatch
 from parcel_stream.rules import RuleSet
 
@@ -34,6 +35,32 @@ def decide(scores: F64, review_score: float, hold_score: float) -> I8:
     return lanes
 
 
+SELECTIONS: tuple[Selection, Selection, Selection] = ("risk", "random", "exploration")
+_SALT = b"parcel-stream-sample-1:"
+
+
+def sample(
+    parcel_ids: list[str], lanes: I8, random_rate: float, exploration_rate: float
+) -> tuple[I8, I8]:
+    """Random compliance sampling and exploration on top of the risk lanes.
+
+    A fraction ``random_rate`` of release-lane parcels and ``exploration_rate`` of
+    review-lane parcels go to hold, marked as such (selection 1 = random, 2 = exploration).
+    The draw is a hash of the parcel id, so a redelivered parcel gets the same decision."""
+    selection = np.zeros(lanes.shape[0], dtype=np.int8)
+    if not (random_rate > 0 or exploration_rate > 0) or not len(parcel_ids):
+        return lanes, selection
+    u = np.fromiter((zlib.crc32(_SALT + p.encode()) for p in parcel_ids), np.float64,
+                    len(parcel_ids)) / 4294967296.0  # fmt: skip
+    out = lanes.copy()
+    rand = (lanes == 0) & (u < random_rate)
+    explore = (lanes == 1) & (u < exploration_rate)
+    out[rand | explore] = LANE_HOLD
+    selection[rand] = 1
+    selection[explore] = 2
+    return out, selection
+
+
 # One key/value pair to produce.
 Out = tuple[bytes | None, bytes]
 
@@ -43,6 +70,14 @@ class Outputs:
     holds: list[Out] = field(default_factory=list)
     decisions: list[Out] = field(default_factory=list)
     rejections: list[Out] = field(default_factory=list)
+
+
+_SAMPLE_REASONS = {
+    "random": Reason("RANDOM_COMPLIANCE_SAMPLE", "selected at random to measure compliance", 0.0),
+    "exploration": Reason(
+        "EXPLORATION", "selected at random from the review lane (exploration)", 0.0
+    ),
+}
 
 
 def _reason_list(ruleset: RuleSet, mask: int) -> list[Reason]:
@@ -61,6 +96,7 @@ def build_outputs(
     lanes: I8,
     ruleset: RuleSet,
     now_ms: int,
+    selection: I8 | None = None,
 ) -> Outputs:
     """Encode every decision (grouped per input record), the holds and the rejections."""
     out = Outputs()
@@ -70,6 +106,8 @@ def build_outputs(
     codes_of = {mask: ruleset.reason_codes(mask) for mask in set(masks_l)}
     lane_names = [LANES[x] for x in lanes.tolist()]
     score_l = np.round(scores, 2).tolist()
+    sel = selection if selection is not None else np.zeros(len(manifests), dtype=np.int8)
+    sel_names = [SELECTIONS[x] for x in sel.tolist()]
     decisions = [
         Decision(
             parcel_id=m.parcel_id,
@@ -81,9 +119,10 @@ def build_outputs(
             event_ts_ms=m.manifest_ts_ms,
             decision_ts_ms=now_ms,
             source=src,
+            selection=how,
         )
-        for m, score, lane, mask, src in zip(
-            manifests, score_l, lane_names, masks_l, sources, strict=True
+        for m, score, lane, mask, src, how in zip(
+            manifests, score_l, lane_names, masks_l, sources, sel_names, strict=True
         )
     ]
     # Decisions records: NDJSON, one per input partition of the batch (in input order),
@@ -100,13 +139,17 @@ def build_outputs(
             out.decisions.append((key, value))
     for i in np.flatnonzero(lanes == LANE_HOLD).tolist():
         m, d = manifests[i], decisions[i]
+        reasons = _reason_list(ruleset, masks_l[i])
+        if d.selection != "risk":
+            reasons.append(_SAMPLE_REASONS[d.selection])
         hold = Hold(
             parcel_id=m.parcel_id,
             shipper_id=m.shipper.id,
             hub=m.hub,
             score=d.score,
             lane="hold",
-            reasons=_reason_list(ruleset, masks_l[i]),
+            reasons=reasons,
+            selection=d.selection,
             ruleset_version=version,
             event_ts_ms=m.manifest_ts_ms,
             decision_ts_ms=now_ms,

@@ -94,6 +94,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=False, gc=False):
 
 
 Lane = Literal["release", "review", "hold"]
+Selection = Literal["risk", "random", "exploration"]
 
 
 class Reason(msgspec.Struct):
@@ -115,6 +116,10 @@ class Hold(msgspec.Struct):
     event_ts_ms: Annotated[int, msgspec.Meta(description="manifest_ts_ms of the parcel")]
     decision_ts_ms: int
     source: Annotated[str, msgspec.Meta(description="topic/partition/offset[/line]")]
+    selection: Annotated[
+        Selection,
+        msgspec.Meta(description="risk (score), random (compliance sample) or exploration"),
+    ] = "risk"
     schema_version: Literal[1] = 1
 
 
@@ -130,6 +135,7 @@ class Decision(msgspec.Struct):
     event_ts_ms: int
     decision_ts_ms: int
     source: str
+    selection: Selection = "risk"
     schema_version: Literal[1] = 1
 
 

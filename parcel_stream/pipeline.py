@@ -13,7 +13,7 @@ from time import perf_counter
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.decide import LANES, Outputs, build_outputs, decide
+from parcel_stream.decide import LANES, SELECTIONS, Outputs, build_outputs, decide, sample
 from parcel_stream.features import ReputationView, ShipperIndex, build_features, index_shippers
 from parcel_stream.kernels import score_batch
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
@@ -50,6 +50,7 @@ class BatchResult:
     masks: I64
     lanes: I8
     lane_counts: dict[str, int]
+    selection_counts: dict[str, int]
     rejection_counts: dict[str, int]
     parcels: int
     # seconds spent per core stage, for the stage-duration metrics
@@ -84,10 +85,16 @@ def score_prepared(
     feats = build_features(parsed.manifests, prep.shippers, view, ruleset, now_ms)
     t1 = perf_counter()
     scores, masks = score_batch(feats, ruleset, now_ms)
-    lanes = decide(scores, ruleset.review_score, ruleset.hold_score)
+    risk_lanes = decide(scores, ruleset.review_score, ruleset.hold_score)
+    lanes, selection = sample(
+        [m.parcel_id for m in parsed.manifests],
+        risk_lanes,
+        ruleset.random_rate,
+        ruleset.exploration_rate,
+    )
     t2 = perf_counter()
     outputs = (
-        build_outputs(prep.records, parsed, scores, masks, lanes, ruleset, now_ms)
+        build_outputs(prep.records, parsed, scores, masks, lanes, ruleset, now_ms, selection)
         if encode
         else Outputs()
     )
@@ -95,7 +102,14 @@ def score_prepared(
         (m.manifest_ts_ms for m in parsed.manifests), dtype=np.int64, count=len(parsed)
     )
     update = compute_update(
-        prep.records, parsed, prep.shippers, feats.value_usd, lanes, event_ts, watermarks
+        prep.records,
+        parsed,
+        prep.shippers,
+        feats.value_usd,
+        risk_lanes,
+        event_ts,
+        watermarks,
+        examined=lanes,
     )
     counts = np.bincount(lanes, minlength=3)
     t3 = perf_counter()
@@ -106,6 +120,9 @@ def score_prepared(
         scores=scores,
         masks=masks,
         lanes=lanes,
+        selection_counts={
+            name: int(np.count_nonzero(selection == k)) for k, name in enumerate(SELECTIONS)
+        },
         lane_counts={LANES[i]: int(counts[i]) for i in range(3)},
         rejection_counts=dict(Counter(r.reason for r in parsed.rejections)),
         parcels=len(parsed),

@@ -98,8 +98,11 @@ def compute_update(
     lanes: I8,
     event_ts_ms: npt.NDArray[np.int64],
     watermarks: dict[Partition, int],
+    examined: I8 | None = None,
 ) -> ReputationUpdate:
-    """The reputation change of one batch, leaving out records already applied."""
+    """The reputation change of one batch, leaving out records already applied. ``lanes``
+    are the risk lanes (holds count against the shipper); ``examined`` the final lanes,
+    random samples included (those parcels are remembered for their exam results)."""
     new_wm: dict[Partition, int] = {}
     fresh = np.zeros(len(records), dtype=np.bool_)
     for i, r in enumerate(records):
@@ -166,10 +169,11 @@ def compute_update(
                       int(p_parcels[j]))
             for j in np.flatnonzero(p_parcels).tolist()
         ]  # fmt: skip
+    final = examined if examined is not None else lanes
     examinable = [
         (parsed.manifests[i].parcel_id, shippers.ids[shippers.parcel_shipper[i]],
          shippers.addresses[shippers.parcel_address[i]])
-        for i in np.flatnonzero(take_full & (lanes >= 1)).tolist()
+        for i in np.flatnonzero(take_full & (final >= 1)).tolist()
     ]  # fmt: skip
     return ReputationUpdate(marks, deltas, sorted(by_address.items()), pairs, examinable)
 

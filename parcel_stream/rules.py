@@ -69,6 +69,8 @@ class RuleSet:
     review_score: float
     hold_score: float
     threshold_usd: float
+    random_rate: float
+    exploration_rate: float
     heading_risk: F64  # [10000] by 4-digit HS heading
     chapter_min_usd_per_kg: F64  # [100] by HS chapter
     origin_risk: F64  # [676] by country index
@@ -195,7 +197,7 @@ def default_ruleset(settings: Settings | None = None) -> RuleSet:
 
 # -- validation and compilation --------------------------------------------------------
 
-_TOP = {"version", "description", "lanes", "threshold", "tables", "rules"}
+_TOP = {"version", "description", "lanes", "threshold", "sampling", "tables", "rules"}
 _RULE_KEYS = {"id", "description", "when", "weight", "scale_by", "enabled",
               "effective_from", "effective_until"}  # fmt: skip
 
@@ -266,6 +268,14 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
     )
     if threshold < 0:
         raise RuleSetError(f"{source}: threshold.duty_free_usd: must be >= 0 (0 = no exemption)")
+    sampling = doc.get("sampling", {})
+    random_rate = _num(f"{source}: sampling.random_rate", sampling.get("random_rate", 0.0))
+    exploration_rate = _num(
+        f"{source}: sampling.exploration_rate", sampling.get("exploration_rate", 0.0)
+    )
+    for name, rate in (("random_rate", random_rate), ("exploration_rate", exploration_rate)):
+        if not 0 <= rate <= 1:
+            raise RuleSetError(f"{source}: sampling.{name}: must be between 0 and 1")
     tables = doc.get("tables", {})
     heading = _risk_table(
         f"{source}: tables.hs_risk", tables.get("hs_risk", {}), 10_000, _heading_key
@@ -392,6 +402,8 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
         review_score=review,
         hold_score=hold,
         threshold_usd=threshold,
+        random_rate=random_rate,
+        exploration_rate=exploration_rate,
         heading_risk=heading,
         chapter_min_usd_per_kg=chapter,
         origin_risk=origin,

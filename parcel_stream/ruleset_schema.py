@@ -33,6 +33,15 @@ class Threshold(msgspec.Struct, forbid_unknown_fields=True):
     duty_free_usd: Annotated[float, msgspec.Meta(ge=0, description="0 = no exemption")] = 800.0
 
 
+class Sampling(msgspec.Struct, forbid_unknown_fields=True):
+    random_rate: Annotated[
+        float, msgspec.Meta(ge=0, le=1, description="share of release-lane parcels held at random")
+    ] = 0.0
+    exploration_rate: Annotated[
+        float, msgspec.Meta(ge=0, le=1, description="share of review-lane parcels held at random")
+    ] = 0.0
+
+
 class Tables(msgspec.Struct, forbid_unknown_fields=True):
     hs_risk: dict[Annotated[str, msgspec.Meta(pattern=r"^\d{4}")], Risk] = {}
     chapter_min_usd_per_kg: dict[
@@ -66,4 +75,5 @@ class RuleSetDoc(msgspec.Struct, forbid_unknown_fields=True):
     description: str = ""
     lanes: Lanes = msgspec.field(default_factory=Lanes)
     threshold: Threshold = msgspec.field(default_factory=Threshold)
+    sampling: Sampling = msgspec.field(default_factory=Sampling)
     tables: Tables = msgspec.field(default_factory=Tables)

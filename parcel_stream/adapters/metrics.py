@@ -26,6 +26,13 @@ class WorkerMetrics:
             "parcel_stream_parcels_total", "Parcels scored, by lane", ["lane"], registry=r
         )
         self.parcels = {lane: parcels.labels(lane=lane) for lane in LANES}
+        selected = Counter(
+            "parcel_stream_selected_total",
+            "Parcels sent to hold, by how they were selected (risk, random, exploration)",
+            ["selection"],
+            registry=r,
+        )
+        self.selected = {k: selected.labels(selection=k) for k in ("risk", "random", "exploration")}
         rejections = Counter(
             "parcel_stream_rejections_total",
             "Malformed manifests sent to the rejects topic, by reason",

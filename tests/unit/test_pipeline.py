@@ -102,3 +102,30 @@ def test_shipper_history_changes_later_scores() -> None:
     lanes = [run_in_memory([r], store, RS, Limits(), NOW).masks[0] for r in recs]
     new_bit = 1 << [r.code for r in RS.rules].index("NEW_SHIPPER")
     assert [bool(m & new_bit) for m in lanes] == [True] * 5 + [False]
+
+
+def test_random_and_exploration_sampling_is_marked_deterministic_and_kept_out_of_reputation() -> (
+    None
+):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from parcel_stream.decide import sample
+
+    ids = [f"P{i:06d}" for i in range(20_000)]
+    lanes = np.array([0] * 10_000 + [1] * 10_000, dtype=np.int8)
+    out, sel = sample(ids, lanes, 0.01, 0.1)
+    again, sel2 = sample(ids, lanes, 0.01, 0.1)
+    assert out.tolist() == again.tolist() and sel.tolist() == sel2.tolist()  # redelivery-safe
+    assert 60 < int((sel == 1).sum()) < 140 and 850 < int((sel == 2).sum()) < 1150
+    assert set(out[sel > 0].tolist()) == {2} and not (sel[:10_000] == 2).any()
+
+    rs = replace(RS, random_rate=1.0)  # every release-lane parcel sampled
+    store = InMemoryStore()
+    result = run_in_memory([InRecord(line(parcel_id="R1"), "m", 0, 0)], store, rs, Limits(), NOW)
+    holds = [msgspec.json.decode(v, type=Hold) for _k, v in result.outputs.holds]
+    assert holds and holds[0].selection == "random"
+    assert holds[0].reasons[-1].code == "RANDOM_COMPLIANCE_SAMPLE"
+    assert store.shippers["SHP000001"].holds == 0  # a random hold says nothing about the shipper
+    assert "R1" in store.parcels  # ...but its exam result will be traced
