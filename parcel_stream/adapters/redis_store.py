@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate, ShipperState
@@ -182,8 +184,14 @@ class RedisReputationStore:
         self.exam_ttl_s = exam_ttl_s
         self.window_ms = window_ms
         self.address_ttl_s = address_ttl_s
+        # No retries inside the client: the worker's own loop retries with backoff, counts
+        # the failures in metrics and stops consuming meanwhile.
         self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
         )
         self.prefix = prefix
         self.ttl_s = ttl_s

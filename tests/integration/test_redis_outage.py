@@ -1,0 +1,82 @@
+"""Redis unreachable mid-stream (process paused): the worker stops consuming, retries,
+resumes by itself; no parcel lost, none decided twice, reputation counts exact."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import orjson
+
+from parcel_stream.adapters import devstack
+from parcel_stream.adapters.kafka_io import make_producer, read_all
+from parcel_stream.adapters.redis_store import RedisReputationStore
+from parcel_stream.demo import running_worker
+from parcel_stream.generate import FeedConfig, generate
+from parcel_stream.model import Decision
+from parcel_stream.settings import Settings
+from tests.integration.test_end_to_end import metric
+
+
+def test_redis_pause_mid_stream(
+    stack: devstack.StackInfo, settings: Settings, tmp_path: Path
+) -> None:
+    s = settings
+    docs = [d for d, _ in generate(FeedConfig(parcels=3000, seed=23, shippers=300))]
+    producer = make_producer(s.kafka_bootstrap, linger_ms=0)
+
+    def offer() -> None:  # ~600 parcels/s in 100-parcel batch records and single records
+        for i in range(0, len(docs), 100):
+            chunk = [orjson.dumps(d) for d in docs[i : i + 100]]
+            if (i // 100) % 2:
+                for d, v in zip(docs[i : i + 100], chunk, strict=True):
+                    producer.send(s.topic_manifests, key=d["shipper"]["id"].encode(), value=v)
+            else:
+                producer.send(s.topic_manifests, value=b"\n".join(chunk))
+            producer.flush()
+            time.sleep(0.15)
+
+    with running_worker(s, tmp_path) as worker:
+        sender = threading.Thread(target=offer)
+        sender.start()
+        # once the worker is scoring, Redis stops answering for longer than its timeout
+        read_all(s.kafka_bootstrap, [s.topic_decisions], lambda g: bool(g[s.topic_decisions]), 60)
+        os.kill(stack.redis_pid, signal.SIGSTOP)
+        try:
+            time.sleep(8.0)
+        finally:
+            os.kill(stack.redis_pid, signal.SIGCONT)
+        sender.join()
+
+        def done(g: dict[str, list[tuple[bytes | None, bytes]]]) -> bool:
+            return sum(v.count(b"\n") + 1 for _k, v in g[s.topic_decisions]) >= len(docs)
+
+        got = read_all(s.kafka_bootstrap, [s.topic_decisions], done, 120)
+        errors = metric(s.metrics_port, "parcel_stream_errors_total{")
+        assert worker.poll() is None
+    producer.close()
+
+    dec = msgspec.json.Decoder(Decision)
+    decisions = [dec.decode(x) for _k, v in got[s.topic_decisions] for x in v.split(b"\n")]
+    counts = Counter(d.parcel_id for d in decisions)
+    assert set(counts) == {d["parcel_id"] for d in docs} and max(counts.values()) == 1
+    assert errors.get('parcel_stream_errors_total{component="redis"}', 0) >= 1
+
+    per_shipper = Counter(d["shipper"]["id"] for d in docs)
+
+    async def check() -> None:
+        store = RedisReputationStore(s.redis_url, prefix=s.redis_key_prefix)
+        try:
+            for sid, n in per_shipper.items():
+                st = await store.shipper(sid)
+                assert st is not None and st.seen == n, (sid, st, n)
+        finally:
+            await store.close()
+
+    asyncio.run(check())
