@@ -211,10 +211,16 @@ def print_summary(r: DemoResult, out: Callable[[str], None] = print) -> None:
         out(f"  rejected {reason:<18} {c}")
     for lane in ("release", "review", "hold"):
         out(f"lane {lane:<8} {lanes[lane]:>8}  ({100 * lanes[lane] / max(n, 1):.2f}%)")
-    held_bad = sum(1 for h in r.holds if r.labels.get(h.parcel_id))
+    by_selection = Counter(h.selection for h in r.holds)
+    out(
+        "holds by selection: "
+        + ", ".join(f"{k} {by_selection[k]}" for k in ("risk", "random", "exploration"))
+    )
+    risk_holds = [h for h in r.holds if h.selection == "risk"]
+    held_bad = sum(1 for h in risk_holds if r.labels.get(h.parcel_id))
     bad_total = sum(1 for v in r.labels.values() if v)
-    out(f"holds that carry an injected violation: {held_bad}/{len(r.holds)}; "
-        f"violations held: {held_bad}/{bad_total}")  # fmt: skip
+    out(f"risk holds that carry an injected violation: {held_bad}/{len(risk_holds)}; "
+        f"violations held on risk: {held_bad}/{bad_total}")  # fmt: skip
     if r.decisions:
         span_s = (
             max(d.decision_ts_ms for d in r.decisions) - min(d.decision_ts_ms for d in r.decisions)
