@@ -38,6 +38,8 @@ FEATURE_DOCS: dict[str, str] = {
     "shipper_exams": "examinations of this shipper's parcels with a recorded outcome",
     "shipper_exam_violation_rate": "share of those examinations that found a violation or seized goods",
     "address_exam_violations": "examinations of parcels to this consignee address that found a violation",
+    "shipper_enrolled": "1 when the shipper is on the known-shipper list (tables.known_shippers)",
+    "shipper_suspended": "1 when an enrolled shipper's examinations found a violation (benefit suspended)",
 }
 FEATURES: tuple[str, ...] = tuple(FEATURE_DOCS)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}

@@ -326,6 +326,8 @@ def build_features(
     zeros_s = np.zeros(len(shippers.ids))
     exams = (view.exams if view.exams is not None else zeros_s)[ps]
     violations = (view.violations if view.violations is not None else zeros_s)[ps]
+    known = ruleset.known_shippers
+    enrolled = np.array([float(sid in known) for sid in shippers.ids])[ps] if known else np.zeros(n)
     if view.address_violations is not None and len(shippers.parcel_address):
         addr_violations = view.address_violations[shippers.parcel_address]
     else:
@@ -374,6 +376,8 @@ def build_features(
             exams > 0, violations / np.maximum(exams, 1.0), 0.0
         ),
         "address_exam_violations": addr_violations,
+        "shipper_enrolled": enrolled,
+        "shipper_suspended": enrolled * (violations >= 1),
         "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
         "consignee_distinct_shippers": addr_shippers,
         "pair_parcels": pair_parcels,

@@ -79,6 +79,7 @@ class RuleSet:
     watchlist: frozenset[str]
     watch_trigrams: tuple[frozenset[str], ...]
     placeholder_names: frozenset[str]
+    known_shippers: frozenset[str]
     keyword_chapters: tuple[tuple[str, frozenset[int]], ...]
     source: str = "<built-in>"
     # per-rule-set memo of description checks (not part of the rule set's identity)
@@ -301,8 +302,9 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
     vague = tables.get("vague_words", [])
     watch = tables.get("watchlist", [])
     placeholders = tables.get("placeholder_names", [])
+    known = tables.get("known_shippers", [])
     for name, value in (("vague_words", vague), ("watchlist", watch),
-                        ("placeholder_names", placeholders)):  # fmt: skip
+                        ("placeholder_names", placeholders), ("known_shippers", known)):  # fmt: skip
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise RuleSetError(f"{source}: tables.{name}: expected a list of strings")
     kw_doc = tables.get("description_keywords", {})
@@ -412,6 +414,7 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
         watchlist=frozenset(normalise_name(w) for w in watch),
         watch_trigrams=tuple(_trigrams(normalise_name(w)) for w in watch),
         placeholder_names=frozenset(normalise_name(w) for w in placeholders),
+        known_shippers=frozenset(known),
         keyword_chapters=tuple(keyword_chapters),
         source=source,
     )

@@ -53,6 +53,9 @@ class Tables(msgspec.Struct, forbid_unknown_fields=True):
     vague_words: list[str] = []
     watchlist: list[str] = []
     placeholder_names: list[str] = []
+    known_shippers: Annotated[
+        list[str], msgspec.Meta(description="shipper ids enrolled in the known-shipper programme")
+    ] = []
     description_keywords: dict[str, list[Annotated[int, msgspec.Meta(ge=1, le=99)]]] = {}
 
 

@@ -42,3 +42,25 @@ def test_exam_results_move_reputation_once_and_change_later_scores() -> None:
     later = run_in_memory([InRecord(line(parcel_id="L1"), "m", 0, 1)], store, RS, Limits(), NOW)
     codes = RS.reason_codes(int(later.masks[0]))
     assert "EXAM_VIOLATIONS" in codes and "ADDRESS_EXAM_VIOLATIONS" in codes
+
+
+def test_known_shipper_benefit_is_suspended_after_a_violation() -> None:
+    from dataclasses import replace
+
+    rs = replace(RS, known_shippers=frozenset({"SHP000001"}))
+    store = InMemoryStore()
+    first = run_in_memory([InRecord(line(parcel_id="K1"), "m", 0, 0)], store, rs, Limits(), NOW)
+    assert "KNOWN_SHIPPER" in rs.reason_codes(int(first.masks[0]))
+    held = line(
+        parcel_id="K2",
+        items=[{"description": "sample", "hs_code": "2933.39", "quantity": 1, "value": 24.0}],
+    )
+    assert run_in_memory([InRecord(held, "m", 0, 1)], store, rs, Limits(), NOW).lanes.tolist() == [
+        2
+    ]
+    batch = parse_exam_records([InRecord(exam("E9", "K2", "violation"), "x", 0, 0)], NOW)
+    deltas, _ = trace(batch.results, store.lookup_parcels(["K2"]))
+    assert store.apply_exams(deltas) == [True]
+    later = run_in_memory([InRecord(line(parcel_id="K3"), "m", 0, 2)], store, rs, Limits(), NOW)
+    codes = rs.reason_codes(int(later.masks[0]))
+    assert "KNOWN_SHIPPER_SUSPENDED" in codes and "KNOWN_SHIPPER" not in codes

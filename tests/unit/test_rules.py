@@ -1,5 +1,6 @@
 """Every rule of the default catalog: a parcel that fires it and one that does not."""
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from parcel_stream.rules import RuleSetError, compile_ruleset, default_document,
 from tests.unit.samples import BASE, line
 
 NOW = 1_790_000_000_000
-RS = default_ruleset()
+RS = replace(default_ruleset(), known_shippers=frozenset({"SHP000001"}))
 
 
 def item(**kw: Any) -> list[dict[str, Any]]:
@@ -76,6 +77,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str,
     "EXAM_VIOLATIONS": ({}, {}, {"exams": 2, "violations": 1}, {"exams": 3, "violations": 1}),
     "ADDRESS_EXAM_VIOLATIONS": ({}, {}, {"address_violations": 1}, {}),
     "CLEAN_EXAM_HISTORY": ({}, {}, {"exams": 3}, {"exams": 3, "violations": 1}),
+    "KNOWN_SHIPPER": ({}, {"shipper": {**BASE["shipper"], "id": "OTHER"}}, {}, {"exams": 2, "violations": 1}),
+    "KNOWN_SHIPPER_SUSPENDED": ({}, {}, {"exams": 2, "violations": 1}, {"exams": 2}),
     "PLACEHOLDER_PARTY": ({"consignee": {**BASE["consignee"], "name": "N/A"}}, {}, {}, {}),
     "VOLUME_SPIKE": ({}, {}, {"days": (30, 4, 4, 4, 4, 4, 4, 4)}, {"days": (10, 4, 4, 4, 4, 4, 4, 4)}),
     "HEAVY_FOR_ITEMS": ({"gross_weight_kg": 70.0}, {"gross_weight_kg": 50.0}, {}, {}),
