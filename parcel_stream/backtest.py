@@ -23,7 +23,7 @@ from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.feed import RawRecord
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import prepare, score_prepared
-from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
+from parcel_stream.reputation import ExamDelta, InMemoryStore, Partition, ReputationUpdate
 from parcel_stream.rules import RuleSet
 
 F64 = npt.NDArray[np.float64]
@@ -36,6 +36,10 @@ class SyncStore(Protocol):
     ) -> tuple[ReputationView, dict[Partition, int]]: ...
 
     def apply(self, update: ReputationUpdate) -> bool: ...
+
+    def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, tuple[str, str]]: ...
+
+    def apply_exams(self, deltas: list[ExamDelta]) -> list[bool]: ...
 
 
 @dataclass
@@ -78,11 +82,17 @@ def run_backtest(
     store: SyncStore | None = None,
     limits: Limits | None = None,
     chunk_bytes: int = 4 << 20,
+    exam_outcomes: dict[str, str | None] | None = None,
+    label: str | None = None,
 ) -> BacktestRun:
-    """Score a feed in order; decision time is each record's own timestamp."""
+    """Score a feed in order; decision time is each record's own timestamp.
+
+    With ``exam_outcomes`` (parcel id -> violation label or None), every held parcel is
+    "examined" after its chunk: the outcome (violation when labelled, else clean) is fed
+    back into reputation before the next chunk, as the exam-results agent does live."""
     store = store if store is not None else InMemoryStore()
     limits = limits or Limits()
-    run = BacktestRun(ruleset.version)
+    run = BacktestRun(label or ruleset.version)
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     for chunk in _chunks(records, chunk_bytes):
         now_ms = max(r.timestamp_ms for r in chunk)
@@ -91,6 +101,17 @@ def run_backtest(
         result = score_prepared(prep, view, marks, ruleset, now_ms, encode=False)
         if not store.apply(result.update):
             raise RuntimeError("reputation watermark conflict: is another writer using it?")
+        if exam_outcomes is not None:
+            held = [
+                m.parcel_id
+                for m, lane in zip(prep.parsed.manifests, result.lanes.tolist(), strict=True)
+                if lane == 2
+            ]
+            known = store.lookup_parcels(held)
+            store.apply_exams([
+                ExamDelta(f"bt:{pid}", pid, *known[pid], exam_outcomes.get(pid) is not None)
+                for pid in held if pid in known
+            ])  # fmt: skip
         run.records += len(chunk)
         run.parcel_ids.extend(m.parcel_id for m in prep.parsed.manifests)
         run.scores.extend(result.scores.tolist())

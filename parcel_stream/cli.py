@@ -306,14 +306,23 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError('both rule sets have the same version; give one a distinct "version"')
     warm_up(base)
     limits = Limits(settings.max_record_bytes, settings.max_parcels_per_record)
+    plans: list[tuple[Any, str, bool]] = [(rs, rs.version, args.exam_feedback) for rs in rulesets]
+    if args.compare_feedback:
+        if not labels:
+            raise UsageError("--compare-feedback needs --labels (they decide the exam outcomes)")
+        rs0 = rulesets[0]
+        plans = [
+            (rs0, f"{rs0.version} feedback off", False),
+            (rs0, f"{rs0.version} feedback on", True),
+        ]
     runs, reports = [], []
-    for rs in rulesets:
+    for rs, name, feedback in plans:
         store = None
         if args.store == "redis":
             from parcel_stream.adapters.redis_store import BlockingRedisStore
 
             store = BlockingRedisStore(settings.redis_url, prefix=f"{settings.redis_key_prefix}:bt")
-        progress = Progress(f"backtest {rs.version}", unit="records")
+        progress = Progress(f"backtest {name}", unit="records")
 
         def counted(path: str = args.feed, progress: Progress = progress) -> Any:
             for rec in read_feed(path, group_lines=1000):
@@ -321,7 +330,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
                 yield rec
 
         try:
-            run = run_backtest(counted(), rs, store=store, limits=limits)
+            run = run_backtest(counted(), rs, store=store, limits=limits,
+                               exam_outcomes=labels if feedback else None, label=name)  # fmt: skip
         except FeedError as exc:
             raise UsageError(str(exc)) from None
         finally:
@@ -567,6 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--compare", help="a second rule-set file, reported side by side")
     bt.add_argument(
         "--capacity-pct", type=_percent, default=2.0, help="examination capacity, %% of parcels"
+    )
+    bt.add_argument(
+        "--exam-feedback",
+        action="store_true",
+        help="examine every hold (outcome from --labels) and feed it back, as live",
+    )
+    bt.add_argument(
+        "--compare-feedback",
+        action="store_true",
+        help="run the rule set twice, exam feedback off and on, side by side",
     )
     bt.add_argument("--report", help="also write the report as Markdown to this file")
     bt.add_argument("--plots", help="write PNG plots into this directory")

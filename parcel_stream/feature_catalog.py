@@ -40,6 +40,7 @@ FEATURE_DOCS: dict[str, str] = {
     "address_exam_violations": "examinations of parcels to this consignee address that found a violation",
     "shipper_enrolled": "1 when the shipper is on the known-shipper list (tables.known_shippers)",
     "shipper_suspended": "1 when an enrolled shipper's examinations found a violation (benefit suspended)",
+    "shipper_violations_per_parcel": "violations found by examination / parcels seen from the shipper (a floor on its violation rate)",
 }
 FEATURES: tuple[str, ...] = tuple(FEATURE_DOCS)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}

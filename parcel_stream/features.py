@@ -378,6 +378,7 @@ def build_features(
         "address_exam_violations": addr_violations,
         "shipper_enrolled": enrolled,
         "shipper_suspended": enrolled * (violations >= 1),
+        "shipper_violations_per_parcel": violations / np.maximum(seen, 1.0),
         "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
         "consignee_distinct_shippers": addr_shippers,
         "pair_parcels": pair_parcels,

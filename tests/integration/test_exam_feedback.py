@@ -46,28 +46,27 @@ def test_exam_results_feed_back_into_scoring(settings: Settings, tmp_path: Path)
     precursor = [{"description": "sample", "hs_code": "2933.39", "quantity": 1, "value": 24.0}]
     p = make_producer(s.kafka_bootstrap)
     with running_worker(s, tmp_path) as worker:
-        p.send(
-            s.topic_manifests,
-            key=b"SHPX",
-            value=line(parcel_id="H1", shipper=shipper, items=precursor),
-        )
+        for pid in ("H1", "H2"):
+            p.send(s.topic_manifests, key=b"SHPX",
+                   value=line(parcel_id=pid, shipper=shipper, items=precursor))  # fmt: skip
         p.flush()
-        first = decisions(s, 1)
-        assert first["H1"].lane == "hold"
-        before = first["H1"].reason_codes
+        first = decisions(s, 2)
+        assert first["H1"].lane == first["H2"].lane == "hold"
+        before = first["H2"].reason_codes
         for value in (exam("E1", "H1", "seized"), exam("E1", "H1", "seized"),
-                      exam("E2", "UNKNOWN", "clean"), b'{"exam_id": "E3"}'):  # fmt: skip
+                      exam("E2", "UNKNOWN", "clean"), b'{"exam_id": "E3"}',
+                      exam("E4", "H2", "violation")):  # fmt: skip
             p.send(s.topic_exam_results, value=value)
         p.flush()
         deadline = time.monotonic() + 30
         statuses: dict[str, float] = {}
         while time.monotonic() < deadline:
             statuses = metric(s.metrics_port, "parcel_stream_exam_results_total{")
-            if sum(statuses.values()) >= 4:
+            if sum(statuses.values()) >= 5:
                 break
             time.sleep(0.3)
         assert statuses == {
-            'parcel_stream_exam_results_total{status="applied"}': 1.0,
+            'parcel_stream_exam_results_total{status="applied"}': 2.0,
             'parcel_stream_exam_results_total{status="duplicate"}': 1.0,
             'parcel_stream_exam_results_total{status="unknown_parcel"}': 1.0,
             'parcel_stream_exam_results_total{status="rejected"}': 1.0,
@@ -75,7 +74,7 @@ def test_exam_results_feed_back_into_scoring(settings: Settings, tmp_path: Path)
         # an ordinary parcel from the same shipper is now scored with the seizure on record
         p.send(s.topic_manifests, key=b"SHPX", value=line(parcel_id="L1", shipper=shipper))
         p.flush()
-        later = decisions(s, 2)["L1"]
+        later = decisions(s, 3)["L1"]
         assert worker.poll() is None
     p.close()
     assert "EXAM_VIOLATIONS" not in before and "EXAM_VIOLATIONS" in later.reason_codes
@@ -87,7 +86,7 @@ def test_exam_results_feed_back_into_scoring(settings: Settings, tmp_path: Path)
         store = RedisReputationStore(s.redis_url, prefix=s.redis_key_prefix)
         st = await store.shipper("SHPX")
         await store.close()
-        assert st is not None and (st.exams, st.violations) == (1, 1)
+        assert st is not None and (st.exams, st.violations) == (2, 2)
 
     asyncio.run(state())
 
@@ -102,4 +101,4 @@ def test_exam_results_feed_back_into_scoring(settings: Settings, tmp_path: Path)
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     doc = json.loads(shown.stdout)
-    assert (doc["parcels_seen"], doc["examinations"], doc["violations_found"]) == (2, 1, 1)
+    assert (doc["parcels_seen"], doc["examinations"], doc["violations_found"]) == (3, 2, 2)

@@ -18,28 +18,24 @@ def exam(exam_id: str, parcel_id: str, outcome: str = "seized") -> bytes:
 
 def test_exam_results_move_reputation_once_and_change_later_scores() -> None:
     store = InMemoryStore()
-    held = line(
-        parcel_id="H1",
-        items=[{"description": "sample", "hs_code": "2933.39", "quantity": 1, "value": 24.0}],
-    )
-    r = run_in_memory([InRecord(held, "m", 0, 0)], store, RS, Limits(), NOW)
-    assert r.lanes.tolist() == [2] and "H1" in store.parcels
-    recs = [
-        InRecord(
-            b"\n".join([exam("E1", "H1"), exam("E1", "H1"), exam("E2", "NOPE"), b"{bad"]), "x", 0, 0
-        )
-    ]
-    batch = parse_exam_records(recs, NOW)
-    assert len(batch.results) == 3 and [x.reason for x in batch.rejections] == ["invalid_json"]
+    precursor = [{"description": "sample", "hs_code": "2933.39", "quantity": 1, "value": 24.0}]
+    held = [line(parcel_id=f"H{i}", items=precursor) for i in (1, 2)]
+    r = run_in_memory([InRecord(b"\n".join(held), "m", 0, 0)], store, RS, Limits(), NOW)
+    assert r.lanes.tolist() == [2, 2] and "H1" in store.parcels
+    before = run_in_memory([InRecord(line(parcel_id="L0"), "m", 0, 1)], store, RS, Limits(), NOW)
+    assert "EXAM_VIOLATIONS" not in RS.reason_codes(int(before.masks[0]))
+    lines = [exam("E1", "H1"), exam("E1", "H1"), exam("E2", "NOPE"), b"{bad", exam("E3", "H2")]
+    batch = parse_exam_records([InRecord(b"\n".join(lines), "x", 0, 0)], NOW)
+    assert len(batch.results) == 4 and [x.reason for x in batch.rejections] == ["invalid_json"]
     deltas, unknown = trace(
         batch.results, store.lookup_parcels([x.parcel_id for x in batch.results])
     )
     assert [u.parcel_id for u in unknown] == ["NOPE"]
-    assert store.apply_exams(deltas) == [True, False]  # the repeat of E1 is a duplicate
+    assert store.apply_exams(deltas) == [True, False, True]  # the repeat of E1 is a duplicate
     st = store.shippers["SHP000001"]
-    assert (st.exams, st.violations) == (1, 1)
+    assert (st.exams, st.violations) == (2, 2)
     # a later, ordinary parcel from the same shipper now carries the exam history
-    later = run_in_memory([InRecord(line(parcel_id="L1"), "m", 0, 1)], store, RS, Limits(), NOW)
+    later = run_in_memory([InRecord(line(parcel_id="L1"), "m", 0, 2)], store, RS, Limits(), NOW)
     codes = RS.reason_codes(int(later.masks[0]))
     assert "EXAM_VIOLATIONS" in codes and "ADDRESS_EXAM_VIOLATIONS" in codes
 
@@ -64,3 +60,25 @@ def test_known_shipper_benefit_is_suspended_after_a_violation() -> None:
     later = run_in_memory([InRecord(line(parcel_id="K3"), "m", 0, 2)], store, rs, Limits(), NOW)
     codes = rs.reason_codes(int(later.masks[0]))
     assert "KNOWN_SHIPPER_SUSPENDED" in codes and "KNOWN_SHIPPER" not in codes
+
+
+def test_feedback_catches_more_of_a_group_that_turns_bad() -> None:
+    """The issue's scenario: shippers that turn bad midway. Same rules, same capacity;
+    with exam outcomes fed back, more of their bad parcels are in the examined top 2 %."""
+    from parcel_stream.backtest import evaluate, run_backtest
+    from parcel_stream.feed import RawRecord
+    from parcel_stream.generate import TURNED_BAD, FeedConfig, generate
+
+    recs, labels = [], {}
+    cfg = FeedConfig(parcels=60_000, seed=7, shippers=1000, duration_s=7 * 86_400.0)
+    for n, (doc, label) in enumerate(generate(cfg)):
+        recs.append(RawRecord(doc["manifest_ts_ms"], "m", 0, n, None, orjson.dumps(doc)))
+        labels[doc["parcel_id"]] = label
+    off = evaluate(run_backtest(recs, RS, label="off"), labels, RS, capacity_pct=2.0)
+    on = evaluate(
+        run_backtest(recs, RS, exam_outcomes=labels, label="on"), labels, RS, capacity_pct=2.0
+    )
+    recall = {r.ruleset_version: {s[0]: s[3] for s in r.scenarios}[TURNED_BAD] for r in (off, on)}
+    assert recall["on"] > recall["off"] + 0.05, recall
+    hits = {code: h for code, h, _p, _s in on.rules}
+    assert hits["EXAM_VIOLATIONS"] > 0
