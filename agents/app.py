@@ -71,18 +71,23 @@ def _in_record(event: Any) -> InRecord:
     )
 
 
-def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
-    """The worker app: one scoring agent over the manifests topic, batches via take_events."""
-    rules = ruleset or default_ruleset(settings)
-    app = make_faust_app(settings)
-    manifests = app.topic(
-        settings.topic_manifests,
+def raw_topic(app: faust.App, name: str, partitions: int) -> Any:
+    """A topic of raw bytes: the core decodes values itself (msgspec), Faust must not."""
+    return app.topic(
+        name,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
-        partitions=settings.partitions,
+        partitions=partitions,
     )
+
+
+def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
+    """The worker app: one scoring agent over the manifests topic, batches via take_events."""
+    rules = ruleset or default_ruleset(settings)
+    app = make_faust_app(settings)
+    manifests = raw_topic(app, settings.topic_manifests, settings.partitions)
     metrics = WorkerMetrics()
     store = RedisReputationStore(settings.redis_url, prefix=settings.redis_key_prefix)
 
@@ -91,14 +96,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
 
     processor = BatchProcessor(settings, rules, store, send, metrics)
     exam_processor = ExamProcessor(settings, store, send, metrics)
-    exam_results = app.topic(
-        settings.topic_exam_results,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
+    exam_results = raw_topic(app, settings.topic_exam_results, settings.partitions)
 
     @app.agent(exam_results, concurrency=1)
     async def apply_exam_results(stream: Any) -> None:

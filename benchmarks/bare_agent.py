@@ -20,9 +20,7 @@ def main() -> None:
     topic_name, expected, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     settings = Settings.from_env()
     app = make_faust_app(settings)
-    topic = app.topic(
-        topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
+    topic = raw_topic(app, topic_name, settings.partitions)
     state = {"n": 0, "first": 0.0}
 
     @app.agent(topic)
