@@ -12,7 +12,7 @@ import time
 
 import faust
 
-from agents.app import make_faust_app
+from agents.app import make_faust_app, raw_topic
 from parcel_stream.settings import Settings
 
 
