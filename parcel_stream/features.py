@@ -17,7 +17,7 @@ from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
 from parcel_stream.model import Address, Manifest
-from parcel_stream.rules import RuleSet, _trigrams, country_index, normalise_name
+from parcel_stream.rules import RuleSet, country_index, normalise_name, trigrams
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -181,7 +181,7 @@ def watchlist_similarity(rs: RuleSet, name: str) -> float:
     hit = rs.memo.get(key)
     if hit is not None:
         return float(hit[0])
-    grams = _trigrams(norm)
+    grams = trigrams(norm)
     best = 0.0
     for entry in rs.watch_trigrams:
         union = len(grams | entry)

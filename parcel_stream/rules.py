@@ -129,7 +129,8 @@ def country_index(code: str) -> int:
 _PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\t\r\n"})
 
 
-def _trigrams(name: str) -> frozenset[str]:
+def trigrams(name: str) -> frozenset[str]:
+    """Character trigrams of a normalised name (padded), for fuzzy watchlist matching."""
     padded = f"  {name} "
     return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
 
@@ -412,7 +413,7 @@ def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
         transit_risk=transit,
         vague_words=frozenset(normalise_name(w) for w in vague),
         watchlist=frozenset(normalise_name(w) for w in watch),
-        watch_trigrams=tuple(_trigrams(normalise_name(w)) for w in watch),
+        watch_trigrams=tuple(trigrams(normalise_name(w)) for w in watch),
         placeholder_names=frozenset(normalise_name(w) for w in placeholders),
         known_shippers=frozenset(known),
         keyword_chapters=tuple(keyword_chapters),

@@ -170,14 +170,12 @@ class BatchProcessor:
         for lane in LANES:
             if result.lane_counts[lane]:
                 m.parcels[lane].inc(result.lane_counts[lane])
-        risk_holds = result.lane_counts["hold"] - sum(
-            v for k, v in result.selection_counts.items() if k != "risk"
-        )
-        for how, count in (("risk", risk_holds), *result.selection_counts.items()):
-            if how != "risk" and count:
+        # Sampled parcels are all holds; the other holds were selected on risk.
+        held = {k: v for k, v in result.selection_counts.items() if k != "risk"}
+        held["risk"] = result.lane_counts["hold"] - sum(held.values())
+        for how, count in held.items():
+            if count:
                 m.selected[how].inc(count)
-        if risk_holds:
-            m.selected["risk"].inc(risk_holds)
         for reason, count in result.rejection_counts.items():
             m.rejections[reason].inc(count)
         m.batch_parcels.observe(result.parcels)
