@@ -31,8 +31,8 @@ def test_redis_pause_mid_stream(
     docs = [d for d, _ in generate(FeedConfig(parcels=3000, seed=23, shippers=300))]
     producer = make_producer(s.kafka_bootstrap, linger_ms=0)
 
-    def offer() -> None:  # ~600 parcels/s in 100-parcel batch records and single records
-        for i in range(0, len(docs), 100):
+    def offer(start: int, stop: int) -> None:  # ~600 parcels/s, batch and single records
+        for i in range(start, stop, 100):
             chunk = [orjson.dumps(d) for d in docs[i : i + 100]]
             if (i // 100) % 2:
                 for d, v in zip(docs[i : i + 100], chunk, strict=True):
@@ -43,10 +43,13 @@ def test_redis_pause_mid_stream(
             time.sleep(0.15)
 
     with running_worker(s, tmp_path) as worker:
-        sender = threading.Thread(target=offer)
-        sender.start()
-        # once the worker is scoring, Redis stops answering for longer than its timeout
+        # warm-up: the worker has joined and scores before the outage starts
+        offer(0, 100)
         read_all(s.kafka_bootstrap, [s.topic_decisions], lambda g: bool(g[s.topic_decisions]), 60)
+        sender = threading.Thread(target=offer, args=(100, len(docs)))
+        sender.start()
+        time.sleep(0.5)
+        # while parcels keep arriving, Redis stops answering for longer than its timeout
         os.kill(stack.redis_pid, signal.SIGSTOP)
         try:
             time.sleep(8.0)
