@@ -89,13 +89,15 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     app = make_faust_app(settings)
     manifests = raw_topic(app, settings.topic_manifests, settings.partitions)
     metrics = WorkerMetrics()
-    store = RedisReputationStore(settings.redis_url, prefix=settings.redis_key_prefix)
+    store = RedisReputationStore.from_settings(settings)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(topic, key, value, None, None, None)
 
     processor = BatchProcessor(settings, rules, store, send, metrics)
-    exam_processor = ExamProcessor(settings, store, send, metrics)
+    exam_processor = ExamProcessor(
+        settings, store, send, metrics, pivot_score=lambda: processor.ruleset.hold_score
+    )
     exam_results = raw_topic(app, settings.topic_exam_results, settings.partitions)
 
     @app.agent(exam_results, concurrency=1)

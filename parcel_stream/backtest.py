@@ -19,11 +19,20 @@ import numpy as np
 import numpy.typing as npt
 
 from parcel_stream.decide import LANES
+from parcel_stream.exams import apply_exam_batch, trace
 from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.feed import RawRecord
+from parcel_stream.learner import LearnerConfig, LearnerState
+from parcel_stream.model import ExamResult
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import prepare, score_prepared
-from parcel_stream.reputation import ExamDelta, InMemoryStore, Partition, ReputationUpdate
+from parcel_stream.reputation import (
+    ExamDelta,
+    InMemoryStore,
+    ParcelRef,
+    Partition,
+    ReputationUpdate,
+)
 from parcel_stream.rules import RuleSet
 
 F64 = npt.NDArray[np.float64]
@@ -37,9 +46,15 @@ class SyncStore(Protocol):
 
     def apply(self, update: ReputationUpdate) -> bool: ...
 
-    def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, tuple[str, str]]: ...
+    def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]: ...
 
-    def apply_exams(self, deltas: list[ExamDelta]) -> list[bool]: ...
+    def exams_seen(self, exam_ids: list[str]) -> list[bool]: ...
+
+    def read_learner(self) -> LearnerState: ...
+
+    def apply_exams(
+        self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
+    ) -> list[bool] | None: ...
 
 
 @dataclass
@@ -53,6 +68,7 @@ class BacktestRun:
     records: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    learner: LearnerState | None = None
 
     @property
     def parcels(self) -> int:
@@ -84,21 +100,29 @@ def run_backtest(
     chunk_bytes: int = 4 << 20,
     exam_outcomes: dict[str, str | None] | None = None,
     label: str | None = None,
+    learner: LearnerConfig | None = None,
 ) -> BacktestRun:
     """Score a feed in order; decision time is each record's own timestamp.
 
     With ``exam_outcomes`` (parcel id -> violation label or None), every held parcel is
     "examined" after its chunk: the outcome (violation when labelled, else clean) is fed
-    back into reputation before the next chunk, as the exam-results agent does live."""
+    back into reputation before the next chunk, as the exam-results agent does live, and
+    trains the ``learner`` (when given and not off; with mode "on" its adjustments score
+    the following chunks). The run's final learner state is ``run.learner``."""
     store = store if store is not None else InMemoryStore()
     limits = limits or Limits()
     run = BacktestRun(label or ruleset.version)
+    cfg = learner if learner is not None else LearnerConfig(mode="off")
+    codes = [r.code for r in ruleset.rules]
+    adjust: F64 | None = None
+    learner_version = 0
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     for chunk in _chunks(records, chunk_bytes):
         now_ms = max(r.timestamp_ms for r in chunk)
         prep = prepare(chunk, limits, now_ms, ruleset.split_min_usd)
         view, marks = store.read(prep.shippers, prep.partitions)
-        result = score_prepared(prep, view, marks, ruleset, now_ms, encode=False)
+        result = score_prepared(prep, view, marks, ruleset, now_ms, encode=False,
+                                adjust=adjust, learner_version=learner_version)  # fmt: skip
         if not store.apply(result.update):
             raise RuntimeError("reputation watermark conflict: is another writer using it?")
         if exam_outcomes is not None:
@@ -108,16 +132,25 @@ def run_backtest(
                 if lane == 2
             ]
             known = store.lookup_parcels(held)
-            store.apply_exams([
-                ExamDelta(f"bt:{pid}", pid, *known[pid], exam_outcomes.get(pid) is not None)
-                for pid in held if pid in known
-            ])  # fmt: skip
+            results = [
+                ExamResult(f"bt:{pid}", pid,
+                           "violation" if exam_outcomes.get(pid) is not None else "clean", now_ms)
+                for pid in held
+            ]  # fmt: skip
+            deltas, _unknown = trace(results, known)
+            apply_exam_batch(store, deltas, cfg, ruleset.hold_score, now_ms)
+            if cfg.adjusts:
+                state = store.read_learner()
+                adjust = state.adjustments(cfg, codes)
+                learner_version = state.version
         run.records += len(chunk)
         run.parcel_ids.extend(m.parcel_id for m in prep.parsed.manifests)
         run.scores.extend(result.scores.tolist())
         run.masks.extend(result.masks.tolist())
         run.lanes.extend(result.lanes.tolist())
         run.rejections.update(result.rejection_counts)
+    if cfg.trains:
+        run.learner = store.read_learner()
     run.wall_s = time.perf_counter() - t_wall
     run.cpu_s = time.process_time() - t_cpu
     return run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -288,6 +289,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from parcel_stream.kernels import warm_up
     from parcel_stream.parse import Limits
     from parcel_stream.progress import Progress
+    from parcel_stream.reputation import InMemoryStore
     from parcel_stream.rules import RuleSetError, default_ruleset, load_ruleset
 
     if not Path(args.feed).exists():
@@ -306,22 +308,40 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError('both rule sets have the same version; give one a distinct "version"')
     warm_up(base)
     limits = Limits(settings.max_record_bytes, settings.max_parcels_per_record)
-    plans: list[tuple[Any, str, bool]] = [(rs, rs.version, args.exam_feedback) for rs in rulesets]
-    if args.compare_feedback:
+    from parcel_stream.learner import LearnerConfig
+
+    base_cfg = settings.learner_config()
+    cfg = dataclasses.replace(base_cfg, mode=args.learner)
+    off = dataclasses.replace(base_cfg, mode="off")
+    plans: list[tuple[Any, str, bool, LearnerConfig]] = [
+        (rs, rs.version, args.exam_feedback, cfg) for rs in rulesets
+    ]
+    rs0 = rulesets[0]
+    if args.compare_feedback or args.compare_learner:
         if not labels:
-            raise UsageError("--compare-feedback needs --labels (they decide the exam outcomes)")
-        rs0 = rulesets[0]
+            raise UsageError("--compare-feedback and --compare-learner need --labels "
+                             "(they decide the exam outcomes)")  # fmt: skip
+    if args.compare_feedback:
         plans = [
-            (rs0, f"{rs0.version} feedback off", False),
-            (rs0, f"{rs0.version} feedback on", True),
+            (rs0, f"{rs0.version} feedback off", False, off),
+            (rs0, f"{rs0.version} feedback on", True, cfg),
         ]
+    if args.compare_learner:
+        plans = [
+            (rs0, f"{rs0.version} feedback, learner off", True, off),
+            (rs0, f"{rs0.version} feedback, learner on", True,
+             dataclasses.replace(base_cfg, mode="on")),
+        ]  # fmt: skip
+    if args.learner != "off" and not any(p[2] for p in plans):
+        raise UsageError("--learner trains on exam outcomes: add --exam-feedback and --labels")
     runs, reports = [], []
-    for rs, name, feedback in plans:
-        store = None
+    for rs, name, feedback, learner in plans:
+        store: Any = InMemoryStore(half_life_ms=settings.half_life_ms)
         if args.store == "redis":
             from parcel_stream.adapters.redis_store import BlockingRedisStore
 
-            store = BlockingRedisStore(settings.redis_url, prefix=f"{settings.redis_key_prefix}:bt")
+            store = BlockingRedisStore(settings.redis_url, prefix=f"{settings.redis_key_prefix}:bt",
+                                       half_life_ms=settings.half_life_ms)  # fmt: skip
         progress = Progress(f"backtest {name}", unit="records")
 
         def counted(path: str = args.feed, progress: Progress = progress) -> Any:
@@ -331,16 +351,20 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
 
         try:
             run = run_backtest(counted(), rs, store=store, limits=limits,
-                               exam_outcomes=labels if feedback else None, label=name)  # fmt: skip
+                               exam_outcomes=labels if feedback else None, label=name,
+                               learner=learner)  # fmt: skip
         except FeedError as exc:
             raise UsageError(str(exc)) from None
         finally:
             progress.close()
-            if store is not None:
+            if args.store == "redis":
                 store.close()
         runs.append(run)
         reports.append(evaluate(run, labels, rs, args.capacity_pct))
     text = render_markdown(reports)
+    for run, (rs, _name, _fb, learner) in zip(runs, plans, strict=True):
+        if run.learner is not None:
+            text += "\n" + render_learner(run.learner, learner, rs, title=run.ruleset_version)
     print(text)
     if not labels:
         print("(no --labels given: precision and recall need ground truth)")
@@ -445,29 +469,42 @@ def _read(path: str) -> bytes:
         raise UsageError(f"{path}: no such file") from None
 
 
+def _redis_unreachable(exc: BaseException) -> UsageError:
+    return UsageError(
+        f"cannot reach Redis at PARCEL_REDIS_URL ({type(exc).__name__}); is it running?"
+    )
+
+
 def cmd_reputation(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from redis.exceptions import RedisError
 
     from parcel_stream.adapters.redis_store import RedisReputationStore
+    from parcel_stream.reputation import decay_add
+
+    kind = "seller" if args.seller else "shipper"
 
     async def show() -> int:
-        store = RedisReputationStore(settings.redis_url, prefix=settings.redis_key_prefix,
-                                     socket_timeout_s=3.0)  # fmt: skip
+        store = RedisReputationStore.from_settings(settings, socket_timeout_s=3.0)
         try:
-            st = await store.shipper(args.shipper)
+            get = store.seller if args.seller else store.shipper
+            st = await get(args.entity)
+            key = store.seller_key(args.entity) if args.seller else store.shipper_key(args.entity)
+            ttl = await store.ttl(key)
         except (RedisError, OSError) as exc:
-            raise UsageError(
-                f"cannot reach Redis at PARCEL_REDIS_URL ({type(exc).__name__}); is it running?"
-            ) from None
+            raise _redis_unreachable(exc) from None
         finally:
             await store.close()
         if st is None:
-            print(f"shipper {args.shipper}: no state (never seen, or expired)")
+            print(f"{kind} {args.entity}: no state (never seen, or expired)")
             return 1
-        doc = {
-            "shipper_id": args.shipper,
+        # the recent-weighted counts as of now (decayed, nothing added)
+        counts = (st.recent_seen, st.recent_holds, st.recent_exams, st.recent_violations)
+        at = max(float(_now_ms()), st.recent_t_ms)
+        _t, recent = decay_add(st.recent_t_ms, counts, at, (0.0,) * 4, settings.half_life_ms)
+        doc: dict[str, Any] = {
+            f"{kind}_id": args.entity,
             "parcels_seen": st.seen,
             "declared_value_usd": round(st.value_usd, 2),
             "holds": st.holds,
@@ -476,12 +513,89 @@ def cmd_reputation(args: argparse.Namespace, settings: Settings) -> int:
             "last_seen_ms": st.last_seen_ms,
             "examinations": st.exams,
             "violations_found": st.violations,
-            "parcels_per_day": {str(k): v for k, v in sorted(st.days.items())},
+            "recent_weighted": {
+                "half_life_days": settings.reputation_half_life_days,
+                "parcels": round(recent[0], 3),
+                "holds": round(recent[1], 3),
+                "examinations": round(recent[2], 3),
+                "violations": round(recent[3], 3),
+            },
+            "expires_in_s": ttl,
         }
+        if not args.seller:
+            doc["parcels_per_day"] = {str(k): v for k, v in sorted(st.days.items())}
         print(json.dumps(doc, indent=2))
         return 0
 
     return asyncio.run(show())
+
+
+def render_learner(state: Any, cfg: Any, rs: Any, title: str = "") -> str:
+    """The learner state as a table: each rule's weight and learned adjustment."""
+    weights = {r.code: float(rs.weights[i]) for i, r in enumerate(rs.rules)}
+    points = state.points(cfg)
+    lines = [
+        f"learner {title}: version {state.version}, mode {cfg.mode}, "
+        f"{state.examples} examination results learned ({state.violations} violations), "
+        f"bias {state.bias:+.3f}{', ' + state.note if state.note else ''}",
+        "",
+        "| rule | rule-set weight | learned points | effective when on |",
+        "|---|---:|---:|---:|",
+    ]
+    for code in sorted(set(weights) | set(points), key=lambda c: -abs(points.get(c, 0.0))):
+        w, p = weights.get(code), points.get(code, 0.0)
+        shown_w = f"{w:g}" if w is not None else "(not in rule set)"
+        eff = f"{w + p:.1f}" if w is not None else ""
+        lines.append(f"| {code} | {shown_w} | {p:+.2f} | {eff} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from parcel_stream.adapters.redis_store import RedisReputationStore
+    from parcel_stream.learner import encode_state, reset
+    from parcel_stream.rules import RuleSetError, default_ruleset
+
+    try:
+        rs = default_ruleset(settings)
+    except RuleSetError as exc:
+        raise UsageError(str(exc)) from None
+    cfg = settings.learner_config()
+
+    async def run() -> int:
+        store = RedisReputationStore.from_settings(settings, socket_timeout_s=3.0)
+        try:
+            state = await store.read_learner()
+            if args.action == "reset":
+                new = reset(state, _now_ms())
+                if not await store.save_learner(state.version, new):
+                    raise UsageError("the learner state changed meanwhile; run the reset again")
+                print(f"learner reset: version {new.version}, all adjustments 0")
+                return 0
+            history = await store.learner_history(args.history) if args.history else []
+        except (RedisError, OSError) as exc:
+            raise _redis_unreachable(exc) from None
+        finally:
+            await store.close()
+        if args.json:
+            print(encode_state(state).decode())
+            for old in history[1:]:
+                print(encode_state(old).decode())
+            return 0
+        print(render_learner(state, cfg, rs), end="")
+        if history:
+            print("\nversion | learned from | violations | bias | largest adjustments")
+            for old in history:
+                top = sorted(old.points(cfg).items(), key=lambda kv: -abs(kv[1]))[:3]
+                shown = ", ".join(f"{k} {v:+.1f}" for k, v in top) or old.note or "-"
+                print(f"{old.version} | {old.examples} | {old.violations} | {old.bias:+.3f} | "
+                      f"{shown}")  # fmt: skip
+        return 0
+
+    return asyncio.run(run())
 
 
 def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
@@ -588,6 +702,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the rule set twice, exam feedback off and on, side by side",
     )
+    bt.add_argument(
+        "--learner",
+        choices=["off", "shadow", "on"],
+        default="off",
+        help="adaptive weights in the run (needs --exam-feedback): shadow trains, on also "
+        "adjusts scores",
+    )
+    bt.add_argument(
+        "--compare-learner",
+        action="store_true",
+        help="run with exam feedback twice, learner off and on, side by side",
+    )
     bt.add_argument("--report", help="also write the report as Markdown to this file")
     bt.add_argument("--plots", help="write PNG plots into this directory")
     bt.add_argument(
@@ -621,10 +747,17 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--at", type=_time_ms, help="explain: decision time (default now)")
     ru.set_defaults(func=cmd_rules)
 
-    rep = sub.add_parser("reputation", help="show a shipper's reputation state (Redis)")
+    rep = sub.add_parser("reputation", help="show a shipper's or seller's state (Redis)")
     rep.add_argument("action", choices=["show"])
-    rep.add_argument("shipper", help="shipper id")
+    rep.add_argument("entity", metavar="ID", help="shipper id (or seller id@marketplace)")
+    rep.add_argument("--seller", action="store_true", help="ID is a seller: id@marketplace")
     rep.set_defaults(func=cmd_reputation)
+
+    le = sub.add_parser("learner", help="show or reset the adaptive weights (Redis)")
+    le.add_argument("action", choices=["show", "reset"])
+    le.add_argument("--history", type=_positive_int, default=0, help="show: last N versions")
+    le.add_argument("--json", action="store_true", help="show: the raw state(s) as JSON lines")
+    le.set_defaults(func=cmd_learner)
 
     s = sub.add_parser("schemas", help="write the JSON Schemas generated from the code")
     s.add_argument("dir", nargs="?", default="schemas")

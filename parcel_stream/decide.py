@@ -80,12 +80,13 @@ _SAMPLE_REASONS = {
 }
 
 
-def _reason_list(ruleset: RuleSet, mask: int) -> list[Reason]:
+def _reason_list(ruleset: RuleSet, mask: int, adjust: F64 | None) -> list[Reason]:
     return [
-        Reason(code=r.code, text=r.text, rule_weight=float(ruleset.weights[i]))
+        Reason(code=r.code, text=r.text, rule_weight=float(ruleset.weights[i]),
+               learned_points=round(float(adjust[i]), 2) if adjust is not None else 0.0)
         for i, r in enumerate(ruleset.rules)
         if mask >> i & 1
-    ]
+    ]  # fmt: skip
 
 
 def build_outputs(
@@ -97,6 +98,8 @@ def build_outputs(
     ruleset: RuleSet,
     now_ms: int,
     selection: I8 | None = None,
+    adjust: F64 | None = None,
+    learner_version: int = 0,
 ) -> Outputs:
     """Encode every decision (grouped per input record), the holds and the rejections."""
     out = Outputs()
@@ -120,6 +123,7 @@ def build_outputs(
             decision_ts_ms=now_ms,
             source=src,
             selection=how,
+            learner_version=learner_version,
         )
         for m, score, lane, mask, src, how in zip(
             manifests, score_l, lane_names, masks_l, sources, sel_names, strict=True
@@ -139,7 +143,7 @@ def build_outputs(
             out.decisions.append((key, value))
     for i in np.flatnonzero(lanes == LANE_HOLD).tolist():
         m, d = manifests[i], decisions[i]
-        reasons = _reason_list(ruleset, masks_l[i])
+        reasons = _reason_list(ruleset, masks_l[i], adjust)
         if d.selection != "risk":
             reasons.append(_SAMPLE_REASONS[d.selection])
         hold = Hold(
@@ -150,6 +154,7 @@ def build_outputs(
             lane="hold",
             reasons=reasons,
             selection=d.selection,
+            learner_version=learner_version,
             ruleset_version=version,
             event_ts_ms=m.manifest_ts_ms,
             decision_ts_ms=now_ms,

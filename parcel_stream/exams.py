@@ -8,12 +8,14 @@ hold is counted as ``unknown_parcel`` and not applied; a malformed one is a reje
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
+from parcel_stream.learner import Example, LearnerConfig, LearnerState, train
 from parcel_stream.model import ExamResult, Rejection
 from parcel_stream.parse import InRecord, _reject, classify_validation_error
-from parcel_stream.reputation import ExamDelta
+from parcel_stream.reputation import ExamDelta, ParcelRef
 
 _DEC = msgspec.json.Decoder(ExamResult)
 
@@ -46,16 +48,56 @@ def parse_exam_records(records: list[InRecord], now_ms: int) -> ExamBatch:
 
 
 def trace(
-    results: list[ExamResult], known: dict[str, tuple[str, str]]
+    results: list[ExamResult], known: dict[str, ParcelRef]
 ) -> tuple[list[ExamDelta], list[ExamResult]]:
     """(deltas for results whose parcel is known, results for unknown parcels)."""
     deltas, unknown = [], []
     for res in results:
-        hit = known.get(res.parcel_id)
-        if hit is None:
+        ref = known.get(res.parcel_id)
+        if ref is None:
             unknown.append(res)
             continue
-        shipper_id, address = hit
-        violation = res.outcome in ("violation", "seized")
-        deltas.append(ExamDelta(res.exam_id, res.parcel_id, shipper_id, address, violation))
+        deltas.append(
+            ExamDelta(res.exam_id, res.parcel_id, ref.shipper_id, ref.address,
+                      res.outcome in ("violation", "seized"), res.examined_ts_ms, ref.seller,
+                      ref.rules, ref.static_score)
+        )  # fmt: skip
     return deltas, unknown
+
+
+def examples_of(deltas: list[ExamDelta], already: list[bool]) -> list[Example]:
+    """The learner's examples: results not applied before (``already``), each exam id
+    once, in order."""
+    out, taken = [], set()
+    for d, old in zip(deltas, already, strict=True):
+        if not old and d.exam_id not in taken:
+            taken.add(d.exam_id)
+            out.append(Example(d.rules, d.static_score, d.violation))
+    return out
+
+
+class ExamStore(Protocol):
+    def read_learner(self) -> LearnerState: ...
+
+    def exams_seen(self, exam_ids: list[str]) -> list[bool]: ...
+
+    def apply_exams(
+        self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
+    ) -> list[bool] | None: ...
+
+
+def apply_exam_batch(
+    store: ExamStore, deltas: list[ExamDelta], cfg: LearnerConfig, pivot_score: float, now_ms: int
+) -> list[bool]:
+    """Apply results once each and, unless the learner is off, train it on the new ones
+    in the same atomic step (retried when another writer got there first)."""
+    while True:
+        learner = None
+        if cfg.trains and deltas:
+            state = store.read_learner()
+            fresh = examples_of(deltas, store.exams_seen([d.exam_id for d in deltas]))
+            if fresh:
+                learner = (state.version, train(state, fresh, cfg, pivot_score, now_ms))
+        applied = store.apply_exams(deltas, learner)
+        if applied is not None:
+            return applied

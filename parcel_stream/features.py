@@ -16,7 +16,7 @@ import numpy.typing as npt
 from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
-from parcel_stream.model import Address, Manifest
+from parcel_stream.model import Address, Manifest, Seller
 from parcel_stream.rules import RuleSet, country_index, normalise_name, trigrams
 
 F64 = npt.NDArray[np.float64]
@@ -38,6 +38,10 @@ class ShipperIndex:
     pairs: list[str] = field(default_factory=list)
     parcel_pair: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     today: int = 0  # day number (Unix days) of the batch's latest manifest time
+    # marketplace sellers, by seller key ("{seller id}@{marketplace}"); -1 = none named
+    sellers: list[str] = field(default_factory=list)
+    parcel_seller: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    now_ms: int = 0  # the batch's latest manifest time: recent counts are decayed to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +58,18 @@ class ReputationView:
     pair_value_usd: F64 | None = None  # value shipped to the address in that window
     pair_parcels: F64 | None = None  # parcels shipped to the address in that window
     day_counts: F64 | None = None  # [n_shippers, 8]: parcels on today, today-1 .. today-7
+    # Recent-weighted counts (halved every half-life, decayed to the batch's time):
     exams: F64 | None = None  # examinations of the shipper's parcels
     violations: F64 | None = None  # of which found violative or seized
     address_violations: F64 | None = None  # violations found on parcels to the address
+    recent_seen: F64 | None = None  # None: the lifetime counts stand in
+    recent_holds: F64 | None = None
+    # per seller of the batch (``ShipperIndex.sellers``); None: no seller state
+    seller_seen: F64 | None = None  # lifetime
+    seller_recent_seen: F64 | None = None
+    seller_recent_holds: F64 | None = None
+    seller_exams: F64 | None = None
+    seller_violations: F64 | None = None
 
     @classmethod
     def empty(cls, n: int, n_addresses: int = 0, n_pairs: int = 0) -> ReputationView:
@@ -65,7 +78,7 @@ class ReputationView:
         zp = np.zeros(n_pairs, dtype=np.float64)
         days = np.zeros((n, 8), dtype=np.float64)
         return cls(z, z.copy(), z.copy(), z.copy(), za, zp, zp.copy(), zp.copy(), days,
-                   z.copy(), z.copy(), za.copy())  # fmt: skip
+                   z.copy(), z.copy(), za.copy(), z.copy(), z.copy())  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +123,16 @@ def index_shippers(
     shippers: dict[str, int] = {}
     addresses: dict[str, int] = {}
     pairs: dict[str, int] = {}
+    sellers: dict[str, int] = {}
     s_idx = np.empty(n, dtype=np.int64)
     a_idx = np.empty(n, dtype=np.int64)
     p_idx = np.full(n, -1, dtype=np.int64)
+    l_idx = np.full(n, -1, dtype=np.int64)
     for i, m in enumerate(manifests):
         sid = m.shipper.id
         s_idx[i] = shippers.setdefault(sid, len(shippers))
+        if m.seller is not None:
+            l_idx[i] = sellers.setdefault(seller_key(m.seller), len(sellers))
         addr = address_key(m.consignee.address)
         a_idx[i] = addresses.setdefault(addr, len(addresses))
         if (
@@ -124,9 +141,13 @@ def index_shippers(
         ):
             p_idx[i] = pairs.setdefault(f"{addr}:{sid}", len(pairs))
     latest = max((m.manifest_ts_ms for m in manifests), default=0)
-    return ShipperIndex(
-        list(shippers), s_idx, list(addresses), a_idx, list(pairs), p_idx, latest // DAY_MS
-    )
+    return ShipperIndex(list(shippers), s_idx, list(addresses), a_idx, list(pairs), p_idx,
+                        latest // DAY_MS, list(sellers), l_idx, latest)  # fmt: skip
+
+
+def seller_key(seller: Seller) -> str:
+    """Sellers are identified per marketplace: "{seller id}@{marketplace}"."""
+    return f"{seller.id}@{seller.marketplace}"
 
 
 def address_shipper_combos(idx: ShipperIndex) -> npt.NDArray[np.int64]:
@@ -275,6 +296,40 @@ def _address_features(
     return addr_shippers, pair_parcels, pair_value
 
 
+SUSPEND_AT = 0.5  # recent violations: a violation suspends for about one half-life
+
+
+def _ratio(num: F64, den: F64) -> F64:
+    out: F64 = np.where(den > 1e-9, num / np.maximum(den, 1e-9), 0.0)
+    return out
+
+
+def _seller_features(idx: ShipperIndex, view: ReputationView, n: int) -> dict[str, F64]:
+    """The seller's stored state per parcel (zeros when the manifest names no seller)."""
+    names = ("seller_seen", "seller_hold_ratio", "seller_exams", "seller_exam_violation_rate")
+    if not len(idx.sellers) or view.seller_seen is None:
+        return {name: np.zeros(n) for name in names}
+    assert view.seller_recent_seen is not None and view.seller_recent_holds is not None
+    assert view.seller_exams is not None and view.seller_violations is not None
+    li = idx.parcel_seller
+    has = li >= 0
+    safe = np.where(has, li, 0)
+
+    def per_parcel(col: F64) -> F64:
+        out: F64 = np.where(has, col[safe], 0.0)
+        return out
+
+    exams = per_parcel(view.seller_exams)
+    return {
+        "seller_seen": per_parcel(view.seller_seen),
+        "seller_hold_ratio": _ratio(
+            per_parcel(view.seller_recent_holds), per_parcel(view.seller_recent_seen)
+        ),
+        "seller_exams": exams,
+        "seller_exam_violation_rate": _ratio(per_parcel(view.seller_violations), exams),
+    }
+
+
 def build_features(
     manifests: list[Manifest],
     shippers: ShipperIndex,
@@ -319,7 +374,8 @@ def build_features(
     diff = np.abs(item_sum - value_usd)
     ps = shippers.parcel_shipper
     seen = view.seen[ps]
-    holds = view.holds[ps]
+    recent_seen = (view.recent_seen if view.recent_seen is not None else view.seen)[ps]
+    recent_holds = (view.recent_holds if view.recent_holds is not None else view.holds)[ps]
     first_seen = view.first_seen_ms[ps]
     vague, mismatch, ship_watch, cons_watch = _text_features(manifests, ruleset, n)
     placeholders = _placeholders(manifests, ruleset)
@@ -354,7 +410,7 @@ def build_features(
         "origin_risk": np.where(origin_idx >= 0, ruleset.origin_risk[origin_idx], 0.0),
         "transit_risk": _transit_risk(manifests, ruleset, n),
         "shipper_seen": seen,
-        "shipper_hold_ratio": np.where(seen > 0, holds / np.maximum(seen, 1.0), 0.0),
+        "shipper_hold_ratio": _ratio(recent_holds, recent_seen),
         "shipper_age_days": np.where(first_seen > 0, (now_ms - first_seen) / MS_PER_DAY, -1.0),
         "value_mismatch": diff / np.maximum(value_usd, 1.0),
         "value_mismatch_usd": diff,
@@ -372,18 +428,17 @@ def build_features(
         "shipper_volume_ratio": today_count / np.maximum(baseline, 1.0 / 7.0),
         "placeholder_parties": placeholders,
         "shipper_exams": exams,
-        "shipper_exam_violation_rate": np.where(
-            exams > 0, violations / np.maximum(exams, 1.0), 0.0
-        ),
+        "shipper_exam_violation_rate": _ratio(violations, exams),
         "address_exam_violations": addr_violations,
         "shipper_enrolled": enrolled,
-        "shipper_suspended": enrolled * (violations >= 1),
-        "shipper_violations_per_parcel": violations / np.maximum(seen, 1.0),
+        "shipper_suspended": enrolled * (violations >= SUSPEND_AT),
+        "shipper_violations_per_parcel": violations / np.maximum(recent_seen, 1.0),
         "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
         "consignee_distinct_shippers": addr_shippers,
         "pair_parcels": pair_parcels,
         "pair_value_usd": pair_value,
         "pair_value_to_threshold": pair_value / threshold if threshold > 0 else np.full(n, -1.0),
+        **_seller_features(shippers, view, n),
     }
     matrix = np.empty((len(FEATURES), n), dtype=f64)
     for name, values in rows.items():

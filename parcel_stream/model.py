@@ -101,6 +101,13 @@ class Reason(msgspec.Struct):
     code: str
     text: str
     rule_weight: Annotated[float, msgspec.Meta(description="the rule's weight in the rule set")]
+    learned_points: Annotated[
+        float,
+        msgspec.Meta(
+            description="points the adaptive learner added to the score for this rule "
+            "(0 unless the learner is on)"
+        ),
+    ] = 0.0
 
 
 class Hold(msgspec.Struct):
@@ -120,6 +127,9 @@ class Hold(msgspec.Struct):
         Selection,
         msgspec.Meta(description="risk (score), random (compliance sample) or exploration"),
     ] = "risk"
+    learner_version: Annotated[
+        int, msgspec.Meta(ge=0, description="learner state applied to the score (0: none)")
+    ] = 0
     schema_version: Literal[1] = 1
 
 
@@ -136,6 +146,9 @@ class Decision(msgspec.Struct):
     decision_ts_ms: int
     source: str
     selection: Selection = "risk"
+    learner_version: Annotated[
+        int, msgspec.Meta(ge=0, description="learner state applied to the score (0: none)")
+    ] = 0
     schema_version: Literal[1] = 1
 
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from parcel_stream.decide import LANES, SELECTIONS, Outputs, build_outputs, decide, sample
 from parcel_stream.features import ReputationView, ShipperIndex, build_features, index_shippers
 from parcel_stream.kernels import score_batch
+from parcel_stream.learner import apply_adjustments
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
 from parcel_stream.reputation import (
     InMemoryStore,
@@ -78,13 +79,21 @@ def score_prepared(
     ruleset: RuleSet,
     now_ms: int,
     encode: bool = True,
+    adjust: F64 | None = None,
+    learner_version: int = 0,
 ) -> BatchResult:
-    """Score a prepared batch; ``encode=False`` skips building output records (backtests)."""
+    """Score a prepared batch; ``encode=False`` skips building output records (backtests).
+    ``adjust``: learned points per rule (index as in the rule set) to add to the scores,
+    with the learner state's version for the records."""
     parsed = prep.parsed
     t0 = perf_counter()
     feats = build_features(parsed.manifests, prep.shippers, view, ruleset, now_ms)
     t1 = perf_counter()
-    scores, masks = score_batch(feats, ruleset, now_ms)
+    static, masks = score_batch(feats, ruleset, now_ms)
+    if adjust is not None and adjust.any():
+        scores = apply_adjustments(static, masks, adjust)
+    else:
+        adjust, learner_version, scores = None, 0, static
     risk_lanes = decide(scores, ruleset.review_score, ruleset.hold_score)
     lanes, selection = sample(
         [m.parcel_id for m in parsed.manifests],
@@ -94,7 +103,18 @@ def score_prepared(
     )
     t2 = perf_counter()
     outputs = (
-        build_outputs(prep.records, parsed, scores, masks, lanes, ruleset, now_ms, selection)
+        build_outputs(
+            prep.records,
+            parsed,
+            scores,
+            masks,
+            lanes,
+            ruleset,
+            now_ms,
+            selection,
+            adjust,
+            learner_version,
+        )  # fmt: skip
         if encode
         else Outputs()
     )
@@ -110,6 +130,9 @@ def score_prepared(
         event_ts,
         watermarks,
         examined=lanes,
+        masks=masks,
+        rule_codes=[r.code for r in ruleset.rules],
+        static_scores=static,
     )
     counts = np.bincount(lanes, minlength=3)
     t3 = perf_counter()

@@ -11,8 +11,11 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from parcel_stream.learner import LearnerConfig
 
 PREFIX = "PARCEL_"
 
@@ -64,6 +67,15 @@ class Settings:
     # Redis reputation store
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_key_prefix: str = "ps"
+    # Reputation: recent-weighted counts halve every this many days (old behaviour fades)
+    reputation_half_life_days: float = 90.0
+    # Adaptive weights: off | shadow (learns, scores unaffected) | on (learned per-rule
+    # points added to scores); see parcel_stream/learner.py
+    learner_mode: str = "shadow"
+    learner_learning_rate: float = 0.05
+    learner_l2: float = 0.001
+    learner_max_adjust_points: float = 20.0
+    learner_refresh_s: float = 5.0
     # Scoring: the rule-set file (empty = the built-in default). The threshold and lane
     # scores come from the rule set; set these only to override it.
     rules_file: str = ""
@@ -98,6 +110,20 @@ class Settings:
                 values[f.name] = _convert(var, env[var], f.type)
         values.update(overrides)
         return cls(**values)
+
+    def learner_config(self) -> LearnerConfig:
+        from parcel_stream.learner import LearnerConfig
+
+        return LearnerConfig(
+            mode=self.learner_mode,  # type: ignore[arg-type]  # validated
+            learning_rate=self.learner_learning_rate,
+            l2=self.learner_l2,
+            max_adjust_points=self.learner_max_adjust_points,
+        )
+
+    @property
+    def half_life_ms(self) -> float:
+        return self.reputation_half_life_days * 86_400_000.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -194,6 +220,20 @@ def _validate(s: Settings) -> None:
         "broker_heartbeat_interval_s",
         "must be smaller than PARCEL_BROKER_SESSION_TIMEOUT_S",
     )
+    _require(
+        0 < s.reputation_half_life_days <= 36_500,
+        "reputation_half_life_days",
+        "must be a number of days > 0 (e.g. 90)",
+    )
+    _require(s.learner_mode in ("off", "shadow", "on"), "learner_mode", "must be off, shadow or on")
+    _require(0 < s.learner_learning_rate <= 1, "learner_learning_rate", "must be > 0 and <= 1")
+    _require(0 <= s.learner_l2 < 1, "learner_l2", "must be >= 0 and < 1")
+    _require(
+        0 <= s.learner_max_adjust_points <= 100,
+        "learner_max_adjust_points",
+        "must be between 0 and 100 score points",
+    )
+    _require(s.learner_refresh_s > 0, "learner_refresh_s", "must be a positive number of seconds")
     _require(
         s.log_level.lower() in {"debug", "info", "warning", "error"},
         "log_level",

@@ -123,6 +123,26 @@ class WorkerMetrics:
             "1 when the last rule-set change was refused (the previous rule set still runs)",
             registry=r,
         )
+        self.learner_version = Gauge(
+            "parcel_stream_learner_version",
+            "Version of the learner state the worker holds (0: none yet)",
+            registry=r,
+        )
+        self.learner_updates = Counter(
+            "parcel_stream_learner_updates_total",
+            "Learner training steps this worker stored (one per exam-results batch)",
+            registry=r,
+        )
+        self.learner_max_adjust = Gauge(
+            "parcel_stream_learner_max_adjust_points",
+            "Largest absolute per-rule adjustment of the held learner state, in points",
+            registry=r,
+        )
+        self.learner_applied = Gauge(
+            "parcel_stream_learner_applied",
+            "1 when learned adjustments change scores (PARCEL_LEARNER_MODE=on)",
+            registry=r,
+        )
 
     def serve(self, port: int) -> None:
         if port:

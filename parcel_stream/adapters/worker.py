@@ -20,10 +20,12 @@ from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.decide import LANES, Out, encode_rejection
-from parcel_stream.exams import parse_exam_records, trace
+from parcel_stream.exams import examples_of, parse_exam_records, trace
 from parcel_stream.kernels import warm_up
+from parcel_stream.learner import LearnerCache, train
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import BatchResult, prepare, score_prepared
+from parcel_stream.reputation import ExamDelta
 from parcel_stream.rules import RuleSet, RuleSetError
 from parcel_stream.settings import Settings
 
@@ -68,6 +70,30 @@ class BatchProcessor:
         self.limits = Limits(settings.max_record_bytes, settings.max_parcels_per_record)
         self.watcher = RuleSetWatcher(settings, ruleset)
         metrics.ruleset.info({"version": ruleset.version})
+        self.learner_cfg = settings.learner_config()
+        self.learner = LearnerCache()
+        metrics.learner_applied.set(int(self.learner_cfg.adjusts))
+
+    async def refresh_learner(self) -> None:
+        """Between batches, at most every ``learner_refresh_s``: fetch the learner state.
+        A failure keeps the state held (the scoring path retries Redis on its own)."""
+        if not self.learner_cfg.trains:
+            return
+        now = time.monotonic()
+        if now - self.learner.fetched_at < self.settings.learner_refresh_s:
+            return
+        self.learner.fetched_at = now
+        try:
+            state = await self.store.read_learner()
+        except (RedisError, OSError) as exc:
+            self._redis_failed("learner read", exc)
+            return
+        if state.version != self.learner.state.version:
+            log.info("learner state version %d (mode %s)", state.version, self.learner_cfg.mode)
+        self.learner.state = state
+        self.metrics.learner_version.set(state.version)
+        points = state.points(self.learner_cfg).values()
+        self.metrics.learner_max_adjust.set(max((abs(p) for p in points), default=0.0))
 
     def maybe_reload(self) -> None:
         """Between batches: switch to a changed rule-set file if it is valid."""
@@ -97,7 +123,10 @@ class BatchProcessor:
             except (RedisError, OSError) as exc:
                 self._redis_failed("read", exc)
                 await backoff.wait()
-        return score_prepared(prep, view, marks, self.ruleset, ts_ms)
+        rs, cfg, state = self.ruleset, self.learner_cfg, self.learner.state
+        adjust = state.adjustments(cfg, [r.code for r in rs.rules]) if cfg.adjusts else None
+        return score_prepared(prep, view, marks, rs, ts_ms, adjust=adjust,
+                              learner_version=state.version)  # fmt: skip
 
     def _redis_failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.inc()
@@ -151,6 +180,7 @@ class BatchProcessor:
     async def handle(self, records: list[InRecord]) -> BatchResult:
         """Process one batch completely; returns only when it is safe to ack it."""
         t0 = time.perf_counter()
+        await self.refresh_learner()
         ts_ms = now_ms()
         result = await self._score(records, ts_ms)
         # Outputs and the reputation update are independent: run them side by side (the
@@ -187,12 +217,38 @@ class ExamProcessor:
     """Applies a batch of examination results; returns only when it is safe to ack."""
 
     def __init__(
-        self, settings: Settings, store: RedisReputationStore, send: SendFn, metrics: WorkerMetrics
+        self,
+        settings: Settings,
+        store: RedisReputationStore,
+        send: SendFn,
+        metrics: WorkerMetrics,
+        pivot_score: Callable[[], float] = lambda: 60.0,
     ) -> None:
         self.settings = settings
         self.store = store
         self.send = send
         self.metrics = metrics
+        self.learner_cfg = settings.learner_config()
+        self.pivot_score = pivot_score  # the active rule set's hold score
+
+    async def _apply(self, deltas: list[ExamDelta]) -> list[bool]:
+        """Apply the results and, unless the learner is off, train it on the new ones in
+        the same atomic step; retried when another worker stored a learner state first."""
+        while True:
+            learner = None
+            if self.learner_cfg.trains and deltas:
+                state = await self.store.read_learner()
+                seen = await self.store.exams_seen([d.exam_id for d in deltas])
+                fresh = examples_of(deltas, seen)
+                if fresh:
+                    new = train(state, fresh, self.learner_cfg, self.pivot_score(), now_ms())
+                    learner = (state.version, new)
+            applied = await self.store.apply_exams(deltas, learner)
+            if applied is not None:
+                if learner is not None:
+                    self.metrics.learner_updates.inc()
+                return applied
+            log.info("learner state moved meanwhile; retraining on the current one")
 
     async def handle(self, records: list[InRecord]) -> dict[str, int]:
         batch = parse_exam_records(records, now_ms())
@@ -201,7 +257,7 @@ class ExamProcessor:
             try:
                 known = await self.store.lookup_parcels([r.parcel_id for r in batch.results])
                 deltas, unknown = trace(batch.results, known)
-                applied = await self.store.apply_exams(deltas)
+                applied = await self._apply(deltas)
                 break
             except (RedisError, OSError) as exc:
                 self.metrics.redis_errors.inc()

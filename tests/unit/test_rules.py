@@ -25,7 +25,7 @@ def item(**kw: Any) -> list[dict[str, Any]]:
 def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0, address_shippers: int = 0,
           pair_value: float = 0.0, pair_parcels: int = 0, days: tuple[int, ...] = (0,) * 8,
           exams: int = 0, violations: int = 0, address_violations: int = 0,
-          ) -> list[str]:  # fmt: skip
+          seller_exams: int = 0, seller_violations: int = 0) -> list[str]:  # fmt: skip
     m = parse_one(line(**changes), "t", NOW)
     assert isinstance(m, Manifest), m
     start = float(NOW - 3_600_000) if pair_parcels else 0.0
@@ -34,10 +34,17 @@ def fired(changes: dict[str, Any], seen: int = 50, holds: int = 0, address_shipp
                           np.array([float(address_shippers)]), np.array([start]),
                           np.array([pair_value]), np.array([float(pair_parcels)]),
                           np.array([days], dtype=np.float64), np.array([float(exams)]),
-                          np.array([float(violations)]), np.array([float(address_violations)]))  # fmt: skip
+                          np.array([float(violations)]), np.array([float(address_violations)]),
+                          seller_seen=np.array([20.0]), seller_recent_seen=np.array([20.0]),
+                          seller_recent_holds=np.zeros(1),
+                          seller_exams=np.array([float(seller_exams)]),
+                          seller_violations=np.array([float(seller_violations)]))  # fmt: skip
     feats = build_features([m], index_shippers([m], RS.split_min_usd), view, RS, NOW)
     _score, mask = score_batch(feats, RS, NOW)
     return RS.reason_codes(int(mask[0]))
+
+
+SELLER = {"seller": {"id": "S1", "marketplace": "shopzone"}}
 
 
 def shipper(name: str) -> dict[str, Any]:
@@ -79,6 +86,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str,
     "CLEAN_EXAM_HISTORY": ({}, {}, {"exams": 5}, {"exams": 5, "violations": 1}),
     "KNOWN_SHIPPER": ({}, {"shipper": {**BASE["shipper"], "id": "OTHER"}}, {}, {"exams": 2, "violations": 1}),
     "KNOWN_SHIPPER_SUSPENDED": ({}, {}, {"exams": 2, "violations": 1}, {"exams": 2}),
+    "SELLER_EXAM_VIOLATIONS": (SELLER, SELLER, {"seller_exams": 3, "seller_violations": 1},
+                               {"seller_exams": 4, "seller_violations": 1}),
     "PLACEHOLDER_PARTY": ({"consignee": {**BASE["consignee"], "name": "N/A"}}, {}, {}, {}),
     "VOLUME_SPIKE": ({}, {}, {"days": (30, 4, 4, 4, 4, 4, 4, 4)}, {"days": (10, 4, 4, 4, 4, 4, 4, 4)}),
     "HEAVY_FOR_ITEMS": ({"gross_weight_kg": 70.0}, {"gross_weight_kg": 50.0}, {}, {}),
