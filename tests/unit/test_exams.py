@@ -82,3 +82,35 @@ def test_feedback_catches_more_of_a_group_that_turns_bad() -> None:
     assert recall["on"] > recall["off"] + 0.05, recall
     hits = {code: h for code, h, _p, _s in on.rules}
     assert hits["EXAM_VIOLATIONS"] > 0
+
+
+def test_learner_on_examines_better_than_feedback_alone() -> None:
+    """Same feed, same rules, exam feedback in both runs, same capacity: with the learner
+    on, the examined top 2 % holds more violations (precision and recall), and every
+    learned adjustment stays within the bound."""
+    from parcel_stream.backtest import evaluate, run_backtest
+    from parcel_stream.feed import RawRecord
+    from parcel_stream.generate import FeedConfig, generate
+    from parcel_stream.learner import LearnerConfig
+
+    recs, labels = [], {}
+    cfg = FeedConfig(parcels=60_000, seed=11, shippers=1000, duration_s=7 * 86_400.0)
+    for n, (doc, label) in enumerate(generate(cfg)):
+        recs.append(RawRecord(doc["manifest_ts_ms"], "m", 0, n, None, orjson.dumps(doc)))
+        labels[doc["parcel_id"]] = label
+    runs = {
+        mode: run_backtest(
+            recs, RS, exam_outcomes=labels, label=mode, learner=LearnerConfig(mode=mode)
+        )  # fmt: skip
+        for mode in ("off", "shadow", "on")
+    }
+    rep = {m: evaluate(r, labels, RS, capacity_pct=2.0).at_capacity[2.0] for m, r in runs.items()}
+    # shadow trains without touching scores: the same ranking as off
+    assert runs["shadow"].scores == runs["off"].scores and runs["off"].learner is None
+    shadow = runs["shadow"].learner
+    assert shadow is not None and shadow.version > 0
+    _n, p_off, r_off = rep["off"]
+    _n, p_on, r_on = rep["on"]
+    assert p_on > p_off + 0.02 and r_on > r_off + 0.01, rep  # 200k parcels: +24 pp, +15 pp
+    on = runs["on"].learner
+    assert on is not None and 0 < max(abs(p) for p in on.points(LearnerConfig()).values()) <= 20
