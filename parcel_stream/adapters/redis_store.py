@@ -2,18 +2,23 @@
 
 Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
 
-- ``ps:shipper:{id}`` hash: ``seen``, ``value_usd``, ``holds``, ``first_seen_ms``,
-  ``last_seen_ms`` and ``d{day}`` parcel counts of the last 8 (manifest-time) days;
-  expires ``ttl_s`` after its last update (bounded memory).
+- ``ps:shipper:{id}`` hash: lifetime ``seen``, ``value_usd``, ``holds``, ``exams``,
+  ``violations``, ``first_seen_ms``, ``last_seen_ms``; ``d{day}`` parcel counts of the
+  last 8 (manifest-time) days; recent-weighted ``rs``, ``rh``, ``re``, ``rv`` (parcels,
+  holds, exams, violations) as of ``t`` (ms), halved every half-life; expires ``ttl_s``
+  after its last update (bounded memory).
+- ``ps:seller:{seller id}@{marketplace}`` hash: the same for marketplace sellers, no days.
 - ``ps:addr:{address key}`` HyperLogLog of the shipper ids seen sending to a consignee
   address (the key is a hash of the normalised address); expires 30 days after its last
-  update.
+  update. ``ps:addr:{address key}:violations`` hash: recent-weighted ``rv`` at ``t``.
 - ``ps:pair:{address key}:{shipper id}`` hash: ``start_ms``, ``value_usd``, ``parcels`` of
   the open split-shipment window (72 h by default, by manifest time).
-- ``ps:parcel:{parcel id}`` hash: shipper id and address key of a parcel sent to review
-  or hold, so an examination result can be traced (180 days).
-- ``ps:exam:{exam id}`` marks an applied examination result (duplicates are ignored);
-  ``ps:addr:{address key}:violations`` counts violations found at an address.
+- ``ps:parcel:{parcel id}`` hash: shipper id (``s``), address key (``a``), seller (``l``),
+  fired rules (``r``) and rule-set score (``c``) of a parcel sent to review or hold, so
+  an examination result can be traced and learned from (180 days).
+- ``ps:exam:{exam id}`` marks an applied examination result (duplicates are ignored).
+- ``ps:learner`` hash (``version``, JSON ``state``) and ``ps:learner:history`` list: the
+  adaptive weights and their last versions.
 - ``ps:wm:{topic}:{partition}`` string: the last input offset applied from that partition.
 
 The update script applies a batch only if the watermarks it was computed against are
