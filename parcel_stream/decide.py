@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -80,13 +81,45 @@ _SAMPLE_REASONS = {
 }
 
 
-def _reason_list(ruleset: RuleSet, mask: int, adjust: F64 | None) -> list[Reason]:
-    return [
-        Reason(code=r.code, text=r.text, rule_weight=float(ruleset.weights[i]),
-               learned_points=round(float(adjust[i]), 2) if adjust is not None else 0.0)
-        for i, r in enumerate(ruleset.rules)
-        if mask >> i & 1
-    ]  # fmt: skip
+class Legend:
+    """The reasons a fired-rule mask stands for: rule code, text, weight and learned
+    points, under one rule set (and learner state). Built lazily per distinct mask."""
+
+    def __init__(self, ruleset: RuleSet, adjust: F64 | None = None) -> None:
+        self.ruleset = ruleset
+        self.adjust = adjust
+        self.version = ruleset.version
+        self._cache: dict[int, list[Reason]] = {}
+
+    def reasons(self, mask: int) -> list[Reason]:
+        hit = self._cache.get(mask)
+        if hit is None:
+            rs, adj = self.ruleset, self.adjust
+            hit = [
+                Reason(code=r.code, text=r.text, rule_weight=float(rs.weights[i]),
+                       learned_points=round(float(adj[i]), 2) if adj is not None else 0.0)
+                for i, r in enumerate(rs.rules)
+                if mask >> i & 1
+            ]  # fmt: skip
+            self._cache[mask] = hit
+        return hit
+
+
+class StoredLegend:
+    """A legend read back from a stored decision digest (see ``outbox.py``)."""
+
+    def __init__(self, version: str, reasons: dict[int, list[Reason]]) -> None:
+        self.version = version
+        self._reasons = reasons
+
+    def reasons(self, mask: int) -> list[Reason]:
+        return self._reasons[mask]
+
+
+class LegendLike(Protocol):
+    version: str
+
+    def reasons(self, mask: int) -> list[Reason]: ...
 
 
 def build_outputs(
@@ -95,18 +128,17 @@ def build_outputs(
     scores: F64,
     masks: I64,
     lanes: I8,
-    ruleset: RuleSet,
+    legend: LegendLike,
     now_ms: int,
     selection: I8 | None = None,
-    adjust: F64 | None = None,
     learner_version: int = 0,
 ) -> Outputs:
     """Encode every decision (grouped per input record), the holds and the rejections."""
     out = Outputs()
-    version = ruleset.version
+    version = legend.version
     manifests, sources = parsed.manifests, parsed.sources
     masks_l = masks.tolist()
-    codes_of = {mask: ruleset.reason_codes(mask) for mask in set(masks_l)}
+    codes_of = {mask: [r.code for r in legend.reasons(mask)] for mask in set(masks_l)}
     lane_names = [LANES[x] for x in lanes.tolist()]
     score_l = np.round(scores, 2).tolist()
     sel = selection if selection is not None else np.zeros(len(manifests), dtype=np.int8)
@@ -143,7 +175,7 @@ def build_outputs(
             out.decisions.append((key, value))
     for i in np.flatnonzero(lanes == LANE_HOLD).tolist():
         m, d = manifests[i], decisions[i]
-        reasons = _reason_list(ruleset, masks_l[i], adjust)
+        reasons = list(legend.reasons(masks_l[i]))
         if d.selection != "risk":
             reasons.append(_SAMPLE_REASONS[d.selection])
         hold = Hold(

@@ -7,16 +7,25 @@ caller's: the Faust agent in ``agents/`` and, without Kafka, the in-memory runne
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.decide import LANES, SELECTIONS, Outputs, build_outputs, decide, sample
+from parcel_stream.decide import (
+    LANES,
+    SELECTIONS,
+    Legend,
+    Outputs,
+    build_outputs,
+    decide,
+    sample,
+)
 from parcel_stream.features import ReputationView, ShipperIndex, build_features, index_shippers
 from parcel_stream.kernels import score_batch
 from parcel_stream.learner import apply_adjustments
+from parcel_stream.outbox import record_digests
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
 from parcel_stream.reputation import (
     InMemoryStore,
@@ -102,18 +111,10 @@ def score_prepared(
         ruleset.exploration_rate,
     )
     t2 = perf_counter()
+    legend = Legend(ruleset, adjust)
     outputs = (
         build_outputs(
-            prep.records,
-            parsed,
-            scores,
-            masks,
-            lanes,
-            ruleset,
-            now_ms,
-            selection,
-            adjust,
-            learner_version,
+            prep.records, parsed, scores, masks, lanes, legend, now_ms, selection, learner_version
         )  # fmt: skip
         if encode
         else Outputs()
@@ -134,6 +135,10 @@ def score_prepared(
         rule_codes=[r.code for r in ruleset.rules],
         static_scores=static,
     )
+    if encode:  # the decision digests the worker stores with the update (outbox.py)
+        update = replace(update, outbox=record_digests(
+            prep.records, parsed, scores, masks, lanes, selection, legend, learner_version,
+            now_ms, watermarks))  # fmt: skip
     counts = np.bincount(lanes, minlength=3)
     t3 = perf_counter()
     stages = {"parse": prep.parse_s, "features": t1 - t0, "kernel": t2 - t1, "encode": t3 - t2}

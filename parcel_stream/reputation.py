@@ -100,9 +100,14 @@ class ReputationUpdate:
     # parcels sent to review or hold, by parcel id
     examinable: list[tuple[str, ParcelRef]] = field(default_factory=list)
     sellers: list[EntityDelta] = field(default_factory=list)
+    # decision digests of the batch's input records, stored with the update: (partition,
+    # offset, digest); see outbox.py
+    outbox: list[tuple[Partition, int, bytes]] = field(default_factory=list)
+    # outputs produced up to these offsets: their digests can go
+    prune: dict[Partition, int] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
-        return not self.watermarks
+        return not self.watermarks and not self.prune
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,9 +316,15 @@ class InMemoryStore:
     exams_applied: set[str] = field(default_factory=set)
     learner: LearnerState = field(default_factory=LearnerState)
     learner_history: list[LearnerState] = field(default_factory=list)
+    outbox: dict[Partition, dict[int, bytes]] = field(default_factory=dict)
 
     def read_learner(self) -> LearnerState:
         return self.learner
+
+    def read_outbox(
+        self, wanted: list[tuple[Partition, int]]
+    ) -> dict[tuple[Partition, int], bytes]:
+        return {(p, o): self.outbox[p][o] for p, o in wanted if o in self.outbox.get(p, {})}
 
     def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]:
         return {p: self.parcels[p] for p in parcel_ids if p in self.parcels}
@@ -416,6 +427,12 @@ class InMemoryStore:
             else:
                 row[1] += p.value_usd
                 row[2] += p.parcels
+        for part, offset, digest in update.outbox:
+            self.outbox.setdefault(part, {})[offset] = digest
+        for part, upto in update.prune.items():
+            kept = self.outbox.get(part, {})
+            for off in [o for o in kept if o <= upto]:
+                del kept[off]
         for part, (_expected, new) in update.watermarks.items():
             self.watermarks[part] = new
         return True

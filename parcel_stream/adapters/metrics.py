@@ -80,6 +80,14 @@ class WorkerMetrics:
         )
         self.redis_read = self.redis_seconds.labels(op="read")
         self.redis_apply = self.redis_seconds.labels(op="apply")
+        redelivered = Counter(
+            "parcel_stream_redelivered_records_total",
+            "Input records seen again after a crash or rebalance, already applied: outputs "
+            "resent from their stored digests, or skipped (outputs acknowledged before)",
+            ["result"],
+            registry=r,
+        )
+        self.redelivered = {k: redelivered.labels(result=k) for k in ("resent", "skipped")}
         errors = Counter(
             "parcel_stream_errors_total",
             "Retried failures by component (the batch is retried, not dropped)",

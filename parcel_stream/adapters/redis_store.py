@@ -20,6 +20,8 @@ Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
 - ``ps:learner`` hash (``version``, JSON ``state``) and ``ps:learner:history`` list: the
   adaptive weights and their last versions.
 - ``ps:wm:{topic}:{partition}`` string: the last input offset applied from that partition.
+- ``ps:ob:{topic}:{partition}`` sorted set (score = offset): decision digests of applied
+  records whose outputs are not yet acknowledged (``outbox.py``); about one batch.
 
 The update script applies a batch only if the watermarks it was computed against are
 still current (compare-and-set), so a redelivered batch changes nothing twice. All keys of
@@ -38,6 +40,7 @@ from redis.backoff import NoBackoff
 
 from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.learner import LearnerState, decode_state, encode_state
+from parcel_stream.outbox import decode_digest
 from parcel_stream.reputation import (
     DEFAULT_HALF_LIFE_MS,
     ExamDelta,
@@ -247,6 +250,21 @@ for i = 1, n_exam do
   redis.call('EXPIRE', key, exam_ttl)
   a = a + 6
 end
+-- decision digests of this batch's records, and those of outputs since acknowledged
+local n_ob = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n_ob do
+  local key = prefix .. ':ob:' .. ARGV[a]
+  redis.call('ZADD', key, ARGV[a + 1], ARGV[a + 2])
+  redis.call('EXPIRE', key, 7 * 86400)
+  a = a + 3
+end
+local n_pr = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n_pr do
+  redis.call('ZREMRANGEBYSCORE', prefix .. ':ob:' .. ARGV[a], '-inf', ARGV[a + 1])
+  a = a + 2
+end
 for i = 1, n_wm do
   redis.call('SET', KEYS[i], ARGV[12 + 2 * (i - 1) + 1])
 end
@@ -413,7 +431,34 @@ class RedisReputationStore:
         for parcel_id, ref in update.examinable:
             args.extend((parcel_id, ref.shipper_id, ref.address, ref.seller,
                          ",".join(ref.rules), repr(ref.static_score)))  # fmt: skip
+        args.append(len(update.outbox))
+        for (topic, partition), offset, digest in update.outbox:
+            args.extend((f"{topic}:{partition}", offset, digest))
+        args.append(len(update.prune))
+        for (topic, partition), offset in update.prune.items():
+            args.extend((f"{topic}:{partition}", offset))
         return bool(await self._apply(keys=keys, args=args))
+
+    async def read_outbox(
+        self, wanted: list[tuple[Partition, int]]
+    ) -> dict[tuple[Partition, int], bytes]:
+        """The stored decision digests of these (partition, offset)s (one round trip)."""
+        spans: dict[Partition, tuple[int, int]] = {}
+        for part, off in wanted:
+            lo, hi = spans.get(part, (off, off))
+            spans[part] = (min(lo, off), max(hi, off))
+        pipe = self.client.pipeline(transaction=False)
+        for (topic, partition), (lo, hi) in spans.items():
+            pipe.zrangebyscore(f"{self.prefix}:ob:{topic}:{partition}", lo, hi)
+        rows: list[Any] = await pipe.execute()
+        want = set(wanted)
+        out = {}
+        for part, members in zip(spans, rows, strict=True):
+            for raw in members:
+                key = (part, decode_digest(raw).offset)
+                if key in want:
+                    out[key] = bytes(raw)
+        return out
 
     async def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]:
         """What was remembered of parcels that went to review or hold (one round trip)."""

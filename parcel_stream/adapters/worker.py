@@ -9,27 +9,32 @@ stops consuming meanwhile); nothing is acked that was not finished.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from redis.exceptions import RedisError
 
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
-from parcel_stream.decide import LANES, Out, encode_rejection
+from parcel_stream.decide import LANES, Out, Outputs, encode_rejection
 from parcel_stream.exams import examples_of, parse_exam_records, trace
+from parcel_stream.features import ReputationView
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache, train
+from parcel_stream.outbox import rebuild
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import BatchResult, prepare, score_prepared
-from parcel_stream.reputation import ExamDelta
+from parcel_stream.pipeline import BatchResult, Prepared, prepare, score_prepared
+from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate
 from parcel_stream.rules import RuleSet, RuleSetError
 from parcel_stream.settings import Settings
 
 log = logging.getLogger("parcel_stream.worker")
+T = TypeVar("T")
 
 # send(topic, key, value) -> awaitable that resolves when the broker acknowledged it.
 SendFn = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[object]]]
@@ -72,6 +77,8 @@ class BatchProcessor:
         metrics.ruleset.info({"version": ruleset.version})
         self.learner_cfg = settings.learner_config()
         self.learner = LearnerCache()
+        # per input partition: outputs acknowledged up to this offset (digests to delete)
+        self.pending_prune: dict[Partition, int] = {}
         metrics.learner_applied.set(int(self.learner_cfg.adjusts))
 
     async def refresh_learner(self) -> None:
@@ -110,23 +117,39 @@ class BatchProcessor:
             self.metrics.ruleset_error.set(0)
             self.metrics.ruleset.info({"version": new.version})
 
-    async def _score(self, records: list[InRecord], ts_ms: int) -> BatchResult:
-        prep = prepare(records, self.limits, ts_ms, self.ruleset.split_min_usd)
+    async def _redis(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A Redis call, retried with backoff until it succeeds (not consuming meanwhile)."""
         backoff = Backoff()
         while True:
             try:
                 t0 = time.perf_counter()
-                view, marks = await self.store.read(prep.shippers, prep.partitions)
-                self.metrics.redis_read.observe(time.perf_counter() - t0)
+                result = await call()
+                self.metrics.redis_seconds.labels(op=op).observe(time.perf_counter() - t0)
                 self.metrics.redis_up.set(1)
-                break
+                return result
             except (RedisError, OSError) as exc:
-                self._redis_failed("read", exc)
+                self._redis_failed(op, exc)
                 await backoff.wait()
-        rs, cfg, state = self.ruleset, self.learner_cfg, self.learner.state
-        adjust = state.adjustments(cfg, [r.code for r in rs.rules]) if cfg.adjusts else None
-        return score_prepared(prep, view, marks, rs, ts_ms, adjust=adjust,
-                              learner_version=state.version)  # fmt: skip
+
+    async def _read(self, prep: Prepared) -> tuple[ReputationView, dict[Partition, int]]:
+        return await self._redis("read", lambda: self.store.read(prep.shippers, prep.partitions))
+
+    async def _redelivered(
+        self, records: list[InRecord], marks: dict[Partition, int]
+    ) -> tuple[list[InRecord], Outputs | None]:
+        """Split off records already applied (Kafka redelivered them after a crash or a
+        rebalance): their outputs are rebuilt from the stored digests (``outbox.py``)."""
+        old = [r for r in records if r.offset <= marks.get((r.topic, r.partition), -1)]
+        if not old:
+            return records, None
+        wanted = [((r.topic, r.partition), r.offset) for r in old]
+        digests = await self._redis("outbox", lambda: self.store.read_outbox(wanted))
+        out, resent, skipped = rebuild(old, digests, self.limits)
+        self.metrics.redelivered["resent"].inc(resent)
+        self.metrics.redelivered["skipped"].inc(skipped)
+        log.info("redelivered records: %d resent from their digests, %d already acknowledged",
+                 resent, skipped)  # fmt: skip
+        return [r for r in records if r.offset > marks.get((r.topic, r.partition), -1)], out
 
     def _redis_failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.inc()
@@ -135,9 +158,8 @@ class BatchProcessor:
             "redis %s failed (%s); retrying, not consuming meanwhile", op, type(exc).__name__
         )
 
-    async def _produce(self, result: BatchResult) -> None:
+    async def _produce(self, out: Outputs) -> None:
         s = self.settings
-        out = result.outputs
         plan: list[tuple[str, list[Out]]] = [
             (s.topic_decisions, out.decisions),
             (s.topic_holds, out.holds),
@@ -154,49 +176,63 @@ class BatchProcessor:
                 log.warning("producing outputs failed (%s); resending", type(exc).__name__)
                 await backoff.wait()
 
-    async def _apply(self, records: list[InRecord], result: BatchResult, ts_ms: int) -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                t0 = time.perf_counter()
-                ok = await self.store.apply(result.update)
-                self.metrics.redis_apply.observe(time.perf_counter() - t0)
-                if ok:
-                    return
-                # A watermark moved (another worker owned the partition): recompute the
-                # update against current state; outputs were already sent.
-                log.info("reputation watermark moved; recomputing the update")
-                result = await self._score(records, ts_ms)
-            except (RedisError, OSError) as exc:
-                self._redis_failed("apply", exc)
-                await backoff.wait()
+    async def handle(self, records: list[InRecord]) -> BatchResult | None:
+        """Process one batch completely; returns only when it is safe to ack it.
 
-    @staticmethod
-    async def _timed(step: Awaitable[None]) -> float:
-        t0 = time.perf_counter()
-        await step
-        return time.perf_counter() - t0
-
-    async def handle(self, records: list[InRecord]) -> BatchResult:
-        """Process one batch completely; returns only when it is safe to ack it."""
+        Order: score, then apply the reputation update together with the records'
+        decision digests (one atomic Redis call), then produce the outputs. A crash
+        anywhere leaves each redelivered record either unapplied (scored as new) or
+        applied with its digest (its outputs resent identically)."""
         t0 = time.perf_counter()
         await self.refresh_learner()
-        ts_ms = now_ms()
-        result = await self._score(records, ts_ms)
-        # Outputs and the reputation update are independent: run them side by side (the
-        # Redis script runs on Redis's core while this process produces).
-        t1 = time.perf_counter()
-        produce_s, apply_s = await asyncio.gather(
-            self._timed(self._produce(result)), self._timed(self._apply(records, result, ts_ms))
-        )
+        rs, cfg, state = self.ruleset, self.learner_cfg, self.learner.state
+        adjust = state.adjustments(cfg, [r.code for r in rs.rules]) if cfg.adjusts else None
+        while True:
+            ts_ms = now_ms()
+            prep = prepare(records, self.limits, ts_ms, rs.split_min_usd)
+            view, marks = await self._read(prep)
+            fresh, replayed = await self._redelivered(records, marks)
+            if replayed is not None and fresh:
+                prep = prepare(fresh, self.limits, ts_ms, rs.split_min_usd)
+                view, marks = await self._read(prep)
+            result = None
+            update = ReputationUpdate({}, [], prune=self.pending_prune)
+            if fresh:
+                result = score_prepared(prep, view, marks, rs, ts_ms, adjust=adjust,
+                                        learner_version=state.version)  # fmt: skip
+                update = dataclasses.replace(result.update, prune=self.pending_prune)
+            t1 = time.perf_counter()
+            if await self._redis("apply", lambda u=update: self.store.apply(u)):  # type: ignore[misc]
+                break
+            # A watermark moved: another worker applied some of these records meanwhile
+            # (a rebalance). Start over: they are now redelivered records.
+            log.info("reputation watermark moved; starting the batch over")
+        t2 = time.perf_counter()
+        self.pending_prune = {}
+        outputs = result.outputs if result is not None else Outputs()
+        if replayed is not None:
+            outputs.decisions += replayed.decisions
+            outputs.holds += replayed.holds
+            outputs.rejections += replayed.rejections
+        await self._produce(outputs)
+        for r in records:  # acknowledged: their digests can go with the next update
+            part = (r.topic, r.partition)
+            self.pending_prune[part] = max(self.pending_prune.get(part, -1), r.offset)
         m = self.metrics
-        for stage, seconds in result.stage_s.items():
-            m.stage_seconds[stage].observe(seconds)
-        m.stage_seconds["produce"].observe(produce_s)
-        m.stage_seconds["reputation"].observe(apply_s)
+        m.stage_seconds["reputation"].observe(t2 - t1)
+        m.stage_seconds["produce"].observe(time.perf_counter() - t2)
         m.stage_seconds["outputs"].observe(time.perf_counter() - t1)
         m.records.inc(len(records))
         m.batches.inc()
+        m.batch_seconds.observe(time.perf_counter() - t0)
+        if result is not None:
+            self._count(result)
+        return result
+
+    def _count(self, result: BatchResult) -> None:
+        m = self.metrics
+        for stage, seconds in result.stage_s.items():
+            m.stage_seconds[stage].observe(seconds)
         for lane in LANES:
             if result.lane_counts[lane]:
                 m.parcels[lane].inc(result.lane_counts[lane])
@@ -209,8 +245,6 @@ class BatchProcessor:
         for reason, count in result.rejection_counts.items():
             m.rejections[reason].inc(count)
         m.batch_parcels.observe(result.parcels)
-        m.batch_seconds.observe(time.perf_counter() - t0)
-        return result
 
 
 class ExamProcessor:

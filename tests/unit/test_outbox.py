@@ -1,0 +1,61 @@
+"""Decision digests: outputs of an applied record rebuilt byte for byte."""
+
+import orjson
+
+from parcel_stream.generate import FeedConfig, generate
+from parcel_stream.learner import LearnerConfig, LearnerState
+from parcel_stream.outbox import rebuild
+from parcel_stream.parse import InRecord, Limits
+from parcel_stream.pipeline import prepare, score_prepared
+from parcel_stream.reputation import InMemoryStore, ReputationUpdate
+from parcel_stream.rules import default_ruleset
+from parcel_stream.settings import Settings
+
+RS = default_ruleset(Settings())
+NOW = 1_790_000_100_000
+
+
+def records() -> list[InRecord]:
+    docs = [orjson.dumps(d) for d, _ in generate(FeedConfig(parcels=1200, seed=5, shippers=40))]
+    recs = [InRecord(b"\n".join(docs[i : i + 300]), "m", 0, i // 300) for i in range(0, 600, 300)]
+    recs += [InRecord(d, "m", 1, n) for n, d in enumerate(docs[600:])]
+    recs.append(InRecord(b'{"parcel_id": "BROKEN", ', "m", 1, 600))
+    return recs
+
+
+def lines(out: list[tuple[bytes | None, bytes]]) -> list[bytes]:
+    return sorted(x for _k, v in out for x in v.split(b"\n"))
+
+
+def test_rebuilt_outputs_equal_the_first_ones() -> None:
+    store = InMemoryStore()
+    recs = records()
+    prep = prepare(recs, Limits(), NOW, RS.split_min_usd)
+    view, marks = store.read(prep.shippers, prep.partitions)
+    state = LearnerState(version=3, theta={"NEW_SHIPPER": 0.7})
+    adjust = state.adjustments(LearnerConfig(mode="on"), [r.code for r in RS.rules])
+    first = score_prepared(prep, view, marks, RS, NOW, adjust=adjust, learner_version=3)
+    assert len(first.update.outbox) == len(recs)
+    assert store.apply(first.update)
+    wanted = [((r.topic, r.partition), r.offset) for r in recs]
+    again, resent, skipped = rebuild(recs, store.read_outbox(wanted), Limits())
+    assert (resent, skipped) == (len(recs), 0)
+    assert lines(again.decisions) == lines(first.outputs.decisions)
+    assert sorted(again.holds) == sorted(first.outputs.holds) and first.outputs.holds
+    assert again.rejections == first.outputs.rejections and len(again.rejections) == 1
+    # the records' digests go once their outputs are acknowledged
+    prune = {("m", 0): 1, ("m", 1): 300}
+    assert store.apply(ReputationUpdate({}, [], prune=prune))
+    left, resent, skipped = rebuild(recs, store.read_outbox(wanted), Limits())
+    assert (resent, skipped) == (len(recs) - 303, 303)
+
+
+def test_records_below_the_watermark_get_no_new_digest() -> None:
+    store = InMemoryStore()
+    recs = records()
+    prep = prepare(recs, Limits(), NOW, RS.split_min_usd)
+    view, marks = store.read(prep.shippers, prep.partitions)
+    assert store.apply(score_prepared(prep, view, marks, RS, NOW).update)
+    view, marks = store.read(prep.shippers, prep.partitions)
+    again = score_prepared(prep, view, marks, RS, NOW)
+    assert again.update.outbox == [] and again.update.shippers == []
