@@ -44,6 +44,9 @@ def parse_exam_records(records: list[InRecord], now_ms: int) -> ExamBatch:
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 reason = "invalid_utf8" if isinstance(exc, UnicodeDecodeError) else "invalid_json"
                 out.rejections.append(_reject(reason, "$", str(exc), src, line, now_ms))
+            except RecursionError:
+                out.rejections.append(_reject("too_deep", "$", "JSON nested too deeply", src,
+                                              line, now_ms))  # fmt: skip
     return out
 
 

@@ -165,6 +165,7 @@ RejectReason = Literal[
     "oversize_record",
     "too_many_parcels",
     "empty_record",
+    "too_deep",
 ]
 
 

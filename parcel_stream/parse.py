@@ -122,7 +122,7 @@ def _reject(
 def _parcel_id_of(raw: bytes) -> str | None:
     try:
         pid = _ID_DECODER.decode(raw).parcel_id
-    except (msgspec.MsgspecError, UnicodeDecodeError):
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
     return pid[:64] if isinstance(pid, str) else None
 
@@ -131,6 +131,9 @@ def parse_one(raw: bytes, source: str, now_ms: int) -> Manifest | Rejection:
     """Decode and validate one parcel document (surrounding whitespace is ignored)."""
     doc = raw.strip()
     try:
+        # The decoder skips unknown fields without checking their UTF-8: check it all
+        # (about 0.1 µs per manifest), so that no invalid byte passes anywhere.
+        doc.decode("utf-8")
         return _DECODER.decode(doc)
     except msgspec.ValidationError as exc:
         reason, path, detail = classify_validation_error(str(exc))
@@ -140,6 +143,8 @@ def parse_one(raw: bytes, source: str, now_ms: int) -> Manifest | Rejection:
     except UnicodeDecodeError as exc:
         detail = f"invalid UTF-8 at byte {exc.start}"
         return _reject("invalid_utf8", "$", detail, source, raw, now_ms)
+    except RecursionError:  # the decoder's nesting limit; the record is hostile
+        return _reject("too_deep", "$", "JSON nested too deeply", source, raw, now_ms)
 
 
 def _is_batch(record: InRecord, value: bytes) -> bool:
