@@ -151,8 +151,8 @@ MUTATIONS: dict[str, Mutation] = {
     "duplicate_key": _duplicate_key,
     "prototype_keys": _proto_keys,
     "huge_string_id": _huge_string(10_000, "parcel_id"),
-    "huge_string_carrier": _huge_string(200_000, "carrier"),
-    "huge_items_array": _huge_array(600),
+    "huge_string_carrier": _huge_string(20_000, "carrier"),
+    "huge_items_array": _huge_array(501),
     "not_an_object": _not_object,
     "garbage": _garbage,
     "nan": _set(["declared_value"], float("nan")),
@@ -181,18 +181,33 @@ MUTATIONS: dict[str, Mutation] = {
 }
 
 
+HEAVY = {"huge_items_array", "huge_string_carrier", "deep_nesting_5000", "huge_string_id"}
+OVERSIZE_EVERY = 10_000  # one record over the 1 MiB limit per this many cases
+
+
+def oversize(doc: dict[str, Any]) -> bytes:
+    """A manifest padded past the default 1 MiB record limit (an unknown field)."""
+    d = dict(doc)
+    d["padding"] = "x" * (1 << 20)
+    return orjson.dumps(d)
+
+
 def cases(
     base_docs: list[dict[str, Any]], n: int, seed: int = 0
 ) -> Iterator[tuple[str, bytes, bool]]:
-    """``n`` hostile manifests: (mutation name, bytes, oracle verdict), round-robin over
-    the mutations, each applied to a random valid manifest; parcel ids made unique."""
+    """``n`` hostile manifests: (mutation name, bytes, oracle verdict), cycling over the
+    mutations (the heavy ones a third as often), each applied to a random valid manifest;
+    parcel ids made unique. Every ``OVERSIZE_EVERY``-th is an oversize record (name
+    ``oversize_record``; only valid as a record of its own)."""
     rng = random.Random(seed)
-    names = sorted(MUTATIONS)
+    names = [m for m in sorted(MUTATIONS) for _ in range(1 if m in HEAVY else 3)]
     for i in range(n):
-        name = names[i % len(names)]
         doc = dict(rng.choice(base_docs))
-        doc["parcel_id"] = f"H{i:08d}"
-        raw = orjson.dumps(doc)
-        out = MUTATIONS[name](doc, raw, rng)
+        doc["parcel_id"] = f"H{seed:02d}{i:08d}"
+        if i % OVERSIZE_EVERY == OVERSIZE_EVERY - 1:
+            yield "oversize_record", oversize(doc), False
+            continue
+        name = names[i % len(names)]
+        out = MUTATIONS[name](doc, orjson.dumps(doc), rng)
         out = out.replace(b"\n", b" ")  # one manifest per line; a newline would split it
         yield name, out, oracle_accepts(out)
