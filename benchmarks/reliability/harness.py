@@ -281,3 +281,63 @@ def check_reputation(settings: Settings, feed: Feed, out: Outcome) -> tuple[int,
         return bad
 
     return len(feed.per_shipper), asyncio.run(run())
+
+
+class OwnRedis:
+    """A redis-server of the suite's own (AOF on, ``appendfsync always``), restartable
+    on the same port, with its data kept (``start``) or wiped (``start(empty=True)``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = devstack.free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, empty: bool = False) -> None:
+        if empty:
+            for p in self.dir.glob("*"):
+                if p.is_dir():
+                    import shutil
+
+                    shutil.rmtree(p)
+                elif p.suffix in (".aof", ".rdb", ".manifest") or p.name.startswith("appendonly"):
+                    p.unlink()
+        argv = [devstack.redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
+                "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not devstack._redis_ping(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The worker's Prometheus samples (name{labels} -> value)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
