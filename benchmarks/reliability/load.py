@@ -85,7 +85,7 @@ class Producers:
     def __init__(self, s: Settings, traffic: Traffic, rate: float, seconds: float, n: int) -> None:
         self.stop = mp.Event()
         base = traffic._next_cycle.value
-        traffic._next_cycle.value = base + 1000  # cycles never reused across phases
+        traffic._next_cycle.value = base + 100  # cycles never reused across phases
         self.procs = [
             mp.Process(target=_produce, args=(s.kafka_bootstrap, s.topic_manifests, traffic,
                        rate / n, seconds, self.stop, i, n, base), daemon=True)
@@ -192,7 +192,7 @@ class Tail:
     count is kept live, near the head, as the worker itself reads.)"""
 
     def __init__(self, s: Settings) -> None:
-        self.seen = np.zeros(10_000 * POOL // 10, dtype=np.bool_)
+        self.seen = np.zeros(400 * POOL, dtype=np.bool_)  # cycles < 400: phases use 100 each
         self.count = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, args=(s,), daemon=True)
