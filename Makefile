@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: setup system-deps test unit integration lint typecheck demo bench clean dev-up dev-down
+.PHONY: setup system-deps test unit integration lint typecheck demo bench reliability clean dev-up dev-down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,18 @@ bench: setup
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/backtest_throughput.py
 	$(BIN)/python benchmarks/kernel_cost.py
+
+# The reliability suites (minutes each; figures in benchmarks/RESULTS.md). The overload
+# suite offers load with kcat, a C producer, so that the load generator is not the limit.
+reliability: setup
+	@command -v kcat >/dev/null 2>&1 || { \
+	  echo "installing kcat (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; }
+	$(BIN)/python -m benchmarks.reliability.crash
+	$(BIN)/python -m benchmarks.reliability.faults
+	$(BIN)/python -m benchmarks.reliability.hostile
+	$(BIN)/python -m benchmarks.reliability.load overload
+	$(BIN)/python -m benchmarks.reliability.load soak
 
 dev-up: setup
 	$(BIN)/parcel-stream dev up

@@ -102,6 +102,50 @@ class Producers:
             p.join()
 
 
+class KcatProducer:
+    """One ``kcat`` process (librdkafka, C) fed from a pacing thread: offers single-record
+    traffic at rates a Python producer cannot reach on a machine the worker shares."""
+
+    def __init__(self, s: Settings, traffic: Traffic, rate: float, seconds: float) -> None:
+        import shutil
+        import subprocess
+
+        if shutil.which("kcat") is None:
+            raise SystemExit("kcat not found: apt-get install -y kcat (or make reliability)")
+        self.proc = subprocess.Popen(
+            ["kcat", "-P", "-b", s.kafka_bootstrap, "-t", s.topic_manifests, "-X", "acks=all",
+             "-X", "linger.ms=5", "-X", "queue.buffering.max.kbytes=2097151"],
+            stdin=subprocess.PIPE,
+        )  # fmt: skip
+        base = traffic._next_cycle.value
+        traffic._next_cycle.value = base + 100
+        self.thread = threading.Thread(
+            target=self._feed, args=(traffic, rate, seconds, base), daemon=True
+        )
+        self.thread.start()
+
+    def _feed(self, traffic: Traffic, rate: float, seconds: float, base: int) -> None:
+        assert self.proc.stdin is not None
+        t0 = time.monotonic()
+        mine = 0
+        for n, value in traffic.records(base, 1):
+            if time.monotonic() - t0 >= seconds:
+                break
+            assert n == 1, "kcat sends one parcel per line: use --batch-share 0"
+            self.proc.stdin.write(value + b"\n")
+            mine += 1
+            traffic._sent.value += 1
+            ahead = mine / rate - (time.monotonic() - t0)
+            if ahead > 0.02:
+                self.proc.stdin.flush()
+                time.sleep(ahead)
+        self.proc.stdin.close()
+        self.proc.wait()
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+
 def _produce(bootstrap: str, topic: str, traffic: Traffic, rate: float, seconds: float,
              stop: Any, lane: int, lanes: int, base: int) -> None:  # fmt: skip
     producer = make_producer(bootstrap, linger_ms=10, batch_size=256 * 1024)
@@ -245,7 +289,11 @@ def run(
         rate = capacity * factor
         t0 = time.monotonic()
         start_offered = traffic.sent
-        sender = Producers(s, traffic, rate, seconds, producers)
+        sender: Producers | KcatProducer
+        if producers == 0:
+            sender = KcatProducer(s, traffic, rate, seconds)
+        else:
+            sender = Producers(s, traffic, rate, seconds, producers)
         samples = sample_until(s, worker, traffic, base, lambda _o: not sender.is_alive(), t0=t0)
         offered_rate = (traffic.sent - start_offered) / seconds
         load_end = len(samples.t)
@@ -265,6 +313,7 @@ def run(
     warm = max(1, len(rss) // 4)  # after the first quarter of the load phase
     result: dict[str, object] = {
         "mode": mode,
+        "load_generator": "kcat" if producers == 0 else f"{producers} Python producer processes",
         "parcels_in_batch_records": f"{batch_share:.0%}",
         "capacity_parcels_per_s": round(capacity),
         "offered_parcels_per_s": round(offered_rate),
@@ -298,8 +347,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, help="load duration (overload 120, soak 1200)")
     ap.add_argument("--batch-share", type=float,
                     help="share of parcels in 100-parcel records (overload 0, soak 0.5)")  # fmt: skip
-    ap.add_argument("--producers", type=int, default=2, help="producer processes")
+    ap.add_argument("--producers", type=int, default=2,
+                    help="Python producer processes; 0: one kcat process (overload default)")  # fmt: skip
     args = ap.parse_args()
+    if args.mode == "overload" and "--producers" not in sys.argv:
+        args.producers = 0
     batch_share = args.batch_share if args.batch_share is not None else (
         0.0 if args.mode == "overload" else 0.5)  # fmt: skip
     factor = args.factor or (3.0 if args.mode == "overload" else 0.7)
