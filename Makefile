@@ -47,12 +47,8 @@ bench: setup
 	$(BIN)/python benchmarks/backtest_throughput.py
 	$(BIN)/python benchmarks/kernel_cost.py
 
-# The reliability suites (minutes each; figures in benchmarks/RESULTS.md). The overload
-# suite offers load with kcat, a C producer, so that the load generator is not the limit.
+# The reliability suites (minutes each; figures in benchmarks/RESULTS.md).
 reliability: setup
-	@command -v kcat >/dev/null 2>&1 || { \
-	  echo "installing kcat (apt-get)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; }
 	$(BIN)/python -m benchmarks.reliability.crash
 	$(BIN)/python -m benchmarks.reliability.faults
 	$(BIN)/python -m benchmarks.reliability.hostile

@@ -348,10 +348,11 @@ def main() -> int:
     ap.add_argument("--batch-share", type=float,
                     help="share of parcels in 100-parcel records (overload 0, soak 0.5)")  # fmt: skip
     ap.add_argument("--producers", type=int, default=2,
-                    help="Python producer processes; 0: one kcat process (overload default)")  # fmt: skip
+                    help="Python producer processes (overload 3, soak 2); 0: one kcat process, "
+                    "for brokers librdkafka can talk to (not the dev broker)")  # fmt: skip
     args = ap.parse_args()
     if args.mode == "overload" and "--producers" not in sys.argv:
-        args.producers = 0
+        args.producers = 3
     batch_share = args.batch_share if args.batch_share is not None else (
         0.0 if args.mode == "overload" else 0.5)  # fmt: skip
     factor = args.factor or (3.0 if args.mode == "overload" else 0.7)
