@@ -111,7 +111,7 @@ class KcatProducer:
         import subprocess
 
         if shutil.which("kcat") is None:
-            raise SystemExit("kcat not found: apt-get install -y kcat (or make reliability)")
+            raise SystemExit("kcat not found: apt-get install -y kcat")
         self.proc = subprocess.Popen(
             ["kcat", "-P", "-b", s.kafka_bootstrap, "-t", s.topic_manifests, "-X", "acks=all",
              "-X", "linger.ms=5", "-X", "queue.buffering.max.kbytes=2097151"],
