@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from pathlib import Path
 from typing import Any
 
 import faust
+from redis.exceptions import RedisError
 
 from agents import faust_transport
+from parcel_stream.adapters.health import Health
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.worker import BatchProcessor, ExamProcessor
@@ -89,6 +92,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     app = make_faust_app(settings)
     manifests = raw_topic(app, settings.topic_manifests, settings.partitions)
     metrics = WorkerMetrics()
+    health = Health()
     store = RedisReputationStore.from_settings(settings)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
@@ -111,8 +115,21 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
         # Everything allocated so far lives as long as the worker: keep it out of the
         # collector's scans so per-batch collections stay cheap.
         gc.freeze()
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, health)
+        health.started = True
         log.info("worker ready: rule set %s, metrics on :%s", rules.version, settings.metrics_port)
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def _heartbeat() -> None:
+        health.beat()
+
+    @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
+    async def _redis_check() -> None:
+        try:
+            if await asyncio.wait_for(store.ping(), timeout=2.0):
+                health.redis_ok()
+        except (TimeoutError, RedisError, OSError):
+            pass  # /readyz turns 503 once the last good ping is stale
 
     # Concurrency stays 1: with more, offset commits can skip in-flight events.
     @app.agent(manifests, concurrency=1)

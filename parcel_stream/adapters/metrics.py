@@ -11,6 +11,8 @@ from typing import get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
 
+from parcel_stream.adapters.health import Health
+from parcel_stream.adapters.health import serve as serve_health
 from parcel_stream.decide import LANES
 from parcel_stream.model import RejectReason
 
@@ -152,6 +154,11 @@ class WorkerMetrics:
             registry=r,
         )
 
-    def serve(self, port: int) -> None:
-        if port:
+    def serve(self, port: int, health: Health | None = None) -> None:
+        """Metrics on ``port`` (0: off), with ``/healthz`` and ``/readyz`` when given."""
+        if not port:
+            return
+        if health is None:
             start_http_server(port, addr="0.0.0.0", registry=self.registry)
+        else:
+            serve_health(port, self.registry, health)
