@@ -94,6 +94,9 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=False, gc=False):
 
 
 Lane = Literal["release", "review", "hold"]
+LearnerVersion = Annotated[
+    int, msgspec.Meta(ge=0, description="learner state applied to the score (0: none)")
+]
 Selection = Literal["risk", "random", "exploration"]
 
 
@@ -127,9 +130,7 @@ class Hold(msgspec.Struct):
         Selection,
         msgspec.Meta(description="risk (score), random (compliance sample) or exploration"),
     ] = "risk"
-    learner_version: Annotated[
-        int, msgspec.Meta(ge=0, description="learner state applied to the score (0: none)")
-    ] = 0
+    learner_version: LearnerVersion = 0
     schema_version: Literal[1] = 1
 
 
@@ -146,9 +147,7 @@ class Decision(msgspec.Struct):
     decision_ts_ms: int
     source: str
     selection: Selection = "risk"
-    learner_version: Annotated[
-        int, msgspec.Meta(ge=0, description="learner state applied to the score (0: none)")
-    ] = 0
+    learner_version: LearnerVersion = 0
     schema_version: Literal[1] = 1
 
 

@@ -166,6 +166,19 @@ def pace(settings: Settings, feed: Feed, parcels_per_s: float,
     return t
 
 
+def from_start(bootstrap: str, topics: list[str], fetch_max_bytes: int = 64 << 20,
+               partition_bytes: int = 16 << 20) -> KafkaConsumer:  # fmt: skip
+    """A consumer (no group) assigned to every partition of ``topics``, at the start."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             auto_offset_reset="earliest", fetch_max_bytes=fetch_max_bytes,
+                             max_partition_fetch_bytes=partition_bytes)  # fmt: skip
+    parts = [TopicPartition(t, p) for t in topics
+             for p in sorted(consumer.partitions_for_topic(t) or ())]  # fmt: skip
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    return consumer
+
+
 @dataclass
 class Outcome:
     decisions: dict[str, list[bytes]]  # parcel id -> every decision line seen for it
@@ -179,20 +192,13 @@ _ID = re.compile(rb'"parcel_id":"([^"]+)"')
 def collect(settings: Settings, feed: Feed, timeout_s: float, progress: bool = True) -> Outcome:
     """Read decisions and rejections from the start until every valid parcel has a
     decision and every malformed one a rejection (or the timeout)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-        auto_offset_reset="earliest", fetch_max_bytes=64 << 20,
-        max_partition_fetch_bytes=16 << 20,
-    )  # fmt: skip
+    consumer = from_start(
+        settings.kafka_bootstrap, [settings.topic_decisions, settings.topic_rejects]
+    )
     decisions: dict[str, list[bytes]] = defaultdict(list)
     rej_sources: Counter[str] = Counter()
     rejections = 0
     try:
-        topics = [settings.topic_decisions, settings.topic_rejects]
-        parts = [TopicPartition(t, p) for t in topics
-                 for p in sorted(consumer.partitions_for_topic(t) or ())]  # fmt: skip
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + timeout_s
         last = 0.0
         covered = 0

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import msgspec
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
-from benchmarks.reliability.harness import Worker, dev_stack, suite_settings
+from benchmarks.reliability.harness import Worker, dev_stack, from_start, suite_settings
 from benchmarks.reliability.hostile_cases import cases
 from parcel_stream.adapters.kafka_io import make_producer
 from parcel_stream.generate import FeedConfig, generate
@@ -84,18 +83,11 @@ def send_mixed(
 def read_outputs(
     s: Settings, want_decided: int, want_rejected: int, timeout_s: float
 ) -> tuple[set[str], list[Rejection]]:
-    consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_bytes=64 << 20,
-                             max_partition_fetch_bytes=16 << 20)  # fmt: skip
+    consumer = from_start(s.kafka_bootstrap, [s.topic_decisions, s.topic_rejects])
     decided: set[str] = set()
     rejections: list[Rejection] = []
     dec = msgspec.json.Decoder(Rejection)
     try:
-        topics = [s.topic_decisions, s.topic_rejects]
-        parts = [TopicPartition(t, p) for t in topics
-                 for p in sorted(consumer.partitions_for_topic(t) or ())]  # fmt: skip
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for tp, msgs in consumer.poll(timeout_ms=300, max_records=100_000).items():

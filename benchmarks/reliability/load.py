@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
-from benchmarks.reliability.harness import Worker, dev_stack, metrics, suite_settings
+from benchmarks.reliability.harness import Worker, dev_stack, from_start, metrics, suite_settings
 from parcel_stream.adapters.kafka_io import make_producer
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
@@ -243,13 +242,7 @@ class Tail:
         self.thread.start()
 
     def run(self, s: Settings) -> None:
-        consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", fetch_max_bytes=16 << 20,
-                                 max_partition_fetch_bytes=4 << 20)  # fmt: skip
-        parts = [TopicPartition(s.topic_decisions, p)
-                 for p in sorted(consumer.partitions_for_topic(s.topic_decisions) or ())]  # fmt: skip
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
+        consumer = from_start(s.kafka_bootstrap, [s.topic_decisions], 16 << 20, 4 << 20)
         try:
             while not self.stop.is_set():
                 for msgs in consumer.poll(timeout_ms=300, max_records=50_000).values():

@@ -80,8 +80,6 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.redis_read = self.redis_seconds.labels(op="read")
-        self.redis_apply = self.redis_seconds.labels(op="apply")
         redelivered = Counter(
             "parcel_stream_redelivered_records_total",
             "Input records seen again after a crash or rebalance, already applied: outputs "
