@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: setup system-deps test unit integration lint typecheck demo bench reliability clean dev-up dev-down
+.PHONY: setup system-deps test-deps test unit integration lint typecheck demo bench reliability clean dev-up dev-down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,15 @@ system-deps:
 	  echo "installing redis-server (apt-get)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# Test-only tools: promtool and a real Prometheus (alert rules, scrape test), stunnel (TLS
+# in front of the dev broker). Not needed to run the demo or the worker.
+test-deps:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+	  && command -v stunnel4 >/dev/null 2>&1 || { \
+	  echo "installing prometheus and stunnel4 (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus stunnel4 >/dev/null; }
+
 setup: system-deps $(VENV)/.installed
 
 lint: setup
@@ -29,13 +38,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup
+unit: setup test-deps
 	$(BIN)/pytest -q tests/unit
 
-integration: setup
+integration: setup test-deps
 	$(BIN)/pytest -q tests/integration
 
-test: setup lint typecheck
+test: setup test-deps lint typecheck
 	$(BIN)/pytest -q tests
 
 demo: setup

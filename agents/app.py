@@ -86,6 +86,27 @@ def raw_topic(app: faust.App, name: str, partitions: int) -> Any:
     )
 
 
+def consumer_lag(
+    app: faust.App, positions: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """Per assigned partition: high watermark (from the last fetch) minus the next offset
+    to process. Partitions not fetched from yet, or not processed yet, are left out."""
+    lags: dict[tuple[str, int], int] = {}
+    try:
+        assigned = app.consumer.assignment()
+    except Exception:  # consumer not started or being rebalanced
+        return lags
+    for tp in assigned:
+        try:
+            high = app.consumer.highwater(tp)
+        except Exception:
+            continue
+        pos = positions.get((tp.topic, tp.partition))
+        if high is not None and pos is not None:
+            lags[(tp.topic, tp.partition)] = max(0, int(high) - pos)
+    return lags
+
+
 def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     """The worker app: one scoring agent over the manifests topic, batches via take_events."""
     rules = ruleset or default_ruleset(settings)
@@ -130,6 +151,10 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
                 health.redis_ok()
         except (TimeoutError, RedisError, OSError):
             pass  # /readyz turns 503 once the last good ping is stale
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def _lag() -> None:
+        metrics.set_lag(consumer_lag(app, {**processor.positions, **exam_processor.positions}))
 
     # Concurrency stays 1: with more, offset commits can skip in-flight events.
     @app.agent(manifests, concurrency=1)

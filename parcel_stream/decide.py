@@ -66,6 +66,14 @@ def sample(
 Out = tuple[bytes | None, bytes]
 
 
+def hold_reason_counts(masks: I64, lanes: I8, n_rules: int) -> list[int]:
+    """How many held parcels each rule fired for (by rule index)."""
+    held = masks[lanes == LANES.index("hold")].view(np.uint64)
+    if not len(held):
+        return [0] * n_rules
+    return [int(((held >> np.uint64(i)) & np.uint64(1)).sum()) for i in range(n_rules)]
+
+
 @dataclass(slots=True)
 class Outputs:
     holds: list[Out] = field(default_factory=list)

@@ -42,12 +42,54 @@ def suite_settings(info: devstack.StackInfo, work: Path, **overrides: object) ->
     return isolated_settings(info, tag, work / f"worker-data-{tag}").replace(**overrides)
 
 
-class Worker:
-    """``parcel-stream worker`` in a child process that can be killed or paused."""
+class CpuLimit:
+    """A CPU quota for the worker, as a container's CPU limit sets it (Kubernetes
+    ``resources.limits.cpu``): a cgroup whose CFS quota is ``cpus`` of one core. Needs a
+    writable cgroup ``cpu`` controller (v1 or v2), as root has here."""
 
-    def __init__(self, settings: Settings, log: Path) -> None:
+    def __init__(self, cpus: float) -> None:
+        if not 0.05 <= cpus <= (os.cpu_count() or 1):
+            raise SystemExit(f"--worker-cpus {cpus}: give a share between 0.05 and the core count")
+        period = 100_000
+        quota = int(cpus * period)
+        name = f"parcel-stream-{os.getpid()}"
+        v1 = Path("/sys/fs/cgroup/cpu")
+        try:
+            if (v1 / "cpu.cfs_quota_us").exists():
+                self.dir = v1 / name
+                self.dir.mkdir(exist_ok=True)
+                (self.dir / "cpu.cfs_period_us").write_text(str(period))
+                (self.dir / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                self.dir = Path("/sys/fs/cgroup") / name
+                self.dir.mkdir(exist_ok=True)
+                (self.dir / "cpu.max").write_text(f"{quota} {period}")
+        except OSError as e:
+            raise SystemExit(
+                f"cannot set a CPU limit ({e.strerror}): run as root with a writable cgroup "
+                "cpu controller, or leave out --worker-cpus"
+            ) from e
+        self.cpus = cpus
+
+    def enter(self) -> None:
+        """Move the calling process into the cgroup (run in the child before exec)."""
+        (self.dir / "cgroup.procs").write_text(str(os.getpid()))
+
+    def close(self) -> None:
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
+
+
+class Worker:
+    """``parcel-stream worker`` in a child process that can be killed or paused, optionally
+    under a CPU limit."""
+
+    def __init__(self, settings: Settings, log: Path, cpu: CpuLimit | None = None) -> None:
         self.settings = settings
         self.log_path = log
+        self.cpu = cpu
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -57,8 +99,15 @@ class Worker:
             env={**os.environ, **self.settings.as_env()},
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=self.cpu.enter if self.cpu else None,
         )  # fmt: skip
         log.close()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the worker has used so far."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks.reliability.harness import Worker, dev_stack, from_start, metrics, suite_settings
+from benchmarks.reliability.harness import (
+    CpuLimit,
+    Worker,
+    dev_stack,
+    from_start,
+    metrics,
+    suite_settings,
+)
 from parcel_stream.adapters.kafka_io import make_producer
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
@@ -269,18 +276,25 @@ def redis_seen(s: Settings) -> int:
 
 
 def run(
-    mode: str, factor: float, seconds: float, batch_share: float, producers: int, work: Path
+    mode: str,
+    factor: float,
+    seconds: float,
+    batch_share: float,
+    producers: int,
+    work: Path,
+    cpu: CpuLimit | None = None,
 ) -> dict[str, object]:
     traffic = Traffic(batch_share)
     with dev_stack(work / "stack") as info:
         s = suite_settings(info, work)
         tail = Tail(s)
-        worker = Worker(s, work / "worker.log")
+        worker = Worker(s, work / "worker.log", cpu)
         capacity = measure_capacity(s, worker, traffic)
         print(f"  capacity: {capacity:,.0f} parcels/s", flush=True)
         base = done_count(s.metrics_port)[0] - traffic.sent  # 0: everything so far is done
         rate = capacity * factor
         t0 = time.monotonic()
+        cpu0 = worker.cpu_seconds()
         start_offered = traffic.sent
         sender: Producers | KcatProducer
         if producers == 0:
@@ -289,6 +303,7 @@ def run(
             sender = Producers(s, traffic, rate, seconds, producers)
         samples = sample_until(s, worker, traffic, base, lambda _o: not sender.is_alive(), t0=t0)
         offered_rate = (traffic.sent - start_offered) / seconds
+        cpu_share = (worker.cpu_seconds() - cpu0) / (time.monotonic() - t0)
         load_end = len(samples.t)
         t_drain = time.monotonic()
         samples = sample_until(s, worker, traffic, base,
@@ -307,6 +322,8 @@ def run(
     result: dict[str, object] = {
         "mode": mode,
         "load_generator": "kcat" if producers == 0 else f"{producers} Python producer processes",
+        "worker_cpu_limit": f"{cpu.cpus} core" if cpu else "none",
+        "worker_cpu_used_in_load": f"{cpu_share:.2f} core",
         "parcels_in_batch_records": f"{batch_share:.0%}",
         "capacity_parcels_per_s": round(capacity),
         "offered_parcels_per_s": round(offered_rate),
@@ -343,6 +360,10 @@ def main() -> int:
     ap.add_argument("--producers", type=int, default=2,
                     help="Python producer processes (overload 3, soak 2); 0: one kcat process, "
                     "for brokers librdkafka can talk to (not the dev broker)")  # fmt: skip
+    ap.add_argument("--worker-cpus", type=float,
+                    help="run the worker under a CPU limit of this many cores (a cgroup CFS "
+                    "quota, as a container limit), so that the load generators and the dev "
+                    "broker, which share this machine, can offer more than it takes")  # fmt: skip
     args = ap.parse_args()
     if args.mode == "overload" and "--producers" not in sys.argv:
         args.producers = 3
@@ -350,8 +371,13 @@ def main() -> int:
         0.0 if args.mode == "overload" else 0.5)  # fmt: skip
     factor = args.factor or (3.0 if args.mode == "overload" else 0.7)
     seconds = args.seconds or (120.0 if args.mode == "overload" else 1200.0)
-    with tempfile.TemporaryDirectory(prefix=f"ps-{args.mode}-") as tmp:
-        r = run(args.mode, factor, seconds, batch_share, args.producers, Path(tmp))
+    cpu = CpuLimit(args.worker_cpus) if args.worker_cpus else None
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"ps-{args.mode}-") as tmp:
+            r = run(args.mode, factor, seconds, batch_share, args.producers, Path(tmp), cpu)
+    finally:
+        if cpu:
+            cpu.close()
     for k, v in r.items():
         print(f"{k:34} {v}")
     ok = r["parcels_lost"] == 0 and r["worker_alive"]

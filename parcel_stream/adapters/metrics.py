@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import start_http_server
 
+from parcel_stream import __version__
 from parcel_stream.adapters.health import Health
 from parcel_stream.adapters.health import serve as serve_health
 from parcel_stream.decide import LANES
@@ -18,12 +27,17 @@ from parcel_stream.model import RejectReason
 
 BATCH_PARCEL_BUCKETS = (1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# record age at decision: sub-second when keeping up, minutes when draining a backlog
+AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if registry is None:  # process_* (CPU, RSS, open fds) and python_info
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
         parcels = Counter(
             "parcel_stream_parcels_total", "Parcels scored, by lane", ["lane"], registry=r
         )
@@ -35,6 +49,13 @@ class WorkerMetrics:
             registry=r,
         )
         self.selected = {k: selected.labels(selection=k) for k in ("risk", "random", "exploration")}
+        self.hold_reasons = Counter(
+            "parcel_stream_hold_reasons_total",
+            "Held parcels by the rule that fired (a parcel held for three rules counts "
+            "once under each); rule codes come from the rule set, so the label is bounded",
+            ["rule"],
+            registry=r,
+        )
         rejections = Counter(
             "parcel_stream_rejections_total",
             "Malformed manifests sent to the rejects topic, by reason",
@@ -80,6 +101,25 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.record_age = Histogram(
+            "parcel_stream_record_age_seconds",
+            "Per batch: age of its oldest record (broker timestamp to outputs acknowledged), "
+            "the decision latency a parcel saw at worst",
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "parcel_stream_consumer_lag_records",
+            "Records in each assigned input partition not yet processed (high watermark "
+            "minus the next offset to process); a manifest batch record holds many parcels",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.last_batch = Gauge(
+            "parcel_stream_last_batch_timestamp_seconds",
+            "Unix time the last batch finished",
+            registry=r,
+        )
         redelivered = Counter(
             "parcel_stream_redelivered_records_total",
             "Input records seen again after a crash or rebalance, already applied: outputs "
@@ -100,6 +140,9 @@ class WorkerMetrics:
             "parcel_stream_redis_up", "1 when the last Redis call succeeded", registry=r
         )
         self.ruleset = Info("parcel_stream_ruleset", "The active rule set", registry=r)
+        Info("parcel_stream_build", "The parcel-stream release", registry=r).info(
+            {"version": __version__}
+        )
         exam_results = Counter(
             "parcel_stream_exam_results_total",
             "Examination results by what happened to them",
@@ -151,6 +194,26 @@ class WorkerMetrics:
             "1 when learned adjustments change scores (PARCEL_LEARNER_MODE=on)",
             registry=r,
         )
+
+        self._lag_keys: set[tuple[str, int]] = set()
+        self._hold_reason: dict[str, Counter] = {}
+
+    def count_hold_reasons(self, codes: list[str], counts: list[int]) -> None:
+        for code, n in zip(codes, counts, strict=True):
+            if n:
+                child = self._hold_reason.get(code)
+                if child is None:
+                    child = self._hold_reason[code] = self.hold_reasons.labels(rule=code)
+                child.inc(n)
+
+    def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
+        """Lag of each assigned partition; partitions no longer assigned are dropped
+        (their new owner reports them)."""
+        for topic, part in self._lag_keys - lags.keys():
+            self.consumer_lag.remove(topic, str(part))
+        for (topic, part), lag in lags.items():
+            self.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
+        self._lag_keys = set(lags)
 
     def serve(self, port: int, health: Health | None = None) -> None:
         """Metrics on ``port`` (0: off), with ``/healthz`` and ``/readyz`` when given."""

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
-from parcel_stream.decide import LANES, Out, Outputs, encode_rejection
+from parcel_stream.decide import LANES, Out, Outputs, encode_rejection, hold_reason_counts
 from parcel_stream.exams import examples_of, parse_exam_records, trace
 from parcel_stream.features import ReputationView
 from parcel_stream.kernels import warm_up
@@ -79,6 +79,8 @@ class BatchProcessor:
         self.learner = LearnerCache()
         # per input partition: outputs acknowledged up to this offset (digests to delete)
         self.pending_prune: dict[Partition, int] = {}
+        # per input partition: the next offset to process (for the lag metric)
+        self.positions: dict[Partition, int] = {}
         metrics.learner_applied.set(int(self.learner_cfg.adjusts))
 
     async def refresh_learner(self) -> None:
@@ -215,10 +217,17 @@ class BatchProcessor:
             outputs.holds += replayed.holds
             outputs.rejections += replayed.rejections
         await self._produce(outputs)
+        oldest_ms = 0
         for r in records:  # acknowledged: their digests can go with the next update
             part = (r.topic, r.partition)
             self.pending_prune[part] = max(self.pending_prune.get(part, -1), r.offset)
+            self.positions[part] = self.pending_prune[part] + 1
+            if r.timestamp_ms > 0 and (not oldest_ms or r.timestamp_ms < oldest_ms):
+                oldest_ms = r.timestamp_ms
         m = self.metrics
+        if oldest_ms:
+            m.record_age.observe(max(0.0, now_ms() - oldest_ms) / 1000)
+        m.last_batch.set(time.time())
         m.stage_seconds["reputation"].observe(t2 - t1)
         m.stage_seconds["produce"].observe(time.perf_counter() - t2)
         m.stage_seconds["outputs"].observe(time.perf_counter() - t1)
@@ -244,6 +253,9 @@ class BatchProcessor:
                 m.selected[how].inc(count)
         for reason, count in result.rejection_counts.items():
             m.rejections[reason].inc(count)
+        if result.lane_counts["hold"]:
+            codes = [r.code for r in self.ruleset.rules]
+            m.count_hold_reasons(codes, hold_reason_counts(result.masks, result.lanes, len(codes)))
         m.batch_parcels.observe(result.parcels)
 
 
@@ -264,6 +276,7 @@ class ExamProcessor:
         self.metrics = metrics
         self.learner_cfg = settings.learner_config()
         self.pivot_score = pivot_score  # the active rule set's hold score
+        self.positions: dict[Partition, int] = {}  # next offset to process, per partition
 
     async def _apply(self, deltas: list[ExamDelta]) -> list[bool]:
         """Apply the results and, unless the learner is off, train it on the new ones in
@@ -317,4 +330,7 @@ class ExamProcessor:
         for d, fresh in zip(deltas, applied, strict=True):
             if fresh:
                 self.metrics.exam_outcomes[by_id[d.exam_id].outcome].inc()
+        for r in records:
+            part = (r.topic, r.partition)
+            self.positions[part] = max(self.positions.get(part, 0), r.offset + 1)
         return counts
