@@ -15,6 +15,7 @@ from agents import faust_transport
 from parcel_stream.adapters.health import Health
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
+from parcel_stream.adapters.security import faust_credentials
 from parcel_stream.adapters.worker import BatchProcessor, ExamProcessor
 from parcel_stream.kernels import warm_up
 from parcel_stream.parse import InRecord, chunk_records
@@ -31,6 +32,7 @@ def _faust_config(settings: Settings) -> dict[str, Any]:
             f"{faust_transport.SCHEME}://{h.strip()}" for h in settings.kafka_bootstrap.split(",")
         ),
         "datadir": str(Path(settings.data_dir).resolve()),
+        "broker_credentials": faust_credentials(settings),
         "web_enabled": False,
         "topic_partitions": settings.partitions,
         "broker_rebalance_timeout": settings.broker_rebalance_timeout_s,

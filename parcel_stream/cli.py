@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from parcel_stream.adapters.security import kafka_client_options
 from parcel_stream.settings import ConfigError, Settings
 
 
@@ -45,8 +46,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # A batch allocates ~10 objects per parcel that live until the batch ends; with the
     # default thresholds the collector rescans them over and over (half the parse time).
     gc.set_threshold(50_000, 20, 100)
+    from parcel_stream.logjson import logging_config
+
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        logging_config=logging_config(settings.log_level, settings.log_format),
+    )
     worker.execute_from_commandline()
     return 0
 
@@ -161,7 +169,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         except Exception:
             key = None  # malformed lines are sent as they are: the worker rejects them
         pairs.append((key, line))
-    producer = make_producer(settings.kafka_bootstrap)
+    producer = make_producer(settings.kafka_bootstrap, **kafka_client_options(settings))
     progress = Progress("producing", total=len(pairs), unit="parcels")
     stats = produce_parcels(
         producer, settings.topic_manifests, pairs, args.batch_size, progress=progress
@@ -223,7 +231,12 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     topics = args.topics or [settings.topic_manifests]
     try:
         n = record_topics(
-            settings.kafka_bootstrap, topics, args.out, rng, Progress("recording", unit="records")
+            settings.kafka_bootstrap,
+            topics,
+            args.out,
+            rng,
+            Progress("recording", unit="records"),
+            options=kafka_client_options(settings),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -247,7 +260,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     )
     unit = "parcels" if plan.mode != "recorded" else "records"
     progress = Progress(f"replaying to {plan.topic}", unit=unit)
-    producer = make_producer(settings.kafka_bootstrap)
+    producer = make_producer(settings.kafka_bootstrap, **kafka_client_options(settings))
     try:
         sent = replay_feed(producer, read_feed(args.file, plan.topic), plan, progress)
     except FeedError as exc:

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from parcel_stream.learner import LearnerConfig
 
 PREFIX = "PARCEL_"
+SECRETS = ("kafka_sasl_password", "redis_password")
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class ConfigError(ValueError):
@@ -48,6 +51,16 @@ class Settings:
     topic_rejects: str = "parcel-rejects"
     topic_exam_results: str = "parcel-exam-results"
     partitions: int = 4
+    # Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. The CA file verifies the
+    # brokers (empty: the system's CAs); cert and key files are for mutual TLS.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_ssl_ca_file: str = ""
+    kafka_ssl_cert_file: str = ""
+    kafka_ssl_key_file: str = ""
+    kafka_ssl_check_hostname: str = "true"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
     # Faust consumer tuning. The dev broker joins a new group after about half the
     # rebalance timeout, so development and tests set these to a few seconds.
     broker_rebalance_timeout_s: float = 20.0
@@ -67,6 +80,13 @@ class Settings:
     # Redis reputation store
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_key_prefix: str = "ps"
+    # Redis security: a rediss:// URL uses TLS. ACL user and password may also be in the
+    # URL; these win over it (keep them in a secret, not in the URL).
+    redis_username: str = ""
+    redis_password: str = field(default="", repr=False)
+    redis_ssl_ca_file: str = ""
+    redis_ssl_cert_file: str = ""
+    redis_ssl_key_file: str = ""
     # Reputation: recent-weighted counts halve every this many days (old behaviour fades)
     reputation_half_life_days: float = 90.0
     # Adaptive weights: off | shadow (learns, scores unaffected) | on (learned per-rule
@@ -86,6 +106,8 @@ class Settings:
     metrics_port: int = 9464
     data_dir: str = ".parcel-stream/worker"
     log_level: str = "info"
+    # text (human) or json (one object per line, for log shippers)
+    log_format: str = "text"
 
     def __repr__(self) -> str:
         shown = []
@@ -93,6 +115,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis_url":
                 value = _mask_url(value)
+            elif f.name in SECRETS and value:
+                value = "***"
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -238,4 +262,54 @@ def _validate(s: Settings) -> None:
         s.log_level.lower() in {"debug", "info", "warning", "error"},
         "log_level",
         "must be one of debug, info, warning, error",
+    )
+    _require(s.log_format in ("text", "json"), "log_format", "must be text or json")
+    _validate_security(s)
+
+
+def _validate_security(s: Settings) -> None:
+    proto = s.kafka_security_protocol
+    _require(
+        proto in KAFKA_PROTOCOLS, "kafka_security_protocol", "must be " + ", ".join(KAFKA_PROTOCOLS)
+    )
+    _require(
+        s.kafka_ssl_check_hostname in ("true", "false"),
+        "kafka_ssl_check_hostname",
+        "must be true or false",
+    )
+    if proto.startswith("SASL"):
+        _require(
+            s.kafka_sasl_mechanism in SASL_MECHANISMS,
+            "kafka_sasl_mechanism",
+            "must be " + ", ".join(SASL_MECHANISMS),
+        )
+        _require(
+            bool(s.kafka_sasl_username and s.kafka_sasl_password),
+            "kafka_sasl_username",
+            f"{proto} needs PARCEL_KAFKA_SASL_USERNAME and PARCEL_KAFKA_SASL_PASSWORD",
+        )
+    _require(
+        bool(s.kafka_ssl_cert_file) == bool(s.kafka_ssl_key_file),
+        "kafka_ssl_cert_file",
+        "mutual TLS needs both PARCEL_KAFKA_SSL_CERT_FILE and PARCEL_KAFKA_SSL_KEY_FILE",
+    )
+    _require(
+        bool(s.redis_ssl_cert_file) == bool(s.redis_ssl_key_file),
+        "redis_ssl_cert_file",
+        "mutual TLS needs both PARCEL_REDIS_SSL_CERT_FILE and PARCEL_REDIS_SSL_KEY_FILE",
+    )
+    for name in (
+        "kafka_ssl_ca_file",
+        "kafka_ssl_cert_file",
+        "kafka_ssl_key_file",
+        "redis_ssl_ca_file",
+        "redis_ssl_cert_file",
+        "redis_ssl_key_file",
+    ):
+        path = getattr(s, name)
+        _require(not path or os.path.isfile(path), name, f"{path!r} is not a readable file")
+    _require(
+        urlsplit(s.redis_url).scheme in ("redis", "rediss", "unix"),
+        "redis_url",
+        "must start with redis:// (plain), rediss:// (TLS) or unix://",
     )

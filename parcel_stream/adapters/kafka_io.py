@@ -136,6 +136,7 @@ def record_topics(
     rng: RecordRange,
     progress: Progress | None = None,
     idle_stop_s: float = 2.0,
+    options: dict[str, object] | None = None,
 ) -> int:
     """Copy records of ``topics`` into a feed file; returns the number written.
 
@@ -149,6 +150,7 @@ def record_topics(
         client_id="parcel-stream-record",
         fetch_max_bytes=64 << 20,
         max_partition_fetch_bytes=16 << 20,
+        **(options or {}),
     )
     written = 0
     try:

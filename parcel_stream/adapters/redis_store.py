@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from parcel_stream.adapters.security import redis_options
 from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.learner import LearnerState, decode_state, encode_state
 from parcel_stream.outbox import decode_digest
@@ -291,6 +292,7 @@ class RedisReputationStore:
         exam_ttl_s: int = 180 * 86_400,
         half_life_ms: float = DEFAULT_HALF_LIFE_MS,
         learner_history: int = 100,
+        **client_options: Any,
     ) -> None:
         self.exam_ttl_s = exam_ttl_s
         self.window_ms = window_ms
@@ -305,6 +307,7 @@ class RedisReputationStore:
             socket_connect_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
+            **client_options,
         )
         self.prefix = prefix
         self.ttl_s = ttl_s
@@ -321,6 +324,7 @@ class RedisReputationStore:
             prefix=settings.redis_key_prefix,
             socket_timeout_s=socket_timeout_s,
             half_life_ms=settings.half_life_ms,
+            **redis_options(settings),
         )
 
     def shipper_key(self, shipper_id: str) -> str:
