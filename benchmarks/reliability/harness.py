@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer
+from parcel_stream.adapters.security import kafka_client_options
 from parcel_stream.demo import isolated_settings
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
@@ -195,7 +196,9 @@ def pace(settings: Settings, feed: Feed, parcels_per_s: float,
     """Produce the feed at about ``parcels_per_s`` in a background thread."""
 
     def run() -> None:
-        producer = make_producer(settings.kafka_bootstrap, linger_ms=5)
+        producer = make_producer(
+            settings.kafka_bootstrap, linger_ms=5, **kafka_client_options(settings)
+        )
         t0 = time.monotonic()
         sent = 0
         for key, value in feed.values:
@@ -216,11 +219,12 @@ def pace(settings: Settings, feed: Feed, parcels_per_s: float,
 
 
 def from_start(bootstrap: str, topics: list[str], fetch_max_bytes: int = 64 << 20,
-               partition_bytes: int = 16 << 20) -> KafkaConsumer:  # fmt: skip
-    """A consumer (no group) assigned to every partition of ``topics``, at the start."""
+               partition_bytes: int = 16 << 20, **options: object) -> KafkaConsumer:  # fmt: skip
+    """A consumer (no group) assigned to every partition of ``topics``, at the start
+    (``options``: kafka-python security options, see kafka_client_options)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              auto_offset_reset="earliest", fetch_max_bytes=fetch_max_bytes,
-                             max_partition_fetch_bytes=partition_bytes)  # fmt: skip
+                             max_partition_fetch_bytes=partition_bytes, **options)  # fmt: skip
     parts = [TopicPartition(t, p) for t in topics
              for p in sorted(consumer.partitions_for_topic(t) or ())]  # fmt: skip
     consumer.assign(parts)
@@ -242,7 +246,9 @@ def collect(settings: Settings, feed: Feed, timeout_s: float, progress: bool = T
     """Read decisions and rejections from the start until every valid parcel has a
     decision and every malformed one a rejection (or the timeout)."""
     consumer = from_start(
-        settings.kafka_bootstrap, [settings.topic_decisions, settings.topic_rejects]
+        settings.kafka_bootstrap,
+        [settings.topic_decisions, settings.topic_rejects],
+        **kafka_client_options(settings),
     )
     decisions: dict[str, list[bytes]] = defaultdict(list)
     rej_sources: Counter[str] = Counter()

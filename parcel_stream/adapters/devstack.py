@@ -134,8 +134,9 @@ def _wait(check: object, what: str, proc: subprocess.Popen[bytes], log: Path, t_
     raise DevStackError(f"{what} did not answer within {t_s:.0f}s; see {log}")
 
 
-def create_topics(bootstrap: str, settings: Settings) -> None:
-    """Create the five topics with ``settings.partitions`` partitions (idempotent)."""
+def create_topics(bootstrap: str, settings: Settings, **options: object) -> None:
+    """Create the five topics with ``settings.partitions`` partitions (idempotent);
+    ``options``: kafka-python security options for a TLS or SASL listener."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -147,7 +148,7 @@ def create_topics(bootstrap: str, settings: Settings) -> None:
         settings.topic_rejects,
         settings.topic_exam_results,
     ]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ps-dev")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ps-dev", **options)
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(n, settings.partitions, 1) for n in names if n not in existing]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from parcel_stream.settings import ConfigError, Settings
@@ -46,3 +48,29 @@ def test_repr_masks_redis_password() -> None:
 def test_as_env_round_trips() -> None:
     s = Settings(partitions=3, batch_within_s=0.2, redis_url="redis://127.0.0.1:1/0")
     assert Settings.from_env(s.as_env()) == s
+
+
+def test_security_settings_are_checked(tmp_path: Path) -> None:
+    from parcel_stream.adapters.security import faust_credentials, kafka_client_options
+
+    with pytest.raises(ConfigError, match="PARCEL_KAFKA_SASL_USERNAME"):
+        Settings(kafka_security_protocol="SASL_SSL")
+    with pytest.raises(ConfigError, match="PARCEL_KAFKA_SECURITY_PROTOCOL"):
+        Settings(kafka_security_protocol="TLS")
+    with pytest.raises(ConfigError, match="not a readable file"):
+        Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="rediss://"):
+        Settings(redis_url="http://127.0.0.1:6379")
+    s = Settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="ps",
+        kafka_sasl_password="pw-not-shown",
+    )
+    opts = kafka_client_options(s)
+    assert opts["security_protocol"] == "SASL_SSL" and opts["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert opts["ssl_context"] is not None
+    assert "pw-not-shown" not in repr(s)
+    creds = faust_credentials(s)
+    assert creds is not None and creds.protocol.value == "SASL_SSL"
+    assert faust_credentials(Settings()) is None
