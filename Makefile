@@ -61,8 +61,8 @@ reliability: setup
 	$(BIN)/python -m benchmarks.reliability.crash
 	$(BIN)/python -m benchmarks.reliability.faults
 	$(BIN)/python -m benchmarks.reliability.hostile
-	$(BIN)/python -m benchmarks.reliability.load overload
-	$(BIN)/python -m benchmarks.reliability.load soak
+	$(BIN)/python -m benchmarks.reliability.load overload --worker-cpus 0.4
+	$(BIN)/python -m benchmarks.reliability.load soak --worker-cpus 0.4
 
 dev-up: setup
 	$(BIN)/parcel-stream dev up

@@ -123,8 +123,13 @@ def test_prometheus_scrapes_the_worker(run: Run) -> None:
     ]
     firing = [a["labels"]["alertname"] for a in api(port, "alerts")["alerts"]]
     assert "ParcelStreamWorkerDown" not in firing and "ParcelStreamNoWorkers" not in firing
-    # every metric the dashboard and the alerts query is on the live page
+    # every metric the dashboard and the alerts query is on the live page (the lag
+    # gauge is set every 5 s)
+    deadline = time.monotonic() + 15
     live = metrics(settings.metrics_port)
+    while "consumer_lag_records{" not in "".join(live) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        live = metrics(settings.metrics_port)
     live_names = {k.split("{", 1)[0] for k in live}
     wanted = {name for _where, expr in queries() for name, _m in NAME.findall(expr)}
     assert wanted - live_names == set()

@@ -150,7 +150,7 @@ def test_worker_over_tls_to_broker_and_redis_with_acl_password(
     with pytest.raises(redis.exceptions.AuthenticationError):
         redis.Redis(host="127.0.0.1", port=secure.redis_port, ssl=True,
                     ssl_ca_certs=str(secure.ca), username="parcel", password="wrong").ping()  # fmt: skip
-    with pytest.raises(redis.exceptions.ResponseError):  # NOAUTH: the default user is off
+    with pytest.raises(redis.exceptions.AuthenticationError):  # the default user is off
         redis.Redis(host="127.0.0.1", port=secure.redis_port, ssl=True,
                     ssl_ca_certs=str(secure.ca)).ping()  # fmt: skip
 

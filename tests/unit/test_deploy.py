@@ -163,7 +163,7 @@ def test_image_contents_from_a_real_wheel_build(tmp_path: Path) -> None:
             assert (ROOT / part).exists(), f"Dockerfile copies missing {part}"
     assert 'ENTRYPOINT ["parcel-stream"]' in docker
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
          "-w", str(tmp_path), str(ROOT)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
