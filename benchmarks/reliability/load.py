@@ -154,7 +154,9 @@ class KcatProducer:
 
 def _produce(bootstrap: str, topic: str, traffic: Traffic, rate: float, seconds: float,
              stop: Any, lane: int, lanes: int, base: int) -> None:  # fmt: skip
-    producer = make_producer(bootstrap, linger_ms=10, batch_size=256 * 1024)
+    # A long linger packs more records per produce request: the dev broker keeps every
+    # request's batch in memory and slows down as their number grows.
+    producer = make_producer(bootstrap, linger_ms=100, batch_size=1024 * 1024)
     t0 = time.monotonic()
     mine = 0
     for n, value in traffic.records(base + lane, lanes):
@@ -283,13 +285,14 @@ def run(
     producers: int,
     work: Path,
     cpu: CpuLimit | None = None,
+    capacity_parcels: int = 120_000,
 ) -> dict[str, object]:
     traffic = Traffic(batch_share)
     with dev_stack(work / "stack") as info:
         s = suite_settings(info, work)
         tail = Tail(s)
         worker = Worker(s, work / "worker.log", cpu)
-        capacity = measure_capacity(s, worker, traffic)
+        capacity = measure_capacity(s, worker, traffic, capacity_parcels)
         print(f"  capacity: {capacity:,.0f} parcels/s", flush=True)
         base = done_count(s.metrics_port)[0] - traffic.sent  # 0: everything so far is done
         rate = capacity * factor
@@ -364,6 +367,8 @@ def main() -> int:
                     help="run the worker under a CPU limit of this many cores (a cgroup CFS "
                     "quota, as a container limit), so that the load generators and the dev "
                     "broker, which share this machine, can offer more than it takes")  # fmt: skip
+    ap.add_argument("--capacity-parcels", type=int, default=120_000,
+                    help="backlog drained to measure the capacity (default 120,000)")  # fmt: skip
     args = ap.parse_args()
     if args.mode == "overload" and "--producers" not in sys.argv:
         args.producers = 3
@@ -374,7 +379,8 @@ def main() -> int:
     cpu = CpuLimit(args.worker_cpus) if args.worker_cpus else None
     try:
         with tempfile.TemporaryDirectory(prefix=f"ps-{args.mode}-") as tmp:
-            r = run(args.mode, factor, seconds, batch_share, args.producers, Path(tmp), cpu)
+            r = run(args.mode, factor, seconds, batch_share, args.producers, Path(tmp), cpu,
+                    args.capacity_parcels)  # fmt: skip
     finally:
         if cpu:
             cpu.close()
