@@ -62,7 +62,7 @@ reliability: setup
 	$(BIN)/python -m benchmarks.reliability.faults
 	$(BIN)/python -m benchmarks.reliability.hostile
 	$(BIN)/python -m benchmarks.reliability.load overload --worker-cpus 0.4
-	$(BIN)/python -m benchmarks.reliability.load soak --worker-cpus 0.4
+	$(BIN)/python -m benchmarks.reliability.load soak --worker-cpus 0.1 --capacity-parcels 40000
 
 dev-up: setup
 	$(BIN)/parcel-stream dev up
