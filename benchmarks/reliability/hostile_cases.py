@@ -29,12 +29,15 @@ def _no_constants(name: str) -> Any:
 
 def oracle_accepts(raw: bytes) -> bool:
     """True when ``raw`` is one manifest the contract accepts: strict UTF-8, strict JSON
-    (no NaN/Infinity, no raw control characters), an object valid against the schema.
-    Duplicate keys: the last one counts (as in the worker's decoder and most parsers)."""
+    (no NaN/Infinity, no raw control characters, no unpaired surrogate escapes such as
+    ``"\\ud800"``, which I-JSON forbids and UTF-8 cannot carry), an object valid against
+    the schema. Duplicate keys: the last one counts (as in the worker's decoder and most
+    parsers)."""
     try:
         text = raw.decode("utf-8", errors="strict")
         doc = json.loads(text, parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")  # unpaired surrogates fail
+    except (UnicodeError, ValueError, RecursionError):
         return False
     return isinstance(doc, dict) and _validator().is_valid(doc)
 
