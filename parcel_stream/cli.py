@@ -785,6 +785,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env()
+        unknown = Settings.unknown_variables()
+        if unknown:
+            print(
+                f"parcel-stream: warning: ignoring {', '.join(unknown)}: not a setting "
+                "(misspelt? the README's Configuration table lists them)",
+                file=sys.stderr,
+            )
         return int(args.func(args, settings))
     except (ConfigError, UsageError, RuleSetError) as exc:
         print(f"parcel-stream: {exc}", file=sys.stderr)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 PREFIX = "PARCEL_"
 SECRETS = ("kafka_sasl_password", "redis_password")
+# PARCEL_* variables read outside Settings: the dev broker binary, the fuzz test budget
+OTHER_VARIABLES = {"PARCEL_BROKER_BIN", "PARCEL_FUZZ_EXAMPLES"}
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -134,6 +136,14 @@ class Settings:
                 values[f.name] = _convert(var, env[var], f.type)
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def unknown_variables(cls, environ: Mapping[str, str] | None = None) -> list[str]:
+        """``PARCEL_*`` variables that are not settings (a misspelt name would otherwise be
+        ignored without a word). Names only: values may be secrets."""
+        env = os.environ if environ is None else environ
+        known = {PREFIX + f.name.upper() for f in fields(cls)} | OTHER_VARIABLES
+        return sorted(k for k in env if k.startswith(PREFIX) and k not in known)
 
     def learner_config(self) -> LearnerConfig:
         from parcel_stream.learner import LearnerConfig

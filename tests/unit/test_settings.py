@@ -74,3 +74,9 @@ def test_security_settings_are_checked(tmp_path: Path) -> None:
     creds = faust_credentials(s)
     assert creds is not None and creds.protocol.value == "SASL_SSL"
     assert faust_credentials(Settings()) is None
+
+
+def test_unknown_parcel_variables_are_named_not_ignored() -> None:
+    env = {"PARCEL_KAFKA_BOOTSTRAPP": "x:1", "PARCEL_PARTITIONS": "3", "PARCEL_BROKER_BIN": "b",
+           "OTHER": "1"}  # fmt: skip
+    assert Settings.unknown_variables(env) == ["PARCEL_KAFKA_BOOTSTRAPP"]
