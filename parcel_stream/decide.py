@@ -68,10 +68,9 @@ Out = tuple[bytes | None, bytes]
 
 def hold_reason_counts(masks: I64, lanes: I8, n_rules: int) -> list[int]:
     """How many held parcels each rule fired for (by rule index)."""
-    held = masks[lanes == LANES.index("hold")].view(np.uint64)
-    if not len(held):
-        return [0] * n_rules
-    return [int(((held >> np.uint64(i)) & np.uint64(1)).sum()) for i in range(n_rules)]
+    held = masks[lanes == LANE_HOLD].view(np.uint64)
+    bits = (held[:, None] >> np.arange(n_rules, dtype=np.uint64)) & np.uint64(1)
+    return [int(c) for c in bits.sum(axis=0)]
 
 
 @dataclass(slots=True)

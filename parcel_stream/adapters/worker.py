@@ -217,13 +217,12 @@ class BatchProcessor:
             outputs.holds += replayed.holds
             outputs.rejections += replayed.rejections
         await self._produce(outputs)
-        oldest_ms = 0
         for r in records:  # acknowledged: their digests can go with the next update
             part = (r.topic, r.partition)
             self.pending_prune[part] = max(self.pending_prune.get(part, -1), r.offset)
-            self.positions[part] = self.pending_prune[part] + 1
-            if r.timestamp_ms > 0 and (not oldest_ms or r.timestamp_ms < oldest_ms):
-                oldest_ms = r.timestamp_ms
+        for part, last in self.pending_prune.items():  # this batch's partitions only
+            self.positions[part] = last + 1
+        oldest_ms = min((r.timestamp_ms for r in records if r.timestamp_ms > 0), default=0)
         m = self.metrics
         if oldest_ms:
             m.record_age.observe(max(0.0, now_ms() - oldest_ms) / 1000)
