@@ -181,6 +181,13 @@ class Rejection(msgspec.Struct):
         str, msgspec.Meta(description="the rejected bytes, base64; empty when over 64 KiB")
     ] = ""
     raw_bytes: Annotated[int, msgspec.Meta(ge=0, description="length of the rejected input")] = 0
+    parcel_ids: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="oversize records: the parcel ids found in the record by a byte scan "
+            "(not a parse), so the hub can resend them in smaller records"
+        ),
+    ] = []
     schema_version: Literal[1] = 1
 
 

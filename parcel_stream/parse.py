@@ -19,6 +19,9 @@ from parcel_stream.model import Manifest, Rejection, RejectReason
 
 NDJSON = b"application/x-ndjson"
 RAW_KEEP_BYTES = 64 * 1024
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark: RFC 8259 lets a parser ignore it
+# A cheap scan for the parcel ids of a record too large to parse (the hub resends them).
+_ID_SCAN = re.compile(rb'"parcel_id"\s*:\s*"([^"\\]{1,64})"')
 
 
 @dataclass(slots=True)
@@ -105,6 +108,7 @@ def _reject(
     raw: bytes,
     now_ms: int,
     parcel_id: str | None = None,
+    parcel_ids: list[str] | None = None,
 ) -> Rejection:
     keep = raw if len(raw) <= RAW_KEEP_BYTES else b""
     return Rejection(
@@ -116,7 +120,22 @@ def _reject(
         parcel_id=parcel_id,
         raw_b64=base64.b64encode(keep).decode("ascii"),
         raw_bytes=len(raw),
+        parcel_ids=parcel_ids or [],
     )
+
+
+def scan_parcel_ids(raw: bytes, limit: int) -> list[str]:
+    """The distinct parcel ids a record mentions, in order (at most ``limit``), found by a
+    byte scan rather than a parse: for the rejection of a record too large to parse."""
+    seen: dict[str, None] = {}
+    for match in _ID_SCAN.finditer(raw):
+        try:
+            seen.setdefault(match.group(1).decode("utf-8"), None)
+        except UnicodeDecodeError:
+            continue
+        if len(seen) >= limit:
+            break
+    return list(seen)
 
 
 def _parcel_id_of(raw: bytes) -> str | None:
@@ -130,6 +149,8 @@ def _parcel_id_of(raw: bytes) -> str | None:
 def parse_one(raw: bytes, source: str, now_ms: int) -> Manifest | Rejection:
     """Decode and validate one parcel document (surrounding whitespace is ignored)."""
     doc = raw.strip()
+    if doc.startswith(BOM):
+        doc = doc[3:].lstrip()
     try:
         # The decoder skips unknown fields without checking their UTF-8: check it all
         # (about 0.1 µs per manifest), so that no invalid byte passes anywhere.
@@ -163,10 +184,18 @@ def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedB
         value = record.value
         base = f"{record.topic}/{record.partition}/{record.offset}"
         if len(value) > limits.max_record_bytes:
-            detail = f"record is {len(value)} bytes; the limit is {limits.max_record_bytes}"
-            rejections.append(_reject("oversize_record", "$", detail, base, value, now_ms))
+            ids = scan_parcel_ids(value, limits.max_parcels_per_record)
+            detail = (
+                f"record is {len(value)} bytes; the limit is {limits.max_record_bytes} "
+                f"(PARCEL_MAX_RECORD_BYTES); {len(ids)} parcel ids listed: resend them in "
+                "smaller records"
+            )
+            rejections.append(_reject("oversize_record", "$", detail, base, value, now_ms,
+                                      parcel_ids=ids))  # fmt: skip
             continue
         stripped = value.strip()
+        if stripped.startswith(BOM):
+            stripped = stripped[3:].lstrip()
         if not stripped:
             rejections.append(
                 _reject("empty_record", "$", "record has no value", base, b"", now_ms)

@@ -142,3 +142,21 @@ def test_chunk_records_bounds_bytes_and_keeps_order() -> None:
     chunks = chunk_records(recs, 1000)
     assert [[r.offset for r in c] for c in chunks] == [[0, 1], [2], [3], [4, 5]]
     assert chunk_records([], 1000) == []
+
+
+def test_leading_bom_is_ignored() -> None:
+    single = rec(b"\xef\xbb\xbf" + line(parcel_id="bom-1"))
+    batch = rec(b"\xef\xbb\xbf" + line(parcel_id="bom-2") + b"\n" + line(parcel_id="bom-3"), 1)
+    out = parse_batch([single, batch], Limits(), NOW)
+    assert not out.rejections
+    assert [m.parcel_id for m in out.manifests] == ["bom-1", "bom-2", "bom-3"]
+
+
+def test_oversize_record_lists_its_parcel_ids() -> None:
+    lines = [line(parcel_id=f"big-{i}") for i in range(40)]
+    raw = b"\n".join(lines)
+    limits = Limits(max_record_bytes=len(raw) - 1, max_parcels_per_record=1000)
+    (rej,) = parse_batch([rec(raw)], limits, NOW).rejections
+    assert rej.reason == "oversize_record"
+    assert rej.parcel_ids == [f"big-{i}" for i in range(40)]
+    assert "PARCEL_MAX_RECORD_BYTES" in rej.detail
