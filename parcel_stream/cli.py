@@ -801,10 +801,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         from parcel_stream.adapters.devstack import DevStackError
+        from parcel_stream.adapters.kafka_io import KafkaUnreachable
 
         if isinstance(exc, DevStackError):
             print(f"parcel-stream: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, KafkaUnreachable):
+            print(
+                f"parcel-stream: {exc}; start it with `parcel-stream dev up` "
+                "or set PARCEL_KAFKA_BOOTSTRAP",
+                file=sys.stderr,
+            )
+            return 2  # as for an unreachable Redis: the setting or the stack needs fixing
         raise
 
 

@@ -5,25 +5,56 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaTimeoutError
 
 from parcel_stream.feed import RawRecord, encode_record, manifest_key, open_feed
 from parcel_stream.progress import Progress
 
 NDJSON_HEADER = [("content-type", b"application/x-ndjson")]
 
+# How long a tool waits for the first broker to answer (kafka-python's default is 30 s).
+CONNECT_TIMEOUT_S = 5.0
 
-def make_producer(bootstrap: str, **kwargs: object) -> KafkaProducer:
+
+class KafkaUnreachable(Exception):
+    """No broker at the bootstrap address answered within the connect timeout."""
+
+    def __init__(self, bootstrap: str, timeout_s: float) -> None:
+        super().__init__(f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s")
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+
+
+_Client = TypeVar("_Client", KafkaProducer, KafkaConsumer)
+
+
+def _connect(
+    client: type[_Client], bootstrap: str, timeout_s: float, opts: dict[str, object]
+) -> _Client:
+    """Build a kafka-python client, which connects in its constructor; a dead address
+    raises ``KafkaUnreachable`` after ``timeout_s`` instead of a timeout traceback."""
+    try:
+        return client(
+            bootstrap_servers=bootstrap, bootstrap_timeout_ms=int(timeout_s * 1000), **opts
+        )
+    except KafkaTimeoutError as exc:
+        raise KafkaUnreachable(bootstrap, timeout_s) from exc
+
+
+def make_producer(
+    bootstrap: str, connect_timeout_s: float = CONNECT_TIMEOUT_S, **kwargs: object
+) -> KafkaProducer:
     opts: dict[str, object] = {
-        "bootstrap_servers": bootstrap,
         "acks": "all",
         "linger_ms": 5,
         "max_request_size": 16 * 1024 * 1024,
         "client_id": "parcel-stream-tools",
     }
     opts.update(kwargs)
-    return KafkaProducer(**opts)
+    return _connect(KafkaProducer, bootstrap, connect_timeout_s, opts)
 
 
 @dataclass(frozen=True)
@@ -80,13 +111,17 @@ def read_all(
     on_poll: Callable[[dict[str, list[tuple[bytes | None, bytes]]]], None] | None = None,
 ) -> dict[str, list[tuple[bytes | None, bytes]]]:
     """Read the topics from the beginning (no consumer group) until ``done`` or timeout."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        client_id="parcel-stream-reader",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+    consumer = _connect(
+        KafkaConsumer,
+        bootstrap,
+        CONNECT_TIMEOUT_S,
+        {
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "client_id": "parcel-stream-reader",
+            "fetch_max_bytes": 64 * 1024 * 1024,
+            "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        },
     )
     names = list(topics)
     got: dict[str, list[tuple[bytes | None, bytes]]] = {t: [] for t in names}
@@ -144,14 +179,14 @@ def record_topics(
     upper offset, when no record arrived for ``idle_stop_s`` (the dev broker's end-offset
     lookup is not reliable, so the end is found by reading). Ctrl-C stops cleanly: every
     record read so far is in the file."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        client_id="parcel-stream-record",
-        fetch_max_bytes=64 << 20,
-        max_partition_fetch_bytes=16 << 20,
+    opts: dict[str, object] = {
+        "enable_auto_commit": False,
+        "client_id": "parcel-stream-record",
+        "fetch_max_bytes": 64 << 20,
+        "max_partition_fetch_bytes": 16 << 20,
         **(options or {}),
-    )
+    }
+    consumer = _connect(KafkaConsumer, bootstrap, CONNECT_TIMEOUT_S, opts)
     written = 0
     try:
         parts = []

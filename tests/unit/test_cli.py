@@ -69,3 +69,46 @@ def test_every_bad_argument_is_one_line(argv: list[str], capsys) -> None:  # typ
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err.count("\n") == 1 and "--help" in err and "Traceback" not in err
+
+
+def test_kafka_commands_without_a_broker_fail_fast_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """produce, record and replay against a closed loopback port: one line naming the fix,
+    well before kafka-python's own 30 s bootstrap timeout."""
+    import os
+    import socket
+    import time
+
+    feed = tmp_path / "feed.ndjson"
+    feed.write_text('{"parcel_id": "P1", "shipper": {"id": "S1"}}\n')
+    commands = {
+        "produce": ["produce", str(feed)],
+        "record": ["record", "--out", str(tmp_path / "out.ndjson")],
+        "replay": ["replay", str(feed)],
+    }
+    # Bound but not listening: connections are refused, and no other process can take the
+    # port while the test holds it.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        bootstrap = f"127.0.0.1:{closed.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARCEL_")}
+        env["PARCEL_KAFKA_BOOTSTRAP"] = bootstrap
+        t0 = time.monotonic()
+        procs = {
+            name: subprocess.Popen(
+                [sys.executable, "-m", "parcel_stream.cli", *argv],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for name, argv in commands.items()
+        }
+        results = {name: (p.communicate(timeout=60), p.returncode) for name, p in procs.items()}
+        elapsed_s = time.monotonic() - t0
+    for name, ((_out, err), code) in results.items():
+        assert code == 2, (name, err)
+        assert err == (
+            f"parcel-stream: cannot reach Kafka at {bootstrap} within 5 s; start it with "
+            "`parcel-stream dev up` or set PARCEL_KAFKA_BOOTSTRAP\n"
+        ), name
+    assert elapsed_s < 15, elapsed_s  # loose bound: the three ran side by side
