@@ -165,6 +165,9 @@ RejectReason = Literal[
     "too_many_parcels",
     "empty_record",
     "too_deep",
+    # the Kafka record itself could not be decoded (unknown codec, corrupt record batch):
+    # no manifest was read; ``source`` names its topic/partition/offset
+    "undecodable_record",
 ]
 
 
