@@ -16,8 +16,10 @@ from parcel_stream.adapters.health import Health
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.security import faust_credentials
-from parcel_stream.adapters.worker import BatchProcessor, ExamProcessor
+from parcel_stream.adapters.worker import Backoff, BatchProcessor, ExamProcessor, now_ms
+from parcel_stream.decide import encode_rejection
 from parcel_stream.kernels import warm_up
+from parcel_stream.model import Rejection
 from parcel_stream.parse import InRecord, chunk_records
 from parcel_stream.rules import RuleSet, default_ruleset
 from parcel_stream.settings import Settings
@@ -56,6 +58,7 @@ def make_faust_app(settings: Settings) -> faust.App:
     faust_transport.register()
     app = faust.App(settings.app_id, **_faust_config(settings))
     app.parcel_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    app.parcel_isolation_level = settings.kafka_isolation_level  # type: ignore[attr-defined]
     return app
 
 
@@ -126,6 +129,29 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
         settings, store, send, metrics, pivot_score=lambda: processor.ruleset.hold_score
     )
     exam_results = raw_topic(app, settings.topic_exam_results, settings.partitions)
+
+    async def on_poison(poison: faust_transport.PoisonRecord) -> None:
+        """A skipped undecodable input record: counted, and on the rejects topic (resent
+        until the broker takes it) before Faust may commit past its offset."""
+        metrics.count_poison(poison.topic, poison.reason)
+        rejection = Rejection(
+            reason="undecodable_record",
+            path="$",
+            detail=f"{poison.reason}: {poison.detail}"[:300],
+            source=f"{poison.topic}/{poison.partition}/{poison.offset}",
+            rejected_ts_ms=now_ms(),
+        )
+        backoff = Backoff()
+        while True:
+            try:
+                await (await send(settings.topic_rejects, None, encode_rejection(rejection)))
+                return
+            except Exception as exc:
+                metrics.produce_errors.inc()
+                log.warning("producing a rejection failed (%s); resending", type(exc).__name__)
+                await backoff.wait()
+
+    app.parcel_on_poison = on_poison  # type: ignore[attr-defined]
 
     @app.agent(exam_results, concurrency=1)
     async def apply_exam_results(stream: Any) -> None:

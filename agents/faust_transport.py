@@ -1,27 +1,194 @@
-"""A Faust transport whose consumer waits at most ``fetch_max_wait_ms`` per fetch.
+"""The project's Faust transport: Faust's aiokafka driver with three consumer changes.
 
-Faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``. A broker that holds a fetch
-for the full wait when data arrives meanwhile (the dev broker does) then adds up to 1.5 s
-to every decision at low load. Registered under the URL scheme ``pskafka://``.
+- Fetch wait: Faust hard-codes ``fetch_max_wait_ms=1500``. A broker that holds a fetch for
+  the full wait when data arrives meanwhile (the dev broker does) then adds up to 1.5 s to
+  every decision at low load; the app's ``parcel_fetch_max_wait_ms`` replaces it.
+- Isolation level: Faust reads ``read_uncommitted`` unless the app itself is transactional;
+  the app's ``parcel_isolation_level`` (default ``read_committed``) replaces it, so records
+  of a hub's aborted transactions are not scored.
+- Poison records: aiokafka decodes a record batch (decompression, CRC, record layout) while
+  handing records out, and raises out of ``getmany`` when it cannot (an unknown codec, a
+  corrupt batch). Faust treats that as a crash, and after a restart the same offset crashes
+  the next worker: the partition is blocked forever. Here the failure ends that partition's
+  iteration at the bad offset, and the consumer moves past it (see :class:`PoisonRecord`).
+
+Registered under the URL scheme ``pskafka://``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from aiokafka import errors as kafka_errors
+from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
+from aiokafka.structs import TopicPartition
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 SCHEME = "pskafka"
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
+
+log = logging.getLogger("parcel_stream.consumer")
+
+PoisonReason = Literal["unsupported_codec", "corrupt_record", "decode_error", "too_large"]
+POISON_REASONS: tuple[PoisonReason, ...] = (
+    "unsupported_codec",
+    "corrupt_record",
+    "decode_error",
+    "too_large",
+)
+
+
+@dataclass(frozen=True)
+class PoisonRecord:
+    """A record the consumer could not decode and skipped: where it was and why.
+
+    ``detail`` is the error's type (and, for the client library's own errors, its fixed
+    message); it never contains record bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: PoisonReason
+    detail: str
+
+
+PoisonHook = Callable[[PoisonRecord], Awaitable[None]]
+
+
+def classify(exc: BaseException) -> tuple[PoisonReason, str]:
+    """The bounded reason label and a payload-free description of a decoding failure."""
+    if isinstance(exc, kafka_errors.UnsupportedCodecError):
+        return "unsupported_codec", f"UnsupportedCodecError: {exc}"[:300]
+    if isinstance(exc, kafka_errors.CorruptRecordException):
+        return "corrupt_record", f"CorruptRecordException: {exc}"[:300]
+    if isinstance(exc, kafka_errors.RecordTooLargeError):
+        return "too_large", "RecordTooLargeError: larger than the consumer's fetch size"
+    # decompressor errors (zlib.error, cramjam's DecompressionError, ...): type name only,
+    # their messages are not ours to vouch for
+    return "decode_error", type(exc).__name__
+
+
+OnError = Callable[[TopicPartition, int, Exception], None]
+
+
+def _guarded(records: PartitionRecords, inner: Iterator[Any], on_error: OnError) -> Iterator[Any]:
+    """``records``' own iterator ``inner``, ending cleanly (and reporting) where decoding
+    fails.
+
+    On failure ``records.next_fetch_offset`` is the offset being decoded: the start of
+    the bad batch, or the bad record inside it. Ending here lets aiokafka hand out the good
+    records before it and set the partition's position to that offset (raising instead
+    would lose them: aiokafka has advanced past them but not returned them)."""
+    try:
+        yield from inner
+    except Exception as exc:
+        on_error(records._tp, records.next_fetch_offset, exc)
+
+
+class _GuardedResults(collections.OrderedDict[Any, Any]):
+    """aiokafka's buffer of fetched results (``Fetcher._records``), which wraps each
+    partition's record iterator as a fetch response is stored, before anything reads it."""
+
+    def __init__(self, on_error: OnError) -> None:
+        super().__init__()
+        self._on_error = on_error
+
+    def __setitem__(self, tp: Any, result: Any) -> None:
+        if type(result) is FetchResult:
+            records = result._partition_records
+            if records is not None and records._records_iterator is not None:
+                records._records_iterator = _guarded(
+                    records, records._records_iterator, self._on_error
+                )
+        super().__setitem__(tp, result)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    _poisoned: list[tuple[TopicPartition, int, Exception]]
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "parcel_fetch_max_wait_ms", None)
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = int(wait_ms)
+        level = getattr(self.app, "parcel_isolation_level", None)
+        # Faust picks read_committed itself for a transactional app: never lower that.
+        if level in ISOLATION_LEVELS and consumer._isolation_level != "read_committed":
+            consumer._isolation_level = level
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()  # starts the aiokafka consumer, which creates its fetcher
+        self._poisoned = []
+        fetcher = self._ensure_consumer()._fetcher
+        guarded = _GuardedResults(lambda tp, offset, exc: self._poisoned.append((tp, offset, exc)))
+        guarded.update(fetcher._records)
+        fetcher._records = guarded
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        try:
+            return await super()._fetch_records(
+                consumer, active_partitions, timeout=timeout, max_records=max_records
+            )
+        except kafka_errors.RecordTooLargeError as exc:
+            # aiokafka has already moved the position past it (args: msg, tp, offset, size)
+            _msg, tp, offset, *_ = exc.args
+            self._poisoned.append((tp, int(offset), exc))
+            return {}
+        finally:
+            if self._poisoned:
+                poisoned, self._poisoned = self._poisoned, []
+                for where, at, error in poisoned:
+                    self._skip(consumer, where, at, error)
+
+    def _skip(self, consumer: Any, tp: TopicPartition, offset: int, exc: Exception) -> None:
+        """Count, log and report one undecodable record, and move its partition past it."""
+        reason, detail = classify(exc)
+        if tp not in consumer.assignment():
+            return  # revoked meanwhile: its new owner meets the record and reports it
+        # Its position is at the offset (aiokafka stopped there), or past it already (a
+        # record too large): nothing of this partition was handed out beyond it.
+        consumer.seek(tp, offset + 1)
+        log.error(
+            "skipped an undecodable record: topic=%s partition=%s offset=%s reason=%s (%s)",
+            tp.topic,
+            tp.partition,
+            offset,
+            reason,
+            detail,
+        )
+        poison = PoisonRecord(tp.topic, tp.partition, offset, reason, detail)
+        fut = asyncio.run_coroutine_threadsafe(self._settle(poison), self.parent_loop)
+        fut.add_done_callback(_log_failure)
+
+    async def _settle(self, poison: PoisonRecord) -> None:
+        """On the app's loop: report the record (the app's ``parcel_on_poison`` hook counts
+        it and sends the rejection), then let Faust commit past its offset."""
+        hook: PoisonHook | None = getattr(self.app, "parcel_on_poison", None)
+        if hook is not None:
+            await hook(poison)
+        await self.consumer._add_gap(
+            TP(poison.topic, poison.partition), poison.offset, poison.offset
+        )
+
+
+def _log_failure(fut: Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("reporting a skipped record failed: %r", fut.exception())
 
 
 class _Consumer(faust_aiokafka.Consumer):

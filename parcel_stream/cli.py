@@ -222,7 +222,7 @@ def _speed(text: str) -> float:
 
 
 def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
-    from parcel_stream.adapters.kafka_io import RecordRange, record_topics
+    from parcel_stream.adapters.kafka_io import RecordRange, consumer_options, record_topics
     from parcel_stream.progress import Progress
 
     rng = RecordRange(args.from_offset, args.to_offset, args.since, args.until, args.follow)
@@ -236,7 +236,7 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
             args.out,
             rng,
             Progress("recording", unit="records"),
-            options=kafka_client_options(settings),
+            options=consumer_options(settings),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -23,6 +23,7 @@ SECRETS = ("kafka_sasl_password", "redis_password")
 OTHER_VARIABLES = {"PARCEL_BROKER_BIN", "PARCEL_FUZZ_EXAMPLES"}
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,9 @@ class Settings:
     commit_interval_s: float = 1.0
     # Longest a consumer fetch waits for data; bounds added latency at low load.
     fetch_max_wait_ms: int = 20
+    # read_committed: records of aborted (and still open) transactions are not consumed.
+    # The worker and the tools that read topics use it.
+    kafka_isolation_level: str = "read_committed"
     # Batching: Kafka records per agent batch and the longest wait to fill one.
     batch_max_records: int = 200
     batch_within_s: float = 0.01
@@ -241,6 +245,11 @@ def _validate(s: Settings) -> None:
     if s.review_score is not None and s.hold_score is not None:
         _require(s.review_score <= s.hold_score, "review_score", "must be <= PARCEL_HOLD_SCORE")
     _require(1 <= s.fetch_max_wait_ms <= 60_000, "fetch_max_wait_ms", "must be 1..60000")
+    _require(
+        s.kafka_isolation_level in ISOLATION_LEVELS,
+        "kafka_isolation_level",
+        "must be read_committed or read_uncommitted",
+    )
     _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
     for name in (
         "broker_rebalance_timeout_s",

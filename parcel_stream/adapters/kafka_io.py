@@ -10,10 +10,14 @@ from typing import TypeVar
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaTimeoutError
 
+from parcel_stream.adapters.security import kafka_client_options
 from parcel_stream.feed import RawRecord, encode_record, manifest_key, open_feed
 from parcel_stream.progress import Progress
+from parcel_stream.settings import Settings
 
 NDJSON_HEADER = [("content-type", b"application/x-ndjson")]
+# Consumers skip records of aborted (and still open) transactions unless told otherwise.
+DEFAULT_ISOLATION_LEVEL = "read_committed"
 
 # How long a tool waits for the first broker to answer (kafka-python's default is 30 s).
 CONNECT_TIMEOUT_S = 5.0
@@ -55,6 +59,11 @@ def make_producer(
     }
     opts.update(kwargs)
     return _connect(KafkaProducer, bootstrap, connect_timeout_s, opts)
+
+
+def consumer_options(s: Settings) -> dict[str, object]:
+    """kafka-python consumer options from settings: security and the isolation level."""
+    return {**kafka_client_options(s), "isolation_level": s.kafka_isolation_level}
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ def read_all(
     done: Callable[[dict[str, list[tuple[bytes | None, bytes]]]], bool],
     timeout_s: float,
     on_poll: Callable[[dict[str, list[tuple[bytes | None, bytes]]]], None] | None = None,
+    isolation_level: str = DEFAULT_ISOLATION_LEVEL,
 ) -> dict[str, list[tuple[bytes | None, bytes]]]:
     """Read the topics from the beginning (no consumer group) until ``done`` or timeout."""
     consumer = _connect(
@@ -121,6 +131,7 @@ def read_all(
             "client_id": "parcel-stream-reader",
             "fetch_max_bytes": 64 * 1024 * 1024,
             "max_partition_fetch_bytes": 16 * 1024 * 1024,
+            "isolation_level": isolation_level,
         },
     )
     names = list(topics)
@@ -178,12 +189,14 @@ def record_topics(
     Without ``follow`` it stops once every partition is past ``to_offset`` or, without an
     upper offset, when no record arrived for ``idle_stop_s`` (the dev broker's end-offset
     lookup is not reliable, so the end is found by reading). Ctrl-C stops cleanly: every
-    record read so far is in the file."""
+    record read so far is in the file. ``options`` (e.g. :func:`consumer_options`) override
+    the defaults, read_committed among them."""
     opts: dict[str, object] = {
         "enable_auto_commit": False,
         "client_id": "parcel-stream-record",
         "fetch_max_bytes": 64 << 20,
         "max_partition_fetch_bytes": 16 << 20,
+        "isolation_level": DEFAULT_ISOLATION_LEVEL,
         **(options or {}),
     }
     consumer = _connect(KafkaConsumer, bootstrap, CONNECT_TIMEOUT_S, opts)

@@ -136,6 +136,14 @@ class WorkerMetrics:
         )
         self.redis_errors = errors.labels(component="redis")
         self.produce_errors = errors.labels(component="produce")
+        self.poison_records = Counter(
+            "parcel_stream_poison_records_total",
+            "Kafka records the consumer could not decode (unknown codec, corrupt batch) and "
+            "skipped; each is on the rejects topic as undecodable_record. Labels: the input "
+            "topic and unsupported_codec, corrupt_record, decode_error or too_large",
+            ["topic", "reason"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "parcel_stream_redis_up", "1 when the last Redis call succeeded", registry=r
         )
@@ -205,6 +213,11 @@ class WorkerMetrics:
                 if child is None:
                     child = self._hold_reason[code] = self.hold_reasons.labels(rule=code)
                 child.inc(n)
+
+    def count_poison(self, topic: str, reason: str) -> None:
+        """One skipped undecodable record (rare: a labelled lookup per record is fine)."""
+        self.poison_records.labels(topic=topic, reason=reason).inc()
+        self.rejections["undecodable_record"].inc()
 
     def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
         """Lag of each assigned partition; partitions no longer assigned are dropped
