@@ -12,7 +12,7 @@ import faust
 from redis.exceptions import RedisError
 
 from agents import faust_transport
-from parcel_stream.adapters.health import Health
+from parcel_stream.adapters.health import Health, write_port_file
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.security import faust_credentials
@@ -164,9 +164,21 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
         # Everything allocated so far lives as long as the worker: keep it out of the
         # collector's scans so per-batch collections stay cheap.
         gc.freeze()
-        metrics.serve(settings.metrics_port, health)
+        try:
+            port = metrics.serve(settings.metrics_port, health)
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics on port %s (%s): set PARCEL_METRICS_PORT to a free "
+                "port, or 0 for any free port",
+                settings.metrics_port,
+                exc.strerror,
+            )
+            raise
+        if port is not None:
+            # whoever started the worker with port 0 reads the bound port here
+            write_port_file(settings.data_dir, port)
         health.started = True
-        log.info("worker ready: rule set %s, metrics on :%s", rules.version, settings.metrics_port)
+        log.info("worker ready: rule set %s, metrics on :%s", rules.version, port or "off")
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def _heartbeat() -> None:

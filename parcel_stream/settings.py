@@ -109,6 +109,7 @@ class Settings:
     review_score: float | None = None
     hold_score: float | None = None
     # Operations
+    # Metrics and health port: 0 = any free port (written to DATA_DIR/metrics.port), -1 = off
     metrics_port: int = 9464
     data_dir: str = ".parcel-stream/worker"
     log_level: str = "info"
@@ -250,7 +251,11 @@ def _validate(s: Settings) -> None:
         "kafka_isolation_level",
         "must be read_committed or read_uncommitted",
     )
-    _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
+    _require(
+        -1 <= s.metrics_port <= 65535,
+        "metrics_port",
+        "must be a TCP port, 0 (any free port, reported) or -1 (off)",
+    )
     for name in (
         "broker_rebalance_timeout_s",
         "broker_session_timeout_s",

@@ -12,21 +12,25 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from parcel_stream.adapters import devstack
+from parcel_stream.adapters.health import PORT_FILE, read_port_file
 from parcel_stream.adapters.kafka_io import make_producer
 from parcel_stream.adapters.security import kafka_client_options
 from parcel_stream.demo import isolated_settings
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -83,6 +87,46 @@ class CpuLimit:
             pass
 
 
+class WorkerExited(AssertionError):
+    """The worker process ended while something waited on it (the message has its log)."""
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The end of a worker's log, after its last error lines (Faust's shutdown messages
+    would otherwise push the cause out of the tail)."""
+    rows = (path.read_text(errors="replace") if path.exists() else "").splitlines()
+    errors = [r for r in rows[:-lines] if "[ERROR]" in r or "Error" in r][-5:]
+    return "\n".join([*errors, "...", *rows[-lines:]] if errors else rows[-lines:]) or "(empty)"
+
+
+def wait_alive(proc: subprocess.Popen[bytes], log: Path, ready: Callable[[], T | None],
+               timeout_s: float, what: str, interval_s: float = 0.2) -> T:  # fmt: skip
+    """Poll ``ready`` until it returns a value other than None/False; fail at once, with
+    the tail of the worker's log, if the worker exits meanwhile (never wait out a dead one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise WorkerExited(
+                f"worker exited with status {proc.returncode} while waiting for {what}; "
+                f"the end of {log}:\n{log_tail(log)}"
+            )
+        got = ready()
+        if got is not None and got is not False:
+            return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout_s:g} s; the end of {log}:\n"
+                               f"{log_tail(log)}")  # fmt: skip
+        time.sleep(interval_s)
+
+
+def bound_metrics_port(settings: Settings, proc: subprocess.Popen[bytes], log: Path,
+                       timeout_s: float = 90) -> int:  # fmt: skip
+    """The metrics port the worker bound (it reports it in its data dir; with
+    PARCEL_METRICS_PORT=0 the OS picks a free one, so nothing races for it)."""
+    return wait_alive(proc, log, lambda: read_port_file(settings.data_dir), timeout_s,
+                      "the worker's metrics port")  # fmt: skip
+
+
 class Worker:
     """``parcel-stream worker`` in a child process that can be killed or paused, optionally
     under a CPU limit."""
@@ -92,8 +136,29 @@ class Worker:
         self.log_path = log
         self.cpu = cpu
         self.proc: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound metrics port, waited for (the worker reports it once started)."""
+        if self._port is None:
+            assert self.proc is not None, "start the worker first"
+            self._port = bound_metrics_port(self.settings, self.proc, self.log_path)
+        return self._port
+
+    def wait(self, ready: Callable[[], T | None], timeout_s: float, what: str) -> T:
+        """``wait_alive`` on this worker."""
+        assert self.proc is not None, "start the worker first"
+        return wait_alive(self.proc, self.log_path, ready, timeout_s, what)
+
+    def check(self) -> None:
+        """Raise ``WorkerExited`` (with the log's tail) if the worker has exited."""
+        self.wait(lambda: True, 0, "a running worker")
 
     def start(self) -> None:
+        # a port reported by an earlier run must not be mistaken for this one's
+        (Path(self.settings.data_dir) / PORT_FILE).unlink(missing_ok=True)
+        self._port = None
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "parcel_stream.cli", "worker"],
@@ -242,9 +307,11 @@ class Outcome:
 _ID = re.compile(rb'"parcel_id":"([^"]+)"')
 
 
-def collect(settings: Settings, feed: Feed, timeout_s: float, progress: bool = True) -> Outcome:
+def collect(settings: Settings, feed: Feed, timeout_s: float, progress: bool = True,
+            workers: Sequence[Worker] = ()) -> Outcome:  # fmt: skip
     """Read decisions and rejections from the start until every valid parcel has a
-    decision and every malformed one a rejection (or the timeout)."""
+    decision and every malformed one a rejection (or the timeout). With ``workers``, stop
+    at once if one of them exits (leave out workers a suite kills on purpose)."""
     consumer = from_start(
         settings.kafka_bootstrap,
         [settings.topic_decisions, settings.topic_rejects],
@@ -258,6 +325,8 @@ def collect(settings: Settings, feed: Feed, timeout_s: float, progress: bool = T
         last = 0.0
         covered = 0
         while time.monotonic() < deadline:
+            for w in workers:
+                w.check()
             for tp, msgs in consumer.poll(timeout_ms=300, max_records=100_000).items():
                 for m in msgs:
                     if tp.topic == settings.topic_decisions:

@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -54,8 +56,32 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+PORT_FILE = "metrics.port"
+
+
+def write_port_file(data_dir: str | Path, port: int) -> Path:
+    """Record the bound metrics port in ``data_dir`` (atomically: a reader never sees half
+    a number), so whoever started the worker with port 0 can find it."""
+    directory = Path(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / PORT_FILE
+    tmp = path.with_name(f".{PORT_FILE}.{os.getpid()}")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_port_file(data_dir: str | Path) -> int | None:
+    """The port a worker with this data dir reported, or None if it has not yet."""
+    try:
+        return int((Path(data_dir) / PORT_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def serve(port: int, registry: CollectorRegistry, health: Health) -> WSGIServer:
-    """Serve health and metrics on ``port`` from a daemon thread."""
+    """Serve health and metrics on ``port`` (0: any free port; ``server_port`` tells
+    which) from a daemon thread."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:

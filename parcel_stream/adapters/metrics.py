@@ -228,11 +228,13 @@ class WorkerMetrics:
             self.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
         self._lag_keys = set(lags)
 
-    def serve(self, port: int, health: Health | None = None) -> None:
-        """Metrics on ``port`` (0: off), with ``/healthz`` and ``/readyz`` when given."""
-        if not port:
-            return
+    def serve(self, port: int, health: Health | None = None) -> int | None:
+        """Metrics on ``port``, with ``/healthz`` and ``/readyz`` when given; returns the
+        bound port. 0 binds any free port (no pick-then-bind race); -1: off, None."""
+        if port < 0:
+            return None
         if health is None:
-            start_http_server(port, addr="0.0.0.0", registry=self.registry)
+            server, _thread = start_http_server(port, addr="0.0.0.0", registry=self.registry)
         else:
-            serve_health(port, self.registry, health)
+            server = serve_health(port, self.registry, health)
+        return int(server.server_port)

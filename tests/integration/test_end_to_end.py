@@ -13,10 +13,11 @@ import orjson
 
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels, read_all
 from parcel_stream.adapters.redis_store import RedisReputationStore
-from parcel_stream.demo import MALFORMED, running_worker
+from parcel_stream.demo import MALFORMED
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.model import Decision, Hold, Rejection
 from parcel_stream.settings import Settings
+from tests.integration.conftest import metrics_port, run_worker
 
 Topics = dict[str, list[tuple[bytes | None, bytes]]]
 
@@ -71,7 +72,7 @@ def test_every_parcel_gets_exactly_one_decision_or_rejection(
     mixed_lines = [v for _k, v in mixed[:10]] + list(MALFORMED) + [v for _k, v in mixed[10:]]
     producer = make_producer(s.kafka_bootstrap)
     t_start = time.monotonic()
-    with running_worker(s, tmp_path) as worker:
+    with run_worker(s, tmp_path) as worker:
         produce_parcels(producer, s.topic_manifests, singles, batch_size=1)
         produce_parcels(producer, s.topic_manifests, batched, batch_size=250)
         producer.send(s.topic_manifests, value=b"\n".join(mixed_lines))
@@ -82,16 +83,17 @@ def test_every_parcel_gets_exactly_one_decision_or_rejection(
         bad = len(MALFORMED) + 2
         got = read_until(s, good + bad, worker)
         elapsed = time.monotonic() - t_start
+        port = metrics_port(s, worker, tmp_path)
         decisions = decisions_of(got, s)
         # metrics are updated after the batch's outputs were sent: poll briefly for the last one
         deadline = time.monotonic() + 10
         lanes: dict[str, float] = {}
         while time.monotonic() < deadline:
-            lanes = metric(s.metrics_port, "parcel_stream_parcels_total{")
+            lanes = metric(port, "parcel_stream_parcels_total{")
             if sum(lanes.values()) >= good:
                 break
             time.sleep(0.2)
-        rejections_metric = metric(s.metrics_port, "parcel_stream_rejections_total{")
+        rejections_metric = metric(port, "parcel_stream_rejections_total{")
     producer.close()
     print(f"first run: {good + bad} manifests accounted for in {elapsed:.1f}s incl. worker start")
 
@@ -141,7 +143,7 @@ def test_every_parcel_gets_exactly_one_decision_or_rejection(
     # A restarted worker resumes from committed offsets: old parcels are not scored again.
     more = feed(200, seed=9)
     producer = make_producer(s.kafka_bootstrap)
-    with running_worker(s, tmp_path) as worker:
+    with run_worker(s, tmp_path) as worker:
         produce_parcels(producer, s.topic_manifests, more, batch_size=50)
         got2 = read_until(s, good + bad + len(more), worker)
     producer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -11,9 +12,9 @@ import orjson
 
 from parcel_stream.adapters.kafka_io import make_producer, read_all
 from parcel_stream.adapters.redis_store import RedisReputationStore
-from parcel_stream.demo import running_worker
 from parcel_stream.model import Decision, Rejection
 from parcel_stream.settings import Settings
+from tests.integration.conftest import alive, metrics_port, run_worker
 from tests.integration.test_end_to_end import metric
 from tests.unit.samples import line
 
@@ -25,11 +26,14 @@ def exam(exam_id: str, parcel_id: str, outcome: str) -> bytes:
                          "examined_ts_ms": NOW, "finding": "precursor"})  # fmt: skip
 
 
-def decisions(s: Settings, want: int) -> dict[str, Decision]:
+def decisions(
+    s: Settings, want: int, on_poll: Callable[[object], None] | None = None
+) -> dict[str, Decision]:
     dec = msgspec.json.Decoder(Decision)
     got = read_all(
         s.kafka_bootstrap, [s.topic_decisions],
         lambda g: sum(v.count(b"\n") + 1 for _k, v in g[s.topic_decisions]) >= want, 60,
+        on_poll=on_poll,
     )  # fmt: skip
     out = {}
     for _k, v in got[s.topic_decisions]:
@@ -45,12 +49,12 @@ def test_exam_results_feed_back_into_scoring(settings: Settings, tmp_path: Path)
                "country": "CN"}  # fmt: skip
     precursor = [{"description": "sample", "hs_code": "2933.39", "quantity": 1, "value": 24.0}]
     p = make_producer(s.kafka_bootstrap)
-    with running_worker(s, tmp_path) as worker:
+    with run_worker(s, tmp_path) as worker:
         for pid in ("H1", "H2"):
             p.send(s.topic_manifests, key=b"SHPX",
                    value=line(parcel_id=pid, shipper=shipper, items=precursor))  # fmt: skip
         p.flush()
-        first = decisions(s, 2)
+        first = decisions(s, 2, alive(worker, tmp_path))
         assert first["H1"].lane == first["H2"].lane == "hold"
         before = first["H2"].reason_codes
         for value in (exam("E1", "H1", "seized"), exam("E1", "H1", "seized"),
@@ -61,7 +65,9 @@ def test_exam_results_feed_back_into_scoring(settings: Settings, tmp_path: Path)
         deadline = time.monotonic() + 30
         statuses: dict[str, float] = {}
         while time.monotonic() < deadline:
-            statuses = metric(s.metrics_port, "parcel_stream_exam_results_total{")
+            statuses = metric(
+                metrics_port(s, worker, tmp_path), "parcel_stream_exam_results_total{"
+            )
             if sum(statuses.values()) >= 5:
                 break
             time.sleep(0.3)
@@ -74,7 +80,7 @@ def test_exam_results_feed_back_into_scoring(settings: Settings, tmp_path: Path)
         # an ordinary parcel from the same shipper is now scored with the seizure on record
         p.send(s.topic_manifests, key=b"SHPX", value=line(parcel_id="L1", shipper=shipper))
         p.flush()
-        later = decisions(s, 3)["L1"]
+        later = decisions(s, 3, alive(worker, tmp_path))["L1"]
         assert worker.poll() is None
     p.close()
     assert "EXAM_VIOLATIONS" not in before and "EXAM_VIOLATIONS" in later.reason_codes

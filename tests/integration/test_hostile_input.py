@@ -20,7 +20,7 @@ def test_hostile_manifests_mixed_into_traffic(settings: Settings, tmp_path: Path
         must, refused, due, kinds = send_mixed(settings, 3000, 2000, seed=4)
         decided, rejections = read_outputs(settings, len(must), due, timeout_s=180)
         time.sleep(1.0)
-        metric = rejection_metrics(settings.metrics_port)
+        metric = rejection_metrics(worker.metrics_port)
         assert worker.alive()
     finally:
         worker.stop()

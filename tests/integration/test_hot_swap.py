@@ -13,11 +13,11 @@ import msgspec
 import orjson
 
 from parcel_stream.adapters.kafka_io import make_producer, read_all
-from parcel_stream.demo import running_worker
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.model import Decision
 from parcel_stream.rules import DEFAULT_RULESET_PATH
 from parcel_stream.settings import Settings
+from tests.integration.conftest import alive, metrics_port, run_worker
 from tests.integration.test_end_to_end import metric
 
 DEFAULT = DEFAULT_RULESET_PATH.read_text()
@@ -51,11 +51,11 @@ def test_hot_swap_under_load(settings: Settings, tmp_path: Path) -> None:
                 time.sleep(0.075)
         producer.flush()
 
-    with running_worker(s, tmp_path) as worker:
+    with run_worker(s, tmp_path) as worker:
         # wait until the worker scores with v1
         offer(docs[:50])
         read_all(s.kafka_bootstrap, [s.topic_decisions],
-                 lambda g: bool(g[s.topic_decisions]), 60)  # fmt: skip
+                 lambda g: bool(g[s.topic_decisions]), 60, alive(worker, tmp_path))  # fmt: skip
         sender = threading.Thread(target=offer, args=(docs[50:],))
         sender.start()
         time.sleep(1.0)
@@ -67,9 +67,10 @@ def test_hot_swap_under_load(settings: Settings, tmp_path: Path) -> None:
         def done(g: dict[str, list[tuple[bytes | None, bytes]]]) -> bool:
             return sum(v.count(b"\n") + 1 for _k, v in g[s.topic_decisions]) >= len(docs)
 
-        got = read_all(s.kafka_bootstrap, [s.topic_decisions], done, 120)
-        reloads = metric(s.metrics_port, "parcel_stream_ruleset_reloads_total{")
-        info = metric(s.metrics_port, "parcel_stream_ruleset_info{")
+        got = read_all(s.kafka_bootstrap, [s.topic_decisions], done, 120, alive(worker, tmp_path))
+        port = metrics_port(s, worker, tmp_path)
+        reloads = metric(port, "parcel_stream_ruleset_reloads_total{")
+        info = metric(port, "parcel_stream_ruleset_info{")
         assert worker.poll() is None
     producer.close()
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import msgspec
 
 from parcel_stream.adapters.kafka_io import make_producer, read_all
-from parcel_stream.demo import running_worker
 from parcel_stream.model import Hold
 from parcel_stream.rules import DEFAULT_RULESET_PATH
 from parcel_stream.settings import Settings
+from tests.integration.conftest import alive, metrics_port, run_worker
 from tests.integration.test_end_to_end import metric
 from tests.integration.test_exam_feedback import decisions, exam
 from tests.unit.samples import line
@@ -36,18 +36,18 @@ def test_known_shipper_suspended_by_an_exam_and_learner_moves(
     rules.write_text(text.replace("known_shippers = []", 'known_shippers = ["SHPK"]'))
     s = settings.replace(rules_file=str(rules), learner_mode="on", learner_refresh_s=0.2)
     p = make_producer(s.kafka_bootstrap)
-    with running_worker(s, tmp_path) as worker:
+    with run_worker(s, tmp_path) as worker:
         p.send(s.topic_manifests, key=b"SHPK",
                value=line(parcel_id="K1", shipper=SHIPPER, items=PRECURSOR))  # fmt: skip
         p.flush()
-        k1 = decisions(s, 1)["K1"]
+        k1 = decisions(s, 1, alive(worker, tmp_path))["K1"]
         assert "KNOWN_SHIPPER" in k1.reason_codes and k1.lane in ("review", "hold"), k1
         assert k1.learner_version == 0
         p.send(s.topic_exam_results, value=exam("EK1", "K1", "violation"))
         p.flush()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            m = metric(s.metrics_port, "parcel_stream_learner_updates_total")
+            m = metric(metrics_port(s, worker, tmp_path), "parcel_stream_learner_updates_total")
             if m.get("parcel_stream_learner_updates_total", 0) >= 1:
                 break
             time.sleep(0.3)
@@ -55,9 +55,10 @@ def test_known_shipper_suspended_by_an_exam_and_learner_moves(
         p.send(s.topic_manifests, key=b"SHPK",
                value=line(parcel_id="K2", shipper=SHIPPER, items=PRECURSOR))  # fmt: skip
         p.flush()
-        k2 = decisions(s, 2)["K2"]
+        k2 = decisions(s, 2, alive(worker, tmp_path))["K2"]
         holds = read_all(s.kafka_bootstrap, [s.topic_holds],
-                         lambda g: any(k == b"K2" for k, _v in g[s.topic_holds]), 30)  # fmt: skip
+                         lambda g: any(k == b"K2" for k, _v in g[s.topic_holds]), 30,
+                         alive(worker, tmp_path))  # fmt: skip
         assert worker.poll() is None
     p.close()
     assert "KNOWN_SHIPPER_SUSPENDED" in k2.reason_codes and "KNOWN_SHIPPER" not in k2.reason_codes

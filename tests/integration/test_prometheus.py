@@ -69,23 +69,28 @@ class Run:
     feed: Feed
     prometheus_port: int
     log: Path
+    metrics_port: int
 
 
 @pytest.fixture(scope="module")
 def run(stack: devstack.StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("prometheus")
     settings = isolated_settings(stack, uuid.uuid4().hex[:8], tmp / "worker-data").replace(
-        log_format="json"
+        log_format="json", metrics_port=0
     )
     feed = make_feed(3000, seed=21, bad_every=300)
     worker = Worker(settings, tmp / "worker.log")
     worker.start()
-    prom, port = start_prometheus(tmp, settings.metrics_port)
+    try:
+        prom, port = start_prometheus(tmp, worker.metrics_port)
+    except BaseException:
+        worker.stop()
+        raise
     try:
         pace(settings, feed, 3000).join()
-        out = collect(settings, feed, timeout_s=120, progress=False)
+        out = collect(settings, feed, timeout_s=120, progress=False, workers=(worker,))
         assert len(out.decisions) == len(feed.ids)
-        yield Run(settings, feed, port, worker.log_path)
+        yield Run(settings, feed, port, worker.log_path, worker.metrics_port)
     finally:
         prom.terminate()
         prom.wait(timeout=30)
@@ -129,10 +134,10 @@ def test_prometheus_scrapes_the_worker(run: Run) -> None:
     # every metric the dashboard and the alerts query is on the live page (the lag
     # gauge is set every 5 s)
     deadline = time.monotonic() + 15
-    live = metrics(settings.metrics_port)
+    live = metrics(run.metrics_port)
     while "consumer_lag_records{" not in "".join(live) and time.monotonic() < deadline:
         time.sleep(0.5)
-        live = metrics(settings.metrics_port)
+        live = metrics(run.metrics_port)
     live_names = {k.split("{", 1)[0] for k in live}
     wanted = {name for _where, expr in queries() for name, _m in NAME.findall(expr)}
     assert wanted - live_names == set()

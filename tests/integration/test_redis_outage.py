@@ -22,10 +22,10 @@ from benchmarks.reliability.harness import OwnRedis
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer, read_all
 from parcel_stream.adapters.redis_store import RedisReputationStore
-from parcel_stream.demo import running_worker
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.model import Decision
 from parcel_stream.settings import Settings
+from tests.integration.conftest import alive, metrics_port, run_worker
 from tests.integration.test_end_to_end import metric
 
 
@@ -54,11 +54,11 @@ def test_redis_outage_mid_stream(
             time.sleep(0.15)
 
     try:
-        with running_worker(s, tmp_path) as worker:
+        with run_worker(s, tmp_path) as worker:
             # warm-up: the worker has joined and scores before the outage starts
             offer(0, 100)
             read_all(s.kafka_bootstrap, [s.topic_decisions],
-                     lambda g: bool(g[s.topic_decisions]), 60)  # fmt: skip
+                     lambda g: bool(g[s.topic_decisions]), 60, alive(worker, tmp_path))  # fmt: skip
             sender = threading.Thread(target=offer, args=(100, len(docs)))
             sender.start()
             time.sleep(0.5)
@@ -78,9 +78,11 @@ def test_redis_outage_mid_stream(
             def done(g: dict[str, list[tuple[bytes | None, bytes]]]) -> bool:
                 return sum(v.count(b"\n") + 1 for _k, v in g[s.topic_decisions]) >= len(docs)
 
-            got = read_all(s.kafka_bootstrap, [s.topic_decisions], done, 120)
-            errors = metric(s.metrics_port, "parcel_stream_errors_total{")
-            redis_up = metric(s.metrics_port, "parcel_stream_redis_up")
+            got = read_all(s.kafka_bootstrap, [s.topic_decisions], done, 120,
+                           alive(worker, tmp_path))  # fmt: skip
+            port = metrics_port(s, worker, tmp_path)
+            errors = metric(port, "parcel_stream_errors_total{")
+            redis_up = metric(port, "parcel_stream_redis_up")
             assert worker.poll() is None
         producer.close()
 

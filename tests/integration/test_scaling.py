@@ -16,7 +16,6 @@ from benchmarks.reliability.harness import (
     metrics,
     pace,
 )
-from parcel_stream.adapters.devstack import free_port
 from parcel_stream.settings import Settings
 from tests.integration.test_health import wait_for
 
@@ -39,26 +38,26 @@ def test_two_workers_split_partitions_and_score_each_parcel_once(
 ) -> None:
     assert settings.partitions >= 2
     a = Worker(settings, tmp_path / "a.log")
-    b = Worker(settings.replace(metrics_port=free_port()), tmp_path / "b.log")
+    b = Worker(settings.replace(data_dir=str(tmp_path / "b-data")), tmp_path / "b.log")
     a.start()
     b.start()
     try:
         for w in (a, b):
-            wait_for(w.settings.metrics_port, "/readyz", 200)
+            wait_for(w, "/readyz", 200)
         time.sleep(2 * settings.broker_rebalance_timeout_s)  # let the group settle
         feed = make_feed(8000, seed=31, bad_every=0, shippers=800)
         pace(settings, feed, 2000).join()
-        out = collect(settings, feed, timeout_s=120, progress=False)
+        out = collect(settings, feed, timeout_s=120, progress=False, workers=(a, b))
         acc = account(feed, out)
         assert acc.missing == 0 and acc.unexpected == 0
         assert acc.conflicting_duplicates == 0
         time.sleep(6)  # one lag-metric period after the last batch
-        pa = own_partitions(a.settings.metrics_port, settings.topic_manifests)
-        pb = own_partitions(b.settings.metrics_port, settings.topic_manifests)
+        pa = own_partitions(a.metrics_port, settings.topic_manifests)
+        pb = own_partitions(b.metrics_port, settings.topic_manifests)
         assert pa and pb, (pa, pb)  # both got partitions
         assert not pa & pb  # and never the same one
         assert pa | pb == {str(p) for p in range(settings.partitions)}
-        sa, sb = scored(a.settings.metrics_port), scored(b.settings.metrics_port)
+        sa, sb = scored(a.metrics_port), scored(b.metrics_port)
         assert sa > 0 and sb > 0
         assert sa + sb == len(feed.ids)  # scored once: no parcel counted by both
         shippers, mismatches = check_reputation(settings, feed, out)

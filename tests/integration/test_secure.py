@@ -158,9 +158,9 @@ def test_worker_over_tls_to_broker_and_redis_with_acl_password(
     worker = Worker(s, tmp_path / "worker.log")
     worker.start()
     try:
-        wait_for(s.metrics_port, "/readyz", 200)
+        wait_for(worker, "/readyz", 200)
         pace(s, feed, 4000).join()
-        out = collect(s, feed, timeout_s=120, progress=False)
+        out = collect(s, feed, timeout_s=120, progress=False, workers=(worker,))
         acc = account(feed, out)
         assert acc.missing == 0 and acc.rejected == feed.bad and acc.unexpected == 0
         shippers, mismatches = check_reputation(s, feed, out)
