@@ -66,9 +66,9 @@ PoisonHook = Callable[[PoisonRecord], Awaitable[None]]
 def classify(exc: BaseException) -> tuple[PoisonReason, str]:
     """The bounded reason label and a payload-free description of a decoding failure."""
     if isinstance(exc, kafka_errors.UnsupportedCodecError):
-        return "unsupported_codec", f"UnsupportedCodecError: {exc}"[:300]
+        return "unsupported_codec", str(exc)[:300]  # "UnsupportedCodecError: <fixed text>"
     if isinstance(exc, kafka_errors.CorruptRecordException):
-        return "corrupt_record", f"CorruptRecordException: {exc}"[:300]
+        return "corrupt_record", str(exc)[:300]
     if isinstance(exc, kafka_errors.RecordTooLargeError):
         return "too_large", "RecordTooLargeError: larger than the consumer's fetch size"
     # decompressor errors (zlib.error, cramjam's DecompressionError, ...): type name only,
@@ -81,16 +81,20 @@ OnError = Callable[[TopicPartition, int, Exception], None]
 
 def _guarded(records: PartitionRecords, inner: Iterator[Any], on_error: OnError) -> Iterator[Any]:
     """``records``' own iterator ``inner``, ending cleanly (and reporting) where decoding
-    fails.
+    fails, with the partition's next position one past the failed offset.
 
     On failure ``records.next_fetch_offset`` is the offset being decoded: the start of
     the bad batch, or the bad record inside it. Ending here lets aiokafka hand out the good
-    records before it and set the partition's position to that offset (raising instead
-    would lose them: aiokafka has advanced past them but not returned them)."""
+    records before it (raising would lose them: aiokafka has advanced past them but not
+    returned them) and then set the partition's position to ``next_fetch_offset``, now one
+    past the bad offset: the next fetch starts there. A bad batch of n records is so
+    skipped (and reported) record by record, as the broker serves it from each offset."""
     try:
         yield from inner
     except Exception as exc:
-        on_error(records._tp, records.next_fetch_offset, exc)
+        offset = records.next_fetch_offset
+        records.next_fetch_offset = offset + 1
+        on_error(records._tp, offset, exc)
 
 
 class _GuardedResults(collections.OrderedDict[Any, Any]):
@@ -112,8 +116,6 @@ class _GuardedResults(collections.OrderedDict[Any, Any]):
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    _poisoned: list[tuple[TopicPartition, int, Exception]]
-
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "parcel_fetch_max_wait_ms", None)
@@ -127,9 +129,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def on_start(self) -> None:
         await super().on_start()  # starts the aiokafka consumer, which creates its fetcher
-        self._poisoned = []
         fetcher = self._ensure_consumer()._fetcher
-        guarded = _GuardedResults(lambda tp, offset, exc: self._poisoned.append((tp, offset, exc)))
+        guarded = _GuardedResults(self._skip)
         guarded.update(fetcher._records)
         fetcher._records = guarded
 
@@ -145,24 +146,15 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 consumer, active_partitions, timeout=timeout, max_records=max_records
             )
         except kafka_errors.RecordTooLargeError as exc:
-            # aiokafka has already moved the position past it (args: msg, tp, offset, size)
+            # aiokafka has moved the position past it already (args: msg, tp, offset, size)
             _msg, tp, offset, *_ = exc.args
-            self._poisoned.append((tp, int(offset), exc))
+            self._skip(tp, int(offset), exc)
             return {}
-        finally:
-            if self._poisoned:
-                poisoned, self._poisoned = self._poisoned, []
-                for where, at, error in poisoned:
-                    self._skip(consumer, where, at, error)
 
-    def _skip(self, consumer: Any, tp: TopicPartition, offset: int, exc: Exception) -> None:
-        """Count, log and report one undecodable record, and move its partition past it."""
+    def _skip(self, tp: TopicPartition, offset: int, exc: Exception) -> None:
+        """Log and report one skipped undecodable record (its partition's position is
+        already past it)."""
         reason, detail = classify(exc)
-        if tp not in consumer.assignment():
-            return  # revoked meanwhile: its new owner meets the record and reports it
-        # Its position is at the offset (aiokafka stopped there), or past it already (a
-        # record too large): nothing of this partition was handed out beyond it.
-        consumer.seek(tp, offset + 1)
         log.error(
             "skipped an undecodable record: topic=%s partition=%s offset=%s reason=%s (%s)",
             tp.topic,

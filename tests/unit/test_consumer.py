@@ -47,8 +47,9 @@ def batch(base_offset: int, n: int, attributes: int | None = None, crc_ok: bool 
     return bytes(buf)
 
 
-def read(log: bytes, fetch_offset: int) -> tuple[list[int], list[tuple[Any, int, str]]]:
-    """What a guarded fetch of ``log`` from ``fetch_offset`` hands out, and what it reports."""
+def read(log: bytes, fetch_offset: int) -> tuple[list[int], list[tuple[Any, int, str]], int]:
+    """What a guarded fetch of ``log`` from ``fetch_offset`` hands out, what it reports and
+    the partition's next position."""
     records = PartitionRecords(
         TP0, MemoryRecords(log), None, fetch_offset, None, None, True, READ_UNCOMMITTED
     )
@@ -58,7 +59,7 @@ def read(log: bytes, fetch_offset: int) -> tuple[list[int], list[tuple[Any, int,
         records._records_iterator,
         lambda tp, offset, exc: failures.append((tp, offset, faust_transport.classify(exc)[0])),
     )
-    return [r.offset for r in records], failures
+    return [r.offset for r in records], failures, records.next_fetch_offset
 
 
 @pytest.mark.parametrize(
@@ -75,11 +76,12 @@ def test_guard_hands_out_the_good_records_and_reports_each_bad_offset(
     bad: bytes, reason: str
 ) -> None:
     log = batch(0, 3) + bad + batch(5, 2)
-    # the good records before the bad batch are handed out, then the failure is reported
-    assert read(log, 0) == ([0, 1, 2], [(TP0, 3, reason)])
-    # the consumer moves one past it: the broker serves the same batch again from there
-    assert read(bad + batch(5, 2), 4) == ([], [(TP0, 4, reason)])
-    assert read(batch(5, 2), 5) == ([5, 6], [])
+    # the good records before the bad batch are handed out, the failure is reported, and
+    # the partition's next position is one past it
+    assert read(log, 0) == ([0, 1, 2], [(TP0, 3, reason)], 4)
+    # the broker serves the same batch again from there: its next record is skipped too
+    assert read(bad + batch(5, 2), 4) == ([], [(TP0, 4, reason)], 5)
+    assert read(batch(5, 2), 5) == ([5, 6], [], 7)
 
 
 def test_failures_are_described_without_record_bytes() -> None:
