@@ -118,6 +118,9 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     app = make_faust_app(settings)
     manifests = raw_topic(app, settings.topic_manifests, settings.partitions)
     metrics = WorkerMetrics()
+    metrics.watch_poison(
+        [settings.topic_manifests, settings.topic_exam_results], faust_transport.POISON_REASONS
+    )
     health = Health()
     store = RedisReputationStore.from_settings(settings)
 

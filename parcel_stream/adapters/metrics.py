@@ -214,6 +214,13 @@ class WorkerMetrics:
                     child = self._hold_reason[code] = self.hold_reasons.labels(rule=code)
                 child.inc(n)
 
+    def watch_poison(self, topics: list[str], reasons: tuple[str, ...]) -> None:
+        """Export the skipped-record counters at 0 for the consumed topics, so the first
+        skipped record is an increase an alert sees (a series born at 1 is not)."""
+        for topic in topics:
+            for reason in reasons:
+                self.poison_records.labels(topic=topic, reason=reason)
+
     def count_poison(self, topic: str, reason: str) -> None:
         """One skipped undecodable record (rare: a labelled lookup per record is fine)."""
         self.poison_records.labels(topic=topic, reason=reason).inc()
