@@ -10,7 +10,9 @@
   handing records out, and raises out of ``getmany`` when it cannot (an unknown codec, a
   corrupt batch). Faust treats that as a crash, and after a restart the same offset crashes
   the next worker: the partition is blocked forever. Here the failure ends that partition's
-  iteration at the bad offset, and the consumer moves past it (see :class:`PoisonRecord`).
+  iteration at the bad offset with its position one past it; the record is logged and
+  handed to the app's ``parcel_on_poison`` hook (rejection, metric), then Faust may commit
+  past it. Other partitions are not touched (see :func:`_guarded`, :class:`PoisonRecord`).
 
 Registered under the URL scheme ``pskafka://``.
 """
