@@ -18,20 +18,17 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.decide import LANES
+from parcel_stream.decide import LANES, Outputs
 from parcel_stream.exams import apply_exam_batch, trace
-from parcel_stream.features import ReputationView, ShipperIndex
 from parcel_stream.feed import RawRecord
 from parcel_stream.learner import LearnerConfig, LearnerState
 from parcel_stream.model import ExamResult
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import prepare, score_prepared
+from parcel_stream.pipeline import DEFAULT_STATE, StateConfig, SyncStateStore, run_sync
 from parcel_stream.reputation import (
     ExamDelta,
     InMemoryStore,
     ParcelRef,
-    Partition,
-    ReputationUpdate,
 )
 from parcel_stream.rules import RuleSet
 
@@ -39,13 +36,7 @@ F64 = npt.NDArray[np.float64]
 CAPACITIES_PCT = (1.0, 2.0, 5.0, 10.0)
 
 
-class SyncStore(Protocol):
-    def read(
-        self, keys: ShipperIndex, partitions: list[Partition]
-    ) -> tuple[ReputationView, dict[Partition, int]]: ...
-
-    def apply(self, update: ReputationUpdate) -> bool: ...
-
+class SyncStore(SyncStateStore, Protocol):
     def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]: ...
 
     def exams_seen(self, exam_ids: list[str]) -> list[bool]: ...
@@ -69,6 +60,7 @@ class BacktestRun:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     learner: LearnerState | None = None
+    outputs: list[Outputs] = field(default_factory=list)  # with encode=True only
 
     @property
     def parcels(self) -> int:
@@ -101,6 +93,8 @@ def run_backtest(
     exam_outcomes: dict[str, str | None] | None = None,
     label: str | None = None,
     learner: LearnerConfig | None = None,
+    state_config: StateConfig = DEFAULT_STATE,
+    encode: bool = False,
 ) -> BacktestRun:
     """Score a feed in order; decision time is each record's own timestamp.
 
@@ -119,16 +113,13 @@ def run_backtest(
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     for chunk in _chunks(records, chunk_bytes):
         now_ms = max(r.timestamp_ms for r in chunk)
-        prep = prepare(chunk, limits, now_ms, ruleset.split_min_usd)
-        view, marks = store.read(prep.shippers, prep.partitions)
-        result = score_prepared(prep, view, marks, ruleset, now_ms, encode=False,
-                                adjust=adjust, learner_version=learner_version)  # fmt: skip
-        if not store.apply(result.update):
-            raise RuntimeError("reputation watermark conflict: is another writer using it?")
+        result = run_sync(chunk, store, ruleset, limits, now_ms, encode, adjust,
+                          learner_version, state_config)  # fmt: skip
+        parcel_ids = result.parcel_ids
         if exam_outcomes is not None:
             held = [
-                m.parcel_id
-                for m, lane in zip(prep.parsed.manifests, result.lanes.tolist(), strict=True)
+                pid
+                for pid, lane in zip(parcel_ids, result.lanes.tolist(), strict=True)
                 if lane == 2
             ]
             known = store.lookup_parcels(held)
@@ -144,7 +135,9 @@ def run_backtest(
                 adjust = state.adjustments(cfg, codes)
                 learner_version = state.version
         run.records += len(chunk)
-        run.parcel_ids.extend(m.parcel_id for m in prep.parsed.manifests)
+        run.parcel_ids.extend(parcel_ids)
+        if encode:
+            run.outputs.append(result.outputs)
         run.scores.extend(result.scores.tolist())
         run.masks.extend(result.masks.tolist())
         run.lanes.extend(result.lanes.tolist())

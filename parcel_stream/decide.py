@@ -129,6 +129,21 @@ class LegendLike(Protocol):
     def reasons(self, mask: int) -> list[Reason]: ...
 
 
+REPEAT_MARK, AMEND_MARK = 1, 2
+
+
+class Mark(msgspec.Struct, array_like=True):
+    """A parcel id seen before: a repeat (its original decision's reasons, versions and
+    time, emitted again) or an amendment (scored again; ``ref`` is what it replaces)."""
+
+    kind: int  # REPEAT_MARK or AMEND_MARK
+    ref: str  # source of the original decision
+    codes: list[str] = []
+    version: str = ""
+    learner_version: int = 0
+    decision_ts_ms: int = 0
+
+
 def build_outputs(
     records: list[InRecord],
     parsed: ParsedBatch,
@@ -139,8 +154,10 @@ def build_outputs(
     now_ms: int,
     selection: I8 | None = None,
     learner_version: int = 0,
+    marks: dict[int, Mark] | None = None,
 ) -> Outputs:
-    """Encode every decision (grouped per input record), the holds and the rejections."""
+    """Encode every decision (grouped per input record), the holds and the rejections.
+    ``marks``: per parcel index, a repeat (no hold again) or an amendment."""
     out = Outputs()
     version = legend.version
     manifests, sources = parsed.manifests, parsed.sources
@@ -168,6 +185,14 @@ def build_outputs(
             manifests, score_l, lane_names, masks_l, sources, sel_names, strict=True
         )
     ]
+    for i, mark in (marks or {}).items():
+        d = decisions[i]
+        if mark.kind == REPEAT_MARK:
+            d.reason_codes, d.ruleset_version = mark.codes, mark.version
+            d.learner_version, d.decision_ts_ms = mark.learner_version, mark.decision_ts_ms
+            d.repeat_of = mark.ref
+        else:
+            d.amends = mark.ref
     # Decisions records: NDJSON, one per input partition of the batch (in input order),
     # at most DECISIONS_PER_RECORD lines each; key = "topic/partition" of the input, so
     # the decisions of one input partition stay in order on one output partition.
@@ -182,6 +207,8 @@ def build_outputs(
             out.decisions.append((key, value))
     for i in np.flatnonzero(lanes == LANE_HOLD).tolist():
         m, d = manifests[i], decisions[i]
+        if d.repeat_of is not None:
+            continue  # its hold went out with the original
         reasons = list(legend.reasons(masks_l[i]))
         if d.selection != "risk":
             reasons.append(_SAMPLE_REASONS[d.selection])
@@ -198,6 +225,7 @@ def build_outputs(
             event_ts_ms=m.manifest_ts_ms,
             decision_ts_ms=now_ms,
             source=d.source,
+            amends=d.amends,
         )
         out.holds.append((m.parcel_id.encode(), _ENC.encode(hold)))
     for rej in parsed.rejections:

@@ -7,7 +7,7 @@ no dict-per-parcel hop. The features are named in :mod:`parcel_stream.feature_ca
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -148,6 +148,42 @@ def index_shippers(
 def seller_key(seller: Seller) -> str:
     """Sellers are identified per marketplace: "{seller id}@{marketplace}"."""
     return f"{seller.id}@{seller.marketplace}"
+
+
+@dataclass(frozen=True, slots=True)
+class Combos:
+    """The distinct (consignee address, shipper) combinations of a batch and, per parcel,
+    the index of its own: whether a shipper is new at an address is state."""
+
+    codes: I64  # address index * n_shippers + shipper index, sorted
+    parcel_combo: I64
+    n_ship: int
+
+    @classmethod
+    def of(cls, idx: ShipperIndex) -> Combos:
+        n_ship = max(len(idx.ids), 1)
+        codes, inverse = np.unique(
+            idx.parcel_address * n_ship + idx.parcel_shipper, return_inverse=True
+        )
+        return cls(codes.astype(np.int64), inverse.astype(np.int64).reshape(-1), n_ship)
+
+    def pairs_of(self, c: int) -> tuple[int, int]:
+        code = int(self.codes[c])
+        return code // self.n_ship, code % self.n_ship
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return [(c // self.n_ship, c % self.n_ship) for c in self.codes.tolist()]
+
+
+def extend_index(
+    idx: ShipperIndex, shippers: list[str], sellers: list[str], pairs: list[str]
+) -> ShipperIndex:
+    """The index with more entities appended (those of amended parcels' originals): the
+    parcels' own positions do not change."""
+    ids = list(idx.ids) + [s for s in dict.fromkeys(shippers) if s not in set(idx.ids)]
+    sel = list(idx.sellers) + [s for s in dict.fromkeys(sellers) if s and s not in set(idx.sellers)]
+    prs = list(idx.pairs) + [p for p in dict.fromkeys(pairs) if p and p not in set(idx.pairs)]
+    return replace(idx, ids=ids, sellers=sel, pairs=prs)
 
 
 def address_shipper_combos(idx: ShipperIndex) -> npt.NDArray[np.int64]:

@@ -22,6 +22,52 @@ I64 = npt.NDArray[np.int64]
 
 
 @njit(cache=True, nogil=True)
+def score_column(
+    features: F64,
+    i: int,
+    cond_feature: I64,
+    cond_op: I64,
+    cond_value: F64,
+    rule_start: I64,
+    rule_count: I64,
+    rule_scale: I64,
+    weights: F64,
+    active: I64,
+) -> tuple[float, int]:
+    """(score 0..100, fired mask) of column ``i``: every active rule's conditions are
+    compared against the parcel's features; a rule fires when all of them hold."""
+    score = 0.0
+    mask = 0
+    for r in range(weights.shape[0]):
+        if active[r] == 0:
+            continue
+        ok = True
+        for c in range(rule_start[r], rule_start[r] + rule_count[r]):
+            x = features[cond_feature[c], i]
+            v = cond_value[c]
+            op = cond_op[c]
+            if op == 0:
+                ok = x < v
+            elif op == 1:
+                ok = x <= v
+            elif op == 2:
+                ok = x > v
+            elif op == 3:
+                ok = x >= v
+            elif op == 4:
+                ok = x == v
+            else:
+                ok = x != v
+            if not ok:
+                break
+        if ok:
+            mask |= 1 << r
+            s = rule_scale[r]
+            score += weights[r] * (features[s, i] if s >= 0 else 1.0)
+    return min(max(score, 0.0), 100.0), mask
+
+
+@njit(cache=True, nogil=True)
 def _rules_kernel(
     features: F64,
     cond_feature: I64,
@@ -35,38 +81,11 @@ def _rules_kernel(
     out_score: F64,
     out_mask: I64,
 ) -> None:
-    n_rules = weights.shape[0]
     for i in range(features.shape[1]):
-        score = 0.0
-        mask = 0
-        for r in range(n_rules):
-            if active[r] == 0:
-                continue
-            ok = True
-            for c in range(rule_start[r], rule_start[r] + rule_count[r]):
-                x = features[cond_feature[c], i]
-                v = cond_value[c]
-                op = cond_op[c]
-                if op == 0:
-                    ok = x < v
-                elif op == 1:
-                    ok = x <= v
-                elif op == 2:
-                    ok = x > v
-                elif op == 3:
-                    ok = x >= v
-                elif op == 4:
-                    ok = x == v
-                else:
-                    ok = x != v
-                if not ok:
-                    break
-            if ok:
-                mask |= 1 << r
-                s = rule_scale[r]
-                score += weights[r] * (features[s, i] if s >= 0 else 1.0)
-        out_score[i] = min(max(score, 0.0), 100.0)
-        out_mask[i] = mask
+        out_score[i], out_mask[i] = score_column(
+            features, i, cond_feature, cond_op, cond_value, rule_start, rule_count,
+            rule_scale, weights, active,
+        )  # fmt: skip
 
 
 def _check(name: str, arr: np.ndarray, dtype: type, ndim: int = 1) -> None:

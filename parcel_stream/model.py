@@ -131,6 +131,13 @@ class Hold(msgspec.Struct):
         msgspec.Meta(description="risk (score), random (compliance sample) or exploration"),
     ] = "risk"
     learner_version: LearnerVersion = 0
+    amends: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="set when the parcel was amended: the source of the "
+            "decision this hold replaces"
+        ),
+    ] = None
     schema_version: Literal[1] = 1
 
 
@@ -148,6 +155,20 @@ class Decision(msgspec.Struct):
     source: str
     selection: Selection = "risk"
     learner_version: LearnerVersion = 0
+    repeat_of: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="set on a parcel id seen before with identical content: the source of "
+            "the original decision, emitted again here unchanged (safe to drop by parcel id)"
+        ),
+    ] = None
+    amends: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="set on a parcel id seen before with other content: the source of the "
+            "decision this one replaces (the parcel was scored again)"
+        ),
+    ] = None
     schema_version: Literal[1] = 1
 
 

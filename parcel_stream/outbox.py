@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.decide import LegendLike, Outputs, StoredLegend, build_outputs
+from parcel_stream.decide import LegendLike, Mark, Outputs, StoredLegend, build_outputs
 from parcel_stream.model import Reason
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
 
@@ -47,6 +47,7 @@ class Digest(msgspec.Struct, array_like=True):
     selection: bytes
     masks: list[int]
     legend: dict[int, list[Reason]]
+    marks: dict[int, Mark] = {}  # by parcel position in the record: repeats, amendments
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -64,6 +65,7 @@ def record_digests(
     learner_version: int,
     now_ms: int,
     watermarks: dict[Partition, int],
+    marks: dict[int, Mark] | None = None,
 ) -> list[tuple[Partition, int, bytes]]:
     """(partition, offset, digest) of every record above its partition's watermark."""
     by_record: list[list[int]] = [[] for _ in records]
@@ -87,6 +89,7 @@ def record_digests(
             selection=sel_b[idx].tobytes(),
             masks=rec_masks,
             legend={m: legend.reasons(m) for m in set(rec_masks)},
+            marks={k: marks[i] for k, i in enumerate(idx) if i in marks} if marks else {},
         )
         out.append((part, rec.offset, _ENC.encode(digest)))
     return out
@@ -117,7 +120,7 @@ def rebuild(
             [rec], parsed, np.array(d.scores, dtype=np.float64),
             np.array(d.masks, dtype=np.int64), np.frombuffer(d.lanes, dtype=np.int8),
             StoredLegend(d.version, d.legend), d.ts,
-            np.frombuffer(d.selection, dtype=np.int8), d.learner_version,
+            np.frombuffer(d.selection, dtype=np.int8), d.learner_version, d.marks,
         )  # fmt: skip
         out.holds += part.holds
         out.decisions += part.decisions

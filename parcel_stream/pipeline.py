@@ -1,55 +1,91 @@
-"""One batch through the core: parse -> features -> kernels -> decide -> outputs + update.
+"""One batch through the core: parse -> repeats -> features -> sequence -> decide -> outputs.
 
-The I/O around it (reading reputation, producing, applying the update, committing) is the
+The I/O around it (reading the state, producing, applying the update, committing) is the
 caller's: the Faust agent in ``agents/`` and, without Kafka, the in-memory runner below.
+The stateful features, scores and risk lanes come from :mod:`parcel_stream.sequence`,
+parcel by parcel in input order, so batching changes nothing.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from time import perf_counter
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from parcel_stream.decide import (
+    AMEND_MARK,
     LANES,
+    REPEAT_MARK,
     SELECTIONS,
     Legend,
+    Mark,
     Outputs,
     build_outputs,
-    decide,
     sample,
 )
-from parcel_stream.features import ReputationView, ShipperIndex, build_features, index_shippers
-from parcel_stream.kernels import score_batch
-from parcel_stream.learner import apply_adjustments
+from parcel_stream.features import (
+    Combos,
+    ReputationView,
+    ShipperIndex,
+    build_features,
+    extend_index,
+    index_shippers,
+)
 from parcel_stream.outbox import record_digests
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
+from parcel_stream.repeats import (
+    Classified,
+    Remembered,
+    classify,
+    content_hash,
+    decode_remembered,
+    encode_remembered,
+)
 from parcel_stream.reputation import (
+    DEFAULT_HALF_LIFE_MS,
     InMemoryStore,
     Partition,
     ReputationUpdate,
     batch_partitions,
-    compute_update,
+    examinable_refs,
+    new_watermarks,
+    state_writes,
 )
 from parcel_stream.rules import RuleSet
+from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
+WINDOW_MS = 72 * 3_600_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """The windows the state is kept over (from the settings)."""
+
+    split_window_ms: float = WINDOW_MS
+    half_life_ms: float = DEFAULT_HALF_LIFE_MS
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A parsed batch and what must be read from the reputation store to score it."""
+    """A parsed batch and what must be read from the state store to score it."""
 
     records: list[InRecord]
     parsed: ParsedBatch
     shippers: ShipperIndex
     partitions: list[Partition]
+    hashes: list[str]
     parse_s: float = 0.0
+
+    @property
+    def parcel_ids(self) -> list[str]:
+        return [m.parcel_id for m in self.parsed.manifests]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +101,12 @@ class BatchResult:
     parcels: int
     # seconds spent per core stage, for the stage-duration metrics
     stage_s: dict[str, float]
+    repeats: int = 0
+    amendments: int = 0
+    parcel_ids: list[str] = field(default_factory=list)
+
+
+DEFAULT_STATE = StateConfig()
 
 
 def prepare(
@@ -77,68 +119,126 @@ def prepare(
         parsed=parsed,
         shippers=index_shippers(parsed.manifests, split_min_usd),
         partitions=batch_partitions(records),
+        hashes=[content_hash(m) for m in parsed.manifests],
         parse_s=perf_counter() - t0,
     )
 
 
+def recognise(prep: Prepared, remembered: dict[str, bytes]) -> tuple[Prepared, Classified]:
+    """Classify the batch's parcels as new, repeats or amendments against the remembered
+    parcels; the index gains the entities of amended parcels' stored originals."""
+    stored = {pid: decode_remembered(raw) for pid, raw in remembered.items()}
+    classified = classify(prep.parcel_ids, prep.hashes, stored)
+    olds = [
+        r
+        for r, st in zip(classified.stored, classified.contrib.status.tolist(), strict=True)
+        if r is not None and st == AMEND
+    ]
+    if olds:
+        idx = extend_index(prep.shippers, [r.shipper_id for r in olds],
+                           [r.seller for r in olds], [r.pair for r in olds])  # fmt: skip
+        prep = replace(prep, shippers=idx)
+    return prep, classified
+
+
+def _stored_contributions(idx: ShipperIndex, classified: Classified) -> None:
+    """Fill, for amendments of stored parcels, the batch positions of their originals'
+    entities and what they added."""
+    c = classified.contrib
+    pos_s = {s: k for k, s in enumerate(idx.ids)}
+    pos_l = {s: k for k, s in enumerate(idx.sellers)}
+    pos_p = {s: k for k, s in enumerate(idx.pairs)}
+    for i, r in enumerate(classified.stored):
+        if r is None or c.status[i] != AMEND or c.prior[i] >= 0:
+            continue
+        c.ship[i] = pos_s.get(r.shipper_id, -1)
+        c.sell[i] = pos_l.get(r.seller, -1) if r.seller else -1
+        c.pair[i] = pos_p.get(r.pair, -1) if r.pair else -1
+        c.ts_ms[i], c.value_usd[i], c.held[i] = r.event_ts_ms, r.value_usd, r.held
+
+
+def _keys(prep: Prepared, combos: Combos, value_usd: F64) -> Keys:
+    idx, n = prep.shippers, len(prep.parsed)
+    sell = idx.parcel_seller if len(idx.parcel_seller) == n else np.full(n, -1, dtype=np.int64)
+    pair = idx.parcel_pair if len(idx.parcel_pair) == n else np.full(n, -1, dtype=np.int64)
+    ts = np.fromiter((m.manifest_ts_ms for m in prep.parsed.manifests), np.float64, n)
+    return Keys(idx.parcel_shipper, sell, idx.parcel_address, combos.parcel_combo, pair, ts,
+                value_usd)  # fmt: skip
+
+
 def score_prepared(
     prep: Prepared,
-    view: ReputationView,
+    classified: Classified,
+    stored: StoredState,
     watermarks: dict[Partition, int],
     ruleset: RuleSet,
     now_ms: int,
     encode: bool = True,
     adjust: F64 | None = None,
     learner_version: int = 0,
+    config: StateConfig = DEFAULT_STATE,
+    combos: Combos | None = None,
 ) -> BatchResult:
-    """Score a prepared batch; ``encode=False`` skips building output records (backtests).
-    ``adjust``: learned points per rule (index as in the rule set) to add to the scores,
-    with the learner state's version for the records."""
-    parsed = prep.parsed
+    """Score a prepared batch (every record above its watermark); ``encode=False`` skips
+    building output records (backtests). ``adjust``: learned points per rule (index as in
+    the rule set) to add to the scores, with the learner state's version for the records."""
+    parsed, idx = prep.parsed, prep.shippers
+    combos = combos if combos is not None else Combos.of(idx)
+    n = len(parsed)
     t0 = perf_counter()
-    feats = build_features(parsed.manifests, prep.shippers, view, ruleset, now_ms)
+    view = ReputationView.empty(len(idx.ids), len(idx.addresses), len(idx.pairs))
+    feats = build_features(parsed.manifests, idx, view, ruleset, now_ms)
     t1 = perf_counter()
-    static, masks = score_batch(feats, ruleset, now_ms)
-    if adjust is not None and adjust.any():
-        scores = apply_adjustments(static, masks, adjust)
-    else:
-        adjust, learner_version, scores = None, 0, static
-    risk_lanes = decide(scores, ruleset.review_score, ruleset.hold_score)
-    lanes, selection = sample(
-        [m.parcel_id for m in parsed.manifests],
-        risk_lanes,
-        ruleset.random_rate,
-        ruleset.exploration_rate,
-    )
-    t2 = perf_counter()
+    _stored_contributions(idx, classified)
+    known = ruleset.known_shippers
+    enrolled = np.array([float(s in known) for s in idx.ids]) if known else np.zeros(len(idx.ids))
+    if adjust is not None and not adjust.any():
+        adjust, learner_version = None, 0
+    elif adjust is None:
+        learner_version = 0
+    seq = run_sequence(
+        feats.matrix, _keys(prep, combos, feats.value_usd), classified.contrib, stored, enrolled,
+        ruleset, ruleset.active(now_ms), adjust, config.split_window_ms, config.half_life_ms,
+    )  # fmt: skip
+    status = classified.contrib.status
+    pids = prep.parcel_ids
+    lanes, selection = sample(pids, seq.risk_lanes, ruleset.random_rate, ruleset.exploration_rate)
+    scores, masks = seq.scores, seq.masks
     legend = Legend(ruleset, adjust)
+    marks = _marks(prep, classified, scores, masks, lanes, selection, legend, learner_version,
+                   now_ms)  # fmt: skip
+    t2 = perf_counter()
     outputs = (
         build_outputs(
-            prep.records, parsed, scores, masks, lanes, legend, now_ms, selection, learner_version
+            prep.records,
+            parsed,
+            scores,
+            masks,
+            lanes,
+            legend,
+            now_ms,
+            selection,
+            learner_version,
+            marks,
         )  # fmt: skip
         if encode
         else Outputs()
     )
-    event_ts = np.fromiter(
-        (m.manifest_ts_ms for m in parsed.manifests), dtype=np.int64, count=len(parsed)
-    )
-    update = compute_update(
-        prep.records,
-        parsed,
-        prep.shippers,
-        feats.value_usd,
-        risk_lanes,
-        event_ts,
-        watermarks,
-        examined=lanes,
-        masks=masks,
-        rule_codes=[r.code for r in ruleset.rules],
-        static_scores=static,
-    )
+    wm, _fresh = new_watermarks(prep.records, watermarks)
+    shippers, sellers, pairs, addresses = state_writes(idx, combos, stored, seq)
+    scored = status != REPEAT
+    update = ReputationUpdate(
+        wm, shippers, addresses, pairs,
+        examinable_refs(idx, pids, scored, lanes, masks, [r.code for r in ruleset.rules],
+                        seq.static),
+        sellers,
+        parcels=_remember(prep, classified, scores, masks, lanes, selection, seq.risk_lanes, legend,
+                          learner_version, now_ms, feats.value_usd),
+    )  # fmt: skip
     if encode:  # the decision digests the worker stores with the update (outbox.py)
         update = replace(update, outbox=record_digests(
             prep.records, parsed, scores, masks, lanes, selection, legend, learner_version,
-            now_ms, watermarks))  # fmt: skip
+            now_ms, watermarks, marks))  # fmt: skip
     counts = np.bincount(lanes, minlength=3)
     t3 = perf_counter()
     stages = {"parse": prep.parse_s, "features": t1 - t0, "kernel": t2 - t1, "encode": t3 - t2}
@@ -153,18 +253,157 @@ def score_prepared(
         },
         lane_counts={LANES[i]: int(counts[i]) for i in range(3)},
         rejection_counts=dict(Counter(r.reason for r in parsed.rejections)),
-        parcels=len(parsed),
+        parcels=n,
         stage_s=stages,
+        repeats=int(np.count_nonzero(status == REPEAT)),
+        amendments=int(np.count_nonzero(status == AMEND)),
+        parcel_ids=pids,
     )
 
 
-def run_in_memory(
-    records: list[InRecord], store: InMemoryStore, ruleset: RuleSet, limits: Limits, now_ms: int
+def _marks(
+    prep: Prepared,
+    classified: Classified,
+    scores: F64,
+    masks: I64,
+    lanes: I8,
+    selection: I8,
+    legend: Legend,
+    learner_version: int,
+    now_ms: int,
+) -> dict[int, Mark]:
+    """Repeats take their original's decision (the arrays are overwritten in place);
+    amendments name what they replace."""
+    c, sources = classified.contrib, prep.parsed.sources
+    marks: dict[int, Mark] = {}
+    for i in np.flatnonzero(c.status != 0).tolist():
+        j = int(c.prior[i])
+        if c.status[i] == AMEND:
+            ref = sources[j] if j >= 0 else _stored(classified, i).source
+            marks[i] = Mark(AMEND_MARK, ref)
+        elif j >= 0:
+            scores[i], masks[i], lanes[i], selection[i] = (
+                scores[j],
+                masks[j],
+                lanes[j],
+                selection[j],
+            )
+            codes = [r.code for r in legend.reasons(int(masks[j]))]
+            marks[i] = Mark(REPEAT_MARK, sources[j], codes, legend.version, learner_version,
+                            now_ms)  # fmt: skip
+        else:
+            r = _stored(classified, i)
+            scores[i], masks[i], lanes[i], selection[i] = r.score, 0, r.lane, r.selection
+            marks[i] = Mark(REPEAT_MARK, r.source, r.codes, r.version, r.learner_version,
+                            r.decision_ts_ms)  # fmt: skip
+    return marks
+
+
+def _stored(classified: Classified, i: int) -> Remembered:
+    r = classified.stored[i]
+    assert r is not None
+    return r
+
+
+def _remember(
+    prep: Prepared,
+    classified: Classified,
+    scores: F64,
+    masks: I64,
+    lanes: I8,
+    selection: I8,
+    risk_lanes: I8,
+    legend: Legend,
+    learner_version: int,
+    now_ms: int,
+    value_usd: F64,
+) -> list[tuple[str, str, bytes]]:
+    """What is remembered of each parcel id scored in this batch (its latest version)."""
+    idx, parsed = prep.shippers, prep.parsed
+    latest: dict[str, int] = {}
+    status = classified.contrib.status
+    for i, pid in enumerate(prep.parcel_ids):
+        if status[i] != REPEAT:
+            latest[pid] = i
+    out = []
+    for pid, i in latest.items():
+        m = parsed.manifests[i]
+        seller = int(idx.parcel_seller[i]) if len(idx.parcel_seller) else -1
+        pair = int(idx.parcel_pair[i]) if len(idx.parcel_pair) else -1
+        rem = Remembered(
+            source=parsed.sources[i], score=round(float(scores[i]), 2), lane=int(lanes[i]),
+            selection=int(selection[i]), codes=[r.code for r in legend.reasons(int(masks[i]))],
+            version=legend.version, learner_version=learner_version, decision_ts_ms=now_ms,
+            event_ts_ms=m.manifest_ts_ms, shipper_id=m.shipper.id,
+            seller=idx.sellers[seller] if seller >= 0 else "",
+            pair=idx.pairs[pair] if pair >= 0 else "", value_usd=float(value_usd[i]),
+            held=bool(risk_lanes[i] == 2),
+        )  # fmt: skip
+        out.append((pid, classified.expected[pid], encode_remembered(prep.hashes[i], rem)))
+    return out
+
+
+class SyncStateStore(Protocol):
+    """What the synchronous batch step needs of a store (in-memory twin, blocking Redis)."""
+
+    def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]: ...
+
+    def read(
+        self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
+    ) -> tuple[StoredState, dict[Partition, int]]: ...
+
+    def apply(self, update: ReputationUpdate) -> bool: ...
+
+
+def read_in_memory(
+    prep: Prepared, store: SyncStateStore
+) -> tuple[Prepared, Classified, StoredState, dict[Partition, int], Combos]:
+    """The reads of one batch: remembered parcels, then the state of its entities."""
+    prep, classified = recognise(prep, store.read_parcels(prep.parcel_ids))
+    combos = Combos.of(prep.shippers)
+    stored, marks = store.read(prep.shippers, prep.partitions, combos)
+    return prep, classified, stored, marks, combos
+
+
+def run_sync(
+    records: list[InRecord],
+    store: SyncStateStore,
+    ruleset: RuleSet,
+    limits: Limits,
+    now_ms: int,
+    encode: bool = True,
+    adjust: F64 | None = None,
+    learner_version: int = 0,
+    config: StateConfig = DEFAULT_STATE,
 ) -> BatchResult:
-    """The whole batch step against an in-memory store (tests, backtests)."""
+    """The whole batch step against a synchronous store (tests, backtests). Records at or
+    below their partition's watermark were applied already and are left out."""
     prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
-    view, marks = store.read(prep.shippers, prep.partitions)
-    result = score_prepared(prep, view, marks, ruleset, now_ms)
-    if not store.apply(result.update):
-        raise RuntimeError("reputation watermark conflict in a single-writer store")
-    return result
+    for _attempt in range(3):
+        prep, classified, stored, marks, combos = read_in_memory(prep, store)
+        fresh = [r for r in records if r.offset > marks.get((r.topic, r.partition), -1)]
+        if len(fresh) != len(records):
+            records = fresh
+            prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
+            prep, classified, stored, marks, combos = read_in_memory(prep, store)
+        result = score_prepared(prep, classified, stored, marks, ruleset, now_ms, encode,
+                                adjust, learner_version, config, combos)  # fmt: skip
+        if store.apply(result.update):
+            return result
+    raise RuntimeError("state conflict three times in a row: is another writer using it?")
+
+
+def run_in_memory(
+    records: list[InRecord],
+    store: InMemoryStore,
+    ruleset: RuleSet,
+    limits: Limits,
+    now_ms: int,
+    encode: bool = True,
+    adjust: F64 | None = None,
+    learner_version: int = 0,
+) -> BatchResult:
+    """The whole batch step against an in-memory store."""
+    config = StateConfig(store.window_ms, store.half_life_ms)
+    return run_sync(records, store, ruleset, limits, now_ms, encode, adjust, learner_version,
+                    config)  # fmt: skip

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.features import ReputationView, ShipperIndex
+from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState
-from parcel_stream.parse import InRecord, ParsedBatch
+from parcel_stream.parse import InRecord
+from parcel_stream.repeats import HASH_CHARS
+from parcel_stream.sequence import PAIR_FIELDS, EntityTable, Sequenced, StoredState
 
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
@@ -53,27 +55,27 @@ def decay_factor(t_ms: F64, now_ms: float, half_life_ms: float) -> F64:
 
 
 @dataclass(frozen=True, slots=True)
-class EntityDelta:
-    """What one batch adds to a shipper's (or a marketplace seller's) state."""
+class EntityWrite:
+    """A shipper's (or seller's) state after a batch, written if the stored version is
+    still ``expected_ver`` (0: absent). ``vals`` in the order of ``ENTITY_FIELDS``."""
 
     entity_id: str
-    seen: int
-    value_usd: float
-    holds: int
-    first_seen_ms: int
-    last_seen_ms: int
-    days: tuple[tuple[int, int], ...] = ()  # (Unix day, parcels) for the volume baseline
+    expected_ver: int
+    vals: tuple[float, ...]
+    newest_day: int = 0
+    old_newest_day: int = 0
+    days: tuple[tuple[int, int], ...] = ()  # live (Unix day, parcels) after the batch
 
 
 @dataclass(frozen=True, slots=True)
-class PairDelta:
-    """Parcels one shipper sent to one consignee address in a batch."""
+class PairWrite:
+    """A shipper-address pair's open split window after a batch (compare-and-set)."""
 
     pair: str  # "{address key}:{shipper id}"
-    first_ms: int
-    last_ms: int
+    expected_ver: int
+    start_ms: float
     value_usd: float
-    parcels: int
+    parcels: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,20 +93,24 @@ class ParcelRef:
 
 @dataclass(frozen=True, slots=True)
 class ReputationUpdate:
-    """What one batch changes: new watermarks (with the expected old ones) and deltas."""
+    """What one batch changes, applied all or nothing: new watermarks (with the expected
+    old ones), entity and pair states (with their expected versions), remembered parcels
+    (with the content hash each id is expected to have, "" = none)."""
 
     watermarks: dict[Partition, tuple[int, int]]  # partition -> (expected, new)
-    shippers: list[EntityDelta]
-    addresses: list[tuple[str, list[str]]] = field(default_factory=list)  # key, shipper ids
-    pairs: list[PairDelta] = field(default_factory=list)
+    shippers: list[EntityWrite] = field(default_factory=list)
+    addresses: list[tuple[str, list[str]]] = field(default_factory=list)  # key, new shipper ids
+    pairs: list[PairWrite] = field(default_factory=list)
     # parcels sent to review or hold, by parcel id
     examinable: list[tuple[str, ParcelRef]] = field(default_factory=list)
-    sellers: list[EntityDelta] = field(default_factory=list)
+    sellers: list[EntityWrite] = field(default_factory=list)
     # decision digests of the batch's input records, stored with the update: (partition,
     # offset, digest); see outbox.py
     outbox: list[tuple[Partition, int, bytes]] = field(default_factory=list)
     # outputs produced up to these offsets: their digests can go
     prune: dict[Partition, int] = field(default_factory=dict)
+    # remembered parcels: (parcel id, expected content hash or "", hash + msgpack)
+    parcels: list[tuple[str, str, bytes]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not self.watermarks and not self.prune
@@ -144,6 +150,20 @@ class ShipperState:
     recent_holds: float = 0.0
     recent_exams: float = 0.0
     recent_violations: float = 0.0
+    ver: int = 0  # bumped by every write (compare-and-set of the scoring path)
+    newest_day: int = 0  # newest day of ``days``; days before newest - 15 are dropped
+
+    def row(self) -> tuple[float, ...]:
+        """The values in the order of ``sequence.ENTITY_FIELDS``."""
+        return (float(self.seen), self.value_usd, float(self.holds), float(self.first_seen_ms),
+                float(self.last_seen_ms), self.recent_t_ms, self.recent_seen, self.recent_holds,
+                self.recent_exams, self.recent_violations)  # fmt: skip
+
+    def set_row(self, vals: Sequence[float]) -> None:
+        (seen, self.value_usd, holds, first, last, self.recent_t_ms, self.recent_seen,
+         self.recent_holds, self.recent_exams, self.recent_violations) = vals  # fmt: skip
+        self.seen, self.holds = round(seen), round(holds)
+        self.first_seen_ms, self.last_seen_ms = int(first), int(last)
 
     def add_recent(self, at_ms: float, deltas: Sequence[float], half_life_ms: float) -> None:
         """Decayed add of (seen, holds, exams, violations) observed at ``at_ms``."""
@@ -156,54 +176,77 @@ def batch_partitions(records: list[InRecord]) -> list[Partition]:
     return sorted({(r.topic, r.partition) for r in records})
 
 
-def _entity_deltas(
-    ids: list[str],
-    idx: npt.NDArray[np.int64],
-    value_usd: F64,
-    held: npt.NDArray[np.bool_],
-    ts: npt.NDArray[np.int64],
-    with_days: bool,
-) -> list[EntityDelta]:
-    """Per entity of the batch: parcels, value, holds, first/last time, parcels per day."""
-    n = len(ids)
-    if not n or not len(idx):
-        return []
-    seen = np.bincount(idx, minlength=n)
-    value = np.bincount(idx, weights=value_usd, minlength=n)
-    holds = np.bincount(idx, weights=held, minlength=n)
-    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    last = np.zeros(n, dtype=np.int64)
-    np.minimum.at(first, idx, ts)
-    np.maximum.at(last, idx, ts)
-    per_days: dict[int, list[tuple[int, int]]] = {}
-    if with_days:
-        combos, counts = np.unique(idx * 1_000_000 + ts // DAY_MS, return_counts=True)
-        for combo, count in zip(combos.tolist(), counts.tolist(), strict=True):
-            per_days.setdefault(combo // 1_000_000, []).append((combo % 1_000_000, count))
+def _entity_writes(
+    ids: list[str], before: EntityTable, after: EntityTable, touched: npt.NDArray[np.bool_],
+    days: bool,
+) -> list[EntityWrite]:  # fmt: skip
+    vals = after.vals.tolist()
     return [
-        EntityDelta(ids[j], int(seen[j]), float(value[j]), int(holds[j]), int(first[j]),
-                    int(last[j]), tuple(per_days.get(j, ())))
-        for j in np.flatnonzero(seen).tolist()
-    ]  # fmt: skip
+        EntityWrite(
+            ids[j],
+            int(before.ver[j]),
+            tuple(vals[j]),
+            int(after.newest_day[j]) if days else 0,
+            int(before.newest_day[j]) if days else 0,
+            tuple(sorted(after.days(j).items())) if days else (),
+        )  # fmt: skip
+        for j in np.flatnonzero(touched).tolist()
+    ]
 
 
-def compute_update(
-    records: list[InRecord],
-    parsed: ParsedBatch,
-    shippers: ShipperIndex,
-    value_usd: F64,
+def state_writes(
+    idx: ShipperIndex, combos: Combos, stored: StoredState, seq: Sequenced
+) -> tuple[list[EntityWrite], list[EntityWrite], list[PairWrite], list[tuple[str, list[str]]]]:
+    """The entity, pair and address writes of a scored batch."""
+    after = seq.state
+    shippers = _entity_writes(idx.ids, stored.shippers, after.shippers, seq.touched_ship, True)
+    sellers = _entity_writes(idx.sellers, stored.sellers, after.sellers, seq.touched_sell, False)
+    pv = after.pairs.tolist()
+    pairs = [
+        PairWrite(idx.pairs[j], int(stored.pair_ver[j]), *pv[j])
+        for j in np.flatnonzero(seq.touched_pair).tolist()
+    ]
+    new_members = np.flatnonzero(after.member & ~stored.member).tolist()
+    by_address: dict[str, list[str]] = {}
+    for c in new_members:
+        a, s = combos.pairs_of(c)
+        by_address.setdefault(idx.addresses[a], []).append(idx.ids[s])
+    return shippers, sellers, pairs, sorted(by_address.items())
+
+
+def examinable_refs(
+    idx: ShipperIndex,
+    parcel_ids: list[str],
+    take: npt.NDArray[np.bool_],
     lanes: I8,
-    event_ts_ms: npt.NDArray[np.int64],
-    watermarks: dict[Partition, int],
-    examined: I8 | None = None,
-    masks: npt.NDArray[np.int64] | None = None,
-    rule_codes: Sequence[str] = (),
-    static_scores: F64 | None = None,
-) -> ReputationUpdate:
-    """The reputation change of one batch, leaving out records already applied. ``lanes``
-    are the risk lanes (holds count against the shipper); ``examined`` the final lanes,
-    random samples included (those parcels are remembered for their exam results, with
-    the rules of ``masks`` (bit i = ``rule_codes[i]``) and the rule-set score)."""
+    masks: npt.NDArray[np.int64],
+    rule_codes: Sequence[str],
+    static_scores: F64,
+) -> list[tuple[str, ParcelRef]]:
+    """Parcels sent to review or hold (final lanes), remembered for their exam results with
+    the rules that fired and the rule-set score."""
+    out = []
+    rules_of: dict[int, tuple[str, ...]] = {}
+    for i in np.flatnonzero(take & (lanes >= 1)).tolist():
+        mask = int(masks[i])
+        if mask not in rules_of:
+            rules_of[mask] = tuple(c for b, c in enumerate(rule_codes) if mask >> b & 1)
+        seller_i = int(idx.parcel_seller[i]) if len(idx.parcel_seller) else -1
+        ref = ParcelRef(
+            idx.ids[idx.parcel_shipper[i]],
+            idx.addresses[idx.parcel_address[i]],
+            idx.sellers[seller_i] if seller_i >= 0 else "",
+            rules_of[mask],
+            float(static_scores[i]),
+        )
+        out.append((parcel_ids[i], ref))
+    return out
+
+
+def new_watermarks(
+    records: list[InRecord], watermarks: dict[Partition, int]
+) -> tuple[dict[Partition, tuple[int, int]], npt.NDArray[np.bool_]]:
+    """(partition -> (expected, new) watermark, per record: above its watermark)."""
     new_wm: dict[Partition, int] = {}
     fresh = np.zeros(len(records), dtype=np.bool_)
     for i, r in enumerate(records):
@@ -213,90 +256,18 @@ def compute_update(
             fresh[i] = True
         if r.offset > new_wm.get(part, applied):
             new_wm[part] = r.offset
-    marks = {p: (watermarks.get(p, -1), off) for p, off in new_wm.items()}
-    if not len(parsed):
-        return ReputationUpdate(watermarks=marks, shippers=[])
-    take = fresh[np.asarray(parsed.record_index, dtype=np.int64)]
-    sidx = shippers.parcel_shipper[take]
-    ts = event_ts_ms[take]
-    held = lanes[take] == LANE_HOLD
-    value = value_usd[take]
-    deltas = _entity_deltas(shippers.ids, sidx, value, held, ts, with_days=True)
-    sellers: list[EntityDelta] = []
-    if len(shippers.parcel_seller):
-        has = shippers.parcel_seller[take] >= 0
-        sellers = _entity_deltas(shippers.sellers, shippers.parcel_seller[take][has],
-                                 value[has], held[has], ts[has], with_days=False)  # fmt: skip
-    if not len(shippers.parcel_address):
-        return ReputationUpdate(watermarks=marks, shippers=deltas, sellers=sellers)
-    n_ship = max(len(shippers.ids), 1)
-    combos = np.unique(shippers.parcel_address[take] * n_ship + sidx)
-    by_address: dict[str, list[str]] = {}
-    for c in combos.tolist():
-        by_address.setdefault(shippers.addresses[c // n_ship], []).append(shippers.ids[c % n_ship])
-    pairs: list[PairDelta] = []
-    pidx_all = shippers.parcel_pair[take]
-    eligible = pidx_all >= 0
-    if eligible.any():
-        pidx = pidx_all[eligible]
-        pts = ts[eligible]
-        np_ = len(shippers.pairs)
-        p_parcels = np.bincount(pidx, minlength=np_)
-        p_value = np.bincount(pidx, weights=value[eligible], minlength=np_)
-        p_first = np.full(np_, np.iinfo(np.int64).max, dtype=np.int64)
-        p_last = np.zeros(np_, dtype=np.int64)
-        np.minimum.at(p_first, pidx, pts)
-        np.maximum.at(p_last, pidx, pts)
-        pairs = [
-            PairDelta(shippers.pairs[j], int(p_first[j]), int(p_last[j]), float(p_value[j]),
-                      int(p_parcels[j]))
-            for j in np.flatnonzero(p_parcels).tolist()
-        ]  # fmt: skip
-    final = examined if examined is not None else lanes
-    examinable = []
-    rules_of: dict[int, tuple[str, ...]] = {}
-    for i in np.flatnonzero(take & (final >= 1)).tolist():
-        mask = int(masks[i]) if masks is not None else 0
-        if mask not in rules_of:
-            rules_of[mask] = tuple(c for b, c in enumerate(rule_codes) if mask >> b & 1)
-        seller_i = int(shippers.parcel_seller[i]) if len(shippers.parcel_seller) else -1
-        ref = ParcelRef(
-            shippers.ids[shippers.parcel_shipper[i]],
-            shippers.addresses[shippers.parcel_address[i]],
-            shippers.sellers[seller_i] if seller_i >= 0 else "",
-            rules_of[mask],
-            float(static_scores[i]) if static_scores is not None else 0.0,
-        )
-        examinable.append((parsed.manifests[i].parcel_id, ref))
-    return ReputationUpdate(marks, deltas, sorted(by_address.items()), pairs, examinable, sellers)
+    return {p: (watermarks.get(p, -1), off) for p, off in new_wm.items()}, fresh
 
 
-def view_from_states(
-    states: list[ShipperState | None], today: int, now_ms: float, half_life_ms: float
-) -> ReputationView:
-    """The view of a batch's shippers from their states, recent counts decayed to now."""
-    n = len(states)
-    view = ReputationView.empty(n)
-    assert view.day_counts is not None and view.exams is not None and view.violations is not None
-    assert view.recent_seen is not None and view.recent_holds is not None
-    t = np.zeros(n)
-    for i, st in enumerate(states):
+def _table(states: list[ShipperState | None], days: bool) -> EntityTable:
+    t = EntityTable.empty(len(states))
+    for j, st in enumerate(states):
         if st is not None:
-            view.seen[i] = st.seen
-            view.holds[i] = st.holds
-            view.value_usd[i] = st.value_usd
-            view.first_seen_ms[i] = st.first_seen_ms
-            for k in range(8):
-                view.day_counts[i, k] = st.days.get(today - k, 0)
-            t[i] = st.recent_t_ms
-            view.recent_seen[i] = st.recent_seen
-            view.recent_holds[i] = st.recent_holds
-            view.exams[i] = st.recent_exams
-            view.violations[i] = st.recent_violations
-    f = decay_factor(t, now_ms, half_life_ms)
-    for arr in (view.recent_seen, view.recent_holds, view.exams, view.violations):
-        arr *= f
-    return view
+            t.vals[j] = st.row()
+            t.ver[j] = st.ver
+            if days:
+                t.set_days(j, st.newest_day, st.days)
+    return t
 
 
 @dataclass
@@ -307,7 +278,7 @@ class InMemoryStore:
     shippers: dict[str, ShipperState] = field(default_factory=dict)
     watermarks: dict[Partition, int] = field(default_factory=dict)
     addresses: dict[str, set[str]] = field(default_factory=dict)
-    pairs: dict[str, list[float]] = field(default_factory=dict)  # start_ms, value, parcels
+    pairs: dict[str, list[float]] = field(default_factory=dict)  # start, value, parcels, ver
     window_ms: float = 72 * 3_600_000.0
     half_life_ms: float = DEFAULT_HALF_LIFE_MS
     parcels: dict[str, ParcelRef] = field(default_factory=dict)
@@ -317,6 +288,7 @@ class InMemoryStore:
     learner: LearnerState = field(default_factory=LearnerState)
     learner_history: list[LearnerState] = field(default_factory=list)
     outbox: dict[Partition, dict[int, bytes]] = field(default_factory=dict)
+    remembered: dict[str, bytes] = field(default_factory=dict)  # parcel id -> hash + msgpack
 
     def read_learner(self) -> LearnerState:
         return self.learner
@@ -357,6 +329,7 @@ class InMemoryStore:
             if d.seller:
                 entities.append(self.sellers.setdefault(d.seller, ShipperState()))
             for st in entities:
+                st.ver += 1
                 st.exams += 1
                 st.violations += v
                 st.add_recent(d.examined_ts_ms, (0.0, 0.0, 1.0, float(v)), hl)
@@ -367,66 +340,74 @@ class InMemoryStore:
             applied.append(True)
         return applied
 
+    def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]:
+        """Remembered parcels (content hash + msgpack) among these ids."""
+        return {p: self.remembered[p] for p in parcel_ids if p in self.remembered}
+
     def read(
-        self, keys: ShipperIndex, partitions: list[Partition]
-    ) -> tuple[ReputationView, dict[Partition, int]]:
-        hl = self.half_life_ms
-        base = view_from_states([self.shippers.get(s) for s in keys.ids], keys.today,
-                                keys.now_ms, hl)  # fmt: skip
-        addr = np.array([float(len(self.addresses.get(a, ()))) for a in keys.addresses])
-        av = [self.address_violations.get(a, (0.0, 0.0)) for a in keys.addresses]
-        addr_viol = np.array([v for _t, v in av]) * decay_factor(
-            np.array([t for t, _v in av]), keys.now_ms, hl
-        )
-        pair_rows = [self.pairs.get(p, [0.0, 0.0, 0.0]) for p in keys.pairs]
-        pr = np.array(pair_rows, dtype=np.float64).reshape(len(pair_rows), 3)
-        sellers = view_from_states([self.sellers.get(s) for s in keys.sellers], keys.today,
-                                   keys.now_ms, hl)  # fmt: skip
-        view = ReputationView(base.seen, base.holds, base.value_usd, base.first_seen_ms,
-                              addr, pr[:, 0].copy(), pr[:, 1].copy(), pr[:, 2].copy(),
-                              base.day_counts, base.exams, base.violations, addr_viol,
-                              base.recent_seen, base.recent_holds, sellers.seen,
-                              sellers.recent_seen, sellers.recent_holds, sellers.exams,
-                              sellers.violations)  # fmt: skip
+        self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
+    ) -> tuple[StoredState, dict[Partition, int]]:
+        """The stored state of a batch's entities, as columns, and the watermarks."""
+        combos = combos if combos is not None else Combos.of(keys)
+        n_p = len(keys.pairs)
+        state = StoredState(
+            _table([self.shippers.get(s) for s in keys.ids], True),
+            _table([self.sellers.get(s) for s in keys.sellers], False),
+            np.zeros((n_p, len(PAIR_FIELDS))), np.zeros(n_p, dtype=np.int64),
+            np.array([float(len(self.addresses.get(a, ()))) for a in keys.addresses]),
+            np.array([self.address_violations.get(a, (0.0, 0.0))[0] for a in keys.addresses]),
+            np.array([self.address_violations.get(a, (0.0, 0.0))[1] for a in keys.addresses]),
+            np.array([keys.ids[s] in self.addresses.get(keys.addresses[a], ())
+                      for a, s in combos.pairs()], dtype=np.bool_),
+        )  # fmt: skip
+        for j, p in enumerate(keys.pairs):
+            row = self.pairs.get(p)
+            if row is not None:
+                state.pairs[j] = row[:3]
+                state.pair_ver[j] = int(row[3])
         marks = {p: self.watermarks[p] for p in partitions if p in self.watermarks}
-        return view, marks
+        return state, marks
 
-    def _apply_entity(self, table: dict[str, ShipperState], d: EntityDelta) -> None:
-        st = table.setdefault(d.entity_id, ShipperState())
-        st.seen += d.seen
-        st.value_usd += d.value_usd
-        st.holds += d.holds
-        if not st.first_seen_ms or d.first_seen_ms < st.first_seen_ms:
-            st.first_seen_ms = d.first_seen_ms
-        st.last_seen_ms = max(st.last_seen_ms, d.last_seen_ms)
-        st.add_recent(d.last_seen_ms, (float(d.seen), float(d.holds), 0.0, 0.0), self.half_life_ms)
-        for day, count in d.days:
-            st.days[day] = st.days.get(day, 0) + count
-        if d.days:
-            newest = max(st.days)
-            for day in [x for x in st.days if x <= newest - 8]:
-                del st.days[day]
-
-    def apply(self, update: ReputationUpdate) -> bool:
-        """Apply atomically if the expected watermarks still hold; False on a conflict."""
+    def _conflict(self, update: ReputationUpdate) -> bool:
         for part, (expected, _new) in update.watermarks.items():
             if self.watermarks.get(part, -1) != expected:
-                return False
-        for d in update.shippers:
-            self._apply_entity(self.shippers, d)
-        for d in update.sellers:
-            self._apply_entity(self.sellers, d)
+                return True
+        for table, writes in ((self.shippers, update.shippers), (self.sellers, update.sellers)):
+            for w in writes:
+                st = table.get(w.entity_id)
+                if (st.ver if st is not None else 0) != w.expected_ver:
+                    return True
+        for p in update.pairs:
+            row = self.pairs.get(p.pair)
+            if (int(row[3]) if row is not None else 0) != p.expected_ver:
+                return True
+        for pid, content, _raw in update.parcels:
+            have = self.remembered.get(pid)
+            if (have[:HASH_CHARS].decode() if have is not None else "") != content:
+                return True
+        return False
+
+    def apply(self, update: ReputationUpdate) -> bool:
+        """Apply atomically if the expected watermarks, versions and remembered parcels
+        still hold; False on a conflict (the caller re-reads and scores again)."""
+        if self._conflict(update):
+            return False
+        for table, writes in ((self.shippers, update.shippers), (self.sellers, update.sellers)):
+            for w in writes:
+                st = table.setdefault(w.entity_id, ShipperState())
+                st.set_row(w.vals)
+                st.ver = w.expected_ver + 1
+                if w.newest_day:
+                    st.newest_day = w.newest_day
+                    st.days = {d: c for d, c in w.days if c}
         for address, shipper_ids in update.addresses:
             self.addresses.setdefault(address, set()).update(shipper_ids)
         for parcel_id, ref in update.examinable:
             self.parcels[parcel_id] = ref
         for p in update.pairs:
-            row = self.pairs.get(p.pair)
-            if row is None or row[0] <= 0 or p.last_ms - row[0] > self.window_ms:
-                self.pairs[p.pair] = [float(p.first_ms), p.value_usd, float(p.parcels)]
-            else:
-                row[1] += p.value_usd
-                row[2] += p.parcels
+            self.pairs[p.pair] = [p.start_ms, p.value_usd, p.parcels, float(p.expected_ver + 1)]
+        for pid, _content, raw in update.parcels:
+            self.remembered[pid] = raw
         for part, offset, digest in update.outbox:
             self.outbox.setdefault(part, {})[offset] = digest
         for part, upto in update.prune.items():

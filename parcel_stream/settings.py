@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from parcel_stream.learner import LearnerConfig
+    from parcel_stream.pipeline import StateConfig
 
 PREFIX = "PARCEL_"
 SECRETS = ("kafka_sasl_password", "redis_password")
@@ -95,6 +96,12 @@ class Settings:
     redis_ssl_key_file: str = ""
     # Reputation: recent-weighted counts halve every this many days (old behaviour fades)
     reputation_half_life_days: float = 90.0
+    # A parcel id seen again within this many days is a repeat (identical content: the
+    # original decision is re-emitted, no state changes) or an amendment (rescored, its
+    # original's contribution taken back). About 250 bytes of Redis memory per parcel id.
+    repeat_window_days: float = 14.0
+    # Split shipments: parcels of one shipper to one address within this window add up.
+    split_window_hours: float = 72.0
     # Adaptive weights: off | shadow (learns, scores unaffected) | on (learned per-rule
     # points added to scores); see parcel_stream/learner.py
     learner_mode: str = "shadow"
@@ -163,6 +170,11 @@ class Settings:
     @property
     def half_life_ms(self) -> float:
         return self.reputation_half_life_days * 86_400_000.0
+
+    def state_config(self) -> StateConfig:
+        from parcel_stream.pipeline import StateConfig
+
+        return StateConfig(self.split_window_hours * 3_600_000.0, self.half_life_ms)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -250,6 +262,14 @@ def _validate(s: Settings) -> None:
         s.kafka_isolation_level in ISOLATION_LEVELS,
         "kafka_isolation_level",
         "must be read_committed or read_uncommitted",
+    )
+    _require(
+        0 < s.repeat_window_days <= 400, "repeat_window_days", "must be between 0 and 400 days"
+    )
+    _require(
+        0 < s.split_window_hours <= 24 * 90,
+        "split_window_hours",
+        "must be between 0 and 2160 hours",
     )
     _require(
         -1 <= s.metrics_port <= 65535,

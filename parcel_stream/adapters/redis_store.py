@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
@@ -39,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from parcel_stream.adapters.security import redis_options
-from parcel_stream.features import ReputationView, ShipperIndex
+from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState, decode_state, encode_state
 from parcel_stream.outbox import decode_digest
 from parcel_stream.reputation import (
@@ -49,8 +50,8 @@ from parcel_stream.reputation import (
     Partition,
     ReputationUpdate,
     ShipperState,
-    decay_factor,
 )
+from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS, EntityTable, StoredState
 from parcel_stream.settings import Settings
 
 F64 = npt.NDArray[np.float64]
@@ -85,42 +86,57 @@ end
 """
 
 # One command reads everything a batch needs (one reply array, no per-key command
-# overhead): 17 fields per shipper (4 lifetime + 8 day counts + the decayed t, rs, rh,
-# re, rv), 6 per seller, 3 per address (distinct shippers, violations t and rv), 3 per
-# pair, then the watermarks.
-_SHIPPER_FIELDS = 17
-_SELLER_FIELDS = 6
-_READ_LUA = """
+# overhead): per shipper the entity fields, its version and newest day, then the 16 day
+# counts up to that day; per seller the entity fields and version; per address the
+# distinct shippers stored and its recent violations; per pair the open window and its
+# version; per (address, shipper) combination whether it is stored; the watermarks.
+_ENTITY = (
+    "'seen', 'value_usd', 'holds', 'first_seen_ms', 'last_seen_ms', 't', 'rs', 'rh', 're', 'rv'"
+)
+_SHIPPER_FIELDS = 12 + DAY_SLOTS
+_SELLER_FIELDS = 11
+_READ_LUA = f"""
 local n_sh, n_sel, n_addr, n_pair = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
-local today = tonumber(ARGV[5])
-local out = {}
+local out = {{}}
 local k = 0
 for i = 1, n_sh do
-  local row = redis.call('HMGET', KEYS[k + i], 'seen', 'holds', 'value_usd', 'first_seen_ms',
-    'd' .. today, 'd' .. (today - 1), 'd' .. (today - 2), 'd' .. (today - 3),
-    'd' .. (today - 4), 'd' .. (today - 5), 'd' .. (today - 6), 'd' .. (today - 7),
-    't', 'rs', 'rh', 're', 'rv')
-  for j = 1, 17 do out[#out + 1] = row[j] end
+  local row = redis.call('HMGET', KEYS[k + i], {_ENTITY}, 'v', 'dn')
+  for j = 1, 12 do out[#out + 1] = row[j] end
+  local dn = tonumber(row[12]) or 0
+  if dn > 0 then
+    local days = {{}}
+    for d = dn - {DAY_SLOTS - 1}, dn do days[#days + 1] = 'd' .. d end
+    local counts = redis.call('HMGET', KEYS[k + i], unpack(days))
+    for j = 1, {DAY_SLOTS} do out[#out + 1] = counts[j] end
+  else
+    for j = 1, {DAY_SLOTS} do out[#out + 1] = false end
+  end
 end
 k = k + n_sh
 for i = 1, n_sel do
-  local row = redis.call('HMGET', KEYS[k + i], 'seen', 't', 'rs', 'rh', 're', 'rv')
-  for j = 1, 6 do out[#out + 1] = row[j] end
+  local row = redis.call('HMGET', KEYS[k + i], {_ENTITY}, 'v')
+  for j = 1, 11 do out[#out + 1] = row[j] end
 end
 k = k + n_sel
 for i = 1, n_addr do
-  out[#out + 1] = redis.call('PFCOUNT', KEYS[k + i])
+  out[#out + 1] = redis.call('SCARD', KEYS[k + i] .. ':shippers')
   local v = redis.call('HMGET', KEYS[k + i] .. ':violations', 't', 'rv')
   out[#out + 1] = v[1]
   out[#out + 1] = v[2]
 end
+local addr0 = k
 k = k + n_addr
 for i = 1, n_pair do
-  local row = redis.call('HMGET', KEYS[k + i], 'start_ms', 'value_usd', 'parcels')
-  for j = 1, 3 do out[#out + 1] = row[j] end
+  local row = redis.call('HMGET', KEYS[k + i], 'start_ms', 'value_usd', 'parcels', 'v')
+  for j = 1, 4 do out[#out + 1] = row[j] end
 end
 k = k + n_pair
+local n_combo = tonumber(ARGV[5])
+for c = 1, n_combo do
+  local a = tonumber(ARGV[4 + 2 * c])
+  out[#out + 1] = redis.call('SISMEMBER', KEYS[addr0 + a] .. ':shippers', ARGV[5 + 2 * c])
+end
 for i = k + 1, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) end
 return out
 """
@@ -152,6 +168,7 @@ for a = first, #ARGV, 6 do
     local entities = {prefix .. ':shipper:' .. ARGV[a + 1]}
     if ARGV[a + 5] ~= '' then entities[2] = prefix .. ':seller:' .. ARGV[a + 5] end
     for _, key in ipairs(entities) do
+      redis.call('HINCRBY', key, 'v', 1)
       redis.call('HINCRBY', key, 'exams', 1)
       redis.call('HINCRBY', key, 'violations', v)
       decay_add(key, at, hl, {'rs', 'rh', 're', 'rv'}, {0, 0, 1, v})
@@ -177,101 +194,114 @@ return out
 """
 )
 
-_APPLY_LUA = (
-    _DECAY_LUA
-    + """
-local n_wm, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local n_sh, n_addr, n_pair = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local window_ms, addr_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
-local n_exam, prefix, exam_ttl = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
-local hl = tonumber(ARGV[11])
-local a = 12
-for i = 1, n_wm do
-  local cur = redis.call('GET', KEYS[i]) or '-1'
-  if cur ~= ARGV[a + 2 * (i - 1)] then return 0 end
+# A batch's update, applied all or nothing (one msgpack argument, see ``apply``): it
+# fails (returns 0) unless every watermark, entity and pair version and remembered parcel
+# is still what the batch read; then it writes the batch's resulting state.
+_APPLY_LUA = """
+local num = function(x) return string.format('%.17g', x) end
+local u = cmsgpack.unpack(ARGV[1])
+local prefix, ttl, addr_ttl, exam_ttl, window_ms, parcel_ttl =
+  u[1], u[2], u[3], u[4], u[5], u[6]
+local wm, ents, pairs_, members, parcels, exam, outbox, prune =
+  u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14]
+for _, w in ipairs(wm) do
+  if (redis.call('GET', w[1]) or '-1') ~= w[2] then return 0 end
 end
-a = a + 2 * n_wm
-local k = n_wm
--- shippers, then sellers: the same fields (sellers have no day counts)
-for i = 1, n_sh do
-  local key = KEYS[k + i]
-  redis.call('HINCRBY', key, 'seen', ARGV[a])
-  redis.call('HINCRBYFLOAT', key, 'value_usd', ARGV[a + 1])
-  redis.call('HINCRBY', key, 'holds', ARGV[a + 2])
-  local first = redis.call('HGET', key, 'first_seen_ms')
-  if (not first) or tonumber(first) > tonumber(ARGV[a + 3]) then
-    redis.call('HSET', key, 'first_seen_ms', ARGV[a + 3])
+for _, e in ipairs(ents) do
+  if (tonumber(redis.call('HGET', e[1], 'v')) or 0) ~= e[2] then return 0 end
+end
+for _, p in ipairs(pairs_) do
+  if (tonumber(redis.call('HGET', p[1], 'v')) or 0) ~= p[2] then return 0 end
+end
+for _, p in ipairs(parcels) do
+  local have = redis.call('GET', p[1])
+  if have then have = string.sub(have, 1, 16) else have = '' end
+  if have ~= p[2] then return 0 end
+end
+local fields = {ENTITY_FIELDS}
+for _, e in ipairs(ents) do
+  local key, vals = e[1], e[3]
+  local row = {'v', e[2] + 1}
+  for j = 1, #fields do
+    row[#row + 1] = fields[j]
+    row[#row + 1] = num(vals[j])
   end
-  local last = redis.call('HGET', key, 'last_seen_ms')
-  if (not last) or tonumber(last) < tonumber(ARGV[a + 4]) then
-    redis.call('HSET', key, 'last_seen_ms', ARGV[a + 4])
+  local newest, old = e[4], e[5]
+  if newest > 0 then
+    row[#row + 1] = 'dn'
+    row[#row + 1] = newest
+    local gone = {}
+    for _, dc in ipairs(e[6]) do
+      if dc[2] == 0 then gone[#gone + 1] = 'd' .. dc[1]
+      else row[#row + 1] = 'd' .. dc[1]; row[#row + 1] = dc[2] end
+    end
+    if old > 0 and newest > old then
+      for d = old - DAY_KEEP, math.min(newest - DAY_KEEP - 1, old) do gone[#gone + 1] = 'd' .. d end
+    end
+    if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
   end
-  decay_add(key, tonumber(ARGV[a + 4]), hl, {'rs', 'rh', 're', 'rv'},
-    {tonumber(ARGV[a]), tonumber(ARGV[a + 2]), 0, 0})
-  local n_days = tonumber(ARGV[a + 5])
-  local newest = 0
-  for d = 1, n_days do
-    local day = tonumber(ARGV[a + 4 + 2 * d])
-    redis.call('HINCRBY', key, 'd' .. day, ARGV[a + 5 + 2 * d])
-    if day > newest then newest = day end
-  end
-  if n_days > 0 then
-    redis.call('HDEL', key, 'd' .. (newest - 8), 'd' .. (newest - 9), 'd' .. (newest - 10))
-  end
+  redis.call('HSET', key, unpack(row))
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-  a = a + 6 + 2 * n_days
 end
-k = k + n_sh
-for i = 1, n_addr do
-  local key = KEYS[k + i]
-  local count = tonumber(ARGV[a])
-  for j = a + 1, a + count, 500 do
-    redis.call('PFADD', key, unpack(ARGV, j, math.min(j + 499, a + count)))
+for _, p in ipairs(pairs_) do
+  redis.call('HSET', p[1], 'start_ms', num(p[3]), 'value_usd', num(p[4]), 'parcels', num(p[5]),
+    'v', p[2] + 1)
+  redis.call('PEXPIRE', p[1], math.floor(window_ms * 2))
+end
+for _, m in ipairs(members) do
+  for j = 1, #m[2], 500 do
+    redis.call('SADD', m[1], unpack(m[2], j, math.min(j + 499, #m[2])))
   end
-  if addr_ttl > 0 then redis.call('EXPIRE', key, addr_ttl) end
-  a = a + 1 + count
+  if addr_ttl > 0 then redis.call('EXPIRE', m[1], addr_ttl) end
 end
-k = k + n_addr
-for i = 1, n_pair do
-  local key = KEYS[k + i]
-  local start = tonumber(redis.call('HGET', key, 'start_ms') or '0')
-  if start <= 0 or tonumber(ARGV[a + 1]) - start > window_ms then
-    redis.call('HSET', key, 'start_ms', ARGV[a], 'value_usd', ARGV[a + 2], 'parcels', ARGV[a + 3])
-  else
-    redis.call('HINCRBYFLOAT', key, 'value_usd', ARGV[a + 2])
-    redis.call('HINCRBY', key, 'parcels', ARGV[a + 3])
-  end
-  redis.call('PEXPIRE', key, math.floor(window_ms * 2))
-  a = a + 4
+for _, p in ipairs(parcels) do
+  redis.call('SET', p[1], p[3], 'EX', parcel_ttl)
 end
-for i = 1, n_exam do
-  local key = prefix .. ':parcel:' .. ARGV[a]
-  redis.call('HSET', key, 's', ARGV[a + 1], 'a', ARGV[a + 2], 'l', ARGV[a + 3],
-    'r', ARGV[a + 4], 'c', ARGV[a + 5])
+for _, x in ipairs(exam) do
+  local key = prefix .. ':parcel:' .. x[1]
+  redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
   redis.call('EXPIRE', key, exam_ttl)
-  a = a + 6
 end
 -- decision digests of this batch's records, and those of outputs since acknowledged
-local n_ob = tonumber(ARGV[a])
-a = a + 1
-for i = 1, n_ob do
-  local key = prefix .. ':ob:' .. ARGV[a]
-  redis.call('ZADD', key, ARGV[a + 1], ARGV[a + 2])
+for _, o in ipairs(outbox) do
+  local key = prefix .. ':ob:' .. o[1]
+  redis.call('ZADD', key, o[2], o[3])
   redis.call('EXPIRE', key, 7 * 86400)
-  a = a + 3
 end
-local n_pr = tonumber(ARGV[a])
-a = a + 1
-for i = 1, n_pr do
-  redis.call('ZREMRANGEBYSCORE', prefix .. ':ob:' .. ARGV[a], '-inf', ARGV[a + 1])
-  a = a + 2
+for _, o in ipairs(prune) do
+  redis.call('ZREMRANGEBYSCORE', prefix .. ':ob:' .. o[1], '-inf', o[2])
 end
-for i = 1, n_wm do
-  redis.call('SET', KEYS[i], ARGV[12 + 2 * (i - 1) + 1])
-end
+for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
 return 1
-"""
+""".replace("{ENTITY_FIELDS}", "{" + ", ".join(f"'{f}'" for f in ENTITY_FIELDS) + "}").replace(
+    "DAY_KEEP", str(DAY_SLOTS - 1)
 )
+
+
+_PACK = msgspec.msgpack.Encoder()
+
+
+def _col(values: list[Any]) -> F64:
+    return np.array([float(v) if v is not None else 0.0 for v in values], dtype=np.float64)
+
+
+def _fill_entities(table: EntityTable, flat: list[Any], width: int, days: bool) -> None:
+    """Entity rows from the read script's reply (``width`` values per entity)."""
+    n = len(table.ver)
+    if not n:
+        return
+    rows = [flat[j * width : (j + 1) * width] for j in range(n)]
+    nf = len(ENTITY_FIELDS)
+    table.vals[:] = _col([v for r in rows for v in r[:nf]]).reshape(n, nf)
+    table.ver[:] = [int(r[nf]) if r[nf] is not None else 0 for r in rows]
+    if days:
+        for j, r in enumerate(rows):
+            newest = int(r[nf + 1]) if r[nf + 1] is not None else 0
+            if newest:
+                counts = r[nf + 2 :]
+                table.set_days(j, newest, {
+                    newest - (DAY_SLOTS - 1) + k: int(c) for k, c in enumerate(counts) if c
+                })  # fmt: skip
 
 
 def _text(value: bytes | str) -> str:
@@ -292,8 +322,10 @@ class RedisReputationStore:
         exam_ttl_s: int = 180 * 86_400,
         half_life_ms: float = DEFAULT_HALF_LIFE_MS,
         learner_history: int = 100,
+        parcel_ttl_s: int = 14 * 86_400,
         **client_options: Any,
     ) -> None:
+        self.parcel_ttl_s = parcel_ttl_s
         self.exam_ttl_s = exam_ttl_s
         self.window_ms = window_ms
         self.address_ttl_s = address_ttl_s
@@ -324,6 +356,8 @@ class RedisReputationStore:
             prefix=settings.redis_key_prefix,
             socket_timeout_s=socket_timeout_s,
             half_life_ms=settings.half_life_ms,
+            window_ms=settings.split_window_hours * 3_600_000.0,
+            parcel_ttl_s=round(settings.repeat_window_days * 86_400),
             **redis_options(settings),
         )
 
@@ -345,11 +379,22 @@ class RedisReputationStore:
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
+    def parcel_key(self, parcel_id: str) -> str:
+        return f"{self.prefix}:pid:{parcel_id}"
+
+    async def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]:
+        """Remembered parcels among these ids (content hash + msgpack), one round trip."""
+        if not parcel_ids:
+            return {}
+        rows: list[Any] = await self.client.mget([self.parcel_key(p) for p in parcel_ids])
+        return {p: bytes(raw) for p, raw in zip(parcel_ids, rows, strict=True) if raw is not None}
+
     async def read(
-        self, keys: ShipperIndex, partitions: list[Partition]
-    ) -> tuple[ReputationView, dict[Partition, int]]:
-        """One round trip (one script call): shippers, sellers, addresses, pairs and
-        watermarks; recent counts decayed to the batch's time."""
+        self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
+    ) -> tuple[StoredState, dict[Partition, int]]:
+        """One round trip (one script call): the batch's shippers, sellers, addresses,
+        pairs, address-shipper combinations and watermarks, as stored."""
+        combos = combos if combos is not None else Combos.of(keys)
         n_s, n_l, n_a, n_p = len(keys.ids), len(keys.sellers), len(keys.addresses), len(keys.pairs)
         redis_keys = [
             *(self.shipper_key(x) for x in keys.ids),
@@ -358,90 +403,63 @@ class RedisReputationStore:
             *(self.pair_key(x) for x in keys.pairs),
             *(self.watermark_key(p) for p in partitions),
         ]
-        args = [n_s, n_l, n_a, n_p, keys.today]
+        pairs = combos.pairs()
+        args: list[Any] = [n_s, n_l, n_a, n_p, len(pairs)]
+        for a, s in pairs:
+            args.extend((a + 1, keys.ids[s]))
         flat: list[Any] = await self._read(keys=redis_keys, args=args)
-        sizes = (_SHIPPER_FIELDS * n_s, _SELLER_FIELDS * n_l, 3 * n_a, 3 * n_p, len(partitions))
+        sizes = (_SHIPPER_FIELDS * n_s, _SELLER_FIELDS * n_l, 3 * n_a, 4 * n_p, len(pairs),
+                 len(partitions))  # fmt: skip
         flat += [None] * (sum(sizes) - len(flat))
-
-        def col(values: list[Any]) -> F64:
-            return np.array([float(v) if v is not None else 0.0 for v in values], dtype=np.float64)
-
         parts, at = [], 0
         for size in sizes:
             parts.append(flat[at : at + size])
             at += size
-        sh, sl, addr, pr, wm = parts
-        now, hl = float(keys.now_ms), self.half_life_ms
-        w = _SHIPPER_FIELDS
-        f_sh = decay_factor(col(sh[12::w]), now, hl)
-        f_sl = decay_factor(col(sl[1::_SELLER_FIELDS]), now, hl)
-        view = ReputationView(
-            seen=col(sh[0::w]),
-            holds=col(sh[1::w]),
-            value_usd=col(sh[2::w]),
-            first_seen_ms=col(sh[3::w]),
-            address_shippers=col(addr[0::3]),
-            pair_start_ms=col(pr[0::3]),
-            pair_value_usd=col(pr[1::3]),
-            pair_parcels=col(pr[2::3]),
-            day_counts=np.stack([col(sh[4 + d :: w]) for d in range(8)], axis=1)
-            if n_s
-            else np.zeros((0, 8)),
-            exams=col(sh[15::w]) * f_sh,
-            violations=col(sh[16::w]) * f_sh,
-            address_violations=col(addr[2::3]) * decay_factor(col(addr[1::3]), now, hl),
-            recent_seen=col(sh[13::w]) * f_sh,
-            recent_holds=col(sh[14::w]) * f_sh,
-            seller_seen=col(sl[0::_SELLER_FIELDS]),
-            seller_recent_seen=col(sl[2::_SELLER_FIELDS]) * f_sl,
-            seller_recent_holds=col(sl[3::_SELLER_FIELDS]) * f_sl,
-            seller_exams=col(sl[4::_SELLER_FIELDS]) * f_sl,
-            seller_violations=col(sl[5::_SELLER_FIELDS]) * f_sl,
-        )
+        sh, sl, addr, pr, member, wm = parts
+        state = StoredState.empty(n_s, n_l, n_a, n_p, len(pairs))
+        _fill_entities(state.shippers, sh, _SHIPPER_FIELDS, days=True)
+        _fill_entities(state.sellers, sl, _SELLER_FIELDS, days=False)
+        state.address_count[:] = _col(addr[0::3])
+        state.address_t[:] = _col(addr[1::3])
+        state.address_rv[:] = _col(addr[2::3])
+        if n_p:
+            state.pairs[:] = _col(pr).reshape(n_p, 4)[:, :3]
+            state.pair_ver[:] = _col(pr[3::4]).astype(np.int64)
+        state.member[:] = [bool(x) for x in member]
         marks = {
             part: int(raw) for part, raw in zip(partitions, wm, strict=True) if raw is not None
         }
-        return view, marks
+        return state, marks
 
     async def apply(self, update: ReputationUpdate) -> bool:
-        """Apply atomically; False when a watermark moved (the caller re-reads)."""
+        """Apply atomically; False when a watermark, a version or a remembered parcel
+        moved (the caller re-reads and scores again)."""
         if update.is_empty():
             return True
-        keys: list[str] = []
-        args: list[Any] = [
-            len(update.watermarks), self.ttl_s, len(update.shippers) + len(update.sellers),
-            len(update.addresses), len(update.pairs), repr(float(self.window_ms)),
-            self.address_ttl_s, len(update.examinable), self.prefix, self.exam_ttl_s,
-            repr(float(self.half_life_ms)),
+        ents = [
+            [self.shipper_key(w.entity_id), w.expected_ver, list(w.vals), w.newest_day,
+             w.old_newest_day, [list(d) for d in w.days]]
+            for w in update.shippers
+        ] + [
+            [self.seller_key(w.entity_id), w.expected_ver, list(w.vals), 0, 0, []]
+            for w in update.sellers
         ]  # fmt: skip
-        for part, (expected, new) in update.watermarks.items():
-            keys.append(self.watermark_key(part))
-            args.extend((str(expected), str(new)))
-        entities = [(self.shipper_key(d.entity_id), d) for d in update.shippers]
-        entities += [(self.seller_key(d.entity_id), d) for d in update.sellers]
-        for key, d in entities:
-            keys.append(key)
-            args.extend((d.seen, repr(d.value_usd), d.holds, d.first_seen_ms, d.last_seen_ms))
-            args.append(len(d.days))
-            for day, count in d.days:
-                args.extend((day, count))
-        for address, shipper_ids in update.addresses:
-            keys.append(self.address_key(address))
-            args.append(len(shipper_ids))
-            args.extend(shipper_ids)
-        for p in update.pairs:
-            keys.append(self.pair_key(p.pair))
-            args.extend((p.first_ms, p.last_ms, repr(p.value_usd), p.parcels))
-        for parcel_id, ref in update.examinable:
-            args.extend((parcel_id, ref.shipper_id, ref.address, ref.seller,
-                         ",".join(ref.rules), repr(ref.static_score)))  # fmt: skip
-        args.append(len(update.outbox))
-        for (topic, partition), offset, digest in update.outbox:
-            args.extend((f"{topic}:{partition}", offset, digest))
-        args.append(len(update.prune))
-        for (topic, partition), offset in update.prune.items():
-            args.extend((f"{topic}:{partition}", offset))
-        return bool(await self._apply(keys=keys, args=args))
+        payload = [
+            self.prefix, self.ttl_s, self.address_ttl_s, self.exam_ttl_s, float(self.window_ms),
+            self.parcel_ttl_s,
+            [[self.watermark_key(p), str(exp), str(new)]
+             for p, (exp, new) in update.watermarks.items()],
+            ents,
+            [[self.pair_key(p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
+             for p in update.pairs],
+            [[self.address_key(a) + ":shippers", ids] for a, ids in update.addresses],
+            [[self.parcel_key(pid), expected, raw] for pid, expected, raw in update.parcels],
+            [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
+              repr(ref.static_score)] for pid, ref in update.examinable],
+            [[f"{t}:{p}", offset, digest] for (t, p), offset, digest in update.outbox],
+            [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],
+        ]  # fmt: skip
+        return bool(await self._apply(keys=[], args=[_PACK.encode(payload)]))
 
     async def read_outbox(
         self, wanted: list[tuple[Partition, int]]
@@ -542,6 +560,8 @@ class RedisReputationStore:
             recent_holds=float(get.get("rh", 0)),
             recent_exams=float(get.get("re", 0)),
             recent_violations=float(get.get("rv", 0)),
+            ver=int(get.get("v", 0)),
+            newest_day=int(get.get("dn", 0)),
         )
 
     async def shipper(self, shipper_id: str) -> ShipperState | None:
@@ -569,10 +589,13 @@ class BlockingRedisStore:
         self._loop = asyncio.new_event_loop()
         self._store = RedisReputationStore(url, prefix=prefix, half_life_ms=half_life_ms)
 
+    def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]:
+        return self._loop.run_until_complete(self._store.read_parcels(parcel_ids))
+
     def read(
-        self, keys: ShipperIndex, partitions: list[Partition]
-    ) -> tuple[ReputationView, dict[Partition, int]]:
-        return self._loop.run_until_complete(self._store.read(keys, partitions))
+        self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
+    ) -> tuple[StoredState, dict[Partition, int]]:
+        return self._loop.run_until_complete(self._store.read(keys, partitions, combos))
 
     def apply(self, update: ReputationUpdate) -> bool:
         return self._loop.run_until_complete(self._store.apply(update))

@@ -23,14 +23,16 @@ from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.decide import LANES, Out, Outputs, encode_rejection, hold_reason_counts
 from parcel_stream.exams import examples_of, parse_exam_records, trace
-from parcel_stream.features import ReputationView
+from parcel_stream.features import Combos
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache, train
 from parcel_stream.outbox import rebuild
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import BatchResult, Prepared, prepare, score_prepared
+from parcel_stream.pipeline import BatchResult, Prepared, prepare, recognise, score_prepared
+from parcel_stream.repeats import Classified
 from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate
 from parcel_stream.rules import RuleSet, RuleSetError
+from parcel_stream.sequence import StoredState
 from parcel_stream.settings import Settings
 
 log = logging.getLogger("parcel_stream.worker")
@@ -76,6 +78,7 @@ class BatchProcessor:
         self.watcher = RuleSetWatcher(settings, ruleset)
         metrics.ruleset.info({"version": ruleset.version})
         self.learner_cfg = settings.learner_config()
+        self.state_config = settings.state_config()
         self.learner = LearnerCache()
         # per input partition: outputs acknowledged up to this offset (digests to delete)
         self.pending_prune: dict[Partition, int] = {}
@@ -133,8 +136,19 @@ class BatchProcessor:
                 self._redis_failed(op, exc)
                 await backoff.wait()
 
-    async def _read(self, prep: Prepared) -> tuple[ReputationView, dict[Partition, int]]:
-        return await self._redis("read", lambda: self.store.read(prep.shippers, prep.partitions))
+    async def _read(
+        self, prep: Prepared
+    ) -> tuple[Prepared, Classified, StoredState, dict[Partition, int], Combos]:
+        """Remembered parcels (repeats, amendments), then the state of the batch's
+        entities: two round trips."""
+        pids = prep.parcel_ids
+        remembered = await self._redis("read", lambda: self.store.read_parcels(pids))
+        prep, classified = recognise(prep, remembered)
+        combos = Combos.of(prep.shippers)
+        stored, marks = await self._redis(
+            "read", lambda: self.store.read(prep.shippers, prep.partitions, combos)
+        )
+        return prep, classified, stored, marks, combos
 
     async def _redelivered(
         self, records: list[InRecord], marks: dict[Partition, int]
@@ -192,23 +206,25 @@ class BatchProcessor:
         while True:
             ts_ms = now_ms()
             prep = prepare(records, self.limits, ts_ms, rs.split_min_usd)
-            view, marks = await self._read(prep)
+            prep, classified, stored, marks, combos = await self._read(prep)
             fresh, replayed = await self._redelivered(records, marks)
             if replayed is not None and fresh:
                 prep = prepare(fresh, self.limits, ts_ms, rs.split_min_usd)
-                view, marks = await self._read(prep)
+                prep, classified, stored, marks, combos = await self._read(prep)
             result = None
-            update = ReputationUpdate({}, [], prune=self.pending_prune)
+            update = ReputationUpdate({}, prune=self.pending_prune)
             if fresh:
-                result = score_prepared(prep, view, marks, rs, ts_ms, adjust=adjust,
-                                        learner_version=state.version)  # fmt: skip
+                result = score_prepared(prep, classified, stored, marks, rs, ts_ms, adjust=adjust,
+                                        learner_version=state.version, config=self.state_config,
+                                        combos=combos)  # fmt: skip
                 update = dataclasses.replace(result.update, prune=self.pending_prune)
             t1 = time.perf_counter()
             if await self._redis("apply", lambda u=update: self.store.apply(u)):  # type: ignore[misc]
                 break
-            # A watermark moved: another worker applied some of these records meanwhile
-            # (a rebalance). Start over: they are now redelivered records.
-            log.info("reputation watermark moved; starting the batch over")
+            # A watermark moved (another worker applied some of these records meanwhile: a
+            # rebalance), or a version (exam results, another partition's worker touched
+            # the same shipper). Start over on the state as it is now.
+            log.info("state moved meanwhile; starting the batch over")
         t2 = time.perf_counter()
         self.pending_prune = {}
         outputs = result.outputs if result is not None else Outputs()
