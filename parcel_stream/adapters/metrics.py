@@ -128,6 +128,14 @@ class WorkerMetrics:
             registry=r,
         )
         self.redelivered = {k: redelivered.labels(result=k) for k in ("resent", "skipped")}
+        repeated = Counter(
+            "parcel_stream_repeated_parcels_total",
+            "Parcel ids seen before within the repeat window: repeats (same content, original "
+            "decision re-emitted, no state change) and amendments (other content, scored again)",
+            ["kind"],
+            registry=r,
+        )
+        self.repeated = {k: repeated.labels(kind=k) for k in ("repeat", "amendment")}
         errors = Counter(
             "parcel_stream_errors_total",
             "Retried failures by component (the batch is retried, not dropped)",

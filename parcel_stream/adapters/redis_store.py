@@ -194,7 +194,8 @@ return out
 """
 )
 
-# A batch's update, applied all or nothing (one msgpack argument, see ``apply``): it
+# A batch's update, applied all or nothing (ARGV[1] msgpack, see ``apply``; binary values
+# follow as ARGV[2..], named by their index, since Redis' cmsgpack has no bin type): it
 # fails (returns 0) unless every watermark, entity and pair version and remembered parcel
 # is still what the batch read; then it writes the batch's resulting state.
 _APPLY_LUA = """
@@ -255,7 +256,7 @@ for _, m in ipairs(members) do
   if addr_ttl > 0 then redis.call('EXPIRE', m[1], addr_ttl) end
 end
 for _, p in ipairs(parcels) do
-  redis.call('SET', p[1], p[3], 'EX', parcel_ttl)
+  redis.call('SET', p[1], ARGV[p[3]], 'EX', parcel_ttl)
 end
 for _, x in ipairs(exam) do
   local key = prefix .. ':parcel:' .. x[1]
@@ -265,7 +266,7 @@ end
 -- decision digests of this batch's records, and those of outputs since acknowledged
 for _, o in ipairs(outbox) do
   local key = prefix .. ':ob:' .. o[1]
-  redis.call('ZADD', key, o[2], o[3])
+  redis.call('ZADD', key, o[2], ARGV[o[3]])
   redis.call('EXPIRE', key, 7 * 86400)
 end
 for _, o in ipairs(prune) do
@@ -444,6 +445,12 @@ class RedisReputationStore:
             [self.seller_key(w.entity_id), w.expected_ver, list(w.vals), 0, 0, []]
             for w in update.sellers
         ]  # fmt: skip
+        blobs: list[bytes] = []
+
+        def blob(raw: bytes) -> int:
+            blobs.append(raw)
+            return len(blobs) + 1  # ARGV index (1-based, after the payload)
+
         payload = [
             self.prefix, self.ttl_s, self.address_ttl_s, self.exam_ttl_s, float(self.window_ms),
             self.parcel_ttl_s,
@@ -453,13 +460,13 @@ class RedisReputationStore:
             [[self.pair_key(p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
              for p in update.pairs],
             [[self.address_key(a) + ":shippers", ids] for a, ids in update.addresses],
-            [[self.parcel_key(pid), expected, raw] for pid, expected, raw in update.parcels],
+            [[self.parcel_key(pid), expected, blob(raw)] for pid, expected, raw in update.parcels],
             [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
               repr(ref.static_score)] for pid, ref in update.examinable],
-            [[f"{t}:{p}", offset, digest] for (t, p), offset, digest in update.outbox],
+            [[f"{t}:{p}", offset, blob(digest)] for (t, p), offset, digest in update.outbox],
             [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],
         ]  # fmt: skip
-        return bool(await self._apply(keys=[], args=[_PACK.encode(payload)]))
+        return bool(await self._apply(keys=[], args=[_PACK.encode(payload), *blobs]))
 
     async def read_outbox(
         self, wanted: list[tuple[Partition, int]]

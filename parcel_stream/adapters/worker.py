@@ -268,6 +268,10 @@ class BatchProcessor:
                 m.selected[how].inc(count)
         for reason, count in result.rejection_counts.items():
             m.rejections[reason].inc(count)
+        if result.repeats:
+            m.repeated["repeat"].inc(result.repeats)
+        if result.amendments:
+            m.repeated["amendment"].inc(result.amendments)
         if result.lane_counts["hold"]:
             codes = [r.code for r in self.ruleset.rules]
             m.count_hold_reasons(codes, hold_reason_counts(result.masks, result.lanes, len(codes)))

@@ -1,173 +1,119 @@
-import asyncio
+"""The Redis store against its in-memory twin: same decisions, same state, same refusals."""
+
+from __future__ import annotations
 
 import numpy as np
 
-from parcel_stream.adapters.redis_store import RedisReputationStore
-from parcel_stream.features import ShipperIndex
-from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import prepare, score_prepared
-from parcel_stream.reputation import InMemoryStore
+from parcel_stream.adapters.redis_store import BlockingRedisStore
+from parcel_stream.exams import apply_exam_batch, trace
+from parcel_stream.features import Combos
+from parcel_stream.learner import LearnerConfig
+from parcel_stream.model import ExamResult
+from parcel_stream.parse import Limits
+from parcel_stream.pipeline import (
+    BatchResult,
+    StateConfig,
+    SyncStateStore,
+    prepare,
+    read_in_memory,
+    run_sync,
+    score_prepared,
+)
+from parcel_stream.reputation import DAY_MS, ExamDelta, InMemoryStore
 from parcel_stream.rules import default_ruleset
+from parcel_stream.sequence import StoredState
 from parcel_stream.settings import Settings
-from tests.unit.samples import line
+from tests.unit.test_same_feed import decisions, feed
 
 RS = default_ruleset(Settings())
-NOW = 1_790_000_100_000
+HL = 2 * DAY_MS  # short, so the feed's days decay the counts a lot
 
 
-def records(offset: int) -> list[InRecord]:
-    batch = b"\n".join(line(parcel_id=f"P{offset}-{i}") for i in range(4))
-    return [InRecord(value=batch, topic="m", partition=2, offset=offset)]
+def stored(store: SyncStateStore, recs: list, now: int) -> StoredState:  # type: ignore[type-arg]
+    prep = prepare(recs, Limits(), now, RS.split_min_usd)
+    return read_in_memory(prep, store)[2]
 
 
-async def step(store, recs):  # type: ignore[no-untyped-def]
-    prep = prepare(recs, Limits(), NOW, RS.split_min_usd)
-    view, marks = await store.read(prep.shippers, prep.partitions)
-    result = score_prepared(prep, view, marks, RS, NOW)
-    return result, await store.apply(result.update)
-
-
-def test_redis_store_matches_in_memory_twin_and_is_idempotent(settings: Settings) -> None:
-    async def run() -> None:
-        store = RedisReputationStore(settings.redis_url, prefix=settings.redis_key_prefix)
-        twin = InMemoryStore()
-        try:
-            for off in (0, 1, 2):
-                r, ok = await step(store, records(off))
-                assert ok
-                twin_prep = prepare(records(off), Limits(), NOW)
-                v, m = twin.read(twin_prep.shippers, twin_prep.partitions)
-                assert twin.apply(score_prepared(twin_prep, v, m, RS, NOW).update)
-            state = await store.shipper("SHP000001")
-            assert state == twin.shippers["SHP000001"]
-            assert state is not None and state.seen == 12
-            # Redelivery of the last two batches after a "crash": nothing changes.
-            for off in (1, 2):
-                r, ok = await step(store, records(off))
-                assert ok and r.update.shippers == []
-            assert await store.shipper("SHP000001") == state
-            # An update computed against old watermarks is refused.
-            prep = prepare(records(3), Limits(), NOW)
-            view, marks = await store.read(prep.shippers, prep.partitions)
-            stale = score_prepared(prep, view, marks, RS, NOW)
-            _, ok = await step(store, records(3))
-            assert ok and not await store.apply(stale.update)
-            after = await store.shipper("SHP000001")
-            assert after is not None and after.seen == 16
-            v, _ = await store.read(
-                ShipperIndex(["SHP000001", "nobody"], np.zeros(0, np.int64)), []
-            )
-            assert v.seen.tolist() == [16.0, 0.0] and np.isclose(v.value_usd[0], 16 * 24.0)
-        finally:
-            await store.close()
-
-    asyncio.run(run())
-
-
-def test_address_and_pair_state_match_the_twin(settings: Settings) -> None:
-    import orjson
-
-    from parcel_stream.generate import FeedConfig, generate
-
-    docs = [
-        orjson.dumps(d)
-        for d, _ in generate(FeedConfig(parcels=3000, seed=8, shippers=100, consignees=300))
+def same_state(a: StoredState, b: StoredState) -> None:
+    for name in ("vals", "ver", "newest_day"):
+        assert getattr(a.shippers, name).tolist() == getattr(b.shippers, name).tolist(), name
+        assert getattr(a.sellers, name).tolist() == getattr(b.sellers, name).tolist(), name
+    days_a = [a.shippers.days(j) for j in range(len(a.shippers.ver))]
+    days_b = [b.shippers.days(j) for j in range(len(b.shippers.ver))]
+    assert [{d: c for d, c in x.items() if c} for x in days_a] == [
+        {d: c for d, c in x.items() if c} for x in days_b
     ]
-    batches = [
-        [InRecord(b"\n".join(docs[i : i + 250]), "m", 1, i // 250)]
-        for i in range(0, len(docs), 250)
-    ]
-
-    async def run() -> None:
-        store = RedisReputationStore(settings.redis_url, prefix=settings.redis_key_prefix + "x")
-        twin = InMemoryStore()
-        try:
-            for recs in batches + batches[-3:]:  # the last three batches redelivered
-                r, ok = await step(store, recs)
-                assert ok
-                prep = prepare(recs, Limits(), NOW, RS.split_min_usd)
-                v, m = twin.read(prep.shippers, prep.partitions)
-                assert twin.apply(score_prepared(prep, v, m, RS, NOW).update)
-            prep = prepare([r for b in batches for r in b], Limits(), NOW, RS.split_min_usd)
-            keys = prep.shippers
-            got, _ = await store.read(keys, [])
-            want, _ = twin.read(keys, [])
-            assert got.seen.tolist() == want.seen.tolist()
-            assert got.day_counts.tolist() == want.day_counts.tolist() and got.day_counts.sum() > 0
-            assert np.allclose(got.pair_value_usd, want.pair_value_usd)
-            assert got.pair_parcels.tolist() == want.pair_parcels.tolist()
-            # HyperLogLog is approximate (about 1 %); small sets are exact in practice
-            assert np.allclose(got.address_shippers, want.address_shippers, rtol=0.02, atol=0.5)
-            assert max(want.address_shippers) >= 2
-        finally:
-            await store.close()
-
-    asyncio.run(run())
+    assert a.pairs.tolist() == b.pairs.tolist() and a.pair_ver.tolist() == b.pair_ver.tolist()
+    assert a.address_count.tolist() == b.address_count.tolist()
+    assert a.member.tolist() == b.member.tolist()
+    assert np.allclose(a.address_rv, b.address_rv, rtol=1e-12)
 
 
-def test_sellers_decay_exams_and_learner_match_the_twin(settings: Settings) -> None:
-    """Shippers, sellers and addresses with recent-weighted counts, examination results
-    and learner steps: the Redis scripts and the in-memory twin agree (the decayed counts
-    to rounding), and redelivered batches and results change nothing."""
-    import orjson
-
-    from parcel_stream.adapters.redis_store import BlockingRedisStore
-    from parcel_stream.exams import apply_exam_batch, trace
-    from parcel_stream.generate import FeedConfig, generate
-    from parcel_stream.learner import LearnerConfig
-    from parcel_stream.model import ExamResult
-    from parcel_stream.reputation import DAY_MS
-
-    hl = 2 * DAY_MS  # short, so the feed's 6 days decay the counts a lot
-    cfg = FeedConfig(parcels=4000, seed=12, shippers=150, duration_s=6 * 86_400.0)
-    docs = [orjson.dumps(d) for d, _ in generate(cfg)]
-    batches = [[InRecord(b"\n".join(docs[i : i + 400]), "m", 0, i // 400)]
-               for i in range(0, len(docs), 400)]  # fmt: skip
-    redis = BlockingRedisStore(settings.redis_url, prefix=settings.redis_key_prefix + "d",
-                               half_life_ms=hl)  # fmt: skip
-    twin = InMemoryStore(half_life_ms=hl)
+def test_redis_store_matches_the_twin_with_repeats_exams_and_redelivery(
+    settings: Settings,
+) -> None:
+    records = feed(21, 2500)
+    redis = BlockingRedisStore(settings.redis_url, prefix=settings.redis_key_prefix + "t",
+                               half_life_ms=HL)  # fmt: skip
+    twin = InMemoryStore(half_life_ms=HL)
+    config = StateConfig(half_life_ms=HL)
     on = LearnerConfig(mode="on")
+    got: dict[str, list[tuple[object, ...]]] = {"redis": [], "twin": []}
     try:
-        for n, recs in enumerate(batches + batches[-2:]):  # the last two redelivered
-            results = []
-            for store in (redis, twin):
-                prep = prepare(recs, Limits(), NOW, RS.split_min_usd)
-                view, marks = store.read(prep.shippers, prep.partitions)
-                res = score_prepared(prep, view, marks, RS, NOW)
-                assert store.apply(res.update)
+        chunks = [records[i : i + 37] for i in range(0, len(records), 37)]
+        for n, chunk in enumerate(chunks + chunks[-2:]):  # the last two redelivered
+            now = max(r.timestamp_ms for r in chunk) + 1000
+            results: list[BatchResult] = []
+            for name, store in (("redis", redis), ("twin", twin)):
+                res = run_sync(chunk, store, RS, Limits(), now, config=config)
+                got[name] += decisions([v for _k, v in res.outputs.decisions])
                 results.append(res)
-            assert results[0].scores.tolist() == results[1].scores.tolist()
-            examined = [m.parcel_id for m, lane in zip(prep.parsed.manifests,
-                        results[1].lanes.tolist(), strict=True) if lane >= 1]  # fmt: skip
-            ts = max(m.manifest_ts_ms for m in prep.parsed.manifests)
-            exams = [ExamResult(f"E-{p}", p, "violation" if i % 3 == 0 else "clean", ts)
+            examined = [p for p, lane in zip(results[1].parcel_ids, results[1].lanes.tolist(),
+                                             strict=True) if lane >= 1]  # fmt: skip
+            exams = [ExamResult(f"E-{p}", p, "violation" if i % 3 == 0 else "clean", now)
                      for i, p in enumerate(examined)]  # fmt: skip
             for store in (redis, twin):
-                deltas, unknown = trace(exams, store.lookup_parcels(examined))
-                # redelivered: the lanes may differ now, parcels released first are unknown
-                assert deltas and (not unknown or n >= len(batches))
+                deltas, _unknown = trace(exams, store.lookup_parcels(examined))
                 apply_exam_batch(store, deltas, on, RS.hold_score, n)
+        assert got["redis"] == got["twin"] and len(got["twin"]) > 2500
+        assert any(d[6] for d in got["twin"]) and any(d[7] for d in got["twin"])
         assert redis.read_learner() == twin.read_learner()
-        assert twin.read_learner().version == len(batches)  # redelivered results: no step
-        prep = prepare([r for b in batches for r in b], Limits(), NOW, RS.split_min_usd)
-        got, _ = redis.read(prep.shippers, [])
-        want, _ = twin.read(prep.shippers, [])
-        assert got.seen.tolist() == want.seen.tolist()
-        for name in (
-            "recent_seen",
-            "recent_holds",
-            "exams",
-            "violations",
-            "address_violations",
-            "seller_seen",
-            "seller_recent_seen",
-            "seller_exams",
-            "seller_violations",
-        ):
-            g, w = getattr(got, name), getattr(want, name)
-            assert np.allclose(g, w, rtol=1e-9, atol=1e-12), name
-        assert want.violations.sum() > 0 and want.seller_exams.sum() > 0
-        # decayed: the recent count is well below the lifetime count after 6 days at hl=2
-        assert want.recent_seen.sum() < 0.7 * want.seen.sum()
+        now = records[-1].timestamp_ms
+        want = stored(twin, records, now)
+        same_state(stored(redis, records, now), want)
+        assert want.shippers.vals[:, 8].sum() > 0  # exams reached the state
+        assert (want.shippers.ver > 1).any() and want.member.any()
     finally:
         redis.close()
+
+
+def test_stale_updates_are_refused(settings: Settings) -> None:
+    """An update computed before another batch or an exam result moved the state is
+    refused by both stores, and the batch step then scores again on the current state."""
+    records = feed(5, 200, amend=False)
+    for store in (
+        BlockingRedisStore(settings.redis_url, prefix=settings.redis_key_prefix + "s"),
+        InMemoryStore(),
+    ):
+        first, second = records[:10], records[10:20]
+        run_sync(first, store, RS, Limits(), 1)
+        prep, classified, state, marks, combos = read_in_memory(
+            prepare(second, Limits(), 2, RS.split_min_usd), store
+        )
+        stale = score_prepared(prep, classified, state, marks, RS, 2, combos=combos)
+        run_sync(second, store, RS, Limits(), 2)  # another writer got there first
+        assert store.apply(stale.update) is False
+        # an exam result moves the shipper's version: the old read is refused too
+        third = records[20:30]
+        prep, classified, state, marks, combos = read_in_memory(
+            prepare(third, Limits(), 3, RS.split_min_usd), store
+        )
+        stale = score_prepared(prep, classified, state, marks, RS, 3, combos=combos)
+        shipper = prep.shippers.ids[0]
+        applied = store.apply_exams([ExamDelta("E-stale", "P?", shipper, "A?", True, 4)])
+        assert applied == [True]
+        assert store.apply(stale.update) is False
+        assert run_sync(third, store, RS, Limits(), 3).parcels == len(stale.parcel_ids)
+        assert Combos.of(prep.shippers).codes.size > 0
+        if isinstance(store, BlockingRedisStore):
+            store.close()

@@ -30,10 +30,14 @@ def lines(out: list[tuple[bytes | None, bytes]]) -> list[bytes]:
 def test_rebuilt_outputs_equal_the_first_ones() -> None:
     store = InMemoryStore()
     recs = records()
-    prep, classified, stored, marks, _c = read_in_memory(prepare(recs, Limits(), NOW, RS.split_min_usd), store)
+    prep, classified, stored, marks, _c = read_in_memory(
+        prepare(recs, Limits(), NOW, RS.split_min_usd), store
+    )
     state = LearnerState(version=3, theta={"NEW_SHIPPER": 0.7})
     adjust = state.adjustments(LearnerConfig(mode="on"), [r.code for r in RS.rules])
-    first = score_prepared(prep, classified, stored, marks, RS, NOW, adjust=adjust, learner_version=3)
+    first = score_prepared(
+        prep, classified, stored, marks, RS, NOW, adjust=adjust, learner_version=3
+    )
     assert len(first.update.outbox) == len(recs)
     assert store.apply(first.update)
     wanted = [((r.topic, r.partition), r.offset) for r in recs]

@@ -86,7 +86,9 @@ def test_partial_redelivery_applies_only_new_records() -> None:
 
 def test_stale_update_is_refused() -> None:
     store = InMemoryStore()
-    prep, classified, stored, marks, combos = read_in_memory(prepare(records(), Limits(), NOW), store)
+    prep, classified, stored, marks, combos = read_in_memory(
+        prepare(records(), Limits(), NOW), store
+    )
     stale = score_prepared(prep, classified, stored, marks, RS, NOW, combos=combos)
     assert run_in_memory(records(), store, RS, Limits(), NOW).parcels == 5
     assert store.apply(stale.update) is False

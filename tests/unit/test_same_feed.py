@@ -63,7 +63,9 @@ def decisions(outputs: list[bytes]) -> list[tuple[object, ...]]:
     return out
 
 
-def score_in_batches(records: list[InRecord], size: int) -> tuple[list[tuple[object, ...]], InMemoryStore]:
+def score_in_batches(
+    records: list[InRecord], size: int
+) -> tuple[list[tuple[object, ...]], InMemoryStore]:
     store = InMemoryStore()
     outputs: list[bytes] = []
     for lo in range(0, len(records), size):
@@ -76,7 +78,9 @@ def score_in_batches(records: list[InRecord], size: int) -> tuple[list[tuple[obj
 
 def state_of(store: InMemoryStore) -> dict[str, object]:
     return {
-        "shippers": {k: (v.row(), v.newest_day, sorted(v.days.items())) for k, v in store.shippers.items()},
+        "shippers": {
+            k: (v.row(), v.newest_day, sorted(v.days.items())) for k, v in store.shippers.items()
+        },
         "sellers": {k: v.row() for k, v in store.sellers.items()},
         "pairs": {k: v[:3] for k, v in store.pairs.items()},
         "addresses": {k: sorted(v) for k, v in store.addresses.items()},
@@ -120,7 +124,10 @@ def test_repeat_changes_no_state_and_reemits_the_decision() -> None:
     store = InMemoryStore()
     first = run_in_memory(records, store, RS, Limits(), 1)
     before = state_of(store)
-    again = [InRecord(r.value, r.topic, 1, r.offset, r.key, r.timestamp_ms, r.content_type) for r in records]
+    again = [
+        InRecord(r.value, r.topic, 1, r.offset, r.key, r.timestamp_ms, r.content_type)
+        for r in records
+    ]
     second = run_in_memory(again, store, RS, Limits(), 2)
     assert state_of(store) == before
     assert second.repeats == second.parcels and not second.outputs.holds
