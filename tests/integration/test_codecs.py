@@ -8,6 +8,9 @@ metric, keeps consuming every partition, loses nothing else, and commits past th
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 from kafka import KafkaConsumer, TopicPartition
 
+from parcel_stream.feed import read_feed
 from parcel_stream.model import Rejection
 from parcel_stream.settings import Settings
 from tests.integration.conftest import metrics_port, run_worker
@@ -91,6 +95,15 @@ def test_every_codec_is_decided(settings: Settings, tmp_path: Path) -> None:
     assert not got[s.topic_rejects], [v[:200] for _k, v in got[s.topic_rejects]]
     counts = Counter(d.parcel_id for d in decisions_of(got, s))
     assert set(counts) == set(ids(sent)) and max(counts.values()) == 1
+    # the analysts' tools (kafka-python) read the compressed records too
+    out = tmp_path / "recorded.ndjson"
+    rec = subprocess.run(
+        [sys.executable, "-m", "parcel_stream.cli", "record", s.topic_manifests, "--out", str(out)],
+        env={**os.environ, **s.as_env()}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert rec.returncode == 0, rec.stderr
+    lines = [x for r in read_feed(out) for x in r.value.split(b"\n")]
+    assert sorted(lines) == sorted(v for _k, v in sent)
 
 
 def committed(s: Settings, partitions: range) -> dict[int, int | None]:
