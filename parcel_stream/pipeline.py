@@ -319,27 +319,32 @@ def _remember(
     value_usd: F64,
 ) -> list[tuple[str, str, bytes]]:
     """What is remembered of each parcel id scored in this batch (its latest version)."""
-    idx, parsed = prep.shippers, prep.parsed
+    idx, parsed, n = prep.shippers, prep.parsed, len(prep.parsed)
     latest: dict[str, int] = {}
-    status = classified.contrib.status
+    status = classified.contrib.status.tolist()
     for i, pid in enumerate(prep.parcel_ids):
         if status[i] != REPEAT:
             latest[pid] = i
+    score_l = np.round(scores, 2).tolist()
+    lane_l, sel_l, mask_l = lanes.tolist(), selection.tolist(), masks.tolist()
+    held_l, value_l = (risk_lanes == 2).tolist(), value_usd.tolist()
+    seller_l = idx.parcel_seller.tolist() if len(idx.parcel_seller) == n else [-1] * n
+    pair_l = idx.parcel_pair.tolist() if len(idx.parcel_pair) == n else [-1] * n
+    codes_of: dict[int, list[str]] = {}
+    version, expected, hashes = legend.version, classified.expected, prep.hashes
     out = []
     for pid, i in latest.items():
-        m = parsed.manifests[i]
-        seller = int(idx.parcel_seller[i]) if len(idx.parcel_seller) else -1
-        pair = int(idx.parcel_pair[i]) if len(idx.parcel_pair) else -1
+        m, mask = parsed.manifests[i], mask_l[i]
+        codes = codes_of.get(mask)
+        if codes is None:
+            codes = codes_of[mask] = [r.code for r in legend.reasons(mask)]
+        seller, pair = seller_l[i], pair_l[i]
         rem = Remembered(
-            source=parsed.sources[i], score=round(float(scores[i]), 2), lane=int(lanes[i]),
-            selection=int(selection[i]), codes=[r.code for r in legend.reasons(int(masks[i]))],
-            version=legend.version, learner_version=learner_version, decision_ts_ms=now_ms,
-            event_ts_ms=m.manifest_ts_ms, shipper_id=m.shipper.id,
-            seller=idx.sellers[seller] if seller >= 0 else "",
-            pair=idx.pairs[pair] if pair >= 0 else "", value_usd=float(value_usd[i]),
-            held=bool(risk_lanes[i] == 2),
+            parsed.sources[i], score_l[i], lane_l[i], sel_l[i], codes, version, learner_version,
+            now_ms, m.manifest_ts_ms, m.shipper.id, idx.sellers[seller] if seller >= 0 else "",
+            idx.pairs[pair] if pair >= 0 else "", value_l[i], held_l[i],
         )  # fmt: skip
-        out.append((pid, classified.expected[pid], encode_remembered(prep.hashes[i], rem)))
+        out.append((pid, expected[pid], encode_remembered(hashes[i], rem)))
     return out
 
 
