@@ -89,18 +89,43 @@ class ExamStore(Protocol):
     ) -> list[bool] | None: ...
 
 
+def unseen(deltas: list[ExamDelta], seen: list[bool]) -> list[ExamDelta]:
+    """Results not applied before, each exam id once: what one learner step may claim (a
+    batch mixing a redelivered result with new ones must not be refused for ever)."""
+    out, taken = [], set()
+    for d, old in zip(deltas, seen, strict=True):
+        if not old and d.exam_id not in taken:
+            taken.add(d.exam_id)
+            out.append(d)
+    return out
+
+
+def applied_flags(
+    deltas: list[ExamDelta], todo: list[ExamDelta], applied: list[bool]
+) -> list[bool]:
+    """Per result of the batch: applied now (a repeat of an exam id: False)."""
+    done = {d.exam_id for d, ok in zip(todo, applied, strict=True) if ok}
+    out = []
+    for d in deltas:
+        out.append(d.exam_id in done)
+        done.discard(d.exam_id)
+    return out
+
+
 def apply_exam_batch(
     store: ExamStore, deltas: list[ExamDelta], cfg: LearnerConfig, pivot_score: float, now_ms: int
 ) -> list[bool]:
     """Apply results once each and, unless the learner is off, train it on the new ones
     in the same atomic step (retried when another writer got there first)."""
+    if not cfg.trains or not deltas:
+        return store.apply_exams(deltas) or []
     while True:
-        learner = None
-        if cfg.trains and deltas:
-            state = store.read_learner()
-            fresh = examples_of(deltas, store.exams_seen([d.exam_id for d in deltas]))
-            if fresh:
-                learner = (state.version, train(state, fresh, cfg, pivot_score, now_ms))
-        applied = store.apply_exams(deltas, learner)
+        state = store.read_learner()
+        todo = unseen(deltas, store.exams_seen([d.exam_id for d in deltas]))
+        if not todo:
+            return [False] * len(deltas)
+        fresh = examples_of(todo, [False] * len(todo))
+        applied = store.apply_exams(todo, (state.version, train(state, fresh, cfg, pivot_score,
+                                                                now_ms)))  # fmt: skip
         if applied is not None:
-            return applied
+            return applied_flags(deltas, todo, applied)

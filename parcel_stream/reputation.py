@@ -1,10 +1,12 @@
-"""Shipper reputation: the per-batch update, its idempotency rule, and an in-memory store.
+"""Shipper reputation: a batch's update, its compare-and-set rule, and an in-memory store.
 
-Every state change carries the Kafka offsets it came from. A store keeps, per input
-partition, the last offset applied (the watermark) and applies a batch's update only if the
-watermarks it was computed against are still current (compare-and-set). Records at or
-below a watermark are left out of the update, so a batch redelivered after a crash changes
-nothing twice. The Redis store (``adapters/redis_store.py``) implements the same contract.
+A batch's update is the state its parcels left behind (``sequence.py``), with what it was
+computed against: per input partition the last offset applied (the watermark), per
+entity and pair the version read, per parcel id the content remembered. A store applies
+it only if all of these are still current; otherwise nothing is written and the batch is
+scored again on the current state. Records at or below a watermark are left out of the
+update, so a batch redelivered after a crash changes nothing twice. The Redis store
+(``adapters/redis_store.py``) implements the same contract.
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ class EntityWrite:
     expected_ver: int
     vals: tuple[float, ...]
     newest_day: int = 0
-    old_newest_day: int = 0
     days: tuple[tuple[int, int], ...] = ()  # live (Unix day, parcels) after the batch
 
 
@@ -187,7 +188,6 @@ def _entity_writes(
             int(before.ver[j]),
             tuple(vals[j]),
             int(after.newest_day[j]) if days else 0,
-            int(before.newest_day[j]) if days else 0,
             tuple(sorted(after.days(j).items())) if days else (),
         )  # fmt: skip
         for j in np.flatnonzero(touched).tolist()

@@ -1,18 +1,23 @@
-"""Shipper reputation in Redis: one pipelined read and one atomic script call per batch.
+"""State in Redis: per batch two reads (remembered parcel ids, then everything else) and
+one atomic write, each a single script call with one msgpack argument.
 
 Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
 
-- ``ps:shipper:{id}`` hash: lifetime ``seen``, ``value_usd``, ``holds``, ``exams``,
-  ``violations``, ``first_seen_ms``, ``last_seen_ms``; ``d{day}`` parcel counts of the
-  last 8 (manifest-time) days; recent-weighted ``rs``, ``rh``, ``re``, ``rv`` (parcels,
-  holds, exams, violations) as of ``t`` (ms), halved every half-life; expires ``ttl_s``
-  after its last update (bounded memory).
+- ``ps:shipper:{id}`` hash: ``seen``, ``value_usd``, ``holds``, ``first_seen_ms``,
+  ``last_seen_ms``; recent-weighted ``rs``, ``rh``, ``re``, ``rv`` (parcels, holds, exams,
+  violations) as of ``t`` (ms), halved every half-life; lifetime ``exams``,
+  ``violations``; ``dn`` (newest manifest day) and ``dd`` (the parcel counts of the 16
+  days up to it, comma-separated); ``v``, the version every write bumps. Expires
+  ``ttl_s`` after its last update (bounded memory).
 - ``ps:seller:{seller id}@{marketplace}`` hash: the same for marketplace sellers, no days.
-- ``ps:addr:{address key}`` HyperLogLog of the shipper ids seen sending to a consignee
+- ``ps:addr:{address key}:shippers`` set of the shipper ids seen sending to a consignee
   address (the key is a hash of the normalised address); expires 30 days after its last
   update. ``ps:addr:{address key}:violations`` hash: recent-weighted ``rv`` at ``t``.
 - ``ps:pair:{address key}:{shipper id}`` hash: ``start_ms``, ``value_usd``, ``parcels`` of
-  the open split-shipment window (72 h by default, by manifest time).
+  the open split-shipment window (by manifest time) and its version ``v``.
+- ``ps:pid:{parcel id}`` string: a scored parcel's content hash (16 hex digits) and its
+  remembered decision and contribution (msgpack, ``repeats.Remembered``); expires after
+  the repeat window.
 - ``ps:parcel:{parcel id}`` hash: shipper id (``s``), address key (``a``), seller (``l``),
   fired rules (``r``) and rule-set score (``c``) of a parcel sent to review or hold, so
   an examination result can be traced and learned from (180 days).
@@ -23,9 +28,10 @@ Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
 - ``ps:ob:{topic}:{partition}`` sorted set (score = offset): decision digests of applied
   records whose outputs are not yet acknowledged (``outbox.py``); about one batch.
 
-The update script applies a batch only if the watermarks it was computed against are
-still current (compare-and-set), so a redelivered batch changes nothing twice. All keys of
-one call must live on one node; for Redis Cluster use a prefix with a hash tag.
+The write script applies a batch only if the watermarks, entity versions and remembered
+parcels it was computed against are still current (compare-and-set), so a redelivered
+batch changes nothing twice and a batch scored on state that moved is scored again. The
+scripts build their keys from the prefix: for Redis Cluster use a prefix with a hash tag.
 """
 
 from __future__ import annotations
@@ -85,59 +91,58 @@ local function decay_add(key, at, hl, fields, deltas)
 end
 """
 
-# One command reads everything a batch needs (one reply array, no per-key command
-# overhead): per shipper the entity fields, its version and newest day, then the 16 day
-# counts up to that day; per seller the entity fields and version; per address the
-# distinct shippers stored and its recent violations; per pair the open window and its
-# version; per (address, shipper) combination whether it is stored; the watermarks.
+# One command reads everything a batch needs (one msgpack argument in, one reply array
+# out, so no per-key argument encoding): per shipper the entity fields, its version, its
+# newest day and day counts (``dd``: 16 counts up to that day); per seller the entity
+# fields and version; per address the distinct shippers stored and its recent violations;
+# per pair the open window and its version; per (address, shipper) combination whether it
+# is stored; the watermarks.
 _ENTITY = (
     "'seen', 'value_usd', 'holds', 'first_seen_ms', 'last_seen_ms', 't', 'rs', 'rh', 're', 'rv'"
 )
-_SHIPPER_FIELDS = 12 + DAY_SLOTS
+_SHIPPER_FIELDS = 13
 _SELLER_FIELDS = 11
 _READ_LUA = f"""
-local n_sh, n_sel, n_addr, n_pair = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4])
+local u = cmsgpack.unpack(ARGV[1])
+local prefix, shippers, sellers, addresses, pairs_, combos, marks =
+  u[1], u[2], u[3], u[4], u[5], u[6], u[7]
 local out = {{}}
-local k = 0
-for i = 1, n_sh do
-  local row = redis.call('HMGET', KEYS[k + i], {_ENTITY}, 'v', 'dn')
-  for j = 1, 12 do out[#out + 1] = row[j] end
-  local dn = tonumber(row[12]) or 0
-  if dn > 0 then
-    local days = {{}}
-    for d = dn - {DAY_SLOTS - 1}, dn do days[#days + 1] = 'd' .. d end
-    local counts = redis.call('HMGET', KEYS[k + i], unpack(days))
-    for j = 1, {DAY_SLOTS} do out[#out + 1] = counts[j] end
-  else
-    for j = 1, {DAY_SLOTS} do out[#out + 1] = false end
-  end
+local n = 0
+for _, id in ipairs(shippers) do
+  local row = redis.call('HMGET', prefix .. ':shipper:' .. id, {_ENTITY}, 'v', 'dn', 'dd')
+  for j = 1, {_SHIPPER_FIELDS} do n = n + 1; out[n] = row[j] end
 end
-k = k + n_sh
-for i = 1, n_sel do
-  local row = redis.call('HMGET', KEYS[k + i], {_ENTITY}, 'v')
-  for j = 1, 11 do out[#out + 1] = row[j] end
+for _, id in ipairs(sellers) do
+  local row = redis.call('HMGET', prefix .. ':seller:' .. id, {_ENTITY}, 'v')
+  for j = 1, {_SELLER_FIELDS} do n = n + 1; out[n] = row[j] end
 end
-k = k + n_sel
-for i = 1, n_addr do
-  out[#out + 1] = redis.call('SCARD', KEYS[k + i] .. ':shippers')
-  local v = redis.call('HMGET', KEYS[k + i] .. ':violations', 't', 'rv')
-  out[#out + 1] = v[1]
-  out[#out + 1] = v[2]
+for _, id in ipairs(addresses) do
+  local key = prefix .. ':addr:' .. id
+  n = n + 1; out[n] = redis.call('SCARD', key .. ':shippers')
+  local v = redis.call('HMGET', key .. ':violations', 't', 'rv')
+  n = n + 1; out[n] = v[1]
+  n = n + 1; out[n] = v[2]
 end
-local addr0 = k
-k = k + n_addr
-for i = 1, n_pair do
-  local row = redis.call('HMGET', KEYS[k + i], 'start_ms', 'value_usd', 'parcels', 'v')
-  for j = 1, 4 do out[#out + 1] = row[j] end
+for _, id in ipairs(pairs_) do
+  local row = redis.call('HMGET', prefix .. ':pair:' .. id, 'start_ms', 'value_usd', 'parcels', 'v')
+  for j = 1, 4 do n = n + 1; out[n] = row[j] end
 end
-k = k + n_pair
-local n_combo = tonumber(ARGV[5])
-for c = 1, n_combo do
-  local a = tonumber(ARGV[4 + 2 * c])
-  out[#out + 1] = redis.call('SISMEMBER', KEYS[addr0 + a] .. ':shippers', ARGV[5 + 2 * c])
+for c = 1, #combos, 2 do
+  n = n + 1
+  out[n] = redis.call('SISMEMBER', prefix .. ':addr:' .. addresses[combos[c]] .. ':shippers',
+    shippers[combos[c + 1]])
 end
-for i = k + 1, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) end
+for _, part in ipairs(marks) do
+  n = n + 1; out[n] = redis.call('GET', prefix .. ':wm:' .. part)
+end
+return out
+"""
+
+# Remembered parcels of a batch (one msgpack list of parcel ids in).
+_PARCELS_LUA = """
+local u = cmsgpack.unpack(ARGV[1])
+local out = {}
+for i, id in ipairs(u[2]) do out[i] = redis.call('GET', u[1] .. ':pid:' .. id) end
 return out
 """
 
@@ -194,8 +199,9 @@ return out
 """
 )
 
-# A batch's update, applied all or nothing (ARGV[1] msgpack, see ``apply``; binary values
-# follow as ARGV[2..], named by their index, since Redis' cmsgpack has no bin type): it
+# A batch's update, applied all or nothing (ARGV[1] msgpack, see ``apply``; the binary
+# values are concatenated in ARGV[2], named by first and last byte, since Redis' cmsgpack
+# has no bin type): it
 # fails (returns 0) unless every watermark, entity and pair version and remembered parcel
 # is still what the batch read; then it writes the batch's resulting state.
 _APPLY_LUA = """
@@ -227,19 +233,11 @@ for _, e in ipairs(ents) do
     row[#row + 1] = fields[j]
     row[#row + 1] = num(vals[j])
   end
-  local newest, old = e[4], e[5]
-  if newest > 0 then
+  if e[4] > 0 then
     row[#row + 1] = 'dn'
-    row[#row + 1] = newest
-    local gone = {}
-    for _, dc in ipairs(e[6]) do
-      if dc[2] == 0 then gone[#gone + 1] = 'd' .. dc[1]
-      else row[#row + 1] = 'd' .. dc[1]; row[#row + 1] = dc[2] end
-    end
-    if old > 0 and newest > old then
-      for d = old - DAY_KEEP, math.min(newest - DAY_KEEP - 1, old) do gone[#gone + 1] = 'd' .. d end
-    end
-    if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+    row[#row + 1] = e[4]
+    row[#row + 1] = 'dd'
+    row[#row + 1] = e[5]
   end
   redis.call('HSET', key, unpack(row))
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
@@ -256,7 +254,7 @@ for _, m in ipairs(members) do
   if addr_ttl > 0 then redis.call('EXPIRE', m[1], addr_ttl) end
 end
 for _, p in ipairs(parcels) do
-  redis.call('SET', p[1], ARGV[p[3]], 'EX', parcel_ttl)
+  redis.call('SET', p[1], string.sub(ARGV[2], p[3], p[4]), 'EX', parcel_ttl)
 end
 for _, x in ipairs(exam) do
   local key = prefix .. ':parcel:' .. x[1]
@@ -266,7 +264,7 @@ end
 -- decision digests of this batch's records, and those of outputs since acknowledged
 for _, o in ipairs(outbox) do
   local key = prefix .. ':ob:' .. o[1]
-  redis.call('ZADD', key, o[2], ARGV[o[3]])
+  redis.call('ZADD', key, o[2], string.sub(ARGV[2], o[3], o[4]))
   redis.call('EXPIRE', key, 7 * 86400)
 end
 for _, o in ipairs(prune) do
@@ -299,10 +297,22 @@ def _fill_entities(table: EntityTable, flat: list[Any], width: int, days: bool) 
         for j, r in enumerate(rows):
             newest = int(r[nf + 1]) if r[nf + 1] is not None else 0
             if newest:
-                counts = r[nf + 2 :]
-                table.set_days(j, newest, {
-                    newest - (DAY_SLOTS - 1) + k: int(c) for k, c in enumerate(counts) if c
-                })  # fmt: skip
+                table.set_days(j, newest, decode_days(newest, r[nf + 2]))
+
+
+def encode_days(newest: int, days: tuple[tuple[int, int], ...]) -> str:
+    """A shipper's day counts as one field: the counts of the ``DAY_SLOTS`` days up to
+    ``newest``, comma-separated (older days are gone)."""
+    counts = dict(days)
+    return ",".join(str(counts.get(d, 0)) for d in range(newest - DAY_SLOTS + 1, newest + 1))
+
+
+def decode_days(newest: int, raw: bytes | str | None) -> dict[int, int]:
+    if not raw:
+        return {}
+    counts = _text(raw).split(",")
+    first = newest - len(counts) + 1
+    return {first + k: int(c) for k, c in enumerate(counts) if c != "0"}
 
 
 def _text(value: bytes | str) -> str:
@@ -347,6 +357,7 @@ class RedisReputationStore:
         self._apply = self.client.register_script(_APPLY_LUA)
         self._read = self.client.register_script(_READ_LUA)
         self._exams = self.client.register_script(_EXAMS_LUA)
+        self._parcels = self.client.register_script(_PARCELS_LUA)
 
     @classmethod
     def from_settings(
@@ -387,7 +398,10 @@ class RedisReputationStore:
         """Remembered parcels among these ids (content hash + msgpack), one round trip."""
         if not parcel_ids:
             return {}
-        rows: list[Any] = await self.client.mget([self.parcel_key(p) for p in parcel_ids])
+        rows: list[Any] = await self._parcels(
+            keys=[], args=[_PACK.encode([self.prefix, parcel_ids])]
+        )
+        rows += [None] * (len(parcel_ids) - len(rows))
         return {p: bytes(raw) for p, raw in zip(parcel_ids, rows, strict=True) if raw is not None}
 
     async def read(
@@ -397,18 +411,11 @@ class RedisReputationStore:
         pairs, address-shipper combinations and watermarks, as stored."""
         combos = combos if combos is not None else Combos.of(keys)
         n_s, n_l, n_a, n_p = len(keys.ids), len(keys.sellers), len(keys.addresses), len(keys.pairs)
-        redis_keys = [
-            *(self.shipper_key(x) for x in keys.ids),
-            *(self.seller_key(x) for x in keys.sellers),
-            *(self.address_key(x) for x in keys.addresses),
-            *(self.pair_key(x) for x in keys.pairs),
-            *(self.watermark_key(p) for p in partitions),
-        ]
         pairs = combos.pairs()
-        args: list[Any] = [n_s, n_l, n_a, n_p, len(pairs)]
-        for a, s in pairs:
-            args.extend((a + 1, keys.ids[s]))
-        flat: list[Any] = await self._read(keys=redis_keys, args=args)
+        flat_combos = [x + 1 for pair in pairs for x in pair]  # 1-based, as Lua counts
+        payload = [self.prefix, keys.ids, keys.sellers, keys.addresses, keys.pairs, flat_combos,
+                   [f"{t}:{p}" for t, p in partitions]]  # fmt: skip
+        flat: list[Any] = await self._read(keys=[], args=[_PACK.encode(payload)])
         sizes = (_SHIPPER_FIELDS * n_s, _SELLER_FIELDS * n_l, 3 * n_a, 4 * n_p, len(pairs),
                  len(partitions))  # fmt: skip
         flat += [None] * (sum(sizes) - len(flat))
@@ -439,17 +446,20 @@ class RedisReputationStore:
             return True
         ents = [
             [self.shipper_key(w.entity_id), w.expected_ver, list(w.vals), w.newest_day,
-             w.old_newest_day, [list(d) for d in w.days]]
+             encode_days(w.newest_day, w.days)]
             for w in update.shippers
         ] + [
-            [self.seller_key(w.entity_id), w.expected_ver, list(w.vals), 0, 0, []]
+            [self.seller_key(w.entity_id), w.expected_ver, list(w.vals), 0, ""]
             for w in update.sellers
         ]  # fmt: skip
         blobs: list[bytes] = []
+        size = 0
 
-        def blob(raw: bytes) -> int:
+        def blob(raw: bytes) -> tuple[int, int]:
+            nonlocal size
             blobs.append(raw)
-            return len(blobs) + 1  # ARGV index (1-based, after the payload)
+            size += len(raw)
+            return size - len(raw) + 1, size  # first and last byte in ARGV[2] (Lua counts)
 
         payload = [
             self.prefix, self.ttl_s, self.address_ttl_s, self.exam_ttl_s, float(self.window_ms),
@@ -460,13 +470,14 @@ class RedisReputationStore:
             [[self.pair_key(p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
              for p in update.pairs],
             [[self.address_key(a) + ":shippers", ids] for a, ids in update.addresses],
-            [[self.parcel_key(pid), expected, blob(raw)] for pid, expected, raw in update.parcels],
+            [[self.parcel_key(pid), expected, *blob(raw)] for pid, expected, raw in update.parcels],
             [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
               repr(ref.static_score)] for pid, ref in update.examinable],
-            [[f"{t}:{p}", offset, blob(digest)] for (t, p), offset, digest in update.outbox],
+            [[f"{t}:{p}", offset, *blob(digest)] for (t, p), offset, digest in update.outbox],
             [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],
         ]  # fmt: skip
-        return bool(await self._apply(keys=[], args=[_PACK.encode(payload), *blobs]))
+        args = [_PACK.encode(payload), b"".join(blobs)]
+        return bool(await self._apply(keys=[], args=args))
 
     async def read_outbox(
         self, wanted: list[tuple[Partition, int]]
@@ -559,7 +570,7 @@ class RedisReputationStore:
             holds=int(get.get("holds", 0)),
             first_seen_ms=int(get.get("first_seen_ms", 0)),
             last_seen_ms=int(get.get("last_seen_ms", 0)),
-            days={int(k[1:]): int(v) for k, v in get.items() if k[:1] == "d" and k[1:].isdigit()},
+            days=decode_days(int(get.get("dn", 0)), get.get("dd")),
             exams=int(get.get("exams", 0)),
             violations=int(get.get("violations", 0)),
             recent_t_ms=float(get.get("t", 0)),

@@ -22,7 +22,7 @@ from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.decide import LANES, Out, Outputs, encode_rejection, hold_reason_counts
-from parcel_stream.exams import examples_of, parse_exam_records, trace
+from parcel_stream.exams import applied_flags, examples_of, parse_exam_records, trace, unseen
 from parcel_stream.features import Combos
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache, train
@@ -300,20 +300,20 @@ class ExamProcessor:
     async def _apply(self, deltas: list[ExamDelta]) -> list[bool]:
         """Apply the results and, unless the learner is off, train it on the new ones in
         the same atomic step; retried when another worker stored a learner state first."""
+        if not self.learner_cfg.trains or not deltas:
+            return await self.store.apply_exams(deltas) or []
         while True:
-            learner = None
-            if self.learner_cfg.trains and deltas:
-                state = await self.store.read_learner()
-                seen = await self.store.exams_seen([d.exam_id for d in deltas])
-                fresh = examples_of(deltas, seen)
-                if fresh:
-                    new = train(state, fresh, self.learner_cfg, self.pivot_score(), now_ms())
-                    learner = (state.version, new)
-            applied = await self.store.apply_exams(deltas, learner)
+            state = await self.store.read_learner()
+            seen = await self.store.exams_seen([d.exam_id for d in deltas])
+            todo = unseen(deltas, seen)
+            if not todo:
+                return [False] * len(deltas)
+            fresh = examples_of(todo, [False] * len(todo))
+            new = train(state, fresh, self.learner_cfg, self.pivot_score(), now_ms())
+            applied = await self.store.apply_exams(todo, (state.version, new))
             if applied is not None:
-                if learner is not None:
-                    self.metrics.learner_updates.inc()
-                return applied
+                self.metrics.learner_updates.inc()
+                return applied_flags(deltas, todo, applied)
             log.info("learner state moved meanwhile; retraining on the current one")
 
     async def handle(self, records: list[InRecord]) -> dict[str, int]:

@@ -114,3 +114,28 @@ def test_learner_on_examines_better_than_feedback_alone() -> None:
     assert p_on > p_off and r_on > r_off, rep  # a direction, not a figure tuned to the fixture
     on = runs["on"].learner
     assert on is not None and 0 < max(abs(p) for p in on.points(LearnerConfig()).values()) <= 20
+
+
+def test_a_redelivered_result_beside_new_ones_trains_the_learner_once_and_ends() -> None:
+    from parcel_stream.exams import apply_exam_batch
+    from parcel_stream.learner import LearnerConfig
+
+    store = InMemoryStore()
+    precursor = [{"description": "sample", "hs_code": "2933.39", "quantity": 1, "value": 24.0}]
+    held = [line(parcel_id=f"H{i}", items=precursor) for i in (1, 2)]
+    run_in_memory([InRecord(b"\n".join(held), "m", 0, 0)], store, RS, Limits(), NOW)
+    on = LearnerConfig(mode="on")
+
+    def deltas(*pairs: tuple[str, str]):  # type: ignore[no-untyped-def]
+        batch = parse_exam_records(
+            [InRecord(b"\n".join(exam(e, p) for e, p in pairs), "x", 0, 0)], NOW
+        )
+        return trace(batch.results, store.lookup_parcels([x.parcel_id for x in batch.results]))[0]
+
+    assert apply_exam_batch(store, deltas(("E1", "H1")), on, RS.hold_score, NOW) == [True]
+    version = store.read_learner().version
+    mixed = deltas(("E1", "H1"), ("E2", "H2"), ("E2", "H2"))
+    assert apply_exam_batch(store, mixed, on, RS.hold_score, NOW) == [False, True, False]
+    assert store.read_learner().version == version + 1  # one step, for E2 only
+    assert apply_exam_batch(store, mixed, on, RS.hold_score, NOW) == [False, False, False]
+    assert store.shippers["SHP000001"].exams == 2

@@ -60,3 +60,20 @@ def test_records_below_the_watermark_get_no_new_digest() -> None:
     assert store.apply(score_prepared(*read_in_memory(prep, store)[:4], RS, NOW).update)
     again = score_prepared(*read_in_memory(prep, store)[:4], RS, NOW)
     assert again.update.outbox == [] and again.update.shippers == []
+
+
+def test_rebuilt_outputs_of_repeats_and_amendments_equal_the_first_ones() -> None:
+    from tests.unit.test_same_feed import feed
+
+    store = InMemoryStore()
+    recs = feed(9, 600)
+    first = score_prepared(
+        *read_in_memory(prepare(recs, Limits(), NOW, RS.split_min_usd), store)[:4], RS, NOW
+    )
+    assert first.repeats and first.amendments
+    assert store.apply(first.update)
+    wanted = [((r.topic, r.partition), r.offset) for r in recs]
+    again, resent, skipped = rebuild(recs, store.read_outbox(wanted), Limits())
+    assert (resent, skipped) == (len(recs), 0)
+    assert lines(again.decisions) == lines(first.outputs.decisions)
+    assert sorted(again.holds) == sorted(first.outputs.holds)

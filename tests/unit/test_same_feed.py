@@ -36,8 +36,11 @@ def feed(seed: int, parcels: int, amend: bool = True) -> list[InRecord]:
         roll = rng.random()
         if roll < 0.03:
             lines.append(orjson.dumps(doc))  # resent as it was
-        elif roll < 0.05 and amend:
+        elif roll < 0.045 and amend:
             lines.append(orjson.dumps({**doc, "declared_value": doc["declared_value"] + 100}))
+        elif roll < 0.05 and amend and len(docs) > 1:  # amended to another shipper
+            other = docs[rng.randrange(len(docs))]
+            lines.append(orjson.dumps({**doc, "shipper": other["shipper"]}))
         elif roll < 0.06 and len(lines) > 50:
             lines.append(lines[rng.randrange(len(lines) - 50)])  # resent much later
     records: list[InRecord] = []
