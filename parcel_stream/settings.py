@@ -98,7 +98,7 @@ class Settings:
     reputation_half_life_days: float = 90.0
     # A parcel id seen again within this many days is a repeat (identical content: the
     # original decision is re-emitted, no state changes) or an amendment (rescored, its
-    # original's contribution taken back). About 250 bytes of Redis memory per parcel id.
+    # original's contribution taken back). About 220 bytes of Redis memory per parcel id.
     repeat_window_days: float = 14.0
     # Split shipments: parcels of one shipper to one address within this window add up.
     split_window_hours: float = 72.0

@@ -10,7 +10,7 @@ Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
   days up to it, comma-separated); ``v``, the version every write bumps. Expires
   ``ttl_s`` after its last update (bounded memory).
 - ``ps:seller:{seller id}@{marketplace}`` hash: the same for marketplace sellers, no days.
-- ``ps:addr:{address key}:shippers`` set of the shipper ids seen sending to a consignee
+- ``ps:addr:{address key}:shippers`` set of the shippers (60-bit hashes of their ids) seen sending to a consignee
   address (the key is a hash of the normalised address); expires 30 days after its last
   update. ``ps:addr:{address key}:violations`` hash: recent-weighted ``rv`` at ``t``.
 - ``ps:pair:{address key}:{shipper id}`` hash: ``start_ms``, ``value_usd``, ``parcels`` of
@@ -36,6 +36,8 @@ scripts build their keys from the prefix: for Redis Cluster use a prefix with a 
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -130,7 +132,7 @@ end
 for c = 1, #combos, 2 do
   n = n + 1
   out[n] = redis.call('SISMEMBER', prefix .. ':addr:' .. addresses[combos[c]] .. ':shippers',
-    shippers[combos[c + 1]])
+    combos[c + 1])
 end
 for _, part in ipairs(marks) do
   n = n + 1; out[n] = redis.call('GET', prefix .. ':wm:' .. part)
@@ -280,6 +282,14 @@ return 1
 _PACK = msgspec.msgpack.Encoder()
 
 
+@lru_cache(maxsize=1 << 16)
+def shipper_member(shipper_id: str) -> str:
+    """A shipper as a member of an address's set: a 60-bit integer from a hash of its id,
+    so that Redis keeps small sets as compact integer sets (about 8 bytes a member)."""
+    digest = hashlib.blake2b(shipper_id.encode(), digest_size=8).digest()
+    return str(int.from_bytes(digest, "big") >> 4)
+
+
 def _col(values: list[Any]) -> F64:
     return np.array([float(v) if v is not None else 0.0 for v in values], dtype=np.float64)
 
@@ -412,7 +422,7 @@ class RedisReputationStore:
         combos = combos if combos is not None else Combos.of(keys)
         n_s, n_l, n_a, n_p = len(keys.ids), len(keys.sellers), len(keys.addresses), len(keys.pairs)
         pairs = combos.pairs()
-        flat_combos = [x + 1 for pair in pairs for x in pair]  # 1-based, as Lua counts
+        flat_combos = [x for a, sh in pairs for x in (a + 1, shipper_member(keys.ids[sh]))]
         payload = [self.prefix, keys.ids, keys.sellers, keys.addresses, keys.pairs, flat_combos,
                    [f"{t}:{p}" for t, p in partitions]]  # fmt: skip
         flat: list[Any] = await self._read(keys=[], args=[_PACK.encode(payload)])
@@ -469,7 +479,8 @@ class RedisReputationStore:
             ents,
             [[self.pair_key(p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
              for p in update.pairs],
-            [[self.address_key(a) + ":shippers", ids] for a, ids in update.addresses],
+            [[self.address_key(a) + ":shippers", [shipper_member(x) for x in ids]]
+             for a, ids in update.addresses],
             [[self.parcel_key(pid), expected, *blob(raw)] for pid, expected, raw in update.parcels],
             [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
               repr(ref.static_score)] for pid, ref in update.examinable],
