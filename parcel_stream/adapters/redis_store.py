@@ -12,7 +12,8 @@ Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
 - ``ps:seller:{seller id}@{marketplace}`` hash: the same for marketplace sellers, no days.
 - ``ps:addr:{address key}:shippers`` set of the shippers (60-bit hashes of their ids)
   seen sending to a consignee address (the key is a hash of the normalised address);
-  expires 30 days after its last update. ``ps:addr:{address key}:violations`` hash: recent-weighted ``rv`` at ``t``.
+  expires 30 days after its last update. ``ps:addr:{address key}:violations`` hash:
+  recent-weighted ``rv`` at ``t``.
 - ``ps:pair:{address key}:{shipper id}`` hash: ``start_ms``, ``value_usd``, ``parcels`` of
   the open split-shipment window (by manifest time) and its version ``v``.
 - ``ps:pid:{parcel id}`` string: a scored parcel's content hash (16 hex digits) and its
