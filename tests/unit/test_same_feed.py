@@ -102,17 +102,22 @@ def test_batch_size_changes_no_decision_and_no_state(seed: int) -> None:
         got, store = score_in_batches(records, size)
         assert got == reference, f"batch size {size}"
         assert state_of(store) == state_of(ref_store), f"batch size {size}"
+    run = run_backtest(as_feed(records), RS, encode=True, chunk_bytes=20_000)
+    assert decisions([v for out in run.outputs for _k, v in out.decisions]) == reference
+
+
+def as_feed(records: list[InRecord]) -> list[RawRecord]:
+    return [
+        RawRecord(r.timestamp_ms, "m", 0, r.offset, r.key, r.value,
+                  (("content-type", r.content_type),) if r.content_type else ())
+        for r in records
+    ]  # fmt: skip
 
 
 def test_backtest_gives_the_live_decisions() -> None:
     records = feed(11, 1200)
     live, _store = score_in_batches(records, 200)
-    raw = [
-        RawRecord(r.timestamp_ms, "m", 0, r.offset, r.key, r.value,
-                  (("content-type", r.content_type),) if r.content_type else ())
-        for r in records
-    ]  # fmt: skip
-    run = run_backtest(raw, RS, encode=True, chunk_bytes=50_000)
+    run = run_backtest(as_feed(records), RS, encode=True, chunk_bytes=50_000)
     by_id_live = {d[0]: d[1:4] for d in live}
     assert run.parcels == len(live)
     got = {pid: (round(s, 2), ["release", "review", "hold"][lane])
