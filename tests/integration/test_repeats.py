@@ -106,12 +106,12 @@ def test_backtest_of_the_recorded_feed_gives_the_live_decisions(
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
     admin.create_topics([NewTopic(s.topic_manifests, 1, 1)])
     admin.close()
-    feed = docs(4000, seed=32, shippers=120)
+    feed = docs(2500, seed=32, shippers=80)
     lines = [(str(d["shipper"]["id"]).encode(), orjson.dumps(d)) for d in feed]  # type: ignore[index]
     producer = make_producer(s.kafka_bootstrap)
     with run_worker(s, tmp_path) as worker:
-        produce_parcels(producer, s.topic_manifests, lines[:1000], batch_size=1)
-        produce_parcels(producer, s.topic_manifests, lines[1000:], batch_size=137, single_every=9)
+        produce_parcels(producer, s.topic_manifests, lines[:600], batch_size=1)
+        produce_parcels(producer, s.topic_manifests, lines[600:], batch_size=137, single_every=9)
         producer.flush()
         got = read_until(s, len(feed), worker)
     live = {d.parcel_id: d for d in decisions_of(got, s)}
