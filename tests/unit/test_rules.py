@@ -1,6 +1,10 @@
 """Every rule of the default catalog: a parcel that fires it and one that does not."""
 
+import hashlib
+import json
 from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +14,15 @@ from parcel_stream.features import ReputationView, build_features, index_shipper
 from parcel_stream.kernels import score_batch
 from parcel_stream.model import Manifest
 from parcel_stream.parse import parse_one
-from parcel_stream.rules import RuleSetError, compile_ruleset, default_document, default_ruleset
+from parcel_stream.rules import (
+    DEFAULT_RULESET_PATH,
+    RuleSet,
+    RuleSetError,
+    compile_ruleset,
+    default_document,
+    default_ruleset,
+    load_ruleset,
+)
 from tests.unit.samples import BASE, line
 
 NOW = 1_790_000_000_000
@@ -166,3 +178,77 @@ def test_split_shipment_within_one_batch_and_window() -> None:
     )
     r3 = run_in_memory([InRecord(late, "m", 0, 2)], store, RS, Limits(), NOW)
     assert not r3.masks[0] & bit
+
+
+# -- compiled tables stay the same --------------------------------------------------------
+
+
+def ruleset_digest(rs: RuleSet) -> str:
+    """A digest of everything a compiled rule set holds (arrays by dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(RuleSet.__dataclass_fields__):
+        if name == "memo":
+            continue
+        value = getattr(rs, name)
+        h.update(name.encode())
+        if isinstance(value, np.ndarray):
+            h.update(f"{value.dtype}{value.shape}".encode() + value.tobytes())
+        elif isinstance(value, frozenset):
+            h.update(repr(sorted(value)).encode())
+        elif name == "watch_trigrams":
+            h.update(repr([sorted(t) for t in value]).encode())
+        elif name == "keyword_chapters":
+            h.update(repr([(w, sorted(c)) for w, c in value]).encode())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+def edge_document() -> dict[str, Any]:
+    """The default rule set with the optional and unusual spellings a file may use."""
+    doc = default_document()
+    doc["version"] = "  edge-1 "
+    doc["tables"]["hs_risk"]["2933.39"] = 0.25
+    doc["tables"]["description_keywords"] = {"Running  Shoes": [64, 64, 42], "gift": [95]}
+    rules = doc["rules"]
+    rules[0].update(effective_from=date(2026, 12, 1), effective_until="2027-01-31T12:00:00Z")
+    rules[1].update(effective_from=datetime(2026, 12, 1, 8, 30), enabled=False, scale_by="hs_risk")
+    rules[2].update(
+        effective_until=datetime(2027, 1, 1, tzinfo=timezone(timedelta(hours=2))), weight=7
+    )
+    rules[3].update(
+        effective_from="2026-12-01", when=["value_usd<=5", " hs_risk >= .4 ", "weight_kg != 1e3"]
+    )
+    return doc
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "schemas" / "examples" / "ruleset.v1.json"
+# Captured from the hand-written validator before rule sets were validated through the
+# schema types: the compiled tables of valid rule sets must not change.
+DIGESTS = {
+    "default": "68327f837111693509cd5dce8061d885f36263acefb3b7553b3018b3422f2ba2",
+    "example": "6fbd62f61535669618c275a700c85a2232637e0928816e40f6a7c6d8c6e58ccb",
+    "edge": "c2afe5cea2b10fd39eaa557c508d000732b55678f9c35c823f46da3f748de465",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIGESTS))
+def test_compiled_tables_are_unchanged(name: str) -> None:
+    doc = {
+        "default": default_document,
+        "example": lambda: json.loads(EXAMPLE.read_text()),
+        "edge": edge_document,
+    }[name]()
+    assert ruleset_digest(compile_ruleset(doc, "src")) == DIGESTS[name]
+
+
+def test_toml_dates_and_iso_strings_compile_alike(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    text = DEFAULT_RULESET_PATH.read_text()
+    head, sep, tail = text.partition("[[rules]]\n")
+    path.write_text(f"{head}{sep}effective_from = 2026-12-01\n{tail}")
+    rs = load_ruleset(path)
+    assert rs.rules[0].effective_from_ms == int(
+        datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000
+    )
+    assert rs.version == default_document()["version"]
