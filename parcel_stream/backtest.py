@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -24,28 +23,15 @@ from parcel_stream.feed import RawRecord
 from parcel_stream.learner import LearnerConfig, LearnerState
 from parcel_stream.model import ExamResult
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import DEFAULT_STATE, StateConfig, SyncStateStore, run_sync
+from parcel_stream.pipeline import DEFAULT_STATE, StateConfig, run_sync
 from parcel_stream.reputation import (
-    ExamDelta,
     InMemoryStore,
-    ParcelRef,
 )
 from parcel_stream.rules import RuleSet
+from parcel_stream.state import StateStore
 
 F64 = npt.NDArray[np.float64]
 CAPACITIES_PCT = (1.0, 2.0, 5.0, 10.0)
-
-
-class SyncStore(SyncStateStore, Protocol):
-    def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]: ...
-
-    def exams_seen(self, exam_ids: list[str]) -> list[bool]: ...
-
-    def read_learner(self) -> LearnerState: ...
-
-    def apply_exams(
-        self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
-    ) -> list[bool] | None: ...
 
 
 @dataclass
@@ -87,7 +73,7 @@ def _chunks(records: Iterable[RawRecord], max_bytes: int) -> Iterable[list[InRec
 def run_backtest(
     records: Iterable[RawRecord],
     ruleset: RuleSet,
-    store: SyncStore | None = None,
+    store: StateStore | None = None,
     limits: Limits | None = None,
     chunk_bytes: int = 4 << 20,
     exam_outcomes: dict[str, str | None] | None = None,
@@ -300,58 +286,3 @@ def render_markdown(reports: list[Report]) -> str:
             cells.append(f"{s[1]:,} / {_pct(s[2])} / {_pct(s[3])}")
         out.append(row(name, cells))
     return "".join(out)
-
-
-def write_plots(reports: list[Report], runs: list[BacktestRun], labels: dict[str, str | None],
-                out_dir: str) -> list[str]:  # fmt: skip
-    """PNG plots: score distributions (clean vs violative) and precision/recall vs capacity."""
-    import os
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)
-    for ax, run in zip(axes[0], runs, strict=True):
-        scores = np.asarray(run.scores)
-        bad = np.fromiter(
-            (labels.get(p) is not None for p in run.parcel_ids), np.bool_, len(scores)
-        )
-        bins = np.linspace(0, 100, 41)
-        ax.hist(scores[~bad], bins=bins, alpha=0.6, label="no violation", log=True)
-        ax.hist(scores[bad], bins=bins, alpha=0.8, label="labelled violation", log=True)
-        ax.set_title(f"scores: {run.ruleset_version}")
-        ax.set_xlabel("score")
-        ax.set_ylabel("parcels (log)")
-        ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out_dir, "score-distribution.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    paths.append(path)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in reports:
-        ks = [c[0] for c in r.pr_curve]
-        ax.plot(ks, [c[1] for c in r.pr_curve], marker="o", label=f"precision, {r.ruleset_version}")
-        ax.plot(
-            ks,
-            [c[2] for c in r.pr_curve],
-            marker="s",
-            ls="--",
-            label=f"recall, {r.ruleset_version}",
-        )  # noqa: E501
-    ax.axvline(reports[0].capacity_pct, color="grey", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("examination capacity (% of parcels, top scores)")
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
-    ax.set_title("precision and recall vs examination capacity")
-    fig.tight_layout()
-    path = os.path.join(out_dir, "precision-recall-capacity.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    paths.append(path)
-    return paths

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from time import perf_counter
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +56,7 @@ from parcel_stream.reputation import (
 )
 from parcel_stream.rules import RuleSet
 from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
+from parcel_stream.state import StateStore
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -348,20 +348,8 @@ def _remember(
     return out
 
 
-class SyncStateStore(Protocol):
-    """What the synchronous batch step needs of a store (in-memory twin, blocking Redis)."""
-
-    def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]: ...
-
-    def read(
-        self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
-    ) -> tuple[StoredState, dict[Partition, int]]: ...
-
-    def apply(self, update: ReputationUpdate) -> bool: ...
-
-
 def read_in_memory(
-    prep: Prepared, store: SyncStateStore
+    prep: Prepared, store: StateStore
 ) -> tuple[Prepared, Classified, StoredState, dict[Partition, int], Combos]:
     """The reads of one batch: remembered parcels, then the state of its entities."""
     prep, classified = recognise(prep, store.read_parcels(prep.parcel_ids))
@@ -372,7 +360,7 @@ def read_in_memory(
 
 def run_sync(
     records: list[InRecord],
-    store: SyncStateStore,
+    store: StateStore,
     ruleset: RuleSet,
     limits: Limits,
     now_ms: int,

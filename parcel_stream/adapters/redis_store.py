@@ -62,6 +62,20 @@ from parcel_stream.reputation import (
 )
 from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS, EntityTable, StoredState
 from parcel_stream.settings import Settings
+from parcel_stream.state import (
+    ADDRESS_SHIPPERS,
+    ADDRESS_VIOLATIONS,
+    EXAM,
+    EXAMINABLE,
+    LEARNER,
+    LEARNER_HISTORY,
+    OUTBOX,
+    PAIR,
+    REMEMBERED,
+    SELLER,
+    SHIPPER,
+    WATERMARK,
+)
 
 F64 = npt.NDArray[np.float64]
 
@@ -112,31 +126,31 @@ local prefix, shippers, sellers, addresses, pairs_, combos, marks =
 local out = {{}}
 local n = 0
 for _, id in ipairs(shippers) do
-  local row = redis.call('HMGET', prefix .. ':shipper:' .. id, {_ENTITY}, 'v', 'dn', 'dd')
+  local row = redis.call('HMGET', prefix .. '@shipper:' .. id, {_ENTITY}, 'v', 'dn', 'dd')
   for j = 1, {_SHIPPER_FIELDS} do n = n + 1; out[n] = row[j] end
 end
 for _, id in ipairs(sellers) do
-  local row = redis.call('HMGET', prefix .. ':seller:' .. id, {_ENTITY}, 'v')
+  local row = redis.call('HMGET', prefix .. '@seller:' .. id, {_ENTITY}, 'v')
   for j = 1, {_SELLER_FIELDS} do n = n + 1; out[n] = row[j] end
 end
 for _, id in ipairs(addresses) do
-  local key = prefix .. ':addr:' .. id
-  n = n + 1; out[n] = redis.call('SCARD', key .. ':shippers')
-  local v = redis.call('HMGET', key .. ':violations', 't', 'rv')
+  local key = prefix .. '@addr:' .. id
+  n = n + 1; out[n] = redis.call('SCARD', key .. '@addr_shippers')
+  local v = redis.call('HMGET', key .. '@addr_violations', 't', 'rv')
   n = n + 1; out[n] = v[1]
   n = n + 1; out[n] = v[2]
 end
 for _, id in ipairs(pairs_) do
-  local row = redis.call('HMGET', prefix .. ':pair:' .. id, 'start_ms', 'value_usd', 'parcels', 'v')
+  local row = redis.call('HMGET', prefix .. '@pair:' .. id, 'start_ms', 'value_usd', 'parcels', 'v')
   for j = 1, 4 do n = n + 1; out[n] = row[j] end
 end
 for c = 1, #combos, 2 do
   n = n + 1
-  out[n] = redis.call('SISMEMBER', prefix .. ':addr:' .. addresses[combos[c]] .. ':shippers',
+  out[n] = redis.call('SISMEMBER', prefix .. '@addr:' .. addresses[combos[c]] .. '@addr_shippers',
     combos[c + 1])
 end
 for _, part in ipairs(marks) do
-  n = n + 1; out[n] = redis.call('GET', prefix .. ':wm:' .. part)
+  n = n + 1; out[n] = redis.call('GET', prefix .. '@wm:' .. part)
 end
 return out
 """
@@ -145,7 +159,7 @@ return out
 _PARCELS_LUA = """
 local u = cmsgpack.unpack(ARGV[1])
 local out = {}
-for i, id in ipairs(u[2]) do out[i] = redis.call('GET', u[1] .. ':pid:' .. id) end
+for i, id in ipairs(u[2]) do out[i] = redis.call('GET', u[1] .. '@pid:' .. id) end
 return out
 """
 
@@ -161,20 +175,20 @@ local prefix, ttl, hl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local learner, expected = ARGV[4], ARGV[5]
 local first = 8
 if learner ~= '' then
-  local cur = redis.call('HGET', prefix .. ':learner', 'version') or '0'
+  local cur = redis.call('HGET', prefix .. '@learner', 'version') or '0'
   if cur ~= expected then return -1 end
   for a = first, #ARGV, 6 do
-    if redis.call('EXISTS', prefix .. ':exam:' .. ARGV[a]) == 1 then return -1 end
+    if redis.call('EXISTS', prefix .. '@exam:' .. ARGV[a]) == 1 then return -1 end
   end
 end
 local out = {}
 for a = first, #ARGV, 6 do
-  local fresh = redis.call('SET', prefix .. ':exam:' .. ARGV[a], '1', 'NX', 'EX', ttl)
+  local fresh = redis.call('SET', prefix .. '@exam:' .. ARGV[a], '1', 'NX', 'EX', ttl)
   if fresh then
     local v = tonumber(ARGV[a + 3])
     local at = tonumber(ARGV[a + 4])
-    local entities = {prefix .. ':shipper:' .. ARGV[a + 1]}
-    if ARGV[a + 5] ~= '' then entities[2] = prefix .. ':seller:' .. ARGV[a + 5] end
+    local entities = {prefix .. '@shipper:' .. ARGV[a + 1]}
+    if ARGV[a + 5] ~= '' then entities[2] = prefix .. '@seller:' .. ARGV[a + 5] end
     for _, key in ipairs(entities) do
       redis.call('HINCRBY', key, 'v', 1)
       redis.call('HINCRBY', key, 'exams', 1)
@@ -182,7 +196,7 @@ for a = first, #ARGV, 6 do
       decay_add(key, at, hl, {'rs', 'rh', 're', 'rv'}, {0, 0, 1, v})
     end
     if v == 1 then
-      local akey = prefix .. ':addr:' .. ARGV[a + 2] .. ':violations'
+      local akey = prefix .. '@addr:' .. ARGV[a + 2] .. '@addr_violations'
       decay_add(akey, at, hl, {'rv'}, {1})
       redis.call('EXPIRE', akey, ttl)
     end
@@ -192,11 +206,11 @@ for a = first, #ARGV, 6 do
   end
 end
 if learner ~= '' then
-  local lkey = prefix .. ':learner'
+  local lkey = prefix .. '@learner'
   redis.call('DEL', lkey)
   redis.call('HSET', lkey, 'version', ARGV[6], 'state', learner)
-  redis.call('LPUSH', lkey .. ':history', learner)
-  redis.call('LTRIM', lkey .. ':history', 0, tonumber(ARGV[7]) - 1)
+  redis.call('LPUSH', lkey .. '@learner_history', learner)
+  redis.call('LTRIM', lkey .. '@learner_history', 0, tonumber(ARGV[7]) - 1)
 end
 return out
 """
@@ -260,18 +274,18 @@ for _, p in ipairs(parcels) do
   redis.call('SET', p[1], string.sub(ARGV[2], p[3], p[4]), 'EX', parcel_ttl)
 end
 for _, x in ipairs(exam) do
-  local key = prefix .. ':parcel:' .. x[1]
+  local key = prefix .. '@parcel:' .. x[1]
   redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
   redis.call('EXPIRE', key, exam_ttl)
 end
 -- decision digests of this batch's records, and those of outputs since acknowledged
 for _, o in ipairs(outbox) do
-  local key = prefix .. ':ob:' .. o[1]
+  local key = prefix .. '@ob:' .. o[1]
   redis.call('ZADD', key, o[2], string.sub(ARGV[2], o[3], o[4]))
   redis.call('EXPIRE', key, 7 * 86400)
 end
 for _, o in ipairs(prune) do
-  redis.call('ZREMRANGEBYSCORE', prefix .. ':ob:' .. o[1], '-inf', o[2])
+  redis.call('ZREMRANGEBYSCORE', prefix .. '@ob:' .. o[1], '-inf', o[2])
 end
 for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
 return 1
@@ -281,6 +295,32 @@ return 1
 
 
 _PACK = msgspec.msgpack.Encoder()
+
+# The scripts name keys by their kind (``'@shipper:'``, ``'@addr_shippers'``): filled in
+# from the declaration in ``state.py``, the one place the key scheme is written.
+_LUA_KEYS = {
+    "@shipper:": f":{SHIPPER.segment}:",
+    "@seller:": f":{SELLER.segment}:",
+    "@addr:": f":{ADDRESS_SHIPPERS.segment}:",
+    "@addr_shippers": ADDRESS_SHIPPERS.suffix,
+    "@addr_violations": ADDRESS_VIOLATIONS.suffix,
+    "@pair:": f":{PAIR.segment}:",
+    "@pid:": f":{REMEMBERED.segment}:",
+    "@parcel:": f":{EXAMINABLE.segment}:",
+    "@exam:": f":{EXAM.segment}:",
+    "@learner_history": LEARNER_HISTORY.suffix,
+    "@learner": f":{LEARNER.segment}",
+    "@wm:": f":{WATERMARK.segment}:",
+    "@ob:": f":{OUTBOX.segment}:",
+}
+
+
+def _keys_in(script: str) -> str:
+    for token, text in _LUA_KEYS.items():
+        script = script.replace(token, text)
+    if "'@" in script:
+        raise ValueError("a key kind in a Lua script is not declared in state.py")
+    return script
 
 
 @lru_cache(maxsize=1 << 16)
@@ -365,10 +405,10 @@ class RedisReputationStore:
         )
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._apply = self.client.register_script(_APPLY_LUA)
-        self._read = self.client.register_script(_READ_LUA)
-        self._exams = self.client.register_script(_EXAMS_LUA)
-        self._parcels = self.client.register_script(_PARCELS_LUA)
+        self._apply = self.client.register_script(_keys_in(_APPLY_LUA))
+        self._read = self.client.register_script(_keys_in(_READ_LUA))
+        self._exams = self.client.register_script(_keys_in(_EXAMS_LUA))
+        self._parcels = self.client.register_script(_keys_in(_PARCELS_LUA))
 
     @classmethod
     def from_settings(
@@ -385,25 +425,25 @@ class RedisReputationStore:
         )
 
     def shipper_key(self, shipper_id: str) -> str:
-        return f"{self.prefix}:shipper:{shipper_id}"
+        return SHIPPER.key(self.prefix, shipper_id)
 
     def seller_key(self, seller: str) -> str:
-        return f"{self.prefix}:seller:{seller}"
+        return SELLER.key(self.prefix, seller)
 
     def address_key(self, address: str) -> str:
-        return f"{self.prefix}:addr:{address}"
+        return f"{self.prefix}:{ADDRESS_SHIPPERS.segment}:{address}"
 
     def pair_key(self, pair: str) -> str:
-        return f"{self.prefix}:pair:{pair}"
+        return PAIR.key(self.prefix, pair)
 
     def watermark_key(self, part: Partition) -> str:
-        return f"{self.prefix}:wm:{part[0]}:{part[1]}"
+        return WATERMARK.key(self.prefix, f"{part[0]}:{part[1]}")
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
     def parcel_key(self, parcel_id: str) -> str:
-        return f"{self.prefix}:pid:{parcel_id}"
+        return REMEMBERED.key(self.prefix, parcel_id)
 
     async def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]:
         """Remembered parcels among these ids (content hash + msgpack), one round trip."""
@@ -480,7 +520,7 @@ class RedisReputationStore:
             ents,
             [[self.pair_key(p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
              for p in update.pairs],
-            [[self.address_key(a) + ":shippers", [shipper_member(x) for x in ids]]
+            [[ADDRESS_SHIPPERS.key(self.prefix, a), [shipper_member(x) for x in ids]]
              for a, ids in update.addresses],
             [[self.parcel_key(pid), expected, *blob(raw)] for pid, expected, raw in update.parcels],
             [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
@@ -501,7 +541,7 @@ class RedisReputationStore:
             spans[part] = (min(lo, off), max(hi, off))
         pipe = self.client.pipeline(transaction=False)
         for (topic, partition), (lo, hi) in spans.items():
-            pipe.zrangebyscore(f"{self.prefix}:ob:{topic}:{partition}", lo, hi)
+            pipe.zrangebyscore(OUTBOX.key(self.prefix, f"{topic}:{partition}"), lo, hi)
         rows: list[Any] = await pipe.execute()
         want = set(wanted)
         out = {}
@@ -516,7 +556,7 @@ class RedisReputationStore:
         """What was remembered of parcels that went to review or hold (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
         for pid in parcel_ids:
-            pipe.hmget(f"{self.prefix}:parcel:{pid}", ("s", "a", "l", "r", "c"))
+            pipe.hmget(EXAMINABLE.key(self.prefix, pid), ("s", "a", "l", "r", "c"))
         rows: list[Any] = await pipe.execute()
         out = {}
         for pid, (s, a, seller, rules, score) in zip(parcel_ids, rows, strict=True):
@@ -535,14 +575,14 @@ class RedisReputationStore:
     async def exams_seen(self, exam_ids: list[str]) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
         for e in exam_ids:
-            pipe.exists(f"{self.prefix}:exam:{e}")
+            pipe.exists(EXAM.key(self.prefix, e))
         return [bool(x) for x in await pipe.execute()]
 
     async def read_learner(self) -> LearnerState:
-        return decode_state(await self.client.hget(f"{self.prefix}:learner", "state"))
+        return decode_state(await self.client.hget(LEARNER.key(self.prefix), "state"))
 
     async def learner_history(self, n: int) -> list[LearnerState]:
-        raw = await self.client.lrange(f"{self.prefix}:learner:history", 0, n - 1)
+        raw = await self.client.lrange(LEARNER_HISTORY.key(self.prefix), 0, n - 1)
         return [decode_state(x) for x in raw]
 
     async def save_learner(self, expected: int, state: LearnerState) -> bool:
@@ -621,6 +661,11 @@ class BlockingRedisStore:
 
     def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]:
         return self._loop.run_until_complete(self._store.read_parcels(parcel_ids))
+
+    def read_outbox(
+        self, wanted: list[tuple[Partition, int]]
+    ) -> dict[tuple[Partition, int], bytes]:
+        return self._loop.run_until_complete(self._store.read_outbox(wanted))
 
     def read(
         self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None

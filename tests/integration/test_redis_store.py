@@ -13,7 +13,6 @@ from parcel_stream.parse import Limits
 from parcel_stream.pipeline import (
     BatchResult,
     StateConfig,
-    SyncStateStore,
     prepare,
     read_in_memory,
     run_sync,
@@ -23,13 +22,14 @@ from parcel_stream.reputation import DAY_MS, ExamDelta, InMemoryStore
 from parcel_stream.rules import default_ruleset
 from parcel_stream.sequence import StoredState
 from parcel_stream.settings import Settings
+from parcel_stream.state import StateStore
 from tests.unit.test_same_feed import decisions, feed
 
 RS = default_ruleset(Settings())
 HL = 2 * DAY_MS  # short, so the feed's days decay the counts a lot
 
 
-def stored(store: SyncStateStore, recs: list, now: int) -> StoredState:  # type: ignore[type-arg]
+def stored(store: StateStore, recs: list, now: int) -> StoredState:  # type: ignore[type-arg]
     prep = prepare(recs, Limits(), now, RS.split_min_usd)
     return read_in_memory(prep, store)[2]
 

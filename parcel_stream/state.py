@@ -1,0 +1,147 @@
+"""The state layer declared once: what is kept, under which key, for how long; and the
+contract every store serves (the in-memory twin and Redis, one shared test suite).
+
+``STATE_KEYS`` is the key scheme. The Redis store builds its keys (in Python and in its
+Lua scripts) from it, and the documented key table (``docs/state.md``) is generated from
+it: ``python -m parcel_stream.state`` prints the table, a test keeps the page equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from parcel_stream.features import Combos, ShipperIndex
+from parcel_stream.learner import LearnerState
+from parcel_stream.reputation import ExamDelta, ParcelRef, Partition, ReputationUpdate
+from parcel_stream.sequence import ENTITY_FIELDS, PAIR_FIELDS, StoredState
+
+
+@dataclass(frozen=True, slots=True)
+class StateKey:
+    """One kind of key: ``{prefix}:{segment}:{id}``."""
+
+    segment: str  # the key's kind, after the prefix ("shipper")
+    suffix: str  # what follows the id ("" or ":violations")
+    id_doc: str  # what the id is
+    redis_type: str
+    contents: str
+    lifetime: str
+
+    def pattern(self) -> str:
+        return (
+            f"ps:{self.segment}:{{{self.id_doc}}}{self.suffix}"
+            if self.id_doc
+            else (f"ps:{self.segment}{self.suffix}")
+        )
+
+    def key(self, prefix: str, ident: str = "") -> str:
+        return (
+            f"{prefix}:{self.segment}:{ident}{self.suffix}"
+            if self.id_doc
+            else (f"{prefix}:{self.segment}{self.suffix}")
+        )
+
+
+_ENTITY = ", ".join(f"`{f}`" for f in ENTITY_FIELDS)
+SHIPPER = StateKey(
+    "shipper", "", "id", "hash",
+    f"{_ENTITY} (lifetime counts, first and last manifest time, recent-weighted parcels, "
+    "holds, exams and violations brought up to date at `t`); lifetime `exams`, `violations`; "
+    "`dn` newest manifest day and `dd` the parcel counts of the 16 days up to it; `v` version "
+    "(compare-and-set)",
+    "`ttl_s` (400 days) after the last update",
+)  # fmt: skip
+SELLER = StateKey(
+    "seller", "", "seller id}@{marketplace", "hash",
+    "the same for a marketplace seller named in the manifest's `seller`, without day counts",
+    "400 days",
+)  # fmt: skip
+ADDRESS_SHIPPERS = StateKey(
+    "addr", ":shippers", "address key", "set",
+    "the shippers seen sending to a consignee address (60-bit hashes of their ids: exact)",
+    "30 days after the last update",
+)  # fmt: skip
+ADDRESS_VIOLATIONS = StateKey(
+    "addr", ":violations", "address key", "hash",
+    "recent-weighted violations found at the address (`rv` at `t`)", "180 days",
+)  # fmt: skip
+PAIR = StateKey(
+    "pair", "", "address key}:{shipper id", "hash",
+    ", ".join(f"`{f}`" for f in PAIR_FIELDS)
+    + " of the open split-shipment window (`PARCEL_SPLIT_WINDOW_HOURS`, default 72 h of "
+    "manifest time); `v` version",
+    "2 windows",
+)  # fmt: skip
+REMEMBERED = StateKey(
+    "pid", "", "parcel id", "string",
+    "every scored parcel: its content hash, decision, and what it added to the state "
+    "(repeats and amendments)",
+    "`PARCEL_REPEAT_WINDOW_DAYS`, default 14 days",
+)  # fmt: skip
+EXAMINABLE = StateKey(
+    "parcel", "", "parcel id", "hash",
+    "a parcel sent to review or hold: shipper, address key, seller, the rules that fired, its "
+    "rule-set score (for exam results and the learner)",
+    "180 days",
+)  # fmt: skip
+EXAM = StateKey("exam", "", "exam id", "string", "marks an applied examination result",
+                "180 days")  # fmt: skip
+LEARNER = StateKey("learner", "", "", "hash", "the adaptive weights (version, JSON state)",
+                   "no expiry")  # fmt: skip
+LEARNER_HISTORY = StateKey("learner", ":history", "", "list", "the last 100 learner states",
+                           "no expiry")  # fmt: skip
+WATERMARK = StateKey("wm", "", "topic}:{partition", "string", "the last input offset applied",
+                     "no expiry")  # fmt: skip
+OUTBOX = StateKey(
+    "ob", "", "topic}:{partition", "sorted set",
+    "decision digests of applied records whose outputs are not yet acknowledged (score = "
+    "offset)",
+    "7 days; pruned once acknowledged",
+)  # fmt: skip
+
+STATE_KEYS: tuple[StateKey, ...] = (
+    SHIPPER, SELLER, ADDRESS_SHIPPERS, ADDRESS_VIOLATIONS, PAIR, REMEMBERED, EXAMINABLE, EXAM,
+    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX,
+)  # fmt: skip
+
+
+def key_table() -> str:
+    """The documented key table (markdown), generated from ``STATE_KEYS``."""
+    rows = ["| key | type | contents | lifetime |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{k.pattern()}` | {k.redis_type} | {k.contents} | {k.lifetime} |"
+             for k in STATE_KEYS]  # fmt: skip
+    return "\n".join(rows)
+
+
+class StateStore(Protocol):
+    """What the batch step, the exam step and the backtest need of a store. The in-memory
+    twin (``reputation.InMemoryStore``) and the Redis store (synchronously:
+    ``adapters.redis_store.BlockingRedisStore``) serve it; ``tests/integration/
+    test_store_contract.py`` runs one suite on both."""
+
+    def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]: ...
+
+    def read(
+        self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
+    ) -> tuple[StoredState, dict[Partition, int]]: ...
+
+    def apply(self, update: ReputationUpdate) -> bool: ...
+
+    def read_outbox(
+        self, wanted: list[tuple[Partition, int]]
+    ) -> dict[tuple[Partition, int], bytes]: ...
+
+    def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]: ...
+
+    def exams_seen(self, exam_ids: list[str]) -> list[bool]: ...
+
+    def read_learner(self) -> LearnerState: ...
+
+    def apply_exams(
+        self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
+    ) -> list[bool] | None: ...
+
+
+if __name__ == "__main__":
+    print(key_table())

@@ -1,0 +1,138 @@
+"""One suite, every store: the in-memory twin and Redis serve the same contract
+(``parcel_stream.state.StateStore``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import msgspec
+import numpy as np
+import pytest
+
+from parcel_stream.adapters.redis_store import BlockingRedisStore
+from parcel_stream.features import Combos, ShipperIndex
+from parcel_stream.learner import LearnerState
+from parcel_stream.outbox import Digest
+from parcel_stream.reputation import (
+    EntityWrite,
+    ExamDelta,
+    InMemoryStore,
+    PairWrite,
+    ParcelRef,
+    ReputationUpdate,
+)
+from parcel_stream.settings import Settings
+from parcel_stream.state import StateStore
+
+PART = ("m", 3)
+DIGEST = msgspec.msgpack.encode(Digest(10, 1, "v1", 0, [12.5], b"\x00", b"\x00", [0], {}))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
+    if request.param == "memory":
+        yield InMemoryStore()
+        return
+    settings: Settings = request.getfixturevalue("settings")
+    redis = BlockingRedisStore(settings.redis_url, prefix=f"c{uuid.uuid4().hex[:6]}")
+    try:
+        yield redis
+    finally:
+        redis.close()
+
+
+def index() -> ShipperIndex:
+    one = np.zeros(1, dtype=np.int64)
+    return ShipperIndex(["S1", "S2"], one, ["A1"], one.copy(), ["A1:S1"], one.copy(),
+                        sellers=["L1@shop"], parcel_seller=one.copy())  # fmt: skip
+
+
+VALS = (3.0, 75.5, 1.0, 1_790_000_000_000.0, 1_790_000_500_000.0, 1_790_000_500_000.0, 2.75,
+        0.9, 0.0, 0.0)  # fmt: skip
+
+
+def update(
+    expect_ver: int = 0, wm: tuple[int, int] = (-1, 10), remembered: str = ""
+) -> ReputationUpdate:
+    return ReputationUpdate(
+        {PART: wm},
+        shippers=[EntityWrite("S1", expect_ver, VALS, 20_717, ((20_716, 1), (20_717, 2)))],
+        sellers=[EntityWrite("L1@shop", expect_ver, VALS)],
+        addresses=[("A1", ["S1"])],
+        pairs=[PairWrite("A1:S1", expect_ver, 1_790_000_000_000.0, 75.5, 3.0)],
+        examinable=[("P1", ParcelRef("S1", "A1", "L1@shop", ("R1", "R2"), 61.5))],
+        outbox=[(PART, 10, DIGEST)],
+        parcels=[("P1", remembered, b"0123456789abcdef\x92\x01\x02")],
+    )
+
+
+def test_absent_state_reads_as_empty(store: StateStore) -> None:
+    idx = index()
+    state, marks = store.read(idx, [PART], Combos.of(idx))
+    assert marks == {} and state.shippers.ver.tolist() == [0, 0]
+    assert not state.shippers.vals.any() and not state.pairs.any() and not state.member.any()
+    assert store.read_parcels(["P1"]) == {} and store.lookup_parcels(["P1"]) == {}
+    assert store.read_outbox([(PART, 10)]) == {}
+
+
+def test_an_update_is_read_back_as_written(store: StateStore) -> None:
+    idx = index()
+    assert store.apply(update())
+    state, marks = store.read(idx, [PART], Combos.of(idx))
+    assert marks == {PART: 10}
+    assert state.shippers.vals[0].tolist() == list(VALS) and state.shippers.ver.tolist() == [1, 0]
+    live_days = {d: c for d, c in state.shippers.days(0).items() if c}
+    assert live_days == {20_716: 1, 20_717: 2} and state.shippers.newest_day.tolist()[0] == 20_717
+    assert state.sellers.vals[0].tolist() == list(VALS) and state.sellers.ver.tolist() == [1]
+    assert state.pairs[0].tolist() == [1_790_000_000_000.0, 75.5, 3.0]
+    assert state.pair_ver.tolist() == [1] and state.member.tolist() == [True]
+    assert state.address_count.tolist() == [1.0]
+    assert store.read_parcels(["P1", "P2"]) == {"P1": b"0123456789abcdef\x92\x01\x02"}
+    assert store.lookup_parcels(["P1"])["P1"] == ParcelRef(
+        "S1", "A1", "L1@shop", ("R1", "R2"), 61.5
+    )
+    assert store.read_outbox([(PART, 10)]) == {(PART, 10): DIGEST}
+
+
+@pytest.mark.parametrize("stale", ["watermark", "version", "remembered"])
+def test_a_stale_update_is_refused_whole(store: StateStore, stale: str) -> None:
+    assert store.apply(update())
+    wrong = {
+        "watermark": update(expect_ver=1, wm=(-1, 11), remembered="0123456789abcdef"),
+        "version": update(expect_ver=0, wm=(10, 11), remembered="0123456789abcdef"),
+        "remembered": update(expect_ver=1, wm=(10, 11), remembered=""),
+    }[stale]
+    assert store.apply(wrong) is False
+    idx = index()
+    state, marks = store.read(idx, [PART], Combos.of(idx))
+    assert marks == {PART: 10} and state.shippers.ver.tolist() == [1, 0]  # nothing written
+    right = update(expect_ver=1, wm=(10, 11), remembered="0123456789abcdef")
+    assert store.apply(right)
+
+
+def test_outbox_digests_go_once_acknowledged(store: StateStore) -> None:
+    assert store.apply(update())
+    assert store.apply(ReputationUpdate({}, prune={PART: 10}))
+    assert store.read_outbox([(PART, 10)]) == {}
+
+
+def test_exam_results_apply_once_move_versions_and_the_learner_is_compare_and_set(
+    store: StateStore,
+) -> None:
+    assert store.apply(update())
+    delta = ExamDelta("E1", "P1", "S1", "A1", True, 1_790_000_600_000, "L1@shop")
+    assert store.apply_exams([delta, delta]) == [True, False]
+    assert store.exams_seen(["E1", "E2"]) == [True, False]
+    idx = index()
+    state, _ = store.read(idx, [PART], Combos.of(idx))
+    assert state.shippers.ver.tolist() == [2, 0] and state.sellers.ver.tolist() == [2]
+    assert state.shippers.vals[0, 9] > 0.99  # rv: one recent violation
+    assert state.address_rv.tolist()[0] > 0.99
+    # the scoring path's write computed before the exam result is refused
+    assert store.apply(update(expect_ver=1, wm=(10, 11), remembered="0123456789abcdef")) is False
+    learner = LearnerState(version=1, theta={"R1": 0.5})
+    other = ExamDelta("E2", "P1", "S1", "A1", False, 1_790_000_700_000)
+    assert store.apply_exams([other], (5, learner)) is None  # expected version 5: moved
+    assert store.apply_exams([other], (0, learner)) == [True]
+    assert store.read_learner() == learner
