@@ -296,8 +296,20 @@ def _load_labels(path: str | None) -> dict[str, str | None]:
     return labels
 
 
+def _require_plots() -> None:
+    """--plots without matplotlib (an optional extra): one line naming the fix, no traceback."""
+    from parcel_stream.plots import INSTALL_HINT, PlotsUnavailable, require_plots
+
+    try:
+        require_plots()
+    except PlotsUnavailable:
+        raise UsageError(
+            f"--plots needs matplotlib, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None
+
+
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from parcel_stream.backtest import evaluate, render_markdown, run_backtest, write_plots
+    from parcel_stream.backtest import evaluate, render_markdown, run_backtest
     from parcel_stream.feed import FeedError, read_feed
     from parcel_stream.kernels import warm_up
     from parcel_stream.parse import Limits
@@ -310,6 +322,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
             f"{args.feed}: no such file; `parcel-stream generate` or `record` makes one"
         )
     labels = _load_labels(args.labels)
+    if args.plots:
+        _require_plots()  # before the run, not after it
     try:
         base = default_ruleset(settings)
         rulesets = [load_ruleset(args.rules) if args.rules else base]
@@ -382,6 +396,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     if not labels:
         print("(no --labels given: precision and recall need ground truth)")
     if args.plots:
+        from parcel_stream.plots import write_plots
+
         for path in write_plots(reports, runs, labels, args.plots):
             print(f"wrote {path}")
     if args.report:
@@ -627,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="parcel-stream",
         description="Risk-score e-commerce parcel manifests as they stream through Kafka. "
-        "Configuration comes from PARCEL_* environment variables (see README).",
+        "Configuration comes from PARCEL_* environment variables (see docs/operations.md).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -728,7 +744,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run with exam feedback twice, learner off and on, side by side",
     )
     bt.add_argument("--report", help="also write the report as Markdown to this file")
-    bt.add_argument("--plots", help="write PNG plots into this directory")
+    bt.add_argument(
+        "--plots",
+        help="write PNG plots into this directory "
+        "(needs matplotlib: pip install 'parcel-stream[plots]')",
+    )
     bt.add_argument(
         "--store", choices=["memory", "redis"], default="memory", help="reputation store"
     )
@@ -789,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             print(
                 f"parcel-stream: warning: ignoring {', '.join(unknown)}: not a setting "
-                "(misspelt? the README's Configuration table lists them)",
+                "(misspelt? docs/operations.md, Configuration, lists them)",
                 file=sys.stderr,
             )
         return int(args.func(args, settings))
