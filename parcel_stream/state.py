@@ -143,5 +143,76 @@ class StateStore(Protocol):
     ) -> list[bool] | None: ...
 
 
+class AsyncStateStore(Protocol):
+    """The same contract, awaited: what the worker's batch and exam steps use. Served by
+    ``adapters.redis_store.RedisReputationStore`` and, for tests without Redis, by
+    :class:`AsyncTwin`."""
+
+    async def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]: ...
+
+    async def read(
+        self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
+    ) -> tuple[StoredState, dict[Partition, int]]: ...
+
+    async def apply(self, update: ReputationUpdate) -> bool: ...
+
+    async def read_outbox(
+        self, wanted: list[tuple[Partition, int]]
+    ) -> dict[tuple[Partition, int], bytes]: ...
+
+    async def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]: ...
+
+    async def exams_seen(self, exam_ids: list[str]) -> list[bool]: ...
+
+    async def read_learner(self) -> LearnerState: ...
+
+    async def apply_exams(
+        self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
+    ) -> list[bool] | None: ...
+
+    async def ping(self) -> bool: ...
+
+
+class AsyncTwin:
+    """A synchronous store (the in-memory twin) behind the async contract, so that the
+    worker's batch step runs in unit tests without Redis or Kafka."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    async def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]:
+        return self.store.read_parcels(parcel_ids)
+
+    async def read(
+        self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
+    ) -> tuple[StoredState, dict[Partition, int]]:
+        return self.store.read(keys, partitions, combos)
+
+    async def apply(self, update: ReputationUpdate) -> bool:
+        return self.store.apply(update)
+
+    async def read_outbox(
+        self, wanted: list[tuple[Partition, int]]
+    ) -> dict[tuple[Partition, int], bytes]:
+        return self.store.read_outbox(wanted)
+
+    async def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]:
+        return self.store.lookup_parcels(parcel_ids)
+
+    async def exams_seen(self, exam_ids: list[str]) -> list[bool]:
+        return self.store.exams_seen(exam_ids)
+
+    async def read_learner(self) -> LearnerState:
+        return self.store.read_learner()
+
+    async def apply_exams(
+        self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
+    ) -> list[bool] | None:
+        return self.store.apply_exams(deltas, learner)
+
+    async def ping(self) -> bool:
+        return True
+
+
 if __name__ == "__main__":
     print(key_table())

@@ -19,7 +19,6 @@ from typing import TypeVar
 from redis.exceptions import RedisError
 
 from parcel_stream.adapters.metrics import WorkerMetrics
-from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.decide import LANES, Out, Outputs, encode_rejection, hold_reason_counts
 from parcel_stream.exams import applied_flags, examples_of, parse_exam_records, trace, unseen
@@ -34,6 +33,7 @@ from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate
 from parcel_stream.rules import RuleSet, RuleSetError
 from parcel_stream.sequence import StoredState
 from parcel_stream.settings import Settings
+from parcel_stream.state import AsyncStateStore
 
 log = logging.getLogger("parcel_stream.worker")
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class BatchProcessor:
         self,
         settings: Settings,
         ruleset: RuleSet,
-        store: RedisReputationStore,
+        store: AsyncStateStore,
         send: SendFn,
         metrics: WorkerMetrics,
     ) -> None:
@@ -284,7 +284,7 @@ class ExamProcessor:
     def __init__(
         self,
         settings: Settings,
-        store: RedisReputationStore,
+        store: AsyncStateStore,
         send: SendFn,
         metrics: WorkerMetrics,
         pivot_score: Callable[[], float] = lambda: 60.0,
