@@ -106,6 +106,25 @@ STATE_KEYS: tuple[StateKey, ...] = (
 )  # fmt: skip
 
 
+def declared(key: str, prefix: str) -> StateKey | None:
+    """The declared kind of a store key, None when it is not declared."""
+    for k in STATE_KEYS:
+        head = f"{prefix}:{k.segment}"
+        if k.id_doc:
+            if key.startswith(head + ":") and key.endswith(k.suffix):
+                ident = key[len(head) + 1 : len(key) - len(k.suffix)]
+                rest_ok = all(
+                    not key.endswith(o.suffix)
+                    for o in STATE_KEYS
+                    if o.segment == k.segment and len(o.suffix) > len(k.suffix)
+                )
+                if ident and rest_ok:
+                    return k
+        elif key == head + k.suffix:
+            return k
+    return None
+
+
 def key_table() -> str:
     """The documented key table (markdown), generated from ``STATE_KEYS``."""
     rows = ["| key | type | contents | lifetime |", "| --- | --- | --- | --- |"]

@@ -23,7 +23,7 @@ from parcel_stream.reputation import (
     ReputationUpdate,
 )
 from parcel_stream.settings import Settings
-from parcel_stream.state import StateStore
+from parcel_stream.state import StateStore, declared
 
 PART = ("m", 3)
 DIGEST = msgspec.msgpack.encode(Digest(10, 1, "v1", 0, [12.5], b"\x00", b"\x00", [0], {}))
@@ -136,3 +136,26 @@ def test_exam_results_apply_once_move_versions_and_the_learner_is_compare_and_se
     assert store.apply_exams([other], (5, learner)) is None  # expected version 5: moved
     assert store.apply_exams([other], (0, learner)) == [True]
     assert store.read_learner() == learner
+
+
+def test_every_key_written_is_declared(settings: Settings) -> None:
+    """Every key the Redis store writes has a declared kind (``state.STATE_KEYS``), and
+    its Redis type is the declared one."""
+    import redis
+
+    prefix = f"k{uuid.uuid4().hex[:6]}"
+    store = BlockingRedisStore(settings.redis_url, prefix=prefix)
+    try:
+        assert store.apply(update())
+        delta = ExamDelta("E1", "P1", "S1", "A1", True, 1_790_000_600_000, "L1@shop")
+        assert store.apply_exams([delta], (0, LearnerState(version=1))) == [True]
+    finally:
+        store.close()
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = [k.decode() for k in client.scan_iter(f"{prefix}:*")]
+    kinds = {k: declared(k, prefix) for k in keys}
+    assert None not in kinds.values(), [k for k, v in kinds.items() if v is None]
+    names = {"hash": "hash", "set": "set", "string": "string", "list": "list", "zset": "sorted set"}
+    for key, kind in kinds.items():
+        assert kind is not None and names[client.type(key).decode()] == kind.redis_type, key
+    assert len({k.pattern() for k in kinds.values() if k}) >= 11  # nearly every kind written
