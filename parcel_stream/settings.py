@@ -102,6 +102,11 @@ class Settings:
     repeat_window_days: float = 14.0
     # Split shipments: parcels of one shipper to one address within this window add up.
     split_window_hours: float = 72.0
+    # How long state lives after its last update (Redis TTLs): shippers and sellers,
+    # consignee addresses (shippers seen, violations), examined parcels and exam marks.
+    entity_ttl_days: float = 400.0
+    address_ttl_days: float = 30.0
+    exam_ttl_days: float = 180.0
     # Adaptive weights: off | shadow (learns, scores unaffected) | on (learned per-rule
     # points added to scores); see parcel_stream/learner.py
     learner_mode: str = "shadow"
@@ -266,6 +271,8 @@ def _validate(s: Settings) -> None:
     _require(
         0 < s.repeat_window_days <= 400, "repeat_window_days", "must be between 0 and 400 days"
     )
+    for name in ("entity_ttl_days", "address_ttl_days", "exam_ttl_days"):
+        _require(1 <= getattr(s, name) <= 3650, name, "must be between 1 and 3650 days")
     _require(
         0 < s.split_window_hours <= 24 * 90,
         "split_window_hours",

@@ -50,21 +50,22 @@ SHIPPER = StateKey(
     "holds, exams and violations brought up to date at `t`); lifetime `exams`, `violations`; "
     "`dn` newest manifest day and `dd` the parcel counts of the 16 days up to it; `v` version "
     "(compare-and-set)",
-    "`ttl_s` (400 days) after the last update",
+    "`PARCEL_ENTITY_TTL_DAYS` (400) after the last update",
 )  # fmt: skip
 SELLER = StateKey(
     "seller", "", "seller id}@{marketplace", "hash",
     "the same for a marketplace seller named in the manifest's `seller`, without day counts",
-    "400 days",
+    "`PARCEL_ENTITY_TTL_DAYS` (400)",
 )  # fmt: skip
 ADDRESS_SHIPPERS = StateKey(
     "addr", ":shippers", "address key", "set",
     "the shippers seen sending to a consignee address (60-bit hashes of their ids: exact)",
-    "30 days after the last update",
+    "`PARCEL_ADDRESS_TTL_DAYS` (30) after the last update",
 )  # fmt: skip
 ADDRESS_VIOLATIONS = StateKey(
     "addr", ":violations", "address key", "hash",
-    "recent-weighted violations found at the address (`rv` at `t`)", "180 days",
+    "recent-weighted violations found at the address (`rv` at `t`)",
+    "`PARCEL_EXAM_TTL_DAYS` (180)",
 )  # fmt: skip
 PAIR = StateKey(
     "pair", "", "address key}:{shipper id", "hash",
@@ -83,10 +84,10 @@ EXAMINABLE = StateKey(
     "parcel", "", "parcel id", "hash",
     "a parcel sent to review or hold: shipper, address key, seller, the rules that fired, its "
     "rule-set score (for exam results and the learner)",
-    "180 days",
+    "`PARCEL_EXAM_TTL_DAYS` (180)",
 )  # fmt: skip
 EXAM = StateKey("exam", "", "exam id", "string", "marks an applied examination result",
-                "180 days")  # fmt: skip
+                "`PARCEL_EXAM_TTL_DAYS` (180)")  # fmt: skip
 LEARNER = StateKey("learner", "", "", "hash", "the adaptive weights (version, JSON state)",
                    "no expiry")  # fmt: skip
 LEARNER_HISTORY = StateKey("learner", ":history", "", "list", "the last 100 learner states",

@@ -8,7 +8,7 @@ Key layout (prefix from ``PARCEL_REDIS_KEY_PREFIX``, default ``ps``):
   violations) as of ``t`` (ms), halved every half-life; lifetime ``exams``,
   ``violations``; ``dn`` (newest manifest day) and ``dd`` (the parcel counts of the 16
   days up to it, comma-separated); ``v``, the version every write bumps. Expires
-  ``ttl_s`` after its last update (bounded memory).
+  ``PARCEL_ENTITY_TTL_DAYS`` after its last update (bounded memory).
 - ``ps:seller:{seller id}@{marketplace}`` hash: the same for marketplace sellers, no days.
 - ``ps:addr:{address key}:shippers`` set of the shippers (60-bit hashes of their ids)
   seen sending to a consignee address (the key is a hash of the normalised address);
@@ -421,6 +421,9 @@ class RedisReputationStore:
             half_life_ms=settings.half_life_ms,
             window_ms=settings.split_window_hours * 3_600_000.0,
             parcel_ttl_s=round(settings.repeat_window_days * 86_400),
+            ttl_s=round(settings.entity_ttl_days * 86_400),
+            address_ttl_s=round(settings.address_ttl_days * 86_400),
+            exam_ttl_s=round(settings.exam_ttl_days * 86_400),
             **redis_options(settings),
         )
 
