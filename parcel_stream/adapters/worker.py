@@ -20,7 +20,8 @@ from redis.exceptions import RedisError
 
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
-from parcel_stream.decide import LANES, Out, Outputs, encode_rejection, hold_reason_counts
+from parcel_stream.adapters.sinks import SendFn, output_sinks
+from parcel_stream.decide import LANES, Outputs, encode_rejection, hold_reason_counts
 from parcel_stream.exams import applied_flags, examples_of, parse_exam_records, trace, unseen
 from parcel_stream.features import Combos
 from parcel_stream.kernels import warm_up
@@ -37,9 +38,6 @@ from parcel_stream.state import AsyncStateStore
 
 log = logging.getLogger("parcel_stream.worker")
 T = TypeVar("T")
-
-# send(topic, key, value) -> awaitable that resolves when the broker acknowledged it.
-SendFn = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[object]]]
 
 
 def now_ms() -> int:
@@ -73,6 +71,7 @@ class BatchProcessor:
         self.ruleset = ruleset
         self.store = store
         self.send = send
+        self.sinks = output_sinks(settings, send)
         self.metrics = metrics
         self.limits = Limits(settings.max_record_bytes, settings.max_parcels_per_record)
         self.watcher = RuleSetWatcher(settings, ruleset)
@@ -175,17 +174,13 @@ class BatchProcessor:
         )
 
     async def _produce(self, out: Outputs) -> None:
-        s = self.settings
-        plan: list[tuple[str, list[Out]]] = [
-            (s.topic_decisions, out.decisions),
-            (s.topic_holds, out.holds),
-            (s.topic_rejects, out.rejections),
-        ]
+        for sink in self.sinks:
+            sink.add(out)
         backoff = Backoff()
         while True:
             try:
-                pending = [await self.send(topic, k, v) for topic, items in plan for k, v in items]
-                await asyncio.gather(*pending)
+                for sink in self.sinks:
+                    await sink.flush()
                 return
             except Exception as exc:  # any producer failure: resend the whole batch
                 self.metrics.produce_errors.inc()
