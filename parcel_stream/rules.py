@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +23,20 @@ import numpy as np
 import numpy.typing as npt
 
 from parcel_stream.countries import COUNTRIES
-from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
+from parcel_stream.feature_catalog import FEATURE_INDEX
+from parcel_stream.ruleset_schema import MAX_RULES as MAX_RULES
+from parcel_stream.ruleset_schema import OPS as OPS
+from parcel_stream.ruleset_schema import Lanes, RuleDoc, decode_ruleset
+from parcel_stream.ruleset_schema import RuleSetError as RuleSetError
 from parcel_stream.settings import Settings
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-MAX_RULES = 62
-OPS = ("<", "<=", ">", ">=", "==", "!=")
 _COND = re.compile(
     r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
 )
-_RULE_ID = re.compile(r"^[A-Z][A-Z0-9_]{1,47}$")
 NEVER_MS = 2**62
-
-
-class RuleSetError(ValueError):
-    """A rule set is invalid; the message names the file, the rule and the field."""
 
 
 @dataclass(frozen=True)
@@ -197,47 +195,67 @@ def default_ruleset(settings: Settings | None = None) -> RuleSet:
     return rs
 
 
-# -- validation and compilation --------------------------------------------------------
-
-_TOP = {"version", "description", "lanes", "threshold", "sampling", "tables", "rules"}
-_RULE_KEYS = {"id", "description", "when", "weight", "scale_by", "enabled",
-              "effective_from", "effective_until"}  # fmt: skip
+# -- compilation: what the schema types cannot say ---------------------------------------
 
 
-def _num(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise RuleSetError(f"{where}: expected a number, got {value!r}")
-    return float(value)
+def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
+    """Validate a rule-set document and compile it; errors name ``source``, rule, field.
+
+    Types, ranges and required fields are checked by decoding into the schema types of
+    :mod:`parcel_stream.ruleset_schema`; here only cross-references and orderings."""
+    spec = decode_ruleset(doc, source)
+    review, hold = _lanes(spec.lanes, source)
+    rules = _compile_rules(spec.rules, source)
+    t = spec.tables
+    return RuleSet(
+        version=_version(spec.version, source),
+        rules=rules,
+        **_kernel_tables(rules),
+        review_score=review,
+        hold_score=hold,
+        threshold_usd=spec.threshold.duty_free_usd,
+        random_rate=spec.sampling.random_rate,
+        exploration_rate=spec.sampling.exploration_rate,
+        heading_risk=_risk_table(f"{source}: tables.hs_risk", t.hs_risk, 10_000, _heading_key),
+        chapter_min_usd_per_kg=_chapter_norms(t.chapter_min_usd_per_kg, source),
+        origin_risk=_risk_table(f"{source}: tables.origin_risk", t.origin_risk, 676, _country_key),
+        transit_risk=_risk_table(
+            f"{source}: tables.transit_risk", t.transit_risk, 676, _country_key
+        ),
+        vague_words=frozenset(normalise_name(w) for w in t.vague_words),
+        watchlist=frozenset(normalise_name(w) for w in t.watchlist),
+        watch_trigrams=tuple(trigrams(normalise_name(w)) for w in t.watchlist),
+        placeholder_names=frozenset(normalise_name(w) for w in t.placeholder_names),
+        known_shippers=frozenset(t.known_shippers),
+        keyword_chapters=tuple(
+            (normalise_name(word), frozenset(chapters))
+            for word, chapters in t.description_keywords.items()
+        ),
+        source=source,
+    )
 
 
-def _date_ms(where: str, value: Any) -> int:
-    if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
-    elif isinstance(value, date):
-        dt = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise RuleSetError(f"{where}: {value!r} is not an ISO date, e.g. 2026-12-01") from None
-        dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    else:
-        raise RuleSetError(f"{where}: expected an ISO date, got {value!r}")
-    return int(dt.timestamp() * 1000)
+def _version(version: str, source: str) -> str:
+    if not version.strip():
+        raise RuleSetError(f"{source}: version: a non-empty string is required")
+    return version.strip()
 
 
-def _risk_table(where: str, table: Any, size: int, key_of: Any) -> F64:
+def _lanes(lanes: Lanes, source: str) -> tuple[float, float]:
+    if lanes.review_score > lanes.hold_score:
+        raise RuleSetError(f"{source}: lanes: review_score must be >= 0 and <= hold_score")
+    return lanes.review_score, lanes.hold_score
+
+
+def _risk_table(
+    where: str, table: dict[str, float], size: int, key_of: Callable[[str], int | None]
+) -> F64:
     out = np.zeros(size, dtype=np.float64)
-    if not isinstance(table, dict):
-        raise RuleSetError(f"{where}: expected a table of code = risk")
     for code, risk in table.items():
-        idx = key_of(str(code))
+        idx = key_of(code)
         if idx is None:
             raise RuleSetError(f"{where}.{code}: unknown code")
-        value = _num(f"{where}.{code}", risk)
-        if not 0 <= value <= 1:
-            raise RuleSetError(f"{where}.{code}: risk must be between 0 and 1")
-        out[idx] = value
+        out[idx] = risk
     return out
 
 
@@ -250,172 +268,70 @@ def _country_key(code: str) -> int | None:
     return country_index(code) if code in COUNTRIES else None
 
 
-def compile_ruleset(doc: dict[str, Any], source: str = "<rule set>") -> RuleSet:
-    """Validate a rule-set document and compile it; errors name ``source``, rule, field."""
-    for key in doc:
-        if key not in _TOP:
-            raise RuleSetError(
-                f"{source}: unknown top-level key {key!r}; known: {', '.join(sorted(_TOP))}"
-            )
-    version = doc.get("version")
-    if not isinstance(version, str) or not version.strip():
-        raise RuleSetError(f"{source}: version: a non-empty string is required")
-    lanes = doc.get("lanes", {})
-    review = _num(f"{source}: lanes.review_score", lanes.get("review_score", 30))
-    hold = _num(f"{source}: lanes.hold_score", lanes.get("hold_score", 60))
-    if not 0 <= review <= hold:
-        raise RuleSetError(f"{source}: lanes: review_score must be >= 0 and <= hold_score")
-    threshold = _num(
-        f"{source}: threshold.duty_free_usd", doc.get("threshold", {}).get("duty_free_usd", 800)
-    )
-    if threshold < 0:
-        raise RuleSetError(f"{source}: threshold.duty_free_usd: must be >= 0 (0 = no exemption)")
-    sampling = doc.get("sampling", {})
-    random_rate = _num(f"{source}: sampling.random_rate", sampling.get("random_rate", 0.0))
-    exploration_rate = _num(
-        f"{source}: sampling.exploration_rate", sampling.get("exploration_rate", 0.0)
-    )
-    for name, rate in (("random_rate", random_rate), ("exploration_rate", exploration_rate)):
-        if not 0 <= rate <= 1:
-            raise RuleSetError(f"{source}: sampling.{name}: must be between 0 and 1")
-    tables = doc.get("tables", {})
-    heading = _risk_table(
-        f"{source}: tables.hs_risk", tables.get("hs_risk", {}), 10_000, _heading_key
-    )
-    origin = _risk_table(
-        f"{source}: tables.origin_risk", tables.get("origin_risk", {}), 676, _country_key
-    )
-    transit = _risk_table(
-        f"{source}: tables.transit_risk", tables.get("transit_risk", {}), 676, _country_key
-    )
-    norms_doc = tables.get("chapter_min_usd_per_kg", {})
-    chapter = np.full(
-        100, _num(f"{source}: tables.chapter_min_usd_per_kg.default", norms_doc.get("default", 2.0))
-    )
-    for ch, norm in norms_doc.items():
+def _chapter_norms(norms: dict[str, float], source: str) -> F64:
+    chapter = np.full(100, norms.get("default", 2.0))
+    for ch, norm in norms.items():
         if ch == "default":
             continue
-        if not (str(ch).isdigit() and 1 <= int(ch) <= 99):
+        if not 1 <= int(ch) <= 99:
             raise RuleSetError(
                 f"{source}: tables.chapter_min_usd_per_kg.{ch}: not an HS chapter (01-99)"
             )
-        chapter[int(ch)] = _num(f"{source}: tables.chapter_min_usd_per_kg.{ch}", norm)
-    vague = tables.get("vague_words", [])
-    watch = tables.get("watchlist", [])
-    placeholders = tables.get("placeholder_names", [])
-    known = tables.get("known_shippers", [])
-    for name, value in (("vague_words", vague), ("watchlist", watch),
-                        ("placeholder_names", placeholders), ("known_shippers", known)):  # fmt: skip
-        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-            raise RuleSetError(f"{source}: tables.{name}: expected a list of strings")
-    kw_doc = tables.get("description_keywords", {})
-    keyword_chapters = []
-    for word, chapters in kw_doc.items():
-        if not isinstance(chapters, list) or not all(
-            isinstance(c, int) and 1 <= c <= 99 for c in chapters
-        ):
-            raise RuleSetError(
-                f"{source}: tables.description_keywords.{word}: expected a list of HS chapters"
-            )
-        keyword_chapters.append((normalise_name(word), frozenset(chapters)))
+        chapter[int(ch)] = norm
+    return chapter
 
-    rules_doc = doc.get("rules")
-    if not isinstance(rules_doc, list) or not rules_doc:
-        raise RuleSetError(f"{source}: rules: at least one [[rules]] entry is required")
-    if len(rules_doc) > MAX_RULES:
-        raise RuleSetError(f"{source}: rules: at most {MAX_RULES} rules (the fired mask is 64-bit)")
-    rules: list[Rule] = []
-    cond_f: list[int] = []
-    cond_o: list[int] = []
-    cond_v: list[float] = []
-    starts, counts, scales = [], [], []
+
+def _compile_rules(docs: list[RuleDoc], source: str) -> tuple[Rule, ...]:
     seen: set[str] = set()
-    for n, r in enumerate(rules_doc):
-        rid = r.get("id") if isinstance(r, dict) else None
-        where = f"{source}: rule {rid or '#' + str(n + 1)}"
-        if not isinstance(r, dict):
-            raise RuleSetError(f"{where}: expected a table")
-        for key in r:
-            if key not in _RULE_KEYS:
-                raise RuleSetError(
-                    f"{where}: unknown field {key!r}; known: {', '.join(sorted(_RULE_KEYS))}"
-                )
-        if not isinstance(rid, str) or not _RULE_ID.match(rid):
-            raise RuleSetError(f"{where}: id: use UPPER_SNAKE_CASE, 2-48 characters")
-        if rid in seen:
-            raise RuleSetError(f"{where}: id: duplicate rule id")
-        seen.add(rid)
-        text = r.get("description", "")
-        if not isinstance(text, str) or not text:
-            raise RuleSetError(f"{where}: description: required (officers read it in holds)")
-        weight = _num(f"{where}: weight", r.get("weight"))
-        when = r.get("when")
-        if not isinstance(when, list) or not when:
-            raise RuleSetError(
-                f'{where}: when: a list of conditions like "value_usd < 5" is required'
-            )
-        conds = []
-        starts.append(len(cond_f))
-        for k, c in enumerate(when):
-            m = _COND.match(c) if isinstance(c, str) else None
-            if m is None:
-                raise RuleSetError(
-                    f"{where}: when[{k}]: {c!r} is not 'feature op number' (ops: {' '.join(OPS)})"
-                )
-            feat, op, value = m.group(1), m.group(2), float(m.group(3))
-            if feat not in FEATURE_INDEX:
-                raise RuleSetError(
-                    f"{where}: when[{k}]: unknown feature {feat!r}; known: {', '.join(FEATURES)}"
-                )
-            cond_f.append(FEATURE_INDEX[feat])
-            cond_o.append(OPS.index(op))
-            cond_v.append(value)
-            conds.append((feat, op, value))
-        counts.append(len(conds))
-        scale = r.get("scale_by")
-        if scale is not None and scale not in FEATURE_INDEX:
-            raise RuleSetError(f"{where}: scale_by: unknown feature {scale!r}")
-        scales.append(FEATURE_INDEX[scale] if scale else -1)
-        enabled = r.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise RuleSetError(f"{where}: enabled: expected true or false")
-        start_ms = (
-            _date_ms(f"{where}: effective_from", r["effective_from"])
-            if "effective_from" in r
-            else 0
-        )
-        until_ms = (
-            _date_ms(f"{where}: effective_until", r["effective_until"])
-            if "effective_until" in r
-            else NEVER_MS
-        )
-        if until_ms <= start_ms:
-            raise RuleSetError(f"{where}: effective_until: must be after effective_from")
-        rules.append(Rule(rid, text, weight, tuple(conds), scale, enabled, start_ms, until_ms))
-    return RuleSet(
-        version=version.strip(),
-        rules=tuple(rules),
-        weights=np.array([r.weight for r in rules], dtype=np.float64),
-        rule_start=np.array(starts, dtype=np.int64),
-        rule_count=np.array(counts, dtype=np.int64),
-        rule_scale=np.array(scales, dtype=np.int64),
-        cond_feature=np.array(cond_f, dtype=np.int64),
-        cond_op=np.array(cond_o, dtype=np.int64),
-        cond_value=np.array(cond_v, dtype=np.float64),
-        review_score=review,
-        hold_score=hold,
-        threshold_usd=threshold,
-        random_rate=random_rate,
-        exploration_rate=exploration_rate,
-        heading_risk=heading,
-        chapter_min_usd_per_kg=chapter,
-        origin_risk=origin,
-        transit_risk=transit,
-        vague_words=frozenset(normalise_name(w) for w in vague),
-        watchlist=frozenset(normalise_name(w) for w in watch),
-        watch_trigrams=tuple(trigrams(normalise_name(w)) for w in watch),
-        placeholder_names=frozenset(normalise_name(w) for w in placeholders),
-        known_shippers=frozenset(known),
-        keyword_chapters=tuple(keyword_chapters),
-        source=source,
-    )
+    for r in docs:
+        if r.id in seen:
+            raise RuleSetError(f"{source}: rule {r.id}: id: duplicate rule id")
+        seen.add(r.id)
+    return tuple(_compile_rule(r, f"{source}: rule {r.id}") for r in docs)
+
+
+def _compile_rule(r: RuleDoc, where: str) -> Rule:
+    if r.weight != r.weight:
+        raise RuleSetError(f"{where}: weight: expected a number, got nan")
+    start_ms = _date_ms(f"{where}: effective_from", r.effective_from, 0)
+    until_ms = _date_ms(f"{where}: effective_until", r.effective_until, NEVER_MS)
+    if until_ms <= start_ms:
+        raise RuleSetError(f"{where}: effective_until: must be after effective_from")
+    conditions = tuple(_condition(c, f"{where}: when[{k}]") for k, c in enumerate(r.when))
+    return Rule(r.id, r.description, r.weight, conditions, r.scale_by, r.enabled,
+                start_ms, until_ms)  # fmt: skip
+
+
+def _condition(text: str, where: str) -> tuple[str, str, float]:
+    m = _COND.match(text)
+    if m is None:  # the schema's pattern admits only conditions this parses
+        raise RuleSetError(f"{where}: {text!r} is not 'feature op number' (ops: {' '.join(OPS)})")
+    return m.group(1), m.group(2), float(m.group(3))
+
+
+def _date_ms(where: str, value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise RuleSetError(f"{where}: {value!r} is not an ISO date, e.g. 2026-12-01") from None
+    dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _kernel_tables(rules: tuple[Rule, ...]) -> dict[str, Any]:
+    """The flat tables the kernel reads: rule ``i``'s conditions are ``cond_*[start:start+count]``."""
+    conds = [c for r in rules for c in r.conditions]
+    counts = [len(r.conditions) for r in rules]
+    return {
+        "weights": np.array([r.weight for r in rules], dtype=np.float64),
+        "rule_start": np.array(np.cumsum([0, *counts[:-1]]), dtype=np.int64),
+        "rule_count": np.array(counts, dtype=np.int64),
+        "rule_scale": np.array(
+            [FEATURE_INDEX[r.scale_by] if r.scale_by else -1 for r in rules], dtype=np.int64
+        ),
+        "cond_feature": np.array([FEATURE_INDEX[f] for f, _, _ in conds], dtype=np.int64),
+        "cond_op": np.array([OPS.index(op) for _, op, _ in conds], dtype=np.int64),
+        "cond_value": np.array([v for _, _, v in conds], dtype=np.float64),
+    }

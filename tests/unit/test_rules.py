@@ -2,8 +2,9 @@
 
 import hashlib
 import json
+import re
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,74 @@ def test_toml_dates_and_iso_strings_compile_alike(tmp_path: Path) -> None:
         datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000
     )
     assert rs.version == default_document()["version"]
+
+
+# -- errors through the schema types: one line naming the file, the rule and the field ----
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    doc = default_document()
+    *parents, last = path.split(".")
+    target: Any = doc
+    for p in parents:
+        target = target[int(p)] if isinstance(target, list) else target[p]
+    if value is _DELETE:
+        del target[last]
+    else:
+        target[int(last) if isinstance(target, list) else last] = value
+    return doc
+
+
+_DELETE = object()
+ERRORS = [
+    ("rules.0.weight", _DELETE, "rule NEAR_THRESHOLD: weight: a number is required"),
+    ("rules.0.weight", float("nan"), "rule NEAR_THRESHOLD: weight: expected a number, got nan"),
+    ("rules.0.enabled", "yes", "rule NEAR_THRESHOLD: enabled: expected true or false, got 'yes'"),
+    ("rules.0.effective_from", time(10), "rule NEAR_THRESHOLD: effective_from: expected an "
+     "ISO date, got datetime.time(10, 0)"),
+    ("rules.0.effective_from", "2026-13-45", "rule NEAR_THRESHOLD: effective_from: "
+     "'2026-13-45' is not an ISO date, e.g. 2026-12-01"),
+    ("rules.0", "x", "rule #1: expected a table, got 'x'"),
+    ("rules.1.id", "NEAR_THRESHOLD", "rule NEAR_THRESHOLD: id: duplicate rule id"),
+    ("rules.1.when", [], 'rule LOW_VALUE_PER_KG: when: a list of conditions like "value_usd < 5" '
+     "is required"),
+    ("rules", [], "rules: at least one [[rules]] entry is required"),
+    ("version", "  ", "version: a non-empty string is required"),
+    ("lanes", 5, "lanes: expected a table, got 5"),
+    ("lanes.review_score", 70.0, "lanes: review_score must be >= 0 and <= hold_score"),
+    ("lanes.review_score", -1, "lanes.review_score: expected a number >= 0.0, got -1"),
+    ("lanes.colour", 1, "lanes: unknown field 'colour'; known: hold_score, review_score"),
+    ("sampling.random_rate", 1.5, "sampling.random_rate: must be a number between 0 and 1, got 1.5"),
+    ("tables.hs_risk.2933", 1.5, "tables.hs_risk.2933: risk must be between 0 and 1, got 1.5"),
+    ("tables.hs_risk.29x3", 0.5, "tables.hs_risk.29x3: unknown code (expected a 4-digit HS heading)"),
+    ("tables.origin_risk.cn", 0.5, "tables.origin_risk.cn: unknown code (expected a country code "
+     "like CN)"),
+    ("tables.chapter_min_usd_per_kg.0", 3.0, "tables.chapter_min_usd_per_kg.0: not an HS chapter "
+     "(01-99)"),
+    ("tables.description_keywords.shoes", [64, 200], "tables.description_keywords.shoes[1]: "
+     "expected an HS chapter (1-99), got 200"),
+    ("tables.watchlist", ["a", 3], "tables.watchlist[1]: expected a string, got 3"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value", "message"), ERRORS, ids=lambda x: str(x)[:40])
+def test_errors_are_one_line_and_name_the_field(path: str, value: Any, message: str) -> None:
+    with pytest.raises(RuleSetError) as err:
+        compile_ruleset(_with(path, value), "f.toml")
+    assert str(err.value) == f"f.toml: {message}"
+
+
+def test_effective_until_must_follow_effective_from() -> None:
+    doc = _with("rules.0.effective_from", "2100-01-01")
+    doc["rules"][0]["effective_until"] = "2099-12-31"
+    with pytest.raises(RuleSetError, match="rule NEAR_THRESHOLD: effective_until: must be after"):
+        compile_ruleset(doc, "f.toml")
+
+
+def test_errors_in_a_file_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(DEFAULT_RULESET_PATH.read_text().replace("weight = ", "weight = 'x' #", 1))
+    with pytest.raises(
+        RuleSetError, match=rf"^{re.escape(str(path))}: rule NEAR_THRESHOLD: weight:"
+    ):
+        load_ruleset(path)
