@@ -112,6 +112,25 @@ def applied_flags(
     return out
 
 
+def exam_step(
+    deltas: list[ExamDelta],
+    seen: list[bool],
+    state: LearnerState,
+    cfg: LearnerConfig,
+    pivot_score: float,
+    now_ms: int,
+) -> tuple[list[ExamDelta], tuple[int, LearnerState] | None]:
+    """The one decision of applying a batch of exam results with the learner on: which
+    results to apply (not applied before, each id once) and the learner state they train,
+    to store only if the learner is still at ``state.version``. The worker (async) and the
+    backtest (sync) both drive it: read, step, apply, retry when the version moved."""
+    todo = unseen(deltas, seen)
+    if not todo:
+        return [], None
+    fresh = examples_of(todo, [False] * len(todo))
+    return todo, (state.version, train(state, fresh, cfg, pivot_score, now_ms))
+
+
 def apply_exam_batch(
     store: ExamStore, deltas: list[ExamDelta], cfg: LearnerConfig, pivot_score: float, now_ms: int
 ) -> list[bool]:
@@ -120,12 +139,10 @@ def apply_exam_batch(
     if not cfg.trains or not deltas:
         return store.apply_exams(deltas) or []
     while True:
-        state = store.read_learner()
-        todo = unseen(deltas, store.exams_seen([d.exam_id for d in deltas]))
-        if not todo:
+        seen = store.exams_seen([d.exam_id for d in deltas])
+        todo, learner = exam_step(deltas, seen, store.read_learner(), cfg, pivot_score, now_ms)
+        if learner is None:
             return [False] * len(deltas)
-        fresh = examples_of(todo, [False] * len(todo))
-        applied = store.apply_exams(todo, (state.version, train(state, fresh, cfg, pivot_score,
-                                                                now_ms)))  # fmt: skip
+        applied = store.apply_exams(todo, learner)
         if applied is not None:
             return applied_flags(deltas, todo, applied)

@@ -22,10 +22,10 @@ from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.adapters.sinks import SendFn, output_sinks
 from parcel_stream.decide import LANES, Outputs, encode_rejection, hold_reason_counts
-from parcel_stream.exams import applied_flags, examples_of, parse_exam_records, trace, unseen
+from parcel_stream.exams import applied_flags, exam_step, parse_exam_records, trace
 from parcel_stream.features import Combos
 from parcel_stream.kernels import warm_up
-from parcel_stream.learner import LearnerCache, train
+from parcel_stream.learner import LearnerCache
 from parcel_stream.outbox import rebuild
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import BatchResult, Prepared, prepare, recognise, score_prepared
@@ -300,12 +300,11 @@ class ExamProcessor:
         while True:
             state = await self.store.read_learner()
             seen = await self.store.exams_seen([d.exam_id for d in deltas])
-            todo = unseen(deltas, seen)
-            if not todo:
+            todo, learner = exam_step(deltas, seen, state, self.learner_cfg, self.pivot_score(),
+                                      now_ms())  # fmt: skip
+            if learner is None:
                 return [False] * len(deltas)
-            fresh = examples_of(todo, [False] * len(todo))
-            new = train(state, fresh, self.learner_cfg, self.pivot_score(), now_ms())
-            applied = await self.store.apply_exams(todo, (state.version, new))
+            applied = await self.store.apply_exams(todo, learner)
             if applied is not None:
                 self.metrics.learner_updates.inc()
                 return applied_flags(deltas, todo, applied)
