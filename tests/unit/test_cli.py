@@ -1,10 +1,11 @@
+import argparse
 import subprocess
 import sys
 
 import pytest
 
 from parcel_stream.adapters import devstack
-from parcel_stream.cli import main
+from parcel_stream.cli import build_parser, main
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -112,3 +113,32 @@ def test_kafka_commands_without_a_broker_fail_fast_in_one_line(tmp_path) -> None
             "`parcel-stream dev up` or set PARCEL_KAFKA_BOOTSTRAP\n"
         ), name
     assert elapsed_s < 15, elapsed_s  # loose bound: the three ran side by side
+
+
+def _subcommands() -> list[str]:
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices)
+
+
+def test_the_command_list() -> None:
+    """The commands, in the order --help lists them (they are assembled from several modules)."""
+    assert _subcommands() == [
+        "worker", "dev", "demo", "generate", "produce", "record", "replay",
+        "backtest", "rules", "reputation", "learner", "schemas",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_subcommand_help_exits_0(command: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"usage: parcel-stream {command}") and captured.err == ""
+
+
+def test_module_entry_point_help() -> None:
+    """`python -m parcel_stream.cli` (the package's __main__) runs the same command line."""
+    p = run("--help")
+    assert p.returncode == 0 and p.stdout.startswith("usage: parcel-stream") and not p.stderr

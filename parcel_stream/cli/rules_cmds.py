@@ -1,0 +1,121 @@
+"""The rule-set tool: rules validate, explain, features, default."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from parcel_stream.cli.common import now_ms, time_ms
+from parcel_stream.cli.errors import UsageError
+from parcel_stream.settings import Settings
+
+if TYPE_CHECKING:
+    from parcel_stream.cli.common import Subcommands
+
+
+def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
+    from parcel_stream.feature_catalog import FEATURE_DOCS
+    from parcel_stream.rules import (
+        DEFAULT_RULESET_PATH,
+        RuleSetError,
+        default_ruleset,
+        load_ruleset,
+    )
+
+    if args.action == "default":
+        print(DEFAULT_RULESET_PATH.read_text(encoding="utf-8"), end="")
+        return 0
+    if args.action == "features":
+        for name, doc in FEATURE_DOCS.items():
+            print(f"{name:<26} {doc}")
+        return 0
+    if args.action == "validate":
+        if not args.files:
+            raise UsageError("rules validate needs one or more FILE arguments")
+        failed = 0
+        for path in args.files:
+            try:
+                rs = load_ruleset(path)
+            except RuleSetError as exc:
+                print(f"invalid: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            active = int(rs.active(now_ms()).sum())
+            print(
+                f"ok: {path}: version {rs.version}, {len(rs.rules)} rules ({active} in effect now)"
+            )
+        return 1 if failed else 0
+    # explain
+    if len(args.files) != 1:
+        raise UsageError("rules explain needs one parcel JSON file (or - for stdin)")
+    try:
+        rs = load_ruleset(args.rules) if args.rules else default_ruleset(settings)
+    except RuleSetError as exc:
+        raise UsageError(str(exc)) from None
+    print(explain_parcel(args.files[0], rs, args))
+    return 0
+
+
+def explain_parcel(path: str, rs: Any, args: argparse.Namespace) -> str:
+    import numpy as np
+
+    from parcel_stream.explain import evaluate_parcel, feature_values, render
+    from parcel_stream.features import ReputationView, build_features, index_shippers
+    from parcel_stream.parse import parse_one
+
+    raw = sys.stdin.buffer.read() if path == "-" else _read(path)
+    parsed = parse_one(raw, path, now_ms())
+    from parcel_stream.model import Manifest
+
+    if not isinstance(parsed, Manifest):
+        raise UsageError(
+            f"{path}: not a valid manifest: {parsed.reason} at {parsed.path}: {parsed.detail}"
+        )
+    now = args.at if args.at is not None else now_ms()
+    view = ReputationView(
+        seen=np.array([float(args.shipper_seen)]),
+        holds=np.array([float(args.shipper_holds)]),
+        value_usd=np.zeros(1),
+        first_seen_ms=np.array(
+            [float(now - args.shipper_age_days * 86_400_000) if args.shipper_age_days >= 0 else 0.0]
+        ),
+    )
+    feats = build_features([parsed], index_shippers([parsed]), view, rs, now)
+    return render(evaluate_parcel(feats, 0, rs, now), rs, feature_values(feats, 0))
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+
+
+def add_rules(sub: Subcommands) -> None:
+    ru = sub.add_parser("rules", help="validate, explain and list rule sets and features")
+    ru.add_argument(
+        "action",
+        choices=["validate", "explain", "features", "default"],
+        help="validate FILE...; explain PARCEL.json; features: list them; "
+        "default: print the built-in rule set",
+    )
+    ru.add_argument("files", nargs="*", help="rule-set files (validate) or a parcel JSON (explain)")
+    ru.add_argument(
+        "--rules", help="rule-set file for explain (default: PARCEL_RULES_FILE or built-in)"
+    )
+    ru.add_argument(
+        "--shipper-seen", type=int, default=0, help="explain: the shipper's past parcels"
+    )
+    ru.add_argument(
+        "--shipper-holds", type=int, default=0, help="explain: the shipper's past holds"
+    )
+    ru.add_argument(
+        "--shipper-age-days",
+        type=float,
+        default=-1,
+        help="explain: days since first seen (-1 = never)",
+    )
+    ru.add_argument("--at", type=time_ms, help="explain: decision time (default now)")
+    ru.set_defaults(func=cmd_rules)
