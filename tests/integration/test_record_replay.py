@@ -21,8 +21,12 @@ def _cli(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
-def by_partition(recs: list[RawRecord]) -> dict[int, list[tuple[bytes | None, bytes, tuple]]]:
-    out: dict[int, list[tuple[bytes | None, bytes, tuple]]] = defaultdict(list)
+def by_partition(
+    recs: list[RawRecord],
+) -> dict[int, list[tuple[bytes | None, bytes, tuple[tuple[str, bytes], ...]]]]:
+    out: dict[int, list[tuple[bytes | None, bytes, tuple[tuple[str, bytes], ...]]]] = defaultdict(
+        list
+    )
     for r in recs:
         out[r.partition].append((r.key, r.value, r.headers))
     return dict(out)

@@ -157,5 +157,7 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
     assert None not in kinds.values(), [k for k, v in kinds.items() if v is None]
     names = {"hash": "hash", "set": "set", "string": "string", "list": "list", "zset": "sorted set"}
     for key, kind in kinds.items():
-        assert kind is not None and names[client.type(key).decode()] == kind.redis_type, key
+        raw = client.type(key)
+        type_name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        assert kind is not None and names[type_name] == kind.redis_type, key
     assert len({k.pattern() for k in kinds.values() if k}) >= 11  # nearly every kind written

@@ -68,14 +68,14 @@ def _recs() -> list[RawRecord]:
 
 def test_replay_modes() -> None:
     p = FakeProducer()
-    assert replay_feed(p, _recs(), ReplayPlan("out", keep_partitions=True)) == 3  # type: ignore[arg-type]
+    assert replay_feed(p, _recs(), ReplayPlan("out", keep_partitions=True)) == 3
     assert [s["partition"] for s in p.sent] == [0, 1, 0] and p.sent[1]["headers"] is not None
     p = FakeProducer()
-    assert replay_feed(p, _recs(), ReplayPlan("out", mode="single")) == 5  # type: ignore[arg-type]
+    assert replay_feed(p, _recs(), ReplayPlan("out", mode="single")) == 5
     assert [orjson.loads(s["value"])["parcel_id"] for s in p.sent] == ["A", "B0", "B1", "B2", "C"]
     assert p.sent[1]["key"] == b"SHP000001"
     p = FakeProducer()
-    assert replay_feed(p, _recs(), ReplayPlan("out", mode="batch", batch_size=2)) == 3  # type: ignore[arg-type]
+    assert replay_feed(p, _recs(), ReplayPlan("out", mode="batch", batch_size=2)) == 3
     assert [s["value"].count(b"\n") + 1 for s in p.sent] == [2, 2, 1]
 
 
@@ -88,6 +88,6 @@ def test_replay_paces_by_record_time() -> None:
         sleeps.append(s)
         now[0] += s
 
-    replay_feed(p, _recs(), ReplayPlan("out", speed=2.0), sleep=sleep, clock=lambda: now[0])  # type: ignore[arg-type]
+    replay_feed(p, _recs(), ReplayPlan("out", speed=2.0), sleep=sleep, clock=lambda: now[0])
     # record 2 is due 1 s (2 s of feed time at 2x) after the first; record 3 is then late
     assert sleeps == [1.0] and len(p.sent) == 3

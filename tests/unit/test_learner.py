@@ -42,7 +42,7 @@ def test_decayed_sum_does_not_depend_on_arrival_order(events: list[tuple[int, fl
         for day, amount in order:
             t, v = decay_add(t, v, day * DAY_MS, (amount,), HL)
         now = 500 * DAY_MS
-        return v[0] * 2.0 ** (-(now - t) / HL)
+        return float(v[0] * 2.0 ** (-(now - t) / HL))
 
     expected = sum(a * 2.0 ** (-(500 - d) / 10) for d, a in events)
     shuffled = events[:]

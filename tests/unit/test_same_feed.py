@@ -57,7 +57,7 @@ def feed(seed: int, parcels: int, amend: bool = True) -> list[InRecord]:
 
 def decisions(outputs: list[bytes]) -> list[tuple[object, ...]]:
     """Every decision, processing time aside, in output order."""
-    out = []
+    out: list[tuple[object, ...]] = []
     for value in outputs:
         for line in value.split(b"\n"):
             d = DEC.decode(line)
