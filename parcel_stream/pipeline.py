@@ -166,24 +166,33 @@ def _keys(prep: Prepared, combos: Combos, value_usd: F64) -> Keys:
                 value_usd)  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch between its reads and its scoring: the parsed records, what each parcel
+    repeats or amends, and the stored state and watermarks its entities were read at."""
+
+    prep: Prepared
+    classified: Classified
+    stored: StoredState
+    watermarks: dict[Partition, int]
+    combos: Combos
+
+
 def score_prepared(
-    prep: Prepared,
-    classified: Classified,
-    stored: StoredState,
-    watermarks: dict[Partition, int],
+    batch: Batch,
     ruleset: RuleSet,
     now_ms: int,
     encode: bool = True,
     adjust: F64 | None = None,
     learner_version: int = 0,
     config: StateConfig = DEFAULT_STATE,
-    combos: Combos | None = None,
 ) -> BatchResult:
-    """Score a prepared batch (every record above its watermark); ``encode=False`` skips
+    """Score a read batch (every record above its watermark); ``encode=False`` skips
     building output records (backtests). ``adjust``: learned points per rule (index as in
     the rule set) to add to the scores, with the learner state's version for the records."""
+    prep, classified, stored, combos = batch.prep, batch.classified, batch.stored, batch.combos
+    watermarks = batch.watermarks
     parsed, idx = prep.parsed, prep.shippers
-    combos = combos if combos is not None else Combos.of(idx)
     n = len(parsed)
     t0 = perf_counter()
     view = ReputationView.empty(len(idx.ids), len(idx.addresses), len(idx.pairs))
@@ -348,14 +357,12 @@ def _remember(
     return out
 
 
-def read_in_memory(
-    prep: Prepared, store: StateStore
-) -> tuple[Prepared, Classified, StoredState, dict[Partition, int], Combos]:
+def read_batch(prep: Prepared, store: StateStore) -> Batch:
     """The reads of one batch: remembered parcels, then the state of its entities."""
     prep, classified = recognise(prep, store.read_parcels(prep.parcel_ids))
     combos = Combos.of(prep.shippers)
     stored, marks = store.read(prep.shippers, prep.partitions, combos)
-    return prep, classified, stored, marks, combos
+    return Batch(prep, classified, stored, marks, combos)
 
 
 def run_sync(
@@ -373,14 +380,14 @@ def run_sync(
     below their partition's watermark were applied already and are left out."""
     prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
     for _attempt in range(3):
-        prep, classified, stored, marks, combos = read_in_memory(prep, store)
+        batch = read_batch(prep, store)
+        marks = batch.watermarks
         fresh = [r for r in records if r.offset > marks.get((r.topic, r.partition), -1)]
         if len(fresh) != len(records):
             records = fresh
             prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
-            prep, classified, stored, marks, combos = read_in_memory(prep, store)
-        result = score_prepared(prep, classified, stored, marks, ruleset, now_ms, encode,
-                                adjust, learner_version, config, combos)  # fmt: skip
+            batch = read_batch(prep, store)
+        result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config)
         if store.apply(result.update):
             return result
     raise RuntimeError("state conflict three times in a row: is another writer using it?")

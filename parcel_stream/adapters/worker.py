@@ -28,11 +28,16 @@ from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache
 from parcel_stream.outbox import rebuild
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import BatchResult, Prepared, prepare, recognise, score_prepared
-from parcel_stream.repeats import Classified
+from parcel_stream.pipeline import (
+    Batch,
+    BatchResult,
+    Prepared,
+    prepare,
+    recognise,
+    score_prepared,
+)
 from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate
 from parcel_stream.rules import RuleSet, RuleSetError
-from parcel_stream.sequence import StoredState
 from parcel_stream.settings import Settings
 from parcel_stream.state import AsyncStateStore
 
@@ -135,9 +140,7 @@ class BatchProcessor:
                 self._redis_failed(op, exc)
                 await backoff.wait()
 
-    async def _read(
-        self, prep: Prepared
-    ) -> tuple[Prepared, Classified, StoredState, dict[Partition, int], Combos]:
+    async def _read(self, prep: Prepared) -> Batch:
         """Remembered parcels (repeats, amendments), then the state of the batch's
         entities: two round trips."""
         pids = prep.parcel_ids
@@ -147,7 +150,7 @@ class BatchProcessor:
         stored, marks = await self._redis(
             "read", lambda: self.store.read(prep.shippers, prep.partitions, combos)
         )
-        return prep, classified, stored, marks, combos
+        return Batch(prep, classified, stored, marks, combos)
 
     async def _redelivered(
         self, records: list[InRecord], marks: dict[Partition, int]
@@ -201,17 +204,18 @@ class BatchProcessor:
         while True:
             ts_ms = now_ms()
             prep = prepare(records, self.limits, ts_ms, rs.split_min_usd)
-            prep, classified, stored, marks, combos = await self._read(prep)
-            fresh, replayed = await self._redelivered(records, marks)
+            batch = await self._read(prep)
+            fresh, replayed = await self._redelivered(records, batch.watermarks)
             if replayed is not None and fresh:
                 prep = prepare(fresh, self.limits, ts_ms, rs.split_min_usd)
-                prep, classified, stored, marks, combos = await self._read(prep)
+                batch = await self._read(prep)
             result = None
             update = ReputationUpdate({}, prune=self.pending_prune)
             if fresh:
-                result = score_prepared(prep, classified, stored, marks, rs, ts_ms, adjust=adjust,
-                                        learner_version=state.version, config=self.state_config,
-                                        combos=combos)  # fmt: skip
+                result = score_prepared(
+                    batch, rs, ts_ms, adjust=adjust, learner_version=state.version,
+                    config=self.state_config,
+                )  # fmt: skip
                 update = dataclasses.replace(result.update, prune=self.pending_prune)
             t1 = time.perf_counter()
             if await self._redis("apply", lambda u=update: self.store.apply(u)):  # type: ignore[misc]

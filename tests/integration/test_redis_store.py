@@ -14,7 +14,7 @@ from parcel_stream.pipeline import (
     BatchResult,
     StateConfig,
     prepare,
-    read_in_memory,
+    read_batch,
     run_sync,
     score_prepared,
 )
@@ -31,7 +31,7 @@ HL = 2 * DAY_MS  # short, so the feed's days decay the counts a lot
 
 def stored(store: StateStore, recs: list, now: int) -> StoredState:  # type: ignore[type-arg]
     prep = prepare(recs, Limits(), now, RS.split_min_usd)
-    return read_in_memory(prep, store)[2]
+    return read_batch(prep, store).stored
 
 
 def same_state(a: StoredState, b: StoredState) -> None:
@@ -97,18 +97,16 @@ def test_stale_updates_are_refused(settings: Settings) -> None:
     ):
         first, second = records[:10], records[10:20]
         run_sync(first, store, RS, Limits(), 1)
-        prep, classified, state, marks, combos = read_in_memory(
-            prepare(second, Limits(), 2, RS.split_min_usd), store
+        stale = score_prepared(
+            read_batch(prepare(second, Limits(), 2, RS.split_min_usd), store), RS, 2
         )
-        stale = score_prepared(prep, classified, state, marks, RS, 2, combos=combos)
         run_sync(second, store, RS, Limits(), 2)  # another writer got there first
         assert store.apply(stale.update) is False
         # an exam result moves the shipper's version: the old read is refused too
         third = records[20:30]
-        prep, classified, state, marks, combos = read_in_memory(
-            prepare(third, Limits(), 3, RS.split_min_usd), store
-        )
-        stale = score_prepared(prep, classified, state, marks, RS, 3, combos=combos)
+        batch = read_batch(prepare(third, Limits(), 3, RS.split_min_usd), store)
+        prep = batch.prep
+        stale = score_prepared(batch, RS, 3)
         shipper = prep.shippers.ids[0]
         applied = store.apply_exams([ExamDelta("E-stale", "P?", shipper, "A?", True, 4)])
         assert applied == [True]

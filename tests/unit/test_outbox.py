@@ -6,7 +6,7 @@ from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.learner import LearnerConfig, LearnerState
 from parcel_stream.outbox import rebuild
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import prepare, read_in_memory, score_prepared
+from parcel_stream.pipeline import prepare, read_batch, score_prepared
 from parcel_stream.reputation import InMemoryStore, ReputationUpdate
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
@@ -30,14 +30,10 @@ def lines(out: list[tuple[bytes | None, bytes]]) -> list[bytes]:
 def test_rebuilt_outputs_equal_the_first_ones() -> None:
     store = InMemoryStore()
     recs = records()
-    prep, classified, stored, marks, _c = read_in_memory(
-        prepare(recs, Limits(), NOW, RS.split_min_usd), store
-    )
+    batch = read_batch(prepare(recs, Limits(), NOW, RS.split_min_usd), store)
     state = LearnerState(version=3, theta={"NEW_SHIPPER": 0.7})
     adjust = state.adjustments(LearnerConfig(mode="on"), [r.code for r in RS.rules])
-    first = score_prepared(
-        prep, classified, stored, marks, RS, NOW, adjust=adjust, learner_version=3
-    )
+    first = score_prepared(batch, RS, NOW, adjust=adjust, learner_version=3)
     assert len(first.update.outbox) == len(recs)
     assert store.apply(first.update)
     wanted = [((r.topic, r.partition), r.offset) for r in recs]
@@ -57,8 +53,8 @@ def test_records_below_the_watermark_get_no_new_digest() -> None:
     store = InMemoryStore()
     recs = records()
     prep = prepare(recs, Limits(), NOW, RS.split_min_usd)
-    assert store.apply(score_prepared(*read_in_memory(prep, store)[:4], RS, NOW).update)
-    again = score_prepared(*read_in_memory(prep, store)[:4], RS, NOW)
+    assert store.apply(score_prepared(read_batch(prep, store), RS, NOW).update)
+    again = score_prepared(read_batch(prep, store), RS, NOW)
     assert again.update.outbox == [] and again.update.shippers == []
 
 
@@ -68,7 +64,7 @@ def test_rebuilt_outputs_of_repeats_and_amendments_equal_the_first_ones() -> Non
     store = InMemoryStore()
     recs = feed(9, 600)
     first = score_prepared(
-        *read_in_memory(prepare(recs, Limits(), NOW, RS.split_min_usd), store)[:4], RS, NOW
+        read_batch(prepare(recs, Limits(), NOW, RS.split_min_usd), store), RS, NOW
     )
     assert first.repeats and first.amendments
     assert store.apply(first.update)

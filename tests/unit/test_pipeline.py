@@ -4,7 +4,7 @@ import numpy as np
 from parcel_stream.decide import decide
 from parcel_stream.model import Decision, Hold
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import prepare, read_in_memory, run_in_memory, score_prepared
+from parcel_stream.pipeline import prepare, read_batch, run_in_memory, score_prepared
 from parcel_stream.reputation import InMemoryStore
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
@@ -86,10 +86,7 @@ def test_partial_redelivery_applies_only_new_records() -> None:
 
 def test_stale_update_is_refused() -> None:
     store = InMemoryStore()
-    prep, classified, stored, marks, combos = read_in_memory(
-        prepare(records(), Limits(), NOW), store
-    )
-    stale = score_prepared(prep, classified, stored, marks, RS, NOW, combos=combos)
+    stale = score_prepared(read_batch(prepare(records(), Limits(), NOW), store), RS, NOW)
     assert run_in_memory(records(), store, RS, Limits(), NOW).parcels == 5
     assert store.apply(stale.update) is False
     assert store.shippers["S1"].seen == 4
