@@ -180,10 +180,13 @@ def extend_index(
 ) -> ShipperIndex:
     """The index with more entities appended (those of amended parcels' originals): the
     parcels' own positions do not change."""
-    ids = list(idx.ids) + [s for s in dict.fromkeys(shippers) if s not in set(idx.ids)]
-    sel = list(idx.sellers) + [s for s in dict.fromkeys(sellers) if s and s not in set(idx.sellers)]
-    prs = list(idx.pairs) + [p for p in dict.fromkeys(pairs) if p and p not in set(idx.pairs)]
-    return replace(idx, ids=ids, sellers=sel, pairs=prs)
+
+    def more(have: list[str], extra: list[str]) -> list[str]:
+        known = set(have)
+        return have + [x for x in dict.fromkeys(extra) if x and x not in known]
+
+    return replace(idx, ids=more(list(idx.ids), shippers), sellers=more(list(idx.sellers), sellers),
+                   pairs=more(list(idx.pairs), pairs))  # fmt: skip
 
 
 def address_shipper_combos(idx: ShipperIndex) -> npt.NDArray[np.int64]:
@@ -369,13 +372,14 @@ def _seller_features(idx: ShipperIndex, view: ReputationView, n: int) -> dict[st
 def build_features(
     manifests: list[Manifest],
     shippers: ShipperIndex,
-    view: ReputationView,
+    view: ReputationView | None,
     ruleset: RuleSet,
     now_ms: int,
     usd_per_unit: dict[str, float] = USD_PER_UNIT,
     window_ms: float = 72 * 3_600_000.0,
 ) -> Features:
-    """Fill the feature matrix for one batch (one generator pass per column)."""
+    """Fill the feature matrix for one batch (one generator pass per column). With
+    ``view`` None the history rows stay 0: the batch step's sequence kernel fills them."""
     n = len(manifests)
     f64, i64 = np.float64, np.int64
     rates = np.fromiter((usd_per_unit[m.currency] for m in manifests), f64, n)
@@ -408,13 +412,59 @@ def build_features(
     threshold = ruleset.threshold_usd
     to_threshold = value_usd / threshold if threshold > 0 else np.full(n, -1.0)
     diff = np.abs(item_sum - value_usd)
+    vague, mismatch, ship_watch, cons_watch = _text_features(manifests, ruleset, n)
+    placeholders = _placeholders(manifests, ruleset)
+    rows = {
+        "value_usd": value_usd,
+        "value_to_threshold": to_threshold,
+        "weight_kg": weight_kg,
+        "usd_per_kg": usd_per_kg,
+        "usd_per_kg_to_norm": to_norm,
+        "hs_risk": hs_risk,
+        "origin_risk": np.where(origin_idx >= 0, ruleset.origin_risk[origin_idx], 0.0),
+        "transit_risk": _transit_risk(manifests, ruleset, n),
+        "value_mismatch": diff / np.maximum(value_usd, 1.0),
+        "value_mismatch_usd": diff,
+        "items_missing_hs": missing_hs,
+        "item_count": item_count.astype(f64),
+        "vague_items": vague,
+        "description_hs_mismatch": mismatch,
+        "shipper_watchlisted": (ship_watch >= 1.0).astype(f64),
+        "consignee_watchlisted": (cons_watch >= 1.0).astype(f64),
+        "shipper_watchlist_similarity": ship_watch,
+        "consignee_watchlist_similarity": cons_watch,
+        "weight_per_item_kg": weight_kg / np.maximum(total_qty, 1.0),
+        "placeholder_parties": placeholders,
+        "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
+    }
+    if view is not None:
+        rows.update(_stateful_rows(manifests, shippers, view, ruleset, now_ms, value_usd,
+                                   window_ms))  # fmt: skip
+    matrix = np.zeros((len(FEATURES), n), dtype=f64)
+    for name, values in rows.items():
+        matrix[FEATURE_INDEX[name]] = values
+    return Features(matrix=matrix)
+
+
+def _stateful_rows(
+    manifests: list[Manifest],
+    shippers: ShipperIndex,
+    view: ReputationView,
+    ruleset: RuleSet,
+    now_ms: int,
+    value_usd: F64,
+    window_ms: float,
+) -> dict[str, F64]:
+    """The history rows from a view of the stored state, the whole batch at once (explain,
+    single-parcel tools). The batch step fills them parcel by parcel instead
+    (``sequence.py``), so that batching changes nothing."""
+    n, f64 = len(manifests), np.float64
+    threshold = ruleset.threshold_usd
     ps = shippers.parcel_shipper
     seen = view.seen[ps]
     recent_seen = (view.recent_seen if view.recent_seen is not None else view.seen)[ps]
     recent_holds = (view.recent_holds if view.recent_holds is not None else view.holds)[ps]
     first_seen = view.first_seen_ms[ps]
-    vague, mismatch, ship_watch, cons_watch = _text_features(manifests, ruleset, n)
-    placeholders = _placeholders(manifests, ruleset)
     zeros_s = np.zeros(len(shippers.ids))
     exams = (view.exams if view.exams is not None else zeros_s)[ps]
     violations = (view.violations if view.violations is not None else zeros_s)[ps]
@@ -436,47 +486,22 @@ def build_features(
     addr_shippers, pair_parcels, pair_value = _address_features(
         manifests, shippers, view, value_usd, window_ms
     )
-    rows = {
-        "value_usd": value_usd,
-        "value_to_threshold": to_threshold,
-        "weight_kg": weight_kg,
-        "usd_per_kg": usd_per_kg,
-        "usd_per_kg_to_norm": to_norm,
-        "hs_risk": hs_risk,
-        "origin_risk": np.where(origin_idx >= 0, ruleset.origin_risk[origin_idx], 0.0),
-        "transit_risk": _transit_risk(manifests, ruleset, n),
+    return {
         "shipper_seen": seen,
         "shipper_hold_ratio": _ratio(recent_holds, recent_seen),
         "shipper_age_days": np.where(first_seen > 0, (now_ms - first_seen) / MS_PER_DAY, -1.0),
-        "value_mismatch": diff / np.maximum(value_usd, 1.0),
-        "value_mismatch_usd": diff,
-        "items_missing_hs": missing_hs,
-        "item_count": item_count.astype(f64),
-        "vague_items": vague,
-        "description_hs_mismatch": mismatch,
-        "shipper_watchlisted": (ship_watch >= 1.0).astype(f64),
-        "consignee_watchlisted": (cons_watch >= 1.0).astype(f64),
-        "shipper_watchlist_similarity": ship_watch,
-        "consignee_watchlist_similarity": cons_watch,
-        "weight_per_item_kg": weight_kg / np.maximum(total_qty, 1.0),
         "shipper_today_parcels": today_count,
         "shipper_daily_baseline": baseline,
         "shipper_volume_ratio": today_count / np.maximum(baseline, 1.0 / 7.0),
-        "placeholder_parties": placeholders,
         "shipper_exams": exams,
         "shipper_exam_violation_rate": _ratio(violations, exams),
         "address_exam_violations": addr_violations,
         "shipper_enrolled": enrolled,
         "shipper_suspended": enrolled * (violations >= SUSPEND_AT),
         "shipper_violations_per_parcel": violations / np.maximum(recent_seen, 1.0),
-        "value_is_round": ((declared > 0) & (np.fmod(declared, 10.0) == 0)).astype(f64),
         "consignee_distinct_shippers": addr_shippers,
         "pair_parcels": pair_parcels,
         "pair_value_usd": pair_value,
         "pair_value_to_threshold": pair_value / threshold if threshold > 0 else np.full(n, -1.0),
         **_seller_features(shippers, view, n),
     }
-    matrix = np.empty((len(FEATURES), n), dtype=f64)
-    for name, values in rows.items():
-        matrix[FEATURE_INDEX[name]] = values
-    return Features(matrix=matrix)

@@ -28,7 +28,6 @@ from parcel_stream.decide import (
 )
 from parcel_stream.features import (
     Combos,
-    ReputationView,
     ShipperIndex,
     build_features,
     extend_index,
@@ -195,8 +194,7 @@ def score_prepared(
     parsed, idx = prep.parsed, prep.shippers
     n = len(parsed)
     t0 = perf_counter()
-    view = ReputationView.empty(len(idx.ids), len(idx.addresses), len(idx.pairs))
-    feats = build_features(parsed.manifests, idx, view, ruleset, now_ms)
+    feats = build_features(parsed.manifests, idx, None, ruleset, now_ms)  # history: below
     t1 = perf_counter()
     _stored_contributions(idx, classified)
     known = ruleset.known_shippers

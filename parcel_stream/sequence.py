@@ -25,6 +25,7 @@ import numpy.typing as npt
 from numba import njit
 
 from parcel_stream.feature_catalog import FEATURE_INDEX
+from parcel_stream.features import SUSPEND_AT
 from parcel_stream.kernels import score_column
 from parcel_stream.rules import RuleSet
 
@@ -35,7 +36,6 @@ B1 = npt.NDArray[np.bool_]
 
 DAY_MS = 86_400_000
 DAY_SLOTS = 16  # day counts kept per shipper: its newest day and the 15 before
-SUSPEND_AT = 0.5  # recent violations: a violation suspends for about one half-life
 
 # Shipper and seller state, one column each (the Redis hash fields have these names).
 ENTITY_FIELDS = (
