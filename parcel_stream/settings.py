@@ -94,6 +94,13 @@ class Settings:
     redis_ssl_ca_file: str = ""
     redis_ssl_cert_file: str = ""
     redis_ssl_key_file: str = ""
+    # Redis Cluster: the keys spread over PARCEL_REDIS_SHARDS hash tags (fixed for the
+    # life of the data), each batch applied all or nothing over them (two phases). WAIT
+    # for this many replicas after each write (0 = off; see docs/operations.md).
+    redis_cluster: bool = False
+    redis_shards: int = 16
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
     # Reputation: recent-weighted counts halve every this many days (old behaviour fades)
     reputation_half_life_days: float = 90.0
     # A parcel id seen again within this many days is a repeat (identical content: the
@@ -193,7 +200,18 @@ class Settings:
         return out
 
 
-_CONVERTERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+def _bool(raw: str) -> bool:
+    text = raw.lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "int": int, "float": float, "str": str, "bool": _bool,
+}  # fmt: skip
 
 
 def _convert(var: str, raw: str, type_name: Any) -> Any:
@@ -206,6 +224,8 @@ def _convert(var: str, raw: str, type_name: Any) -> Any:
     try:
         value = conv(raw.strip())
     except ValueError:
+        if conv is _bool:
+            raise ConfigError(f"{var}={raw!r} is not true or false; set e.g. {var}=true") from None
         kind = "an integer" if conv is int else "a number"
         raise ConfigError(f"{var}={raw!r} is not {kind}; set e.g. {var}=1") from None
     return value
@@ -245,6 +265,14 @@ def _validate(s: Settings) -> None:
         s.redis_url.startswith(("redis://", "rediss://", "unix://")),
         "redis_url",
         "must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0",
+    )
+    _require(1 <= s.redis_shards <= 1024, "redis_shards", "must be between 1 and 1024")
+    _require(0 <= s.redis_wait_replicas <= 16, "redis_wait_replicas", "must be 0..16 (0 = off)")
+    _require(1 <= s.redis_wait_timeout_ms <= 60_000, "redis_wait_timeout_ms", "must be 1..60000")
+    _require(
+        not s.redis_cluster or not s.redis_url.startswith("unix://"),
+        "redis_url",
+        "a cluster is reached over TCP: set a redis:// or rediss:// URL of one of its nodes",
     )
     _require(1 <= s.partitions <= 10_000, "partitions", "must be between 1 and 10000")
     _require(1 <= s.batch_max_records <= 100_000, "batch_max_records", "must be 1..100000")

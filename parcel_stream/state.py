@@ -101,9 +101,28 @@ OUTBOX = StateKey(
     "7 days; pruned once acknowledged",
 )  # fmt: skip
 
+# Redis Cluster only (``adapters/redis_cluster.py``): a batch between its two phases.
+PREP = StateKey(
+    "prep", "", "topic}:{partition", "string",
+    "cluster only: `p:{token}` while a batch of the partition is prepared in the shard; "
+    "`x:{token}` fences a batch that a recovery released",
+    "until committed or released; fences 1 day",
+)  # fmt: skip
+PREPDATA = StateKey(
+    "prepdata", "", "token", "hash",
+    "cluster only: a prepared batch's write for the shard (`a`, `b`), its shards and offsets "
+    "(`m`), its partition marks (`p`)",
+    "until committed or released (at most 7 days)",
+)  # fmt: skip
+LOCKS = StateKey(
+    "locks", "", "", "hash",
+    "cluster only: the shard's keys held by prepared batches (key -> token)",
+    "each field until its batch is committed or released",
+)  # fmt: skip
+
 STATE_KEYS: tuple[StateKey, ...] = (
     SHIPPER, SELLER, ADDRESS_SHIPPERS, ADDRESS_VIOLATIONS, PAIR, REMEMBERED, EXAMINABLE, EXAM,
-    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX,
+    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS,
 )  # fmt: skip
 
 

@@ -69,12 +69,15 @@ from parcel_stream.state import (
     EXAMINABLE,
     LEARNER,
     LEARNER_HISTORY,
+    LOCKS,
     OUTBOX,
     PAIR,
+    PREPDATA,
     REMEMBERED,
     SELLER,
     SHIPPER,
     WATERMARK,
+    StateKey,
 )
 
 F64 = npt.NDArray[np.float64]
@@ -216,81 +219,98 @@ return out
 """
 )
 
-# A batch's update, applied all or nothing (ARGV[1] msgpack, see ``apply``; the binary
-# values are concatenated in ARGV[2], named by first and last byte, since Redis' cmsgpack
-# has no bin type): it
-# fails (returns 0) unless every watermark, entity and pair version and remembered parcel
-# is still what the batch read; then it writes the batch's resulting state.
-_APPLY_LUA = """
+# A batch's update (ARGV[1] msgpack, see ``apply``; the binary values are concatenated in
+# ARGV[2], named by first and last byte, since Redis' cmsgpack has no bin type). ``check``
+# is true only while every watermark, entity and pair version and remembered parcel is
+# still what the batch read (a watermark expected as '' only has to be below the new
+# one: a cluster shard other than the partition's home); ``write`` writes the batch's
+# resulting state. The single-node script does both in one call; the cluster store
+# (``redis_cluster.py``) prepares and commits them per shard.
+_APPLY_LIB = """
 local num = function(x) return string.format('%.17g', x) end
+local function check(u)
+  for _, w in ipairs(u[7]) do
+    local cur = redis.call('GET', w[1]) or '-1'
+    if w[2] == '' then
+      if tonumber(cur) >= tonumber(w[3]) then return false end
+    elseif cur ~= w[2] then return false end
+  end
+  for _, e in ipairs(u[8]) do
+    if (tonumber(redis.call('HGET', e[1], 'v')) or 0) ~= e[2] then return false end
+  end
+  for _, p in ipairs(u[9]) do
+    if (tonumber(redis.call('HGET', p[1], 'v')) or 0) ~= p[2] then return false end
+  end
+  for _, p in ipairs(u[11]) do
+    local have = redis.call('GET', p[1])
+    if have then have = string.sub(have, 1, 16) else have = '' end
+    if have ~= p[2] then return false end
+  end
+  return true
+end
+local function write(u, blobs)
+  local prefix, ttl, addr_ttl, exam_ttl, window_ms, parcel_ttl =
+    u[1], u[2], u[3], u[4], u[5], u[6]
+  local wm, ents, pairs_, members, parcels, exam, outbox, prune =
+    u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14]
+  local fields = {ENTITY_FIELDS}
+  for _, e in ipairs(ents) do
+    local key, vals = e[1], e[3]
+    local row = {'v', e[2] + 1}
+    for j = 1, #fields do
+      row[#row + 1] = fields[j]
+      row[#row + 1] = num(vals[j])
+    end
+    if e[4] > 0 then
+      row[#row + 1] = 'dn'
+      row[#row + 1] = e[4]
+      row[#row + 1] = 'dd'
+      row[#row + 1] = e[5]
+    end
+    redis.call('HSET', key, unpack(row))
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  end
+  for _, p in ipairs(pairs_) do
+    redis.call('HSET', p[1], 'start_ms', num(p[3]), 'value_usd', num(p[4]), 'parcels', num(p[5]),
+      'v', p[2] + 1)
+    redis.call('PEXPIRE', p[1], math.floor(window_ms * 2))
+  end
+  for _, m in ipairs(members) do
+    for j = 1, #m[2], 500 do
+      redis.call('SADD', m[1], unpack(m[2], j, math.min(j + 499, #m[2])))
+    end
+    if addr_ttl > 0 then redis.call('EXPIRE', m[1], addr_ttl) end
+  end
+  for _, p in ipairs(parcels) do
+    redis.call('SET', p[1], string.sub(blobs, p[3], p[4]), 'EX', parcel_ttl)
+  end
+  for _, x in ipairs(exam) do
+    local key = prefix .. '@parcel:' .. x[1]
+    redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
+    redis.call('EXPIRE', key, exam_ttl)
+  end
+  -- decision digests of this batch's records, and those of outputs since acknowledged
+  for _, o in ipairs(outbox) do
+    local key = prefix .. '@ob:' .. o[1]
+    redis.call('ZADD', key, o[2], string.sub(blobs, o[3], o[4]))
+    redis.call('EXPIRE', key, 7 * 86400)
+  end
+  for _, o in ipairs(prune) do
+    redis.call('ZREMRANGEBYSCORE', prefix .. '@ob:' .. o[1], '-inf', o[2])
+  end
+  for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
+end
+""".replace("{ENTITY_FIELDS}", "{" + ", ".join(f"'{f}'" for f in ENTITY_FIELDS) + "}")
+
+# Single node: check and write in one call (0: refused, nothing written).
+_APPLY_LUA = (
+    _APPLY_LIB
+    + """
 local u = cmsgpack.unpack(ARGV[1])
-local prefix, ttl, addr_ttl, exam_ttl, window_ms, parcel_ttl =
-  u[1], u[2], u[3], u[4], u[5], u[6]
-local wm, ents, pairs_, members, parcels, exam, outbox, prune =
-  u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14]
-for _, w in ipairs(wm) do
-  if (redis.call('GET', w[1]) or '-1') ~= w[2] then return 0 end
-end
-for _, e in ipairs(ents) do
-  if (tonumber(redis.call('HGET', e[1], 'v')) or 0) ~= e[2] then return 0 end
-end
-for _, p in ipairs(pairs_) do
-  if (tonumber(redis.call('HGET', p[1], 'v')) or 0) ~= p[2] then return 0 end
-end
-for _, p in ipairs(parcels) do
-  local have = redis.call('GET', p[1])
-  if have then have = string.sub(have, 1, 16) else have = '' end
-  if have ~= p[2] then return 0 end
-end
-local fields = {ENTITY_FIELDS}
-for _, e in ipairs(ents) do
-  local key, vals = e[1], e[3]
-  local row = {'v', e[2] + 1}
-  for j = 1, #fields do
-    row[#row + 1] = fields[j]
-    row[#row + 1] = num(vals[j])
-  end
-  if e[4] > 0 then
-    row[#row + 1] = 'dn'
-    row[#row + 1] = e[4]
-    row[#row + 1] = 'dd'
-    row[#row + 1] = e[5]
-  end
-  redis.call('HSET', key, unpack(row))
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-end
-for _, p in ipairs(pairs_) do
-  redis.call('HSET', p[1], 'start_ms', num(p[3]), 'value_usd', num(p[4]), 'parcels', num(p[5]),
-    'v', p[2] + 1)
-  redis.call('PEXPIRE', p[1], math.floor(window_ms * 2))
-end
-for _, m in ipairs(members) do
-  for j = 1, #m[2], 500 do
-    redis.call('SADD', m[1], unpack(m[2], j, math.min(j + 499, #m[2])))
-  end
-  if addr_ttl > 0 then redis.call('EXPIRE', m[1], addr_ttl) end
-end
-for _, p in ipairs(parcels) do
-  redis.call('SET', p[1], string.sub(ARGV[2], p[3], p[4]), 'EX', parcel_ttl)
-end
-for _, x in ipairs(exam) do
-  local key = prefix .. '@parcel:' .. x[1]
-  redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
-  redis.call('EXPIRE', key, exam_ttl)
-end
--- decision digests of this batch's records, and those of outputs since acknowledged
-for _, o in ipairs(outbox) do
-  local key = prefix .. '@ob:' .. o[1]
-  redis.call('ZADD', key, o[2], string.sub(ARGV[2], o[3], o[4]))
-  redis.call('EXPIRE', key, 7 * 86400)
-end
-for _, o in ipairs(prune) do
-  redis.call('ZREMRANGEBYSCORE', prefix .. '@ob:' .. o[1], '-inf', o[2])
-end
-for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
+if not check(u) then return 0 end
+write(u, ARGV[2])
 return 1
-""".replace("{ENTITY_FIELDS}", "{" + ", ".join(f"'{f}'" for f in ENTITY_FIELDS) + "}").replace(
-    "DAY_KEEP", str(DAY_SLOTS - 1)
+"""
 )
 
 
@@ -311,6 +331,8 @@ _LUA_KEYS = {
     "@learner_history": LEARNER_HISTORY.suffix,
     "@learner": f":{LEARNER.segment}",
     "@wm:": f":{WATERMARK.segment}:",
+    "@locks": f":{LOCKS.segment}",
+    "@prepdata:": f":{PREPDATA.segment}:",
     "@ob:": f":{OUTBOX.segment}:",
 }
 
@@ -349,6 +371,30 @@ def _fill_entities(table: EntityTable, flat: list[Any], width: int, days: bool) 
             newest = int(r[nf + 1]) if r[nf + 1] is not None else 0
             if newest:
                 table.set_days(j, newest, decode_days(newest, r[nf + 2]))
+
+
+def parse_read(
+    flat: list[Any], n_s: int, n_l: int, n_a: int, n_p: int, n_c: int, n_w: int
+) -> tuple[StoredState, list[Any]]:
+    """The read script's reply as the batch's stored state, and the raw watermarks."""
+    sizes = (_SHIPPER_FIELDS * n_s, _SELLER_FIELDS * n_l, 3 * n_a, 4 * n_p, n_c, n_w)
+    flat = flat + [None] * (sum(sizes) - len(flat))
+    parts, at = [], 0
+    for size in sizes:
+        parts.append(flat[at : at + size])
+        at += size
+    sh, sl, addr, pr, member, wm = parts
+    state = StoredState.empty(n_s, n_l, n_a, n_p, n_c)
+    _fill_entities(state.shippers, sh, _SHIPPER_FIELDS, days=True)
+    _fill_entities(state.sellers, sl, _SELLER_FIELDS, days=False)
+    state.address_count[:] = _col(addr[0::3])
+    state.address_t[:] = _col(addr[1::3])
+    state.address_rv[:] = _col(addr[2::3])
+    if n_p:
+        state.pairs[:] = _col(pr).reshape(n_p, 4)[:, :3]
+        state.pair_ver[:] = _col(pr[3::4]).astype(np.int64)
+    state.member[:] = [bool(x) for x in member]
+    return state, wm
 
 
 def encode_days(newest: int, days: tuple[tuple[int, int], ...]) -> str:
@@ -393,16 +439,7 @@ class RedisReputationStore:
         self.address_ttl_s = address_ttl_s
         self.half_life_ms = half_life_ms
         self.learner_keep = learner_history
-        # No retries inside the client: the worker's own loop retries with backoff, counts
-        # the failures in metrics and stops consuming meanwhile.
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            **client_options,
-        )
+        self.client: Any = self._connect(url, socket_timeout_s, client_options)
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._apply = self.client.register_script(_keys_in(_APPLY_LUA))
@@ -410,12 +447,24 @@ class RedisReputationStore:
         self._exams = self.client.register_script(_keys_in(_EXAMS_LUA))
         self._parcels = self.client.register_script(_keys_in(_PARCELS_LUA))
 
+    def _connect(self, url: str, socket_timeout_s: float, options: dict[str, Any]) -> Any:
+        # No retries inside the client: the worker's own loop retries with backoff, counts
+        # the failures in metrics and stops consuming meanwhile.
+        return aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            **options,
+        )
+
     @classmethod
     def from_settings(
         cls, settings: Settings, socket_timeout_s: float = 5.0
     ) -> RedisReputationStore:
-        return cls(
-            settings.redis_url,
+        """The store the settings name: single-node Redis, or a Redis Cluster."""
+        common: dict[str, Any] = dict(
             prefix=settings.redis_key_prefix,
             socket_timeout_s=socket_timeout_s,
             half_life_ms=settings.half_life_ms,
@@ -426,6 +475,15 @@ class RedisReputationStore:
             exam_ttl_s=round(settings.exam_ttl_days * 86_400),
             **redis_options(settings),
         )
+        if settings.redis_cluster:
+            from parcel_stream.adapters.redis_cluster import RedisClusterStore
+
+            return RedisClusterStore(
+                settings.redis_url, shards=settings.redis_shards,
+                wait_replicas=settings.redis_wait_replicas,
+                wait_timeout_ms=settings.redis_wait_timeout_ms, **common,
+            )  # fmt: skip
+        return cls(settings.redis_url, **common)
 
     def shipper_key(self, shipper_id: str) -> str:
         return SHIPPER.key(self.prefix, shipper_id)
@@ -441,6 +499,18 @@ class RedisReputationStore:
 
     def watermark_key(self, part: Partition) -> str:
         return WATERMARK.key(self.prefix, f"{part[0]}:{part[1]}")
+
+    def outbox_key(self, part: Partition) -> str:
+        return OUTBOX.key(self.prefix, f"{part[0]}:{part[1]}")
+
+    def examinable_key(self, parcel_id: str) -> str:
+        return EXAMINABLE.key(self.prefix, parcel_id)
+
+    def exam_key(self, exam_id: str) -> str:
+        return EXAM.key(self.prefix, exam_id)
+
+    def learner_key(self) -> str:
+        return LEARNER.key(self.prefix)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
@@ -470,24 +540,7 @@ class RedisReputationStore:
         payload = [self.prefix, keys.ids, keys.sellers, keys.addresses, keys.pairs, flat_combos,
                    [f"{t}:{p}" for t, p in partitions]]  # fmt: skip
         flat: list[Any] = await self._read(keys=[], args=[_PACK.encode(payload)])
-        sizes = (_SHIPPER_FIELDS * n_s, _SELLER_FIELDS * n_l, 3 * n_a, 4 * n_p, len(pairs),
-                 len(partitions))  # fmt: skip
-        flat += [None] * (sum(sizes) - len(flat))
-        parts, at = [], 0
-        for size in sizes:
-            parts.append(flat[at : at + size])
-            at += size
-        sh, sl, addr, pr, member, wm = parts
-        state = StoredState.empty(n_s, n_l, n_a, n_p, len(pairs))
-        _fill_entities(state.shippers, sh, _SHIPPER_FIELDS, days=True)
-        _fill_entities(state.sellers, sl, _SELLER_FIELDS, days=False)
-        state.address_count[:] = _col(addr[0::3])
-        state.address_t[:] = _col(addr[1::3])
-        state.address_rv[:] = _col(addr[2::3])
-        if n_p:
-            state.pairs[:] = _col(pr).reshape(n_p, 4)[:, :3]
-            state.pair_ver[:] = _col(pr[3::4]).astype(np.int64)
-        state.member[:] = [bool(x) for x in member]
+        state, wm = parse_read(flat, n_s, n_l, n_a, n_p, len(pairs), len(partitions))
         marks = {
             part: int(raw) for part, raw in zip(partitions, wm, strict=True) if raw is not None
         }
@@ -498,12 +551,23 @@ class RedisReputationStore:
         moved (the caller re-reads and scores again)."""
         if update.is_empty():
             return True
+        return bool(await self._apply(keys=[], args=self.apply_args(update, self.prefix)))
+
+    def apply_args(
+        self, update: ReputationUpdate, prefix: str, loose: frozenset[Partition] = frozenset()
+    ) -> list[bytes]:
+        """The apply script's two arguments for ``update``, its keys under ``prefix``. The
+        watermarks of ``loose`` partitions only have to be below the new ones."""
+
+        def key(kind: StateKey, ident: str) -> str:
+            return kind.key(prefix, ident)
+
         ents = [
-            [self.shipper_key(w.entity_id), w.expected_ver, list(w.vals), w.newest_day,
+            [key(SHIPPER, w.entity_id), w.expected_ver, list(w.vals), w.newest_day,
              encode_days(w.newest_day, w.days)]
             for w in update.shippers
         ] + [
-            [self.seller_key(w.entity_id), w.expected_ver, list(w.vals), 0, ""]
+            [key(SELLER, w.entity_id), w.expected_ver, list(w.vals), 0, ""]
             for w in update.sellers
         ]  # fmt: skip
         blobs: list[bytes] = []
@@ -516,23 +580,22 @@ class RedisReputationStore:
             return size - len(raw) + 1, size  # first and last byte in ARGV[2] (Lua counts)
 
         payload = [
-            self.prefix, self.ttl_s, self.address_ttl_s, self.exam_ttl_s, float(self.window_ms),
+            prefix, self.ttl_s, self.address_ttl_s, self.exam_ttl_s, float(self.window_ms),
             self.parcel_ttl_s,
-            [[self.watermark_key(p), str(exp), str(new)]
-             for p, (exp, new) in update.watermarks.items()],
+            [[key(WATERMARK, f"{t}:{p}"), "" if (t, p) in loose else str(exp),
+              str(new)] for (t, p), (exp, new) in update.watermarks.items()],
             ents,
-            [[self.pair_key(p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
+            [[key(PAIR, p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
              for p in update.pairs],
-            [[ADDRESS_SHIPPERS.key(self.prefix, a), [shipper_member(x) for x in ids]]
+            [[ADDRESS_SHIPPERS.key(prefix, a), [shipper_member(x) for x in ids]]
              for a, ids in update.addresses],
-            [[self.parcel_key(pid), expected, *blob(raw)] for pid, expected, raw in update.parcels],
+            [[key(REMEMBERED, pid), expected, *blob(raw)] for pid, expected, raw in update.parcels],
             [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
               repr(ref.static_score)] for pid, ref in update.examinable],
             [[f"{t}:{p}", offset, *blob(digest)] for (t, p), offset, digest in update.outbox],
             [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],
         ]  # fmt: skip
-        args = [_PACK.encode(payload), b"".join(blobs)]
-        return bool(await self._apply(keys=[], args=args))
+        return [_PACK.encode(payload), b"".join(blobs)]
 
     async def read_outbox(
         self, wanted: list[tuple[Partition, int]]
@@ -544,7 +607,7 @@ class RedisReputationStore:
             spans[part] = (min(lo, off), max(hi, off))
         pipe = self.client.pipeline(transaction=False)
         for (topic, partition), (lo, hi) in spans.items():
-            pipe.zrangebyscore(OUTBOX.key(self.prefix, f"{topic}:{partition}"), lo, hi)
+            pipe.zrangebyscore(self.outbox_key((topic, partition)), lo, hi)
         rows: list[Any] = await pipe.execute()
         want = set(wanted)
         out = {}
@@ -559,7 +622,7 @@ class RedisReputationStore:
         """What was remembered of parcels that went to review or hold (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
         for pid in parcel_ids:
-            pipe.hmget(EXAMINABLE.key(self.prefix, pid), ("s", "a", "l", "r", "c"))
+            pipe.hmget(self.examinable_key(pid), ("s", "a", "l", "r", "c"))
         rows: list[Any] = await pipe.execute()
         out = {}
         for pid, (s, a, seller, rules, score) in zip(parcel_ids, rows, strict=True):
@@ -578,14 +641,14 @@ class RedisReputationStore:
     async def exams_seen(self, exam_ids: list[str]) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
         for e in exam_ids:
-            pipe.exists(EXAM.key(self.prefix, e))
+            pipe.exists(self.exam_key(e))
         return [bool(x) for x in await pipe.execute()]
 
     async def read_learner(self) -> LearnerState:
-        return decode_state(await self.client.hget(LEARNER.key(self.prefix), "state"))
+        return decode_state(await self.client.hget(self.learner_key(), "state"))
 
     async def learner_history(self, n: int) -> list[LearnerState]:
-        raw = await self.client.lrange(LEARNER_HISTORY.key(self.prefix), 0, n - 1)
+        raw = await self.client.lrange(self.learner_key() + LEARNER_HISTORY.suffix, 0, n - 1)
         return [decode_state(x) for x in raw]
 
     async def save_learner(self, expected: int, state: LearnerState) -> bool:
@@ -655,12 +718,15 @@ class BlockingRedisStore:
     store on a private event loop."""
 
     def __init__(
-        self, url: str, prefix: str = "ps", half_life_ms: float = DEFAULT_HALF_LIFE_MS
-    ) -> None:
+        self, url: str, prefix: str = "ps", half_life_ms: float = DEFAULT_HALF_LIFE_MS,
+        store: RedisReputationStore | None = None,
+    ) -> None:  # fmt: skip
         import asyncio
 
         self._loop = asyncio.new_event_loop()
-        self._store = RedisReputationStore(url, prefix=prefix, half_life_ms=half_life_ms)
+        if store is None:
+            store = RedisReputationStore(url, prefix=prefix, half_life_ms=half_life_ms)
+        self._store = store
 
     def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]:
         return self._loop.run_until_complete(self._store.read_parcels(parcel_ids))

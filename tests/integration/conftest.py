@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.reliability.harness import bound_metrics_port, wait_alive
-from parcel_stream.adapters import devstack
+from parcel_stream.adapters import devcluster, devstack
 from parcel_stream.adapters.health import PORT_FILE
 from parcel_stream.demo import isolated_settings, running_worker
 from parcel_stream.settings import Settings
@@ -33,6 +33,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.StackIn
         yield info
     finally:
         devstack.down(state)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.ClusterInfo]:
+    """A Redis Cluster of 3 masters and 3 replicas (real redis-servers on loopback)."""
+    state = tmp_path_factory.mktemp("cluster")
+    info = devcluster.up(state)
+    try:
+        yield info
+    finally:
+        devcluster.down(state)
 
 
 @pytest.fixture

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import uuid
 
+import numpy as np
+import pytest
+
+from parcel_stream.adapters.devcluster import ClusterInfo
+from parcel_stream.adapters.redis_cluster import RedisClusterStore
 from parcel_stream.adapters.redis_store import BlockingRedisStore
 from parcel_stream.exams import apply_exam_batch, trace
 from parcel_stream.features import Combos
@@ -49,12 +54,24 @@ def same_state(a: StoredState, b: StoredState) -> None:
     assert np.allclose(a.address_rv, b.address_rv, rtol=1e-12)
 
 
+def redis_store(request: pytest.FixtureRequest, kind: str, prefix: str) -> BlockingRedisStore:
+    """Single-node Redis (the test's own prefix) or the Redis Cluster."""
+    if kind == "cluster":
+        info: ClusterInfo = request.getfixturevalue("cluster")
+        return BlockingRedisStore(
+            "", store=RedisClusterStore(info.url, prefix=prefix, half_life_ms=HL)
+        )
+    settings: Settings = request.getfixturevalue("settings")
+    return BlockingRedisStore(settings.redis_url, prefix=settings.redis_key_prefix + prefix,
+                              half_life_ms=HL)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
 def test_redis_store_matches_the_twin_with_repeats_exams_and_redelivery(
-    settings: Settings,
+    request: pytest.FixtureRequest, kind: str
 ) -> None:
     records = feed(21, 2500)
-    redis = BlockingRedisStore(settings.redis_url, prefix=settings.redis_key_prefix + "t",
-                               half_life_ms=HL)  # fmt: skip
+    redis = redis_store(request, kind, f"t{uuid.uuid4().hex[:6]}")
     twin = InMemoryStore(half_life_ms=HL)
     config = StateConfig(half_life_ms=HL)
     on = LearnerConfig(mode="on")
@@ -87,14 +104,12 @@ def test_redis_store_matches_the_twin_with_repeats_exams_and_redelivery(
         redis.close()
 
 
-def test_stale_updates_are_refused(settings: Settings) -> None:
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_stale_updates_are_refused(request: pytest.FixtureRequest, kind: str) -> None:
     """An update computed before another batch or an exam result moved the state is
     refused by both stores, and the batch step then scores again on the current state."""
     records = feed(5, 200, amend=False)
-    for store in (
-        BlockingRedisStore(settings.redis_url, prefix=settings.redis_key_prefix + "s"),
-        InMemoryStore(),
-    ):
+    for store in (redis_store(request, kind, f"s{uuid.uuid4().hex[:6]}"), InMemoryStore()):
         first, second = records[:10], records[10:20]
         run_sync(first, store, RS, Limits(), 1)
         stale = score_prepared(

@@ -10,6 +10,8 @@ import msgspec
 import numpy as np
 import pytest
 
+from parcel_stream.adapters.devcluster import ClusterInfo
+from parcel_stream.adapters.redis_cluster import RedisClusterStore
 from parcel_stream.adapters.redis_store import BlockingRedisStore
 from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState
@@ -29,13 +31,18 @@ PART = ("m", 3)
 DIGEST = msgspec.msgpack.encode(Digest(10, 1, "v1", 0, [12.5], b"\x00", b"\x00", [0], {}))
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
     if request.param == "memory":
         yield InMemoryStore()
         return
-    settings: Settings = request.getfixturevalue("settings")
-    redis = BlockingRedisStore(settings.redis_url, prefix=f"c{uuid.uuid4().hex[:6]}")
+    prefix = f"c{uuid.uuid4().hex[:6]}"
+    if request.param == "cluster":
+        info: ClusterInfo = request.getfixturevalue("cluster")
+        redis = BlockingRedisStore("", store=RedisClusterStore(info.url, prefix=prefix))
+    else:
+        settings: Settings = request.getfixturevalue("settings")
+        redis = BlockingRedisStore(settings.redis_url, prefix=prefix)
     try:
         yield redis
     finally:
