@@ -123,6 +123,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     )
     health = Health()
     store = RedisReputationStore.from_settings(settings)
+    store.on_wait_short = metrics.redis_wait_short.inc
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(topic, key, value, None, None, None)

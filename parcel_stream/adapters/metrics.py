@@ -152,6 +152,19 @@ class WorkerMetrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.state_lost = Counter(
+            "parcel_stream_state_lost_total",
+            "Input records whose applied state the store no longer has: its watermark went "
+            "back below what this worker applied and acknowledged (a Redis failover that "
+            "lost acknowledged writes, or a restart without persistence)",
+            registry=r,
+        )
+        self.redis_wait_short = Counter(
+            "parcel_stream_redis_wait_short_total",
+            "Writes that fewer than PARCEL_REDIS_WAIT_REPLICAS replicas acknowledged within "
+            "PARCEL_REDIS_WAIT_TIMEOUT_MS (Redis Cluster with WAIT on)",
+            registry=r,
+        )
         self.redis_up = Gauge(
             "parcel_stream_redis_up", "1 when the last Redis call succeeded", registry=r
         )

@@ -44,7 +44,7 @@ from typing import Any
 import msgspec
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from parcel_stream.adapters.redis_store import (
     _APPLY_LIB,
@@ -117,13 +117,14 @@ _PREPARE_LUA = (
     + _LOCKED
     + """
 local tag, token = KEYS[1], ARGV[3]
+local d = tag .. '@prepdata:' .. token
+if redis.call('EXISTS', d) == 1 then return 1 end  -- sent again after a lost reply
 local u, marks = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[5])
 local ok = admissible(tag, u, token, marks)
 if ok ~= 1 then return ok end
 local locks = tag .. '@locks'
 for _, k in ipairs(locked_keys(u)) do redis.call('HSET', locks, k, token) end
 for _, k in ipairs(marks) do redis.call('SET', k, 'p:' .. token) end
-local d = tag .. '@prepdata:' .. token
 redis.call('HSET', d, 'a', ARGV[1], 'b', ARGV[2], 'm', ARGV[4], 'p', ARGV[5])
 redis.call('EXPIRE', d, 7 * 86400)
 return 1
@@ -397,28 +398,49 @@ class RedisClusterStore(RedisReputationStore):
     def _marks(self, shard: int, parts: list[Partition]) -> list[str]:
         return [PREP.key(self.tags[shard], f"{t}:{p}") for t, p in parts]
 
+    async def _eval(self, script: Any, calls: list[tuple[int, list[Any]]]) -> list[Any]:
+        """Run ``script`` once per (shard, arguments), pipelined: one round trip per master.
+        A master that lacks the script (a replica promoted since) gets it loaded and only
+        those calls are sent again."""
+        out: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _attempt in range(3):
+            pipe = self.client.pipeline(transaction=False)
+            for i in todo:
+                n, args = calls[i]
+                pipe.execute_command("EVALSHA", script.sha, 1, self.tags[n], *args)
+            replies = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, r in zip(todo, replies, strict=True):
+                if isinstance(r, NoScriptError):
+                    missing.append(i)
+                elif isinstance(r, Exception):
+                    raise r
+                else:
+                    out[i] = r
+            if not missing:
+                return out
+            script.sha = await self.client.script_load(script.script)
+            todo = missing
+        raise RedisError("a Redis master keeps refusing to load the scripts")
+
     # -- reads ----------------------------------------------------------------------------
 
     async def read_parcels(self, parcel_ids: list[str]) -> dict[str, bytes]:
         by_shard: dict[int, list[str]] = defaultdict(list)
         for pid in parcel_ids:
             by_shard[self.shard_of(pid)].append(pid)
-
-        async def one(n: int, pids: list[str]) -> list[Any]:
-            tag = self.tags[n]
-            rows: list[Any] = await self._parcels(keys=[tag], args=[_PACK.encode([tag, pids])])
-            return rows + [None] * (len(pids) - len(rows))
-
-        replies = await asyncio.gather(*(one(n, p) for n, p in by_shard.items()))
+        calls = [(n, [_PACK.encode([self.tags[n], pids])]) for n, pids in by_shard.items()]
         out = {}
-        for pids, rows in zip(by_shard.values(), replies, strict=True):
-            out.update({p: bytes(r) for p, r in zip(pids, rows, strict=True) if r is not None})
+        for pids, rows in zip(by_shard.values(), await self._eval(self._parcels, calls),
+                              strict=True):  # fmt: skip
+            out.update({p: bytes(r) for p, r in zip(pids, rows, strict=False) if r is not None})
         return out
 
     async def read(
         self, keys: ShipperIndex, partitions: list[Partition], combos: Combos | None = None
     ) -> tuple[StoredState, dict[Partition, int]]:
-        """Each shard's part in one script call, all shards at once; a batch of these
+        """Each shard's part in one script call, pipelined per master; a batch of these
         partitions left in flight by a crash is resolved first."""
         for _ in range(10):
             pending = await self._in_flight(partitions)
@@ -429,15 +451,13 @@ class RedisClusterStore(RedisReputationStore):
         raise RedisError("batches keep being left in flight on these partitions")
 
     async def _in_flight(self, partitions: list[Partition]) -> list[tuple[str, int]]:
+        """Batches of these partitions prepared but not finished: (token, home shard)."""
         homes = [self.home_of(p) for p in partitions]
-        marks = await asyncio.gather(
-            *(
-                self.client.get(self._marks(h, [p])[0])
-                for h, p in zip(homes, partitions, strict=True)
-            )
-        )
+        pipe = self.client.pipeline(transaction=False)
+        for h, p in zip(homes, partitions, strict=True):
+            pipe.get(self._marks(h, [p])[0])
         out = []
-        for h, raw in zip(homes, marks, strict=True):
+        for h, raw in zip(homes, await pipe.execute(), strict=True):
             text = raw.decode() if isinstance(raw, bytes) else raw
             if text and text.startswith("p:"):
                 out.append((text[2:], h))
@@ -463,23 +483,25 @@ class RedisClusterStore(RedisReputationStore):
         for j, part in enumerate(partitions):
             shards[self.home_of(part)].parts.append(j)
 
-        async def one(n: int, sh: _Shard) -> tuple[StoredState, list[Any]]:
+        def payload(n: int, sh: _Shard) -> bytes:
             tag = self.tags[n]
             local = {a: k for k, a in enumerate(sh.addr)}
             flat_combos = [
                 x for c in sh.combo
                 for x in (local[pairs[c][0]] + 1, shipper_member(keys.ids[pairs[c][1]]))
             ]  # fmt: skip
-            payload = [
+            return _PACK.encode([
                 tag, [keys.ids[j] for j in sh.ship], [keys.sellers[j] for j in sh.sell],
                 [keys.addresses[j] for j in sh.addr], [keys.pairs[j] for j in sh.pair],
                 flat_combos, [f"{partitions[j][0]}:{partitions[j][1]}" for j in sh.parts],
-            ]  # fmt: skip
-            flat: list[Any] = await self._read(keys=[tag], args=[_PACK.encode(payload)])
-            return parse_read(flat, len(sh.ship), len(sh.sell), len(sh.addr), len(sh.pair),
-                              len(sh.combo), len(sh.parts))  # fmt: skip
+            ])  # fmt: skip
 
-        replies = await asyncio.gather(*(one(n, sh) for n, sh in shards.items()))
+        flats = await self._eval(self._read, [(n, [payload(n, sh)]) for n, sh in shards.items()])
+        replies = [
+            parse_read(flat, len(sh.ship), len(sh.sell), len(sh.addr), len(sh.pair),
+                       len(sh.combo), len(sh.parts))
+            for sh, flat in zip(shards.values(), flats, strict=True)
+        ]  # fmt: skip
         state = StoredState.empty(len(keys.ids), len(keys.sellers), len(keys.addresses),
                                   len(keys.pairs), len(pairs))  # fmt: skip
         marks: dict[Partition, int] = {}
@@ -546,10 +568,10 @@ class RedisClusterStore(RedisReputationStore):
         if update.watermarks:
             ok = await self._apply_shards(replace(update, prune={}))
         if ok and update.prune:
-            await asyncio.gather(*(
-                self.client.zremrangebyscore(self.outbox_key(part), "-inf", offset)
-                for part, offset in update.prune.items()
-            ))  # fmt: skip
+            pipe = self.client.pipeline(transaction=False)
+            for part, offset in update.prune.items():
+                pipe.zremrangebyscore(self.outbox_key(part), "-inf", offset)
+            await pipe.execute()
         return ok
 
     async def _apply_shards(self, update: ReputationUpdate) -> bool:
@@ -562,13 +584,11 @@ class RedisClusterStore(RedisReputationStore):
         args = {n: self._args(n, u, token, meta) for n, u in split.items()}
         if len(split) == 1:
             (n,) = split
-            one = int(await self._one(keys=[self.tags[n]], args=args[n]))
-            return await self._settled(one, update, [n])
+            (one,) = await self._eval(self._one, [(n, args[n])])
+            return await self._settled(int(one), update, [n])
         prepared: list[int] = []
         for group in (homes, others):
-            res = await asyncio.gather(
-                *(self._prepare(keys=[self.tags[n]], args=args[n]) for n in group)
-            )
+            res = await self._eval(self._prepare, [(n, args[n]) for n in group])
             prepared += [n for n, r in zip(group, res, strict=True) if int(r) == 1]
             worst = min(int(r) for r in res) if res else 1
             if worst != 1:
@@ -588,11 +608,13 @@ class RedisClusterStore(RedisReputationStore):
     async def _release(self, token: str, prepared: list[int], homes: list[int]) -> None:
         rest = [n for n in prepared if n not in homes]
         for group in (rest, [n for n in prepared if n in homes]):
-            await asyncio.gather(*(self._abort(keys=[self.tags[n]], args=[token]) for n in group))
+            if group:
+                await self._eval(self._abort, [(n, [token]) for n in group])
 
     async def _finish(self, token: str, others: list[int], homes: list[int]) -> None:
         for group in (others, homes):  # the homes last: their mark is the batch's record
-            await asyncio.gather(*(self._commit(keys=[self.tags[n]], args=[token]) for n in group))
+            if group:
+                await self._eval(self._commit, [(n, [token]) for n in group])
 
     async def resolve(self, token: str, home: int) -> str:
         """Finish a batch found in flight: committed when every shard of it was prepared
@@ -604,15 +626,12 @@ class RedisClusterStore(RedisReputationStore):
         partitions = [(str(x[0]).rsplit(":", 1)[0], int(str(x[0]).rsplit(":", 1)[1]))
                       for x in offsets]  # fmt: skip
         homes = sorted({self.home_of(p) for p in partitions})
-        states = await asyncio.gather(*(
-            self._probe(
-                keys=[self.tags[n]],
-                args=[token, _PACK.encode(self._marks(n, partitions)),
-                      _PACK.encode([[self.watermark_key(p, n), str(x[1])]
-                                    for p, x in zip(partitions, offsets, strict=True)])],
-            )
+        states = await self._eval(self._probe, [
+            (n, [token, _PACK.encode(self._marks(n, partitions)),
+                 _PACK.encode([[self.watermark_key(p, n), str(x[1])]
+                               for p, x in zip(partitions, offsets, strict=True)])])
             for n in shards
-        ))  # fmt: skip
+        ])  # fmt: skip
         states = [s.decode() if isinstance(s, bytes) else s for s in states]
         others = [n for n in shards if n not in homes]
         if all(s in ("prepared", "committed") for s in states):
@@ -627,16 +646,17 @@ class RedisClusterStore(RedisReputationStore):
     async def _wait(self, shards: list[int]) -> None:
         """``WAIT`` on each written shard's master for ``wait_replicas`` replicas."""
         nodes = {self.client.get_node_from_key(self.tags[n]).name: self.tags[n] for n in shards}
-        got = await asyncio.gather(*(
-            self.client.execute_command(
+        got = [
+            await self.client.execute_command(
                 "WAIT", self.wait_replicas, self.wait_timeout_ms,
                 target_nodes=self.client.get_node_from_key(tag),
             )
             for tag in nodes.values()
-        ))  # fmt: skip
+        ]  # fmt: skip
         short = sum(1 for g in got if int(g) < self.wait_replicas)
         if short:
             self.wait_timeouts += short
+            self.on_wait_short(short)
             log.warning("%d Redis masters acknowledged a write to fewer than %d replicas in "
                         "%d ms", short, self.wait_replicas, self.wait_timeout_ms)  # fmt: skip
 
@@ -661,9 +681,7 @@ class RedisClusterStore(RedisReputationStore):
             if d.violation:
                 akey = ADDRESS_VIOLATIONS.key(self.tag_of(d.address), d.address)
                 by_shard[self.shard_of(d.address)].append([d.exam_id, "a", akey, v, at])
-        fresh = dict(zip(by_shard, await asyncio.gather(
-            *(self._exams_shard(n, items) for n, items in by_shard.items())
-        ), strict=True))  # fmt: skip
+        fresh = await self._exams_shards(by_shard)
         ids = [d.exam_id for d in deltas]
         if learner is None:
             args: list[str | bytes] = ["", "", "", str(self.exam_ttl_s), str(self.learner_keep),
@@ -672,25 +690,37 @@ class RedisClusterStore(RedisReputationStore):
             state = learner[1]
             args = [encode_state(state), str(learner[0]), str(state.version),
                     str(self.exam_ttl_s), str(self.learner_keep), *ids]  # fmt: skip
-        res: Any = await self._learner(keys=[self.tags[0]], args=args)
+        (res,) = await self._eval(self._learner, [(0, args)])
         if isinstance(res, int) and res < 0:
             return None
         if learner is not None:
             return [True] * len(deltas)
         return [bool(fresh[n][k]) for n, k in (primary[i] for i in range(len(deltas)))]
 
-    async def _exams_shard(self, n: int, items: list[list[Any]]) -> list[int]:
-        payload = _PACK.encode([self.exam_ttl_s, float(self.half_life_ms), items])
+    async def _exams_shards(self, by_shard: dict[int, list[list[Any]]]) -> dict[int, list[int]]:
+        """Each shard's results (per item: 1 applied now, 0 applied before); a shard whose
+        entities a prepared batch holds is tried again shortly."""
+        todo = {
+            n: _PACK.encode([self.exam_ttl_s, float(self.half_life_ms), items])
+            for n, items in by_shard.items()
+        }
+        out: dict[int, list[int]] = {}
         deadline = time.monotonic() + 30
         pause = 0.005
-        while True:
-            res: Any = await self._cexams(keys=[self.tags[n]], args=[payload])
-            if not (isinstance(res, int) and res == -2):
-                return [int(x) for x in res]
-            if time.monotonic() > deadline:  # a crashed batch's locks: its partition's
-                raise RedisError("exam results wait on a batch left in flight")  # next read
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)
+        while todo:
+            shards = list(todo)
+            replies = await self._eval(self._cexams, [(n, [todo[n]]) for n in shards])
+            for n, res in zip(shards, replies, strict=True):
+                if not (isinstance(res, int) and res == -2):
+                    out[n] = [int(x) for x in res]
+                    del todo[n]
+            if todo:
+                if time.monotonic() > deadline:  # the locks of a batch left by a crash:
+                    # its partition's next read resolves it
+                    raise RedisError("exam results wait on a batch left in flight")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        return out
 
     async def close(self) -> None:
         await self.client.aclose()

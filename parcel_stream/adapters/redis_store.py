@@ -38,6 +38,7 @@ scripts build their keys from the prefix: for Redis Cluster use a prefix with a 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -440,6 +441,9 @@ class RedisReputationStore:
         self.half_life_ms = half_life_ms
         self.learner_keep = learner_history
         self.client: Any = self._connect(url, socket_timeout_s, client_options)
+        # called with the number of masters that acknowledged a write to fewer replicas
+        # than asked (Redis Cluster with WAIT on)
+        self.on_wait_short: Callable[[int], object] = lambda _n: None
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._apply = self.client.register_script(_keys_in(_APPLY_LUA))

@@ -88,6 +88,7 @@ class BatchProcessor:
         self.pending_prune: dict[Partition, int] = {}
         # per input partition: the next offset to process (for the lag metric)
         self.positions: dict[Partition, int] = {}
+        self.applied: dict[Partition, int] = {}  # last offset applied, per partition
         metrics.learner_applied.set(int(self.learner_cfg.adjusts))
 
     async def refresh_learner(self) -> None:
@@ -152,6 +153,21 @@ class BatchProcessor:
         )
         return Batch(prep, classified, stored, marks, combos)
 
+    def _check_kept(self, marks: dict[Partition, int], partitions: list[Partition]) -> None:
+        """Count records this worker applied and acknowledged whose state the store lost
+        (their partition's watermark went back): a failover that lost acknowledged writes,
+        or a Redis restarted without persistence. Watermarks never go back otherwise."""
+        for part in partitions:
+            applied = self.applied.get(part)
+            have = marks.get(part, -1)
+            if applied is not None and have < applied:
+                self.metrics.state_lost.inc(applied - have)
+                log.error("the state store lost %d applied records of %s[%d] (watermark %d, "
+                          "applied %d): a Redis failover or a restart without persistence; "
+                          "see docs/operations.md", applied - have, part[0], part[1], have,
+                          applied)  # fmt: skip
+                self.applied[part] = have
+
     async def _redelivered(
         self, records: list[InRecord], marks: dict[Partition, int]
     ) -> tuple[list[InRecord], Outputs | None]:
@@ -205,6 +221,7 @@ class BatchProcessor:
             ts_ms = now_ms()
             prep = prepare(records, self.limits, ts_ms, rs.split_min_usd)
             batch = await self._read(prep)
+            self._check_kept(batch.watermarks, prep.partitions)
             fresh, replayed = await self._redelivered(records, batch.watermarks)
             if replayed is not None and fresh:
                 prep = prepare(fresh, self.limits, ts_ms, rs.split_min_usd)
@@ -219,6 +236,8 @@ class BatchProcessor:
                 update = dataclasses.replace(result.update, prune=self.pending_prune)
             t1 = time.perf_counter()
             if await self._redis("apply", lambda u=update: self.store.apply(u)):  # type: ignore[misc]
+                for part, (_old, new) in update.watermarks.items():
+                    self.applied[part] = max(self.applied.get(part, -1), new)
                 break
             # A watermark moved (another worker applied some of these records meanwhile: a
             # rebalance), or a version (exam results, another partition's worker touched
