@@ -23,12 +23,13 @@ from parcel_stream.feed import RawRecord
 from parcel_stream.learner import LearnerConfig, LearnerState
 from parcel_stream.model import ExamResult
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import DEFAULT_STATE, StateConfig, run_sync
+from parcel_stream.pipeline import DEFAULT_STATE, StateConfig
 from parcel_stream.reputation import (
     InMemoryStore,
 )
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
+from parcel_stream.step import run_sync
 
 F64 = npt.NDArray[np.float64]
 CAPACITIES_PCT = (1.0, 2.0, 5.0, 10.0)

@@ -1,7 +1,7 @@
 """One batch through the core: parse -> repeats -> features -> sequence -> decide -> outputs.
 
-The I/O around it (reading the state, producing, applying the update, committing) is the
-caller's: the Faust agent in ``agents/`` and, without Kafka, the in-memory runner below.
+The I/O around it (reading the state, applying the update, producing, committing) is the
+batch step's (``step.py``), driven by the worker and by the backtest.
 The stateful features, scores and risk lanes come from :mod:`parcel_stream.sequence`,
 parcel by parcel in input order, so batching changes nothing.
 """
@@ -45,7 +45,6 @@ from parcel_stream.repeats import (
 )
 from parcel_stream.reputation import (
     DEFAULT_HALF_LIFE_MS,
-    InMemoryStore,
     Partition,
     ReputationUpdate,
     batch_partitions,
@@ -361,47 +360,3 @@ def read_batch(prep: Prepared, store: StateStore) -> Batch:
     combos = Combos.of(prep.shippers)
     stored, marks = store.read(prep.shippers, prep.partitions, combos)
     return Batch(prep, classified, stored, marks, combos)
-
-
-def run_sync(
-    records: list[InRecord],
-    store: StateStore,
-    ruleset: RuleSet,
-    limits: Limits,
-    now_ms: int,
-    encode: bool = True,
-    adjust: F64 | None = None,
-    learner_version: int = 0,
-    config: StateConfig = DEFAULT_STATE,
-) -> BatchResult:
-    """The whole batch step against a synchronous store (tests, backtests). Records at or
-    below their partition's watermark were applied already and are left out."""
-    prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
-    for _attempt in range(3):
-        batch = read_batch(prep, store)
-        marks = batch.watermarks
-        fresh = [r for r in records if r.offset > marks.get((r.topic, r.partition), -1)]
-        if len(fresh) != len(records):
-            records = fresh
-            prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
-            batch = read_batch(prep, store)
-        result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config)
-        if store.apply(result.update):
-            return result
-    raise RuntimeError("state conflict three times in a row: is another writer using it?")
-
-
-def run_in_memory(
-    records: list[InRecord],
-    store: InMemoryStore,
-    ruleset: RuleSet,
-    limits: Limits,
-    now_ms: int,
-    encode: bool = True,
-    adjust: F64 | None = None,
-    learner_version: int = 0,
-) -> BatchResult:
-    """The whole batch step against an in-memory store."""
-    config = StateConfig(store.window_ms, store.half_life_ms)
-    return run_sync(records, store, ruleset, limits, now_ms, encode, adjust, learner_version,
-                    config)  # fmt: skip

@@ -9,12 +9,12 @@ stops consuming meanwhile); nothing is acked that was not finished.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -23,23 +23,15 @@ from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.adapters.sinks import SendFn, output_sinks
 from parcel_stream.decide import LANES, Outputs, encode_rejection, hold_reason_counts
 from parcel_stream.exams import applied_flags, exam_step, parse_exam_records, trace
-from parcel_stream.features import Combos
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache
-from parcel_stream.outbox import rebuild
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import (
-    Batch,
-    BatchResult,
-    Prepared,
-    prepare,
-    recognise,
-    score_prepared,
-)
-from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate
+from parcel_stream.pipeline import BatchResult
+from parcel_stream.reputation import ExamDelta, Partition
 from parcel_stream.rules import RuleSet, RuleSetError
 from parcel_stream.settings import Settings
 from parcel_stream.state import AsyncStateStore
+from parcel_stream.step import StepResult, batch_step
 
 log = logging.getLogger("parcel_stream.worker")
 T = TypeVar("T")
@@ -141,18 +133,6 @@ class BatchProcessor:
                 self._redis_failed(op, exc)
                 await backoff.wait()
 
-    async def _read(self, prep: Prepared) -> Batch:
-        """Remembered parcels (repeats, amendments), then the state of the batch's
-        entities: two round trips."""
-        pids = prep.parcel_ids
-        remembered = await self._redis("read", lambda: self.store.read_parcels(pids))
-        prep, classified = recognise(prep, remembered)
-        combos = Combos.of(prep.shippers)
-        stored, marks = await self._redis(
-            "read", lambda: self.store.read(prep.shippers, prep.partitions, combos)
-        )
-        return Batch(prep, classified, stored, marks, combos)
-
     def _check_kept(self, marks: dict[Partition, int], partitions: list[Partition]) -> None:
         """Count records this worker applied and acknowledged whose state the store lost
         (their partition's watermark went back): a failover that lost acknowledged writes,
@@ -167,23 +147,6 @@ class BatchProcessor:
                           "see docs/operations.md", applied - have, part[0], part[1], have,
                           applied)  # fmt: skip
                 self.applied[part] = have
-
-    async def _redelivered(
-        self, records: list[InRecord], marks: dict[Partition, int]
-    ) -> tuple[list[InRecord], Outputs | None]:
-        """Split off records already applied (Kafka redelivered them after a crash or a
-        rebalance): their outputs are rebuilt from the stored digests (``outbox.py``)."""
-        old = [r for r in records if r.offset <= marks.get((r.topic, r.partition), -1)]
-        if not old:
-            return records, None
-        wanted = [((r.topic, r.partition), r.offset) for r in old]
-        digests = await self._redis("outbox", lambda: self.store.read_outbox(wanted))
-        out, resent, skipped = rebuild(old, digests, self.limits)
-        self.metrics.redelivered["resent"].inc(resent)
-        self.metrics.redelivered["skipped"].inc(skipped)
-        log.info("redelivered records: %d resent from their digests, %d already acknowledged",
-                 resent, skipped)  # fmt: skip
-        return [r for r in records if r.offset > marks.get((r.topic, r.partition), -1)], out
 
     def _redis_failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.inc()
@@ -209,48 +172,48 @@ class BatchProcessor:
     async def handle(self, records: list[InRecord]) -> BatchResult | None:
         """Process one batch completely; returns only when it is safe to ack it.
 
-        Order: score, then apply the reputation update together with the records'
-        decision digests (one atomic Redis call), then produce the outputs. A crash
-        anywhere leaves each redelivered record either unapplied (scored as new) or
-        applied with its digest (its outputs resent identically)."""
+        The batch step (``step.py``) reads the state, scores, and applies the reputation
+        update together with the records' decision digests (one atomic write); then the
+        outputs are produced. A crash anywhere leaves each redelivered record either
+        unapplied (scored as new) or applied with its digest (its outputs resent
+        identically). Each store call is retried with backoff while Redis fails."""
         t0 = time.perf_counter()
         await self.refresh_learner()
         rs, cfg, state = self.ruleset, self.learner_cfg, self.learner.state
         adjust = state.adjustments(cfg, [r.code for r in rs.rules]) if cfg.adjusts else None
-        while True:
-            ts_ms = now_ms()
-            prep = prepare(records, self.limits, ts_ms, rs.split_min_usd)
-            batch = await self._read(prep)
-            self._check_kept(batch.watermarks, prep.partitions)
-            fresh, replayed = await self._redelivered(records, batch.watermarks)
-            if replayed is not None and fresh:
-                prep = prepare(fresh, self.limits, ts_ms, rs.split_min_usd)
-                batch = await self._read(prep)
-            result = None
-            update = ReputationUpdate({}, prune=self.pending_prune)
-            if fresh:
-                result = score_prepared(
-                    batch, rs, ts_ms, adjust=adjust, learner_version=state.version,
-                    config=self.state_config,
-                )  # fmt: skip
-                update = dataclasses.replace(result.update, prune=self.pending_prune)
-            t1 = time.perf_counter()
-            if await self._redis("apply", lambda u=update: self.store.apply(u)):  # type: ignore[misc]
-                for part, (_old, new) in update.watermarks.items():
-                    self.applied[part] = max(self.applied.get(part, -1), new)
-                break
-            # A watermark moved (another worker applied some of these records meanwhile: a
-            # rebalance), or a version (exam results, another partition's worker touched
-            # the same shipper). Start over on the state as it is now.
-            log.info("state moved meanwhile; starting the batch over")
+        step = batch_step(records, rs, self.limits, now_ms(), True, adjust, state.version,
+                          self.state_config, self.pending_prune)  # fmt: skip
+        conflicts = Backoff(first_s=0.005, max_s=1.0)
+        t_apply = 0.0
+        try:
+            call = next(step)
+            while True:
+                reply: Any = None
+                if call.op == "backoff":
+                    log.info("state moved meanwhile; starting the batch over")
+                    await conflicts.wait()
+                else:
+                    t1 = time.perf_counter()
+                    reply = await self._redis(call.op, partial(getattr(self.store, call.op),
+                                                               *call.args))  # fmt: skip
+                    if call.op == "read":
+                        self._check_kept(reply[1], call.args[1])
+                    elif call.op == "apply":
+                        t_apply += time.perf_counter() - t1
+                        if reply:
+                            for part, (_old, new) in call.args[0].watermarks.items():
+                                self.applied[part] = max(self.applied.get(part, -1), new)
+                call = step.send(reply)
+        except StopIteration as done:
+            out: StepResult = done.value
+        if out.resent or out.skipped:
+            self.metrics.redelivered["resent"].inc(out.resent)
+            self.metrics.redelivered["skipped"].inc(out.skipped)
+            log.info("redelivered records: %d resent from their digests, %d already "
+                     "acknowledged", out.resent, out.skipped)  # fmt: skip
         t2 = time.perf_counter()
         self.pending_prune = {}
-        outputs = result.outputs if result is not None else Outputs()
-        if replayed is not None:
-            outputs.decisions += replayed.decisions
-            outputs.holds += replayed.holds
-            outputs.rejections += replayed.rejections
-        await self._produce(outputs)
+        await self._produce(out.outputs)
         for r in records:  # acknowledged: their digests can go with the next update
             part = (r.topic, r.partition)
             self.pending_prune[part] = max(self.pending_prune.get(part, -1), r.offset)
@@ -261,15 +224,16 @@ class BatchProcessor:
         if oldest_ms:
             m.record_age.observe(max(0.0, now_ms() - oldest_ms) / 1000)
         m.last_batch.set(time.time())
-        m.stage_seconds["reputation"].observe(t2 - t1)
+        m.stage_seconds["reputation"].observe(t_apply)
         m.stage_seconds["produce"].observe(time.perf_counter() - t2)
-        m.stage_seconds["outputs"].observe(time.perf_counter() - t1)
+        m.stage_seconds["outputs"].observe(time.perf_counter() - t2 + t_apply)
         m.records.inc(len(records))
         m.batches.inc()
         m.batch_seconds.observe(time.perf_counter() - t0)
-        if result is not None:
-            self._count(result)
-        return result
+        if not out.fresh:
+            return None
+        self._count(out.result)
+        return out.result
 
     def _count(self, result: BatchResult) -> None:
         m = self.metrics

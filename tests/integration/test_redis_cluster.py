@@ -35,11 +35,12 @@ from parcel_stream.exams import apply_exam_batch, trace
 from parcel_stream.learner import LearnerConfig
 from parcel_stream.model import ExamResult
 from parcel_stream.parse import Limits
-from parcel_stream.pipeline import prepare, read_batch, run_sync, score_prepared
+from parcel_stream.pipeline import prepare, read_batch, score_prepared
 from parcel_stream.reputation import InMemoryStore
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
 from parcel_stream.state import declared
+from parcel_stream.step import run_sync
 from tests.integration.test_redis_store import same_state, stored
 from tests.unit.test_same_feed import feed
 

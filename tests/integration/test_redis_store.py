@@ -20,7 +20,6 @@ from parcel_stream.pipeline import (
     StateConfig,
     prepare,
     read_batch,
-    run_sync,
     score_prepared,
 )
 from parcel_stream.reputation import DAY_MS, ExamDelta, InMemoryStore
@@ -28,6 +27,7 @@ from parcel_stream.rules import default_ruleset
 from parcel_stream.sequence import StoredState
 from parcel_stream.settings import Settings
 from parcel_stream.state import StateStore
+from parcel_stream.step import run_sync
 from tests.unit.test_same_feed import decisions, feed
 
 RS = default_ruleset(Settings())

@@ -1,5 +1,6 @@
 """The worker's batch step on the in-memory twin: no Redis, no Kafka. Redelivery after a
-crash, outbox rebuild and pruning, and a write that loses a compare-and-set race."""
+crash, outbox rebuild and pruning, a write that loses a compare-and-set race, and the same
+step driven synchronously (the backtest)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ import asyncio
 from collections.abc import Awaitable
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.worker import BatchProcessor
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import run_sync
 from parcel_stream.reputation import InMemoryStore, ReputationUpdate
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
 from parcel_stream.state import AsyncTwin
+from parcel_stream.step import run_sync
 from tests.unit.test_same_feed import feed
 
 SETTINGS = Settings()
@@ -101,3 +103,30 @@ def test_a_write_that_lost_a_race_is_scored_again_on_the_new_state() -> None:
     assert state(store) == state(alone)
     unique = {orjson.loads(x)["parcel_id"] for r in records for x in r.value.split(b"\n")}
     assert sum(v.seen for v in store.shippers.values()) == len(unique)  # resends count once
+
+
+class NeverWrites(InMemoryStore):
+    """A store whose every write loses a race."""
+
+    def apply(self, update: ReputationUpdate) -> bool:
+        return False
+
+
+def test_the_sync_driver_gives_up_after_three_lost_races() -> None:
+    with pytest.raises(RuntimeError, match="3 times in a row"):
+        run_sync(feed(43, 50), NeverWrites(), RS, Limits(), 1)
+
+
+def test_the_same_step_redelivers_on_a_synchronous_store_too() -> None:
+    """The backtest's driver runs the worker's step: a batch seen again gets its outputs
+    back from the digests and changes nothing."""
+    records = feed(44, 300)
+    store = InMemoryStore()
+    first = run_sync(records, store, RS, Limits(), 5)
+    before = state(store)
+    again = run_sync(records, store, RS, Limits(), 6)
+    assert again.parcels == 0 and state(store) == before
+    for kind in ("decisions", "holds"):
+        got = sorted(x for _k, v in getattr(again.outputs, kind) for x in v.split(b"\n"))
+        want = sorted(x for _k, v in getattr(first.outputs, kind) for x in v.split(b"\n"))
+        assert got == want and want, kind

@@ -2,9 +2,9 @@ import orjson
 
 from parcel_stream.exams import parse_exam_records, trace
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import run_in_memory
 from parcel_stream.reputation import InMemoryStore
 from parcel_stream.rules import default_ruleset
+from parcel_stream.step import run_in_memory
 from tests.unit.samples import line
 
 RS = default_ruleset()

@@ -4,10 +4,11 @@ import numpy as np
 from parcel_stream.decide import decide
 from parcel_stream.model import Decision, Hold
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import prepare, read_batch, run_in_memory, score_prepared
+from parcel_stream.pipeline import prepare, read_batch, score_prepared
 from parcel_stream.reputation import InMemoryStore
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
+from parcel_stream.step import run_in_memory
 from tests.unit.samples import line
 
 NOW = 1_790_000_100_000

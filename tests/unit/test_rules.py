@@ -152,8 +152,8 @@ def test_validation_errors_name_file_rule_and_field() -> None:
 def test_split_shipment_within_one_batch_and_window() -> None:
     """Three parcels, one shipper, one address, minutes apart: the third crosses 800."""
     from parcel_stream.parse import InRecord, Limits
-    from parcel_stream.pipeline import run_in_memory
     from parcel_stream.reputation import InMemoryStore
+    from parcel_stream.step import run_in_memory
 
     docs = [line(parcel_id=f"S{i}", declared_value=300.0, items=item(value=300.0), gross_weight_kg=3.0,
                  manifest_ts_ms=NOW + i * 60_000) for i in range(3)]  # fmt: skip

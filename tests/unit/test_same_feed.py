@@ -14,10 +14,10 @@ from parcel_stream.feed import RawRecord
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.model import Decision
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import run_in_memory
 from parcel_stream.reputation import InMemoryStore
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
+from parcel_stream.step import run_in_memory
 
 RS = default_ruleset(Settings())
 DEC = msgspec.json.Decoder(Decision)

@@ -1,0 +1,174 @@
+"""The batch step, written once for the worker, the backtest and the in-memory runner.
+
+Read the remembered parcels and the state of the batch's entities; leave out the records
+already applied (a redelivery after a crash or a rebalance), whose outputs come back from
+their stored digests; score the rest; apply the update with compare-and-set; when the
+state moved meanwhile, back off and start over on the state as it is now.
+
+The step does no I/O itself: it is a generator that yields each store call it needs
+(:class:`Call`) and receives the reply. :func:`run_step` answers from a synchronous store
+(tests, backtests); the worker answers from the async Redis store, with its retries,
+backoff and metrics around each call (``adapters/worker.py``). So the order of the calls,
+the redelivery rule and the retry rule are the same everywhere, and the step is tested
+on the in-memory twin (``tests/unit/test_batch_step.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from parcel_stream.decide import Outputs
+from parcel_stream.features import Combos
+from parcel_stream.outbox import rebuild
+from parcel_stream.parse import InRecord, Limits
+from parcel_stream.pipeline import (
+    DEFAULT_STATE,
+    F64,
+    Batch,
+    BatchResult,
+    Prepared,
+    StateConfig,
+    prepare,
+    recognise,
+    score_prepared,
+)
+from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
+from parcel_stream.rules import RuleSet
+from parcel_stream.state import StateStore
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A store call the step needs: ``op`` is a method of the store contract
+    (``state.StateStore``), or ``"backoff"``: the write lost a race, wait before the
+    next attempt (``args`` = (attempt,))."""
+
+    op: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(slots=True)
+class StepResult:
+    result: BatchResult  # the scored records (none when all were applied before)
+    outputs: Outputs  # every output to produce: the scored and the replayed records'
+    fresh: int  # records scored
+    resent: int = 0  # records applied before whose outputs came back from their digests
+    skipped: int = 0  # records applied before whose outputs were acknowledged already
+    attempts: int = 1
+
+
+Step = Generator[Call, Any, StepResult]
+
+
+def _read(prep: Prepared) -> Generator[Call, Any, Batch]:
+    remembered = yield Call("read_parcels", (prep.parcel_ids,))
+    prep, classified = recognise(prep, remembered)
+    combos = Combos.of(prep.shippers)
+    stored, marks = yield Call("read", (prep.shippers, prep.partitions, combos))
+    return Batch(prep, classified, stored, marks, combos)
+
+
+def batch_step(
+    records: list[InRecord],
+    ruleset: RuleSet,
+    limits: Limits,
+    now_ms: int,
+    encode: bool = True,
+    adjust: F64 | None = None,
+    learner_version: int = 0,
+    config: StateConfig = DEFAULT_STATE,
+    prune: dict[Partition, int] | None = None,
+) -> Step:
+    """One batch, start to end (see the module's docstring). ``prune``: outputs produced
+    up to these offsets, whose digests go with this batch's update."""
+    attempt = 0
+    while True:
+        attempt += 1
+        prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
+        batch = yield from _read(prep)
+        marks = batch.watermarks
+
+        def applied(r: InRecord, marks: dict[Partition, int] = marks) -> bool:
+            return r.offset <= marks.get((r.topic, r.partition), -1)
+
+        old = [r for r in records if applied(r)]
+        replayed, resent, skipped = Outputs(), 0, 0
+        fresh = records
+        if old:
+            wanted = [((r.topic, r.partition), r.offset) for r in old]
+            digests = yield Call("read_outbox", (wanted,))
+            replayed, resent, skipped = rebuild(old, digests, limits)
+            fresh = [r for r in records if not applied(r)]
+            batch = yield from _read(prepare(fresh, limits, now_ms, ruleset.split_min_usd))
+        result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config)
+        update = result.update
+        if prune:
+            update = replace(update, prune=prune)
+        if not fresh:  # nothing to write but the pruning
+            update = ReputationUpdate({}, prune=prune or {})
+        if (yield Call("apply", (update,))):
+            outputs = result.outputs
+            outputs.decisions += replayed.decisions
+            outputs.holds += replayed.holds
+            outputs.rejections += replayed.rejections
+            return StepResult(result, outputs, len(fresh), resent, skipped, attempt)
+        # A watermark moved (another worker applied some of these records meanwhile: a
+        # rebalance), or a version (exam results, another partition's worker touched the
+        # same shipper), or a cluster shard is held by another batch: start over.
+        yield Call("backoff", (attempt,))
+
+
+def run_step(step: Step, store: StateStore, max_attempts: int = 3) -> StepResult:
+    """Drive ``step`` against a synchronous store; gives up after ``max_attempts`` writes
+    in a row lost a race (with one writer per store that never happens)."""
+    reply: Any = None
+    try:
+        call = next(step)
+        while True:
+            if call.op == "backoff":
+                if call.args[0] >= max_attempts:
+                    raise RuntimeError(
+                        f"state conflict {max_attempts} times in a row: is another writer using it?"
+                    )
+                reply = None
+            else:
+                reply = getattr(store, call.op)(*call.args)
+            call = step.send(reply)
+    except StopIteration as done:
+        out: StepResult = done.value
+        return out
+
+
+def run_sync(
+    records: list[InRecord],
+    store: StateStore,
+    ruleset: RuleSet,
+    limits: Limits,
+    now_ms: int,
+    encode: bool = True,
+    adjust: F64 | None = None,
+    learner_version: int = 0,
+    config: StateConfig = DEFAULT_STATE,
+) -> BatchResult:
+    """The batch step against a synchronous store (tests, backtests); the outputs include
+    those of records applied before (from their digests)."""
+    step = batch_step(records, ruleset, limits, now_ms, encode, adjust, learner_version, config)
+    return run_step(step, store).result
+
+
+def run_in_memory(
+    records: list[InRecord],
+    store: InMemoryStore,
+    ruleset: RuleSet,
+    limits: Limits,
+    now_ms: int,
+    encode: bool = True,
+    adjust: F64 | None = None,
+    learner_version: int = 0,
+) -> BatchResult:
+    """The batch step against an in-memory store (its own windows)."""
+    config = StateConfig(store.window_ms, store.half_life_ms)
+    return run_sync(records, store, ruleset, limits, now_ms, encode, adjust, learner_version,
+                    config)  # fmt: skip
