@@ -46,14 +46,17 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
-from parcel_stream.adapters.redis_store import (
-    _APPLY_LIB,
-    _DECAY_LUA,
-    RedisReputationStore,
-    _keys_in,
-    parse_read,
-    shipper_member,
+from parcel_stream.adapters.redis_lua import (
+    ABORT_LUA,
+    COMMIT_LUA,
+    LEARNER_LUA,
+    ONE_LUA,
+    PREPARE_LUA,
+    PROBE_LUA,
+    SHARD_EXAMS_LUA,
+    keys_in,
 )
+from parcel_stream.adapters.redis_store import RedisReputationStore, parse_read, shipper_member
 from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState, encode_state
 from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate
@@ -75,200 +78,6 @@ log = logging.getLogger("parcel_stream.redis_cluster")
 SLOTS = 16384
 _PACK = msgspec.msgpack.Encoder()
 _UNPACK = msgspec.msgpack.Decoder()
-
-# The keys a shard's write locks while prepared: entities, pairs, remembered parcels.
-_LOCKED = """
-local function locked_keys(u)
-  local out = {}
-  for _, e in ipairs(u[8]) do out[#out + 1] = e[1] end
-  for _, p in ipairs(u[9]) do out[#out + 1] = p[1] end
-  for _, p in ipairs(u[11]) do out[#out + 1] = p[1] end
-  return out
-end
-local function release(tag, u, token)
-  local locks = tag .. '@locks'
-  for _, k in ipairs(locked_keys(u)) do
-    if redis.call('HGET', locks, k) == token then redis.call('HDEL', locks, k) end
-  end
-end
--- 1: free; 0: refused (a stale read, a lock, a tombstone); -1: a batch of one of these
--- partitions is in flight (resolve it first)
-local function admissible(tag, u, token, marks)
-  for _, k in ipairs(marks) do
-    local cur = redis.call('GET', k)
-    if cur then
-      if string.sub(cur, 1, 2) == 'p:' then return -1 end
-      if cur == 'x:' .. token then return 0 end
-    end
-  end
-  if not check(u) then return 0 end
-  local locks = tag .. '@locks'
-  for _, k in ipairs(locked_keys(u)) do
-    local l = redis.call('HGET', locks, k)
-    if l and l ~= token then return 0 end
-  end
-  return 1
-end
-"""
-
-# KEYS[1] shard tag; ARGV: write, blobs, token, meta, partition marks (msgpack)
-_PREPARE_LUA = (
-    _APPLY_LIB
-    + _LOCKED
-    + """
-local tag, token = KEYS[1], ARGV[3]
-local d = tag .. '@prepdata:' .. token
-if redis.call('EXISTS', d) == 1 then return 1 end  -- sent again after a lost reply
-local u, marks = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[5])
-local ok = admissible(tag, u, token, marks)
-if ok ~= 1 then return ok end
-local locks = tag .. '@locks'
-for _, k in ipairs(locked_keys(u)) do redis.call('HSET', locks, k, token) end
-for _, k in ipairs(marks) do redis.call('SET', k, 'p:' .. token) end
-redis.call('HSET', d, 'a', ARGV[1], 'b', ARGV[2], 'm', ARGV[4], 'p', ARGV[5])
-redis.call('EXPIRE', d, 7 * 86400)
-return 1
-"""
-)
-
-# A batch that touches one shard only: prepare and commit in one call.
-_ONE_LUA = (
-    _APPLY_LIB
-    + _LOCKED
-    + """
-local tag, token = KEYS[1], ARGV[3]
-local u, marks = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[5])
-local ok = admissible(tag, u, token, marks)
-if ok ~= 1 then return ok end
-write(u, ARGV[2])
-return 1
-"""
-)
-
-# KEYS[1] shard tag; ARGV[1] token. 1: committed now; 0: nothing prepared under the token.
-_COMMIT_LUA = (
-    _APPLY_LIB
-    + _LOCKED
-    + """
-local tag, token = KEYS[1], ARGV[1]
-local d = tag .. '@prepdata:' .. token
-local a = redis.call('HGET', d, 'a')
-if not a then return 0 end
-local u = cmsgpack.unpack(a)
-write(u, redis.call('HGET', d, 'b'))
-release(tag, u, token)
-for _, k in ipairs(cmsgpack.unpack(redis.call('HGET', d, 'p'))) do
-  if redis.call('GET', k) == 'p:' .. token then redis.call('DEL', k) end
-end
-redis.call('DEL', d)
-return 1
-"""
-)
-
-# KEYS[1] shard tag; ARGV[1] token: release a prepared shard (nothing written).
-_ABORT_LUA = (
-    _APPLY_LIB
-    + _LOCKED
-    + """
-local tag, token = KEYS[1], ARGV[1]
-local d = tag .. '@prepdata:' .. token
-local a = redis.call('HGET', d, 'a')
-if not a then return 0 end
-release(tag, cmsgpack.unpack(a), token)
-for _, k in ipairs(cmsgpack.unpack(redis.call('HGET', d, 'p'))) do
-  if redis.call('GET', k) == 'p:' .. token then redis.call('DEL', k) end
-end
-redis.call('DEL', d)
-return 1
-"""
-)
-
-# Recovery, per shard of a batch found in flight (KEYS[1] tag; ARGV: token, its partition
-# marks, [[watermark key, new offset], ...]): 'prepared', 'committed', or else fenced with
-# a tombstone so that a late prepare of that batch is refused: 'fenced'.
-_PROBE_LUA = """
-local tag, token = KEYS[1], ARGV[1]
-if redis.call('EXISTS', tag .. '@prepdata:' .. token) == 1 then return 'prepared' end
-local done = true
-for _, w in ipairs(cmsgpack.unpack(ARGV[3])) do
-  if (tonumber(redis.call('GET', w[1])) or -1) < tonumber(w[2]) then done = false end
-end
-if done then return 'committed' end
-for _, k in ipairs(cmsgpack.unpack(ARGV[2])) do
-  local cur = redis.call('GET', k)
-  if not cur or string.sub(cur, 1, 2) ~= 'p:' then
-    redis.call('SET', k, 'x:' .. token, 'EX', 86400)
-  end
-end
-return 'fenced'
-"""
-
-# Examination results of one shard (KEYS[1] tag; ARGV[1] msgpack [ttl, half-life,
-# [[exam id, part, key, violation, at ms], ...]], part s(hipper), l (seller) or a(ddress)).
-# -2 while a prepared batch holds one of the entities (retry shortly).
-_EXAMS_LUA = (
-    _DECAY_LUA
-    + """
-local tag = KEYS[1]
-local u = cmsgpack.unpack(ARGV[1])
-local ttl, hl, items = u[1], u[2], u[3]
-local locks = tag .. '@locks'
-for _, it in ipairs(items) do
-  if it[2] ~= 'a' and redis.call('HGET', locks, it[3]) then return -2 end
-end
-local out = {}
-for i, it in ipairs(items) do
-  local mark = tag .. '@exam:' .. it[1] .. ':' .. it[2]
-  if redis.call('SET', mark, '1', 'NX', 'EX', ttl) then
-    local key, v, at = it[3], it[4], it[5]
-    if it[2] == 'a' then
-      decay_add(key, at, hl, {'rv'}, {1})
-      redis.call('EXPIRE', key, ttl)
-    else
-      redis.call('HINCRBY', key, 'v', 1)
-      redis.call('HINCRBY', key, 'exams', 1)
-      redis.call('HINCRBY', key, 'violations', v)
-      decay_add(key, at, hl, {'rs', 'rh', 're', 'rv'}, {0, 0, 1, v})
-    end
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-)
-
-# The learner (shard 0; KEYS[1] tag; ARGV: state ('' = none), expected version, new
-# version, mark lifetime (s), history length, exam ids...). With a state: all or nothing,
-# -1 unless the version is still the expected one and none of the ids was learned from.
-# Marks each id.
-_LEARNER_LUA = """
-local tag = KEYS[1]
-local learner, expected = ARGV[1], ARGV[2]
-local lkey = tag .. '@learner'
-if learner ~= '' then
-  if (redis.call('HGET', lkey, 'version') or '0') ~= expected then return -1 end
-  for a = 6, #ARGV do
-    if redis.call('EXISTS', tag .. '@exam:' .. ARGV[a]) == 1 then return -1 end
-  end
-end
-local out = {}
-for a = 6, #ARGV do
-  if redis.call('SET', tag .. '@exam:' .. ARGV[a], '1', 'NX', 'EX', tonumber(ARGV[4])) then
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-if learner ~= '' then
-  redis.call('DEL', lkey)
-  redis.call('HSET', lkey, 'version', ARGV[3], 'state', learner)
-  redis.call('LPUSH', lkey .. '@learner_history', learner)
-  redis.call('LTRIM', lkey .. '@learner_history', 0, tonumber(ARGV[5]) - 1)
-end
-return out
-"""
 
 
 @lru_cache(maxsize=64)
@@ -335,13 +144,13 @@ class RedisClusterStore(RedisReputationStore):
         self.wait_timeouts = 0  # WAITs that returned before enough replicas acknowledged
         super().__init__(url, prefix=prefix, **kwargs)
         reg = self.client.register_script
-        self._prepare = reg(_keys_in(_PREPARE_LUA))
-        self._one = reg(_keys_in(_ONE_LUA))
-        self._commit = reg(_keys_in(_COMMIT_LUA))
-        self._abort = reg(_keys_in(_ABORT_LUA))
-        self._probe = reg(_keys_in(_PROBE_LUA))
-        self._cexams = reg(_keys_in(_EXAMS_LUA))
-        self._learner = reg(_keys_in(_LEARNER_LUA))
+        self._prepare = reg(keys_in(PREPARE_LUA))
+        self._one = reg(keys_in(ONE_LUA))
+        self._commit = reg(keys_in(COMMIT_LUA))
+        self._abort = reg(keys_in(ABORT_LUA))
+        self._probe = reg(keys_in(PROBE_LUA))
+        self._cexams = reg(keys_in(SHARD_EXAMS_LUA))
+        self._learner = reg(keys_in(LEARNER_LUA))
 
     def _connect(self, url: str, socket_timeout_s: float, options: dict[str, Any]) -> Any:
         # The cluster client keeps its own retries: after a failover it must find the

@@ -49,6 +49,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from parcel_stream.adapters.redis_lua import (
+    APPLY_LUA,
+    EXAMS_LUA,
+    PARCELS_LUA,
+    READ_LUA,
+    SELLER_WIDTH,
+    SHIPPER_WIDTH,
+    keys_in,
+)
 from parcel_stream.adapters.security import redis_options
 from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState, decode_state, encode_state
@@ -65,15 +74,12 @@ from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS, EntityTable, Stored
 from parcel_stream.settings import Settings
 from parcel_stream.state import (
     ADDRESS_SHIPPERS,
-    ADDRESS_VIOLATIONS,
     EXAM,
     EXAMINABLE,
     LEARNER,
     LEARNER_HISTORY,
-    LOCKS,
     OUTBOX,
     PAIR,
-    PREPDATA,
     REMEMBERED,
     SELLER,
     SHIPPER,
@@ -83,267 +89,7 @@ from parcel_stream.state import (
 
 F64 = npt.NDArray[np.float64]
 
-# Decayed counters ("recent" counts): fields t (reference ms) and the values named in
-# the call, brought up to date as reputation.decay_add does. Numbers are written with 17
-# significant digits so that they read back bit for bit.
-_DECAY_LUA = """
-local function num(x) return string.format('%.17g', x) end
-local function decay_add(key, at, hl, fields, deltas)
-  local row = redis.call('HMGET', key, 't', unpack(fields))
-  local t = tonumber(row[1]) or 0
-  if t <= 0 then t = at end
-  local out = {}
-  if at >= t then
-    local f = 2 ^ (-(at - t) / hl)
-    out[1], out[2] = 't', num(at)
-    for i = 1, #fields do
-      out[#out + 1] = fields[i]
-      out[#out + 1] = num((tonumber(row[i + 1]) or 0) * f + deltas[i])
-    end
-  else
-    local g = 2 ^ (-(t - at) / hl)
-    out[1], out[2] = 't', num(t)
-    for i = 1, #fields do
-      out[#out + 1] = fields[i]
-      out[#out + 1] = num((tonumber(row[i + 1]) or 0) + deltas[i] * g)
-    end
-  end
-  redis.call('HSET', key, unpack(out))
-end
-"""
-
-# One command reads everything a batch needs (one msgpack argument in, one reply array
-# out, so no per-key argument encoding): per shipper the entity fields, its version, its
-# newest day and day counts (``dd``: 16 counts up to that day); per seller the entity
-# fields and version; per address the distinct shippers stored and its recent violations;
-# per pair the open window and its version; per (address, shipper) combination whether it
-# is stored; the watermarks.
-_ENTITY = (
-    "'seen', 'value_usd', 'holds', 'first_seen_ms', 'last_seen_ms', 't', 'rs', 'rh', 're', 'rv'"
-)
-_SHIPPER_FIELDS = 13
-_SELLER_FIELDS = 11
-_READ_LUA = f"""
-local u = cmsgpack.unpack(ARGV[1])
-local prefix, shippers, sellers, addresses, pairs_, combos, marks =
-  u[1], u[2], u[3], u[4], u[5], u[6], u[7]
-local out = {{}}
-local n = 0
-for _, id in ipairs(shippers) do
-  local row = redis.call('HMGET', prefix .. '@shipper:' .. id, {_ENTITY}, 'v', 'dn', 'dd')
-  for j = 1, {_SHIPPER_FIELDS} do n = n + 1; out[n] = row[j] end
-end
-for _, id in ipairs(sellers) do
-  local row = redis.call('HMGET', prefix .. '@seller:' .. id, {_ENTITY}, 'v')
-  for j = 1, {_SELLER_FIELDS} do n = n + 1; out[n] = row[j] end
-end
-for _, id in ipairs(addresses) do
-  local key = prefix .. '@addr:' .. id
-  n = n + 1; out[n] = redis.call('SCARD', key .. '@addr_shippers')
-  local v = redis.call('HMGET', key .. '@addr_violations', 't', 'rv')
-  n = n + 1; out[n] = v[1]
-  n = n + 1; out[n] = v[2]
-end
-for _, id in ipairs(pairs_) do
-  local row = redis.call('HMGET', prefix .. '@pair:' .. id, 'start_ms', 'value_usd', 'parcels', 'v')
-  for j = 1, 4 do n = n + 1; out[n] = row[j] end
-end
-for c = 1, #combos, 2 do
-  n = n + 1
-  out[n] = redis.call('SISMEMBER', prefix .. '@addr:' .. addresses[combos[c]] .. '@addr_shippers',
-    combos[c + 1])
-end
-for _, part in ipairs(marks) do
-  n = n + 1; out[n] = redis.call('GET', prefix .. '@wm:' .. part)
-end
-return out
-"""
-
-# Remembered parcels of a batch (one msgpack list of parcel ids in).
-_PARCELS_LUA = """
-local u = cmsgpack.unpack(ARGV[1])
-local out = {}
-for i, id in ipairs(u[2]) do out[i] = redis.call('GET', u[1] .. '@pid:' .. id) end
-return out
-"""
-
-# Examination results: each applied once (SET NX on the exam id), then counted on the
-# shipper, the seller and the consignee address. With a learner state (ARGV[4] not
-# empty) the call is all or nothing: it fails (returns -1) unless the learner version is
-# still ARGV[5] and none of the results was applied meanwhile, so that the weights learn
-# from each result exactly once.
-_EXAMS_LUA = (
-    _DECAY_LUA
-    + """
-local prefix, ttl, hl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local learner, expected = ARGV[4], ARGV[5]
-local first = 8
-if learner ~= '' then
-  local cur = redis.call('HGET', prefix .. '@learner', 'version') or '0'
-  if cur ~= expected then return -1 end
-  for a = first, #ARGV, 6 do
-    if redis.call('EXISTS', prefix .. '@exam:' .. ARGV[a]) == 1 then return -1 end
-  end
-end
-local out = {}
-for a = first, #ARGV, 6 do
-  local fresh = redis.call('SET', prefix .. '@exam:' .. ARGV[a], '1', 'NX', 'EX', ttl)
-  if fresh then
-    local v = tonumber(ARGV[a + 3])
-    local at = tonumber(ARGV[a + 4])
-    local entities = {prefix .. '@shipper:' .. ARGV[a + 1]}
-    if ARGV[a + 5] ~= '' then entities[2] = prefix .. '@seller:' .. ARGV[a + 5] end
-    for _, key in ipairs(entities) do
-      redis.call('HINCRBY', key, 'v', 1)
-      redis.call('HINCRBY', key, 'exams', 1)
-      redis.call('HINCRBY', key, 'violations', v)
-      decay_add(key, at, hl, {'rs', 'rh', 're', 'rv'}, {0, 0, 1, v})
-    end
-    if v == 1 then
-      local akey = prefix .. '@addr:' .. ARGV[a + 2] .. '@addr_violations'
-      decay_add(akey, at, hl, {'rv'}, {1})
-      redis.call('EXPIRE', akey, ttl)
-    end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-if learner ~= '' then
-  local lkey = prefix .. '@learner'
-  redis.call('DEL', lkey)
-  redis.call('HSET', lkey, 'version', ARGV[6], 'state', learner)
-  redis.call('LPUSH', lkey .. '@learner_history', learner)
-  redis.call('LTRIM', lkey .. '@learner_history', 0, tonumber(ARGV[7]) - 1)
-end
-return out
-"""
-)
-
-# A batch's update (ARGV[1] msgpack, see ``apply``; the binary values are concatenated in
-# ARGV[2], named by first and last byte, since Redis' cmsgpack has no bin type). ``check``
-# is true only while every watermark, entity and pair version and remembered parcel is
-# still what the batch read (a watermark expected as '' only has to be below the new
-# one: a cluster shard other than the partition's home); ``write`` writes the batch's
-# resulting state. The single-node script does both in one call; the cluster store
-# (``redis_cluster.py``) prepares and commits them per shard.
-_APPLY_LIB = """
-local num = function(x) return string.format('%.17g', x) end
-local function check(u)
-  for _, w in ipairs(u[7]) do
-    local cur = redis.call('GET', w[1]) or '-1'
-    if w[2] == '' then
-      if tonumber(cur) >= tonumber(w[3]) then return false end
-    elseif cur ~= w[2] then return false end
-  end
-  for _, e in ipairs(u[8]) do
-    if (tonumber(redis.call('HGET', e[1], 'v')) or 0) ~= e[2] then return false end
-  end
-  for _, p in ipairs(u[9]) do
-    if (tonumber(redis.call('HGET', p[1], 'v')) or 0) ~= p[2] then return false end
-  end
-  for _, p in ipairs(u[11]) do
-    local have = redis.call('GET', p[1])
-    if have then have = string.sub(have, 1, 16) else have = '' end
-    if have ~= p[2] then return false end
-  end
-  return true
-end
-local function write(u, blobs)
-  local prefix, ttl, addr_ttl, exam_ttl, window_ms, parcel_ttl =
-    u[1], u[2], u[3], u[4], u[5], u[6]
-  local wm, ents, pairs_, members, parcels, exam, outbox, prune =
-    u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14]
-  local fields = {ENTITY_FIELDS}
-  for _, e in ipairs(ents) do
-    local key, vals = e[1], e[3]
-    local row = {'v', e[2] + 1}
-    for j = 1, #fields do
-      row[#row + 1] = fields[j]
-      row[#row + 1] = num(vals[j])
-    end
-    if e[4] > 0 then
-      row[#row + 1] = 'dn'
-      row[#row + 1] = e[4]
-      row[#row + 1] = 'dd'
-      row[#row + 1] = e[5]
-    end
-    redis.call('HSET', key, unpack(row))
-    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-  end
-  for _, p in ipairs(pairs_) do
-    redis.call('HSET', p[1], 'start_ms', num(p[3]), 'value_usd', num(p[4]), 'parcels', num(p[5]),
-      'v', p[2] + 1)
-    redis.call('PEXPIRE', p[1], math.floor(window_ms * 2))
-  end
-  for _, m in ipairs(members) do
-    for j = 1, #m[2], 500 do
-      redis.call('SADD', m[1], unpack(m[2], j, math.min(j + 499, #m[2])))
-    end
-    if addr_ttl > 0 then redis.call('EXPIRE', m[1], addr_ttl) end
-  end
-  for _, p in ipairs(parcels) do
-    redis.call('SET', p[1], string.sub(blobs, p[3], p[4]), 'EX', parcel_ttl)
-  end
-  for _, x in ipairs(exam) do
-    local key = prefix .. '@parcel:' .. x[1]
-    redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
-    redis.call('EXPIRE', key, exam_ttl)
-  end
-  -- decision digests of this batch's records, and those of outputs since acknowledged
-  for _, o in ipairs(outbox) do
-    local key = prefix .. '@ob:' .. o[1]
-    redis.call('ZADD', key, o[2], string.sub(blobs, o[3], o[4]))
-    redis.call('EXPIRE', key, 7 * 86400)
-  end
-  for _, o in ipairs(prune) do
-    redis.call('ZREMRANGEBYSCORE', prefix .. '@ob:' .. o[1], '-inf', o[2])
-  end
-  for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
-end
-""".replace("{ENTITY_FIELDS}", "{" + ", ".join(f"'{f}'" for f in ENTITY_FIELDS) + "}")
-
-# Single node: check and write in one call (0: refused, nothing written).
-_APPLY_LUA = (
-    _APPLY_LIB
-    + """
-local u = cmsgpack.unpack(ARGV[1])
-if not check(u) then return 0 end
-write(u, ARGV[2])
-return 1
-"""
-)
-
-
 _PACK = msgspec.msgpack.Encoder()
-
-# The scripts name keys by their kind (``'@shipper:'``, ``'@addr_shippers'``): filled in
-# from the declaration in ``state.py``, the one place the key scheme is written.
-_LUA_KEYS = {
-    "@shipper:": f":{SHIPPER.segment}:",
-    "@seller:": f":{SELLER.segment}:",
-    "@addr:": f":{ADDRESS_SHIPPERS.segment}:",
-    "@addr_shippers": ADDRESS_SHIPPERS.suffix,
-    "@addr_violations": ADDRESS_VIOLATIONS.suffix,
-    "@pair:": f":{PAIR.segment}:",
-    "@pid:": f":{REMEMBERED.segment}:",
-    "@parcel:": f":{EXAMINABLE.segment}:",
-    "@exam:": f":{EXAM.segment}:",
-    "@learner_history": LEARNER_HISTORY.suffix,
-    "@learner": f":{LEARNER.segment}",
-    "@wm:": f":{WATERMARK.segment}:",
-    "@locks": f":{LOCKS.segment}",
-    "@prepdata:": f":{PREPDATA.segment}:",
-    "@ob:": f":{OUTBOX.segment}:",
-}
-
-
-def _keys_in(script: str) -> str:
-    for token, text in _LUA_KEYS.items():
-        script = script.replace(token, text)
-    if "'@" in script:
-        raise ValueError("a key kind in a Lua script is not declared in state.py")
-    return script
 
 
 @lru_cache(maxsize=1 << 16)
@@ -378,7 +124,7 @@ def parse_read(
     flat: list[Any], n_s: int, n_l: int, n_a: int, n_p: int, n_c: int, n_w: int
 ) -> tuple[StoredState, list[Any]]:
     """The read script's reply as the batch's stored state, and the raw watermarks."""
-    sizes = (_SHIPPER_FIELDS * n_s, _SELLER_FIELDS * n_l, 3 * n_a, 4 * n_p, n_c, n_w)
+    sizes = (SHIPPER_WIDTH * n_s, SELLER_WIDTH * n_l, 3 * n_a, 4 * n_p, n_c, n_w)
     flat = flat + [None] * (sum(sizes) - len(flat))
     parts, at = [], 0
     for size in sizes:
@@ -386,8 +132,8 @@ def parse_read(
         at += size
     sh, sl, addr, pr, member, wm = parts
     state = StoredState.empty(n_s, n_l, n_a, n_p, n_c)
-    _fill_entities(state.shippers, sh, _SHIPPER_FIELDS, days=True)
-    _fill_entities(state.sellers, sl, _SELLER_FIELDS, days=False)
+    _fill_entities(state.shippers, sh, SHIPPER_WIDTH, days=True)
+    _fill_entities(state.sellers, sl, SELLER_WIDTH, days=False)
     state.address_count[:] = _col(addr[0::3])
     state.address_t[:] = _col(addr[1::3])
     state.address_rv[:] = _col(addr[2::3])
@@ -446,10 +192,10 @@ class RedisReputationStore:
         self.on_wait_short: Callable[[int], object] = lambda _n: None
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._apply = self.client.register_script(_keys_in(_APPLY_LUA))
-        self._read = self.client.register_script(_keys_in(_READ_LUA))
-        self._exams = self.client.register_script(_keys_in(_EXAMS_LUA))
-        self._parcels = self.client.register_script(_keys_in(_PARCELS_LUA))
+        self._apply = self.client.register_script(keys_in(APPLY_LUA))
+        self._read = self.client.register_script(keys_in(READ_LUA))
+        self._exams = self.client.register_script(keys_in(EXAMS_LUA))
+        self._parcels = self.client.register_script(keys_in(PARCELS_LUA))
 
     def _connect(self, url: str, socket_timeout_s: float, options: dict[str, Any]) -> Any:
         # No retries inside the client: the worker's own loop retries with backoff, counts

@@ -1,0 +1,478 @@
+"""The Lua scripts of the Redis stores (single node: ``redis_store.py``; cluster:
+``redis_cluster.py``). Each takes its arguments as msgpack and names its keys by kind
+(``'@shipper:'``); ``keys_in`` fills the kinds in from the declaration in ``state.py``."""
+
+from __future__ import annotations
+
+from parcel_stream.sequence import ENTITY_FIELDS
+from parcel_stream.state import (
+    ADDRESS_SHIPPERS,
+    ADDRESS_VIOLATIONS,
+    EXAM,
+    EXAMINABLE,
+    LEARNER,
+    LEARNER_HISTORY,
+    LOCKS,
+    OUTBOX,
+    PAIR,
+    PREPDATA,
+    REMEMBERED,
+    SELLER,
+    SHIPPER,
+    WATERMARK,
+)
+
+# Decayed counters ("recent" counts): fields t (reference ms) and the values named in
+# the call, brought up to date as reputation.decay_add does. Numbers are written with 17
+# significant digits so that they read back bit for bit.
+DECAY_LUA = """
+local function num(x) return string.format('%.17g', x) end
+local function decay_add(key, at, hl, fields, deltas)
+  local row = redis.call('HMGET', key, 't', unpack(fields))
+  local t = tonumber(row[1]) or 0
+  if t <= 0 then t = at end
+  local out = {}
+  if at >= t then
+    local f = 2 ^ (-(at - t) / hl)
+    out[1], out[2] = 't', num(at)
+    for i = 1, #fields do
+      out[#out + 1] = fields[i]
+      out[#out + 1] = num((tonumber(row[i + 1]) or 0) * f + deltas[i])
+    end
+  else
+    local g = 2 ^ (-(t - at) / hl)
+    out[1], out[2] = 't', num(t)
+    for i = 1, #fields do
+      out[#out + 1] = fields[i]
+      out[#out + 1] = num((tonumber(row[i + 1]) or 0) + deltas[i] * g)
+    end
+  end
+  redis.call('HSET', key, unpack(out))
+end
+"""
+
+# One command reads everything a batch needs (one msgpack argument in, one reply array
+# out, so no per-key argument encoding): per shipper the entity fields, its version, its
+# newest day and day counts (``dd``: 16 counts up to that day); per seller the entity
+# fields and version; per address the distinct shippers stored and its recent violations;
+# per pair the open window and its version; per (address, shipper) combination whether it
+# is stored; the watermarks.
+ENTITY = ", ".join(f"'{f}'" for f in ENTITY_FIELDS)
+SHIPPER_WIDTH = len(ENTITY_FIELDS) + 3  # and v, dn, dd
+SELLER_WIDTH = len(ENTITY_FIELDS) + 1  # and v
+READ_LUA = f"""
+local u = cmsgpack.unpack(ARGV[1])
+local prefix, shippers, sellers, addresses, pairs_, combos, marks =
+  u[1], u[2], u[3], u[4], u[5], u[6], u[7]
+local out = {{}}
+local n = 0
+for _, id in ipairs(shippers) do
+  local row = redis.call('HMGET', prefix .. '@shipper:' .. id, {ENTITY}, 'v', 'dn', 'dd')
+  for j = 1, {SHIPPER_WIDTH} do n = n + 1; out[n] = row[j] end
+end
+for _, id in ipairs(sellers) do
+  local row = redis.call('HMGET', prefix .. '@seller:' .. id, {ENTITY}, 'v')
+  for j = 1, {SELLER_WIDTH} do n = n + 1; out[n] = row[j] end
+end
+for _, id in ipairs(addresses) do
+  local key = prefix .. '@addr:' .. id
+  n = n + 1; out[n] = redis.call('SCARD', key .. '@addr_shippers')
+  local v = redis.call('HMGET', key .. '@addr_violations', 't', 'rv')
+  n = n + 1; out[n] = v[1]
+  n = n + 1; out[n] = v[2]
+end
+for _, id in ipairs(pairs_) do
+  local row = redis.call('HMGET', prefix .. '@pair:' .. id, 'start_ms', 'value_usd', 'parcels', 'v')
+  for j = 1, 4 do n = n + 1; out[n] = row[j] end
+end
+for c = 1, #combos, 2 do
+  n = n + 1
+  out[n] = redis.call('SISMEMBER', prefix .. '@addr:' .. addresses[combos[c]] .. '@addr_shippers',
+    combos[c + 1])
+end
+for _, part in ipairs(marks) do
+  n = n + 1; out[n] = redis.call('GET', prefix .. '@wm:' .. part)
+end
+return out
+"""
+
+# Remembered parcels of a batch (one msgpack list of parcel ids in).
+PARCELS_LUA = """
+local u = cmsgpack.unpack(ARGV[1])
+local out = {}
+for i, id in ipairs(u[2]) do out[i] = redis.call('GET', u[1] .. '@pid:' .. id) end
+return out
+"""
+
+# Examination results: each applied once (SET NX on the exam id), then counted on the
+# shipper, the seller and the consignee address. With a learner state (ARGV[4] not
+# empty) the call is all or nothing: it fails (returns -1) unless the learner version is
+# still ARGV[5] and none of the results was applied meanwhile, so that the weights learn
+# from each result exactly once.
+EXAMS_LUA = (
+    DECAY_LUA
+    + """
+local prefix, ttl, hl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local learner, expected = ARGV[4], ARGV[5]
+local first = 8
+if learner ~= '' then
+  local cur = redis.call('HGET', prefix .. '@learner', 'version') or '0'
+  if cur ~= expected then return -1 end
+  for a = first, #ARGV, 6 do
+    if redis.call('EXISTS', prefix .. '@exam:' .. ARGV[a]) == 1 then return -1 end
+  end
+end
+local out = {}
+for a = first, #ARGV, 6 do
+  local fresh = redis.call('SET', prefix .. '@exam:' .. ARGV[a], '1', 'NX', 'EX', ttl)
+  if fresh then
+    local v = tonumber(ARGV[a + 3])
+    local at = tonumber(ARGV[a + 4])
+    local entities = {prefix .. '@shipper:' .. ARGV[a + 1]}
+    if ARGV[a + 5] ~= '' then entities[2] = prefix .. '@seller:' .. ARGV[a + 5] end
+    for _, key in ipairs(entities) do
+      redis.call('HINCRBY', key, 'v', 1)
+      redis.call('HINCRBY', key, 'exams', 1)
+      redis.call('HINCRBY', key, 'violations', v)
+      decay_add(key, at, hl, {'rs', 'rh', 're', 'rv'}, {0, 0, 1, v})
+    end
+    if v == 1 then
+      local akey = prefix .. '@addr:' .. ARGV[a + 2] .. '@addr_violations'
+      decay_add(akey, at, hl, {'rv'}, {1})
+      redis.call('EXPIRE', akey, ttl)
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if learner ~= '' then
+  local lkey = prefix .. '@learner'
+  redis.call('DEL', lkey)
+  redis.call('HSET', lkey, 'version', ARGV[6], 'state', learner)
+  redis.call('LPUSH', lkey .. '@learner_history', learner)
+  redis.call('LTRIM', lkey .. '@learner_history', 0, tonumber(ARGV[7]) - 1)
+end
+return out
+"""
+)
+
+# A batch's update (ARGV[1] msgpack, see ``apply``; the binary values are concatenated in
+# ARGV[2], named by first and last byte, since Redis' cmsgpack has no bin type). ``check``
+# is true only while every watermark, entity and pair version and remembered parcel is
+# still what the batch read (a watermark expected as '' only has to be below the new
+# one: a cluster shard other than the partition's home); ``write`` writes the batch's
+# resulting state. The single-node script does both in one call; the cluster store
+# (``redis_cluster.py``) prepares and commits them per shard.
+APPLY_LIB = """
+local num = function(x) return string.format('%.17g', x) end
+local function check(u)
+  for _, w in ipairs(u[7]) do
+    local cur = redis.call('GET', w[1]) or '-1'
+    if w[2] == '' then
+      if tonumber(cur) >= tonumber(w[3]) then return false end
+    elseif cur ~= w[2] then return false end
+  end
+  for _, e in ipairs(u[8]) do
+    if (tonumber(redis.call('HGET', e[1], 'v')) or 0) ~= e[2] then return false end
+  end
+  for _, p in ipairs(u[9]) do
+    if (tonumber(redis.call('HGET', p[1], 'v')) or 0) ~= p[2] then return false end
+  end
+  for _, p in ipairs(u[11]) do
+    local have = redis.call('GET', p[1])
+    if have then have = string.sub(have, 1, 16) else have = '' end
+    if have ~= p[2] then return false end
+  end
+  return true
+end
+local function write(u, blobs)
+  local prefix, ttl, addr_ttl, exam_ttl, window_ms, parcel_ttl =
+    u[1], u[2], u[3], u[4], u[5], u[6]
+  local wm, ents, pairs_, members, parcels, exam, outbox, prune =
+    u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14]
+  local fields = {ENTITY_FIELDS}
+  for _, e in ipairs(ents) do
+    local key, vals = e[1], e[3]
+    local row = {'v', e[2] + 1}
+    for j = 1, #fields do
+      row[#row + 1] = fields[j]
+      row[#row + 1] = num(vals[j])
+    end
+    if e[4] > 0 then
+      row[#row + 1] = 'dn'
+      row[#row + 1] = e[4]
+      row[#row + 1] = 'dd'
+      row[#row + 1] = e[5]
+    end
+    redis.call('HSET', key, unpack(row))
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  end
+  for _, p in ipairs(pairs_) do
+    redis.call('HSET', p[1], 'start_ms', num(p[3]), 'value_usd', num(p[4]), 'parcels', num(p[5]),
+      'v', p[2] + 1)
+    redis.call('PEXPIRE', p[1], math.floor(window_ms * 2))
+  end
+  for _, m in ipairs(members) do
+    for j = 1, #m[2], 500 do
+      redis.call('SADD', m[1], unpack(m[2], j, math.min(j + 499, #m[2])))
+    end
+    if addr_ttl > 0 then redis.call('EXPIRE', m[1], addr_ttl) end
+  end
+  for _, p in ipairs(parcels) do
+    redis.call('SET', p[1], string.sub(blobs, p[3], p[4]), 'EX', parcel_ttl)
+  end
+  for _, x in ipairs(exam) do
+    local key = prefix .. '@parcel:' .. x[1]
+    redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
+    redis.call('EXPIRE', key, exam_ttl)
+  end
+  -- decision digests of this batch's records, and those of outputs since acknowledged
+  for _, o in ipairs(outbox) do
+    local key = prefix .. '@ob:' .. o[1]
+    redis.call('ZADD', key, o[2], string.sub(blobs, o[3], o[4]))
+    redis.call('EXPIRE', key, 7 * 86400)
+  end
+  for _, o in ipairs(prune) do
+    redis.call('ZREMRANGEBYSCORE', prefix .. '@ob:' .. o[1], '-inf', o[2])
+  end
+  for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
+end
+""".replace("{ENTITY_FIELDS}", "{" + ", ".join(f"'{f}'" for f in ENTITY_FIELDS) + "}")
+
+# Single node: check and write in one call (0: refused, nothing written).
+APPLY_LUA = (
+    APPLY_LIB
+    + """
+local u = cmsgpack.unpack(ARGV[1])
+if not check(u) then return 0 end
+write(u, ARGV[2])
+return 1
+"""
+)
+
+
+# The scripts name keys by their kind (``'@shipper:'``, ``'@addr_shippers'``): filled in
+# from the declaration in ``state.py``, the one place the key scheme is written.
+LUA_KEYS = {
+    "@shipper:": f":{SHIPPER.segment}:",
+    "@seller:": f":{SELLER.segment}:",
+    "@addr:": f":{ADDRESS_SHIPPERS.segment}:",
+    "@addr_shippers": ADDRESS_SHIPPERS.suffix,
+    "@addr_violations": ADDRESS_VIOLATIONS.suffix,
+    "@pair:": f":{PAIR.segment}:",
+    "@pid:": f":{REMEMBERED.segment}:",
+    "@parcel:": f":{EXAMINABLE.segment}:",
+    "@exam:": f":{EXAM.segment}:",
+    "@learner_history": LEARNER_HISTORY.suffix,
+    "@learner": f":{LEARNER.segment}",
+    "@wm:": f":{WATERMARK.segment}:",
+    "@locks": f":{LOCKS.segment}",
+    "@prepdata:": f":{PREPDATA.segment}:",
+    "@ob:": f":{OUTBOX.segment}:",
+}
+
+
+def keys_in(script: str) -> str:
+    for token, text in LUA_KEYS.items():
+        script = script.replace(token, text)
+    if "'@" in script:
+        raise ValueError("a key kind in a Lua script is not declared in state.py")
+    return script
+
+
+# -- Redis Cluster: a batch's two phases, recovery, exam results per shard ---------------
+
+# The keys a shard's write locks while prepared: entities, pairs, remembered parcels.
+LOCKED_LIB = """
+local function locked_keys(u)
+  local out = {}
+  for _, e in ipairs(u[8]) do out[#out + 1] = e[1] end
+  for _, p in ipairs(u[9]) do out[#out + 1] = p[1] end
+  for _, p in ipairs(u[11]) do out[#out + 1] = p[1] end
+  return out
+end
+local function release(tag, u, token)
+  local locks = tag .. '@locks'
+  for _, k in ipairs(locked_keys(u)) do
+    if redis.call('HGET', locks, k) == token then redis.call('HDEL', locks, k) end
+  end
+end
+-- 1: free; 0: refused (a stale read, a lock, a tombstone); -1: a batch of one of these
+-- partitions is in flight (resolve it first)
+local function admissible(tag, u, token, marks)
+  for _, k in ipairs(marks) do
+    local cur = redis.call('GET', k)
+    if cur then
+      if string.sub(cur, 1, 2) == 'p:' then return -1 end
+      if cur == 'x:' .. token then return 0 end
+    end
+  end
+  if not check(u) then return 0 end
+  local locks = tag .. '@locks'
+  for _, k in ipairs(locked_keys(u)) do
+    local l = redis.call('HGET', locks, k)
+    if l and l ~= token then return 0 end
+  end
+  return 1
+end
+"""
+
+# KEYS[1] shard tag; ARGV: write, blobs, token, meta, partition marks (msgpack)
+PREPARE_LUA = (
+    APPLY_LIB
+    + LOCKED_LIB
+    + """
+local tag, token = KEYS[1], ARGV[3]
+local d = tag .. '@prepdata:' .. token
+if redis.call('EXISTS', d) == 1 then return 1 end  -- sent again after a lost reply
+local u, marks = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[5])
+local ok = admissible(tag, u, token, marks)
+if ok ~= 1 then return ok end
+local locks = tag .. '@locks'
+for _, k in ipairs(locked_keys(u)) do redis.call('HSET', locks, k, token) end
+for _, k in ipairs(marks) do redis.call('SET', k, 'p:' .. token) end
+redis.call('HSET', d, 'a', ARGV[1], 'b', ARGV[2], 'm', ARGV[4], 'p', ARGV[5])
+redis.call('EXPIRE', d, 7 * 86400)
+return 1
+"""
+)
+
+# A batch that touches one shard only: prepare and commit in one call.
+ONE_LUA = (
+    APPLY_LIB
+    + LOCKED_LIB
+    + """
+local tag, token = KEYS[1], ARGV[3]
+local u, marks = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[5])
+local ok = admissible(tag, u, token, marks)
+if ok ~= 1 then return ok end
+write(u, ARGV[2])
+return 1
+"""
+)
+
+# KEYS[1] shard tag; ARGV[1] token. 1: committed now; 0: nothing prepared under the token.
+COMMIT_LUA = (
+    APPLY_LIB
+    + LOCKED_LIB
+    + """
+local tag, token = KEYS[1], ARGV[1]
+local d = tag .. '@prepdata:' .. token
+local a = redis.call('HGET', d, 'a')
+if not a then return 0 end
+local u = cmsgpack.unpack(a)
+write(u, redis.call('HGET', d, 'b'))
+release(tag, u, token)
+for _, k in ipairs(cmsgpack.unpack(redis.call('HGET', d, 'p'))) do
+  if redis.call('GET', k) == 'p:' .. token then redis.call('DEL', k) end
+end
+redis.call('DEL', d)
+return 1
+"""
+)
+
+# KEYS[1] shard tag; ARGV[1] token: release a prepared shard (nothing written).
+ABORT_LUA = (
+    APPLY_LIB
+    + LOCKED_LIB
+    + """
+local tag, token = KEYS[1], ARGV[1]
+local d = tag .. '@prepdata:' .. token
+local a = redis.call('HGET', d, 'a')
+if not a then return 0 end
+release(tag, cmsgpack.unpack(a), token)
+for _, k in ipairs(cmsgpack.unpack(redis.call('HGET', d, 'p'))) do
+  if redis.call('GET', k) == 'p:' .. token then redis.call('DEL', k) end
+end
+redis.call('DEL', d)
+return 1
+"""
+)
+
+# Recovery, per shard of a batch found in flight (KEYS[1] tag; ARGV: token, its partition
+# marks, [[watermark key, new offset], ...]): 'prepared', 'committed', or else fenced with
+# a tombstone so that a late prepare of that batch is refused: 'fenced'.
+PROBE_LUA = """
+local tag, token = KEYS[1], ARGV[1]
+if redis.call('EXISTS', tag .. '@prepdata:' .. token) == 1 then return 'prepared' end
+local done = true
+for _, w in ipairs(cmsgpack.unpack(ARGV[3])) do
+  if (tonumber(redis.call('GET', w[1])) or -1) < tonumber(w[2]) then done = false end
+end
+if done then return 'committed' end
+for _, k in ipairs(cmsgpack.unpack(ARGV[2])) do
+  local cur = redis.call('GET', k)
+  if not cur or string.sub(cur, 1, 2) ~= 'p:' then
+    redis.call('SET', k, 'x:' .. token, 'EX', 86400)
+  end
+end
+return 'fenced'
+"""
+
+# Examination results of one shard (KEYS[1] tag; ARGV[1] msgpack [ttl, half-life,
+# [[exam id, part, key, violation, at ms], ...]], part s(hipper), l (seller) or a(ddress)).
+# -2 while a prepared batch holds one of the entities (retry shortly).
+SHARD_EXAMS_LUA = (
+    DECAY_LUA
+    + """
+local tag = KEYS[1]
+local u = cmsgpack.unpack(ARGV[1])
+local ttl, hl, items = u[1], u[2], u[3]
+local locks = tag .. '@locks'
+for _, it in ipairs(items) do
+  if it[2] ~= 'a' and redis.call('HGET', locks, it[3]) then return -2 end
+end
+local out = {}
+for i, it in ipairs(items) do
+  local mark = tag .. '@exam:' .. it[1] .. ':' .. it[2]
+  if redis.call('SET', mark, '1', 'NX', 'EX', ttl) then
+    local key, v, at = it[3], it[4], it[5]
+    if it[2] == 'a' then
+      decay_add(key, at, hl, {'rv'}, {1})
+      redis.call('EXPIRE', key, ttl)
+    else
+      redis.call('HINCRBY', key, 'v', 1)
+      redis.call('HINCRBY', key, 'exams', 1)
+      redis.call('HINCRBY', key, 'violations', v)
+      decay_add(key, at, hl, {'rs', 'rh', 're', 'rv'}, {0, 0, 1, v})
+    end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+)
+
+# The learner (shard 0; KEYS[1] tag; ARGV: state ('' = none), expected version, new
+# version, mark lifetime (s), history length, exam ids...). With a state: all or nothing,
+# -1 unless the version is still the expected one and none of the ids was learned from.
+# Marks each id.
+LEARNER_LUA = """
+local tag = KEYS[1]
+local learner, expected = ARGV[1], ARGV[2]
+local lkey = tag .. '@learner'
+if learner ~= '' then
+  if (redis.call('HGET', lkey, 'version') or '0') ~= expected then return -1 end
+  for a = 6, #ARGV do
+    if redis.call('EXISTS', tag .. '@exam:' .. ARGV[a]) == 1 then return -1 end
+  end
+end
+local out = {}
+for a = 6, #ARGV do
+  if redis.call('SET', tag .. '@exam:' .. ARGV[a], '1', 'NX', 'EX', tonumber(ARGV[4])) then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if learner ~= '' then
+  redis.call('DEL', lkey)
+  redis.call('HSET', lkey, 'version', ARGV[3], 'state', learner)
+  redis.call('LPUSH', lkey .. '@learner_history', learner)
+  redis.call('LTRIM', lkey .. '@learner_history', 0, tonumber(ARGV[5]) - 1)
+end
+return out
+"""
