@@ -273,7 +273,7 @@ def _table(states: list[ShipperState | None], days: bool) -> EntityTable:
 @dataclass
 class InMemoryStore:
     """The in-memory twin of the Redis store: same contract, no network (tests, backtests).
-    Distinct shippers per address are exact sets here (Redis: HyperLogLog, ~1 % error)."""
+    Distinct shippers per address are exact sets (in Redis: sets of 60-bit hashes)."""
 
     shippers: dict[str, ShipperState] = field(default_factory=dict)
     watermarks: dict[Partition, int] = field(default_factory=dict)

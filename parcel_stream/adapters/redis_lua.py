@@ -99,8 +99,14 @@ return out
 # Remembered parcels of a batch (one msgpack list of parcel ids in).
 PARCELS_LUA = """
 local u = cmsgpack.unpack(ARGV[1])
+local prefix, ids = u[1], u[2]
 local out = {}
-for i, id in ipairs(u[2]) do out[i] = redis.call('GET', u[1] .. '@pid:' .. id) end
+for j = 1, #ids, 500 do
+  local keys = {}
+  for k = j, math.min(j + 499, #ids) do keys[#keys + 1] = prefix .. '@pid:' .. ids[k] end
+  local got = redis.call('MGET', unpack(keys))
+  for k = 1, #got do out[j + k - 1] = got[k] end
+end
 return out
 """
 
@@ -179,11 +185,21 @@ local function check(u)
   for _, p in ipairs(u[9]) do
     if (tonumber(redis.call('HGET', p[1], 'v')) or 0) ~= p[2] then return false end
   end
+  local absent = {}  -- expected absent: checked 500 at a time
   for _, p in ipairs(u[11]) do
-    local have = redis.call('GET', p[1])
-    if have then have = string.sub(have, 1, 16) else have = '' end
-    if have ~= p[2] then return false end
+    if p[2] == '' then
+      absent[#absent + 1] = p[1]
+      if #absent == 500 then
+        if redis.call('EXISTS', unpack(absent)) > 0 then return false end
+        absent = {}
+      end
+    else
+      local have = redis.call('GET', p[1])
+      if have then have = string.sub(have, 1, 16) else have = '' end
+      if have ~= p[2] then return false end
+    end
   end
+  if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then return false end
   return true
 end
 local function write(u, blobs)

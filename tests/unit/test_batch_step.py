@@ -130,3 +130,18 @@ def test_the_same_step_redelivers_on_a_synchronous_store_too() -> None:
         got = sorted(x for _k, v in getattr(again.outputs, kind) for x in v.split(b"\n"))
         want = sorted(x for _k, v in getattr(first.outputs, kind) for x in v.split(b"\n"))
         assert got == want and want, kind
+
+
+def test_state_the_store_lost_is_counted() -> None:
+    """A failover that loses acknowledged writes shows as a watermark below what the
+    worker applied: the worker counts the records lost and goes on."""
+    records = feed(45, 300, amend=False)
+    half = len(records) // 2
+    worker = processor(AsyncTwin(InMemoryStore()), [])
+    asyncio.run(worker.handle(records[:half]))
+    assert worker.metrics.state_lost._value.get() == 0
+    worker.store = AsyncTwin(InMemoryStore())  # the state came back empty
+    asyncio.run(worker.handle(records[half:]))
+    assert worker.metrics.state_lost._value.get() == records[half - 1].offset + 1
+    asyncio.run(worker.handle([]))
+    assert worker.metrics.state_lost._value.get() == records[half - 1].offset + 1  # once
