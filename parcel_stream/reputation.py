@@ -21,7 +21,7 @@ from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState
 from parcel_stream.parse import InRecord
 from parcel_stream.repeats import HASH_CHARS
-from parcel_stream.sequence import PAIR_FIELDS, EntityTable, Sequenced, StoredState
+from parcel_stream.sequence import ENTITY_FIELDS, PAIR_FIELDS, EntityTable, Sequenced, StoredState
 
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
@@ -132,6 +132,9 @@ class ExamDelta:
     static_score: float = 0.0  # its rule-set score (before learned adjustments)
 
 
+_NAMED = 10  # ENTITY_FIELDS with an attribute of their own in ShipperState
+
+
 @dataclass(slots=True)
 class ShipperState:
     """A shipper's (or seller's) state. Lifetime counts, plus the recent-weighted
@@ -153,18 +156,23 @@ class ShipperState:
     recent_violations: float = 0.0
     ver: int = 0  # bumped by every write (compare-and-set of the scoring path)
     newest_day: int = 0  # newest day of ``days``; days before newest - 15 are dropped
+    # fields of ``sequence.ENTITY_FIELDS`` after the ten named above: a new per-entity
+    # count needs no change here
+    more: dict[str, float] = field(default_factory=dict)
 
     def row(self) -> tuple[float, ...]:
         """The values in the order of ``sequence.ENTITY_FIELDS``."""
-        return (float(self.seen), self.value_usd, float(self.holds), float(self.first_seen_ms),
-                float(self.last_seen_ms), self.recent_t_ms, self.recent_seen, self.recent_holds,
-                self.recent_exams, self.recent_violations)  # fmt: skip
+        named = (float(self.seen), self.value_usd, float(self.holds), float(self.first_seen_ms),
+                 float(self.last_seen_ms), self.recent_t_ms, self.recent_seen, self.recent_holds,
+                 self.recent_exams, self.recent_violations)  # fmt: skip
+        return named + tuple(self.more.get(f, 0.0) for f in ENTITY_FIELDS[_NAMED:])
 
     def set_row(self, vals: Sequence[float]) -> None:
         (seen, self.value_usd, holds, first, last, self.recent_t_ms, self.recent_seen,
-         self.recent_holds, self.recent_exams, self.recent_violations) = vals  # fmt: skip
+         self.recent_holds, self.recent_exams, self.recent_violations) = vals[:_NAMED]  # fmt: skip
         self.seen, self.holds = round(seen), round(holds)
         self.first_seen_ms, self.last_seen_ms = int(first), int(last)
+        self.more = dict(zip(ENTITY_FIELDS[_NAMED:], vals[_NAMED:], strict=True))
 
     def add_recent(self, at_ms: float, deltas: Sequence[float], half_life_ms: float) -> None:
         """Decayed add of (seen, holds, exams, violations) observed at ``at_ms``."""

@@ -147,8 +147,12 @@ def parse_read(
 def encode_days(newest: int, days: tuple[tuple[int, int], ...]) -> str:
     """A shipper's day counts as one field: the counts of the ``DAY_SLOTS`` days up to
     ``newest``, comma-separated (older days are gone)."""
-    counts = dict(days)
-    return ",".join(str(counts.get(d, 0)) for d in range(newest - DAY_SLOTS + 1, newest + 1))
+    first = newest - DAY_SLOTS + 1
+    counts = [0] * DAY_SLOTS
+    for day, count in days:
+        if first <= day <= newest:
+            counts[day - first] = count
+    return ",".join(map(str, counts))
 
 
 def decode_days(newest: int, raw: bytes | str | None) -> dict[int, int]:
