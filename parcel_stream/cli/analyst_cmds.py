@@ -16,6 +16,7 @@ from parcel_stream.settings import Settings
 
 if TYPE_CHECKING:
     from parcel_stream.cli.common import Subcommands
+    from parcel_stream.state import StateStore
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -157,12 +158,14 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--learner trains on exam outcomes: add --exam-feedback and --labels")
     runs, reports = [], []
     for rs, name, feedback, learner in plans:
-        store: Any = InMemoryStore(half_life_ms=settings.half_life_ms)
-        if args.store == "redis":
-            from parcel_stream.adapters.redis_store import BlockingRedisStore
+        store: StateStore = InMemoryStore(half_life_ms=settings.half_life_ms)
+        close = None
+        if args.store == "redis":  # single node or cluster, as the settings say
+            from parcel_stream.adapters.redis_store import BlockingRedisStore, RedisReputationStore
 
-            store = BlockingRedisStore(settings.redis_url, prefix=f"{settings.redis_key_prefix}:bt",
-                                       half_life_ms=settings.half_life_ms)  # fmt: skip
+            own = settings.replace(redis_key_prefix=f"{settings.redis_key_prefix}:bt")
+            redis = BlockingRedisStore("", store=RedisReputationStore.from_settings(own))
+            store, close = redis, redis.close
         progress = Progress(f"backtest {name}", unit="records")
 
         def counted(path: str = args.feed, progress: Progress = progress) -> Any:
@@ -178,8 +181,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(str(exc)) from None
         finally:
             progress.close()
-            if args.store == "redis":
-                store.close()
+            if close is not None:
+                close()
         runs.append(run)
         reports.append(evaluate(run, labels, rs, args.capacity_pct))
     text = render_markdown(reports)
