@@ -68,6 +68,18 @@ class Item(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     origin_country: Country | None = None
 
 
+TransportMode = Literal["air", "sea", "road", "rail", "postal", "multimodal", "other"]
+AttributeKey = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z][a-z0-9_.-]{0,31}$",
+        description="lower-case name, up to 32 of a-z 0-9 _ . -",
+    ),
+]
+AttributeValue = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+MAX_ATTRIBUTES = 16
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     """One parcel of a low-value (de minimis) entry, as a hub declares it."""
 
@@ -90,6 +102,30 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     transit_countries: Annotated[
         list[Country], msgspec.Meta(max_length=10, description="countries the parcel transits")
     ] = []
+    declarant: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=64,
+            description="who files the entry: the customs broker or express operator (its id)",
+        ),
+    ] | None = None  # fmt: skip
+    entry_type: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=32,
+            description="the entry's type as the filer's customs service names it (for "
+            "example de minimis, informal, formal, postal)",
+        ),
+    ] | None = None  # fmt: skip
+    transport_mode: TransportMode | None = None
+    attributes: Annotated[
+        dict[AttributeKey, AttributeValue],
+        msgspec.Meta(
+            max_length=MAX_ATTRIBUTES,
+            description="extra categorical fields the learned risk model uses without code "
+            "changes (a customs office, a platform, a payment method); no personal data",
+        ),
+    ] = {}
     schema_version: Literal[1] = 1
 
 

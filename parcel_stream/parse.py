@@ -73,14 +73,16 @@ class _IdOnly(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _ID_DECODER = msgspec.json.Decoder(_IdOnly)
-_AT = re.compile(r"^(.*?)(?: - at `(\$[^`]*)`)?$", re.S)
+_AT = re.compile(r"^(.*?)(?: - at `(key` in `)?(\$[^`]*)`)?$", re.S)
 _MISSING = re.compile(r"Object missing required field `([^`]*)`")
 
 
 def classify_validation_error(message: str) -> tuple[RejectReason, str, str]:
     """Map a msgspec validation message to (reason, JSON path, detail)."""
     match = _AT.match(message)
-    detail, path = (match.group(1), match.group(2) or "$") if match else (message, "$")
+    detail, path = (match.group(1), match.group(3) or "$") if match else (message, "$")
+    if match and match.group(2):  # a map's key, not its value
+        detail = f"a key: {detail}"
     missing = _MISSING.match(detail)
     if missing:
         sub = missing.group(1)

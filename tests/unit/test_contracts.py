@@ -78,6 +78,21 @@ MUTATIONS = [
     (["seller"], None),
     (["items", 0, "origin_country"], None),
     (["unknown_extension"], {"x": 1}),
+    (["declarant"], ""),
+    (["declarant"], "x" * 65),
+    (["declarant"], None),
+    (["entry_type"], "x" * 33),
+    (["transport_mode"], "boat"),
+    (["transport_mode"], "postal"),
+    (["attributes"], {}),
+    (["attributes"], {f"k{i}": "v" for i in range(17)}),
+    (["attributes"], {f"k{i}": "v" for i in range(16)}),
+    (["attributes", "Customs Office"], "2720"),
+    (["attributes", "9office"], "2720"),
+    (["attributes", "office"], ""),
+    (["attributes", "office"], "x" * 65),
+    (["attributes", "office"], 2720),
+    (["attributes"], _DELETE),
 ]
 
 

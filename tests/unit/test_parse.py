@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from parcel_stream.model import Manifest
-from parcel_stream.parse import InRecord, Limits, parse_batch
+from parcel_stream.parse import BOM, InRecord, Limits, parse_batch
 from tests.unit.samples import BASE, line, manifest
 
 NOW = 1_790_000_100_000
@@ -77,6 +77,12 @@ def _without(path: list[str]) -> bytes:
         (b"[1, 2]", "not_an_object", "$"),
         (b'{"parcel_id": "\xff"}', "invalid_utf8", "$"),
         (b'"just a string"', "not_an_object", "$"),
+        (line(transport_mode="boat"), "invalid_value", "$.transport_mode"),
+        (line(declarant=""), "invalid_value", "$.declarant"),
+        (line(attributes={"Office No": "1"}), "invalid_value", "$.attributes"),
+        (line(attributes={"office": ""}), "invalid_value", "$.attributes[...]"),
+        (line(attributes={"office": 7}), "wrong_type", "$.attributes[...]"),
+        (line(attributes={f"k{i}": "v" for i in range(17)}), "invalid_value", "$.attributes"),
     ],
 )
 def test_malformed_parcels_get_reason_and_path(raw: bytes, reason: str, path: str) -> None:
@@ -112,6 +118,16 @@ def test_ndjson_header_makes_a_single_line_a_batch() -> None:
     assert out.sources == ["m/1/0/0"]
 
 
+def test_filer_entry_mode_and_attributes_are_read() -> None:
+    raw = line(declarant="BRK0042", entry_type="de minimis", transport_mode="postal",
+               attributes={"customs_office": "2720", "platform": "shopfast"})  # fmt: skip
+    (m,) = parse_batch([rec(raw)], Limits(), NOW).manifests
+    assert (m.declarant, m.entry_type, m.transport_mode) == ("BRK0042", "de minimis", "postal")
+    assert m.attributes == {"customs_office": "2720", "platform": "shopfast"}
+    (bare,) = parse_batch([rec(line())], Limits(), NOW).manifests  # all optional
+    assert bare.declarant is None and bare.transport_mode is None and bare.attributes == {}
+
+
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     out = parse_batch([rec(line(extra_field={"a": 1}))], Limits(), NOW)
     assert len(out) == 1
@@ -130,8 +146,11 @@ _good = line()
 def test_parser_never_raises_and_accounts_for_every_line(chunks: list[bytes]) -> None:
     value = b"\n".join(c.replace(b"\n", b" ") for c in chunks)
     out = parse_batch([rec(value, content_type=b"application/x-ndjson")], Limits(), NOW)
-    non_empty = sum(1 for c in value.strip().split(b"\n") if c.strip()) if value.strip() else 0
-    assert len(out.manifests) + len(out.rejections) == max(non_empty, 1 if not value.strip() else 0)
+    body = value.strip()
+    if body.startswith(BOM):  # a leading byte order mark is ignored (RFC 8259)
+        body = body[3:].lstrip()
+    non_empty = sum(1 for c in body.split(b"\n") if c.strip()) if body else 0
+    assert len(out.manifests) + len(out.rejections) == max(non_empty, 1 if not body else 0)
     assert all(r.path.startswith("$") and r.reason for r in out.rejections)
 
 
