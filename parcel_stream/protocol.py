@@ -1,0 +1,260 @@
+"""The evaluation protocol for learned targeting: test, then train, in time order.
+
+A feed is cut into periods of manifest time (``period_ms``, a day by default). In each
+period every parcel is scored with what was known when it arrived: the rule set, the
+reputation state, and the learned risk (``risk.py``) trained on the outcomes that had
+arrived by the period's start. Then, per hub, the examination capacity is spent: the
+riskiest parcels (by the model's probability, or by the rule score when the model is
+off), and a share of it (``exploration``) on parcels drawn at random from the rest. Each
+selection's probability is recorded. Outcomes come back ``outcome_delay_ms`` after the
+parcel's manifest time: in the ``selected`` loop only for the examined parcels (weighted
+by their inverse selection probability, clipped at ``ipw_clip``), in ``all`` for every
+parcel (a labelled history, weight 1).
+
+The figures: per period, the precision of the system's own examinations (the hit rate
+of what it chose to examine) and, where every label is known, the precision of its
+ranking at the capacity (top k% by score, whether examined or not).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from parcel_stream.currency import USD_PER_UNIT
+from parcel_stream.features import address_key
+from parcel_stream.feed import RawRecord
+from parcel_stream.parse import InRecord, Limits, parse_batch
+from parcel_stream.reputation import InMemoryStore
+from parcel_stream.risk import OnlineModel, ParcelKeys, RiskTable, parcel_keys
+from parcel_stream.rules import RuleSet
+from parcel_stream.step import run_sync
+
+F64 = npt.NDArray[np.float64]
+DAY_MS = 86_400_000
+Feedback = Literal["selected", "all"]
+SELECTED, RISK, EXPLORATION = 1, 1, 2
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    capacity_pct: float = 5.0
+    feedback: Feedback = "selected"
+    outcome_delay_ms: int = DAY_MS
+    period_ms: int = DAY_MS
+    model: bool = True  # False: rank by the rule score alone
+    exploration: float = 0.1  # share of the capacity spent at random
+    ipw: bool = True
+    ipw_clip: float = 5.0
+    half_life_ms: float = 180.0 * DAY_MS
+    prior: float = 10.0
+    learning_rate: float = 0.05
+    seed: int = 0
+    label: str = ""
+
+
+@dataclass
+class ProtocolRun:
+    """Per parcel, in feed order: what the run decided and what was true."""
+
+    config: ProtocolConfig
+    parcel_ids: list[str] = field(default_factory=list)
+    periods: list[int] = field(default_factory=list)
+    rule_scores: list[float] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    selected: list[int] = field(default_factory=list)  # 0 no, 1 risk, 2 exploration
+    propensity: list[float] = field(default_factory=list)
+    violation: list[bool] = field(default_factory=list)
+    model: OnlineModel | None = None
+    table: RiskTable | None = None
+    outcomes: int = 0
+    # with keep_features: each parcel's feature vector as scored, and every row trained on
+    features: dict[str, F64] | None = None
+    trained: list[tuple[str, F64]] | None = None
+
+    def score(self) -> list[float]:
+        return self.probabilities if self.config.model else self.rule_scores
+
+
+@dataclass(order=True)
+class _Pending:
+    at_ms: int
+    seq: int
+    parcel_id: str = field(compare=False)
+    keys: ParcelKeys = field(compare=False)
+    x: F64 = field(compare=False)
+    violation: bool = field(compare=False)
+    weight: float = field(compare=False)
+
+
+def _periods(records: Iterable[RawRecord], period_ms: int) -> Iterator[list[RawRecord]]:
+    """Consecutive runs of records in the same period of time (the feed is in order)."""
+    chunk: list[RawRecord] = []
+    current = None
+    for r in records:
+        p = r.ts_ms // period_ms
+        if current is not None and p != current and chunk:
+            yield chunk
+            chunk = []
+        current = p
+        chunk.append(r)
+    if chunk:
+        yield chunk
+
+
+def _select(
+    scores: F64, hubs: list[str], capacity: float, exploration: float, rng: random.Random
+) -> tuple[list[int], list[float]]:
+    """Per hub: the top of the capacity by score, a share of it at random from the rest.
+    Returns per parcel 0/RISK/EXPLORATION and the probability it had of being chosen."""
+    n = len(scores)
+    chosen, prob = [0] * n, [0.0] * n
+    by_hub: dict[str, list[int]] = {}
+    for i, h in enumerate(hubs):
+        by_hub.setdefault(h, []).append(i)
+    for idx in by_hub.values():
+        k = round(capacity * len(idx))
+        k_explore = min(round(exploration * k), k)
+        k_risk = k - k_explore
+        # ties broken at random, not by feed order
+        order = sorted(idx, key=lambda i: (-scores[i], rng.random()))
+        for i in order[:k_risk]:
+            chosen[i], prob[i] = RISK, 1.0
+        rest = order[k_risk:]
+        p_explore = k_explore / len(rest) if rest else 0.0
+        for i in rest:
+            prob[i] = p_explore
+        for i in rng.sample(rest, k_explore) if k_explore else []:
+            chosen[i] = EXPLORATION
+    return chosen, prob
+
+
+def run_protocol(
+    records: Iterable[RawRecord],
+    ruleset: RuleSet,
+    labels: dict[str, str | None],
+    config: ProtocolConfig,
+    limits: Limits | None = None,
+    keep_features: bool = False,
+) -> ProtocolRun:
+    limits = limits or Limits()
+    rng = random.Random(config.seed)
+    store = InMemoryStore()
+    table = RiskTable(half_life_ms=config.half_life_ms, prior=config.prior)
+    model = OnlineModel(learning_rate=config.learning_rate)
+    run = ProtocolRun(config, model=model, table=table)
+    if keep_features:
+        run.features, run.trained = {}, []
+    pending: list[_Pending] = []
+    seq = 0
+    offset = 0
+    for period, raw in enumerate(_periods(records, config.period_ms)):
+        start_ms = raw[0].ts_ms
+        _arrive(pending, start_ms, table, model, run)
+        recs: list[InRecord] = []
+        for r in raw:
+            rec = r.to_in_record()
+            rec.partition, rec.offset = 0, offset
+            offset += 1
+            recs.append(rec)
+        now_ms = max(r.ts_ms for r in raw)
+        result = run_sync(recs, store, ruleset, limits, now_ms, encode=False)
+        parsed = parse_batch(recs, limits, now_ms)
+        manifests = parsed.manifests
+        if [m.parcel_id for m in manifests] != result.parcel_ids:
+            raise RuntimeError("the protocol's parse and the batch step disagree")
+        keys, xs = [], []
+        for m, rule_score in zip(manifests, result.scores.tolist(), strict=True):
+            value = m.declared_value * USD_PER_UNIT[m.currency]
+            k = parcel_keys(m, address_key(m.consignee.address), value)
+            keys.append(k)
+            xs.append(table.features(k, rule_score, m.manifest_ts_ms))
+        x = np.array(xs) if xs else np.zeros((0, 0))
+        probs = model.predict(x) if len(xs) else np.zeros(0)
+        scores = probs if config.model else result.scores
+        explore = config.exploration if config.feedback == "selected" else 0.0
+        chosen, prob = _select(scores, [m.hub for m in manifests], config.capacity_pct / 100,
+                               explore, rng)  # fmt: skip
+        for i, m in enumerate(manifests):
+            truth = labels.get(m.parcel_id) is not None
+            run.parcel_ids.append(m.parcel_id)
+            run.periods.append(period)
+            run.rule_scores.append(float(result.scores[i]))
+            run.probabilities.append(float(probs[i]))
+            run.selected.append(chosen[i])
+            run.propensity.append(prob[i])
+            run.violation.append(truth)
+            if config.feedback == "all" or chosen[i]:
+                weight = 1.0
+                if config.feedback == "selected" and config.ipw and prob[i] > 0:
+                    weight = min(1.0 / prob[i], config.ipw_clip)
+                seq += 1
+                heapq.heappush(pending, _Pending(m.manifest_ts_ms + config.outcome_delay_ms,
+                                                 seq, m.parcel_id, keys[i], xs[i], truth,
+                                                 weight))  # fmt: skip
+            if run.features is not None:
+                run.features[m.parcel_id] = xs[i]
+    return run
+
+
+def _arrive(
+    pending: list[_Pending], now_ms: int, table: RiskTable, model: OnlineModel, run: ProtocolRun
+) -> None:
+    """Outcomes known by ``now_ms``: the model trains on each parcel's features as they
+    were when it was scored, then its keys' counts move."""
+    due: list[_Pending] = []
+    while pending and pending[0].at_ms <= now_ms:
+        due.append(heapq.heappop(pending))
+    if not due:
+        return
+    model.train(np.array([d.x for d in due]), np.array([float(d.violation) for d in due]),
+                np.array([d.weight for d in due]))  # fmt: skip
+    if run.trained is not None:
+        run.trained += [(d.parcel_id, d.x) for d in due]
+    for d in due:
+        table.update(d.keys.all_keys(), d.violation, d.weight, d.at_ms)
+    run.outcomes += len(due)
+
+
+@dataclass(frozen=True)
+class PeriodFigures:
+    period: int
+    parcels: int
+    examined: int
+    hits: int  # violations among the examined
+    ranked_hits: int  # violations in the top capacity by score (every label known)
+    ranked: int
+
+
+def figures(run: ProtocolRun) -> list[PeriodFigures]:
+    out = []
+    score = run.score()
+    cap = run.config.capacity_pct / 100
+    by_period: dict[int, list[int]] = {}
+    for i, p in enumerate(run.periods):
+        by_period.setdefault(p, []).append(i)
+    for p, idx in sorted(by_period.items()):
+        examined = [i for i in idx if run.selected[i]]
+        k = max(1, round(cap * len(idx)))
+        top = sorted(idx, key=lambda i: -score[i])[:k]
+        out.append(PeriodFigures(
+            p, len(idx), len(examined), sum(run.violation[i] for i in examined),
+            sum(run.violation[i] for i in top), len(top),
+        ))  # fmt: skip
+    return out
+
+
+def last_share(figs: list[PeriodFigures], share: float = 1 / 3) -> tuple[float, float]:
+    """Over the last ``share`` of the periods: (hit rate of the examinations, precision of
+    the ranking at the capacity)."""
+    tail = figs[-max(1, round(len(figs) * share)) :]
+    examined = sum(f.examined for f in tail)
+    ranked = sum(f.ranked for f in tail)
+    return (sum(f.hits for f in tail) / examined if examined else 0.0,
+            sum(f.ranked_hits for f in tail) / ranked if ranked else 0.0)  # fmt: skip

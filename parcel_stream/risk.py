@@ -1,0 +1,270 @@
+"""Learned risk: violation rates learned from examination outcomes, per key of a parcel,
+combined by an online logistic model.
+
+**Keys.** Each parcel has keys of several kinds (``KINDS``): its HS codes at 6, 4 and 2
+digits, its origin and departure countries, crosses of them (HS6 x origin, HS6 x origin x
+departure, origin x HS4, HS6 x value band, HS6 x weight band), its carrier, hub,
+declarant, entry type, transport mode, shipper, seller, marketplace, consignee address
+(the hashed key, never the address) and each of its ``attributes``.
+
+**Rates.** For every key the table keeps decayed counts of examinations and violations
+(halved every ``half_life_ms`` of manifest time), weighted by each outcome's inverse
+selection probability. A key's violation rate is smoothed toward its parent's: HS6 toward
+its HS4, HS4 toward its HS2, a cross toward its HS6, everything else toward the global
+rate: ``(violations + m * parent) / (examinations + m)``. An unseen key therefore reads as
+its parent, and a key's own record takes over as it is examined.
+
+**Features.** One per kind group: the log-odds of the parcel's rate minus the global
+log-odds (0 = no evidence); where a parcel has several keys of a kind (items, attributes)
+the highest. Then the rule set's score / 100, so the rules are a feature like the others.
+
+**Model.** Logistic regression on those features, trained by SGD on each outcome with its
+weight, L2 toward zero; the intercept starts at the global log-odds.
+
+**Point in time.** A parcel's features are computed when it is scored and kept with it;
+when its outcome arrives it trains the model on those features (never on later
+knowledge), and only then are its keys' counts updated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from parcel_stream.model import Manifest
+
+F64 = npt.NDArray[np.float64]
+DAY_MS = 86_400_000
+
+# Feature groups, in the order of the feature vector (after the intercept).
+GROUPS: tuple[str, ...] = (
+    "hs", "hs6_origin", "hs6_origin_departure", "origin_hs4", "hs6_value", "hs6_weight",
+    "origin", "departure", "carrier", "hub", "declarant", "entry_type", "transport_mode",
+    "shipper", "seller", "marketplace", "address", "attribute",
+)  # fmt: skip
+N_FEATURES = 1 + len(GROUPS) + 1  # intercept, groups, rule score
+FEATURE_NAMES: tuple[str, ...] = ("intercept", *GROUPS, "rule_score")
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _hs_digits(code: str) -> str:
+    return "".join(c for c in code if c.isdigit())
+
+
+def _band(x: float) -> int:
+    """A log2 band: 0 for x < 1, then 1, 2, 3 ... for each doubling."""
+    return 0 if x < 1 else int(math.log2(x)) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ParcelKeys:
+    """The keys of one parcel: per group, the (key, parent key or "") pairs."""
+
+    groups: tuple[tuple[tuple[str, str], ...], ...]
+
+    def all_keys(self) -> list[str]:
+        """Every key whose counts an outcome of this parcel updates (parents included)."""
+        out: list[str] = []
+        for pairs in self.groups:
+            for key, parent in pairs:
+                out.append(key)
+                if parent:
+                    out.append(parent)
+        return list(dict.fromkeys(out))
+
+
+def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
+    """The parcel's keys by group (``GROUPS``); an HS key's parent is the next coarser HS
+    level, a cross's parent its HS6 key (so unseen crosses read as their HS6)."""
+    origin = m.origin_country
+    departure = m.transit_countries[-1] if m.transit_countries else origin
+    vband, wband = _band(value_usd), _band(m.gross_weight_kg * 10)
+    hs: list[tuple[str, str]] = []
+    cross: dict[str, list[tuple[str, str]]] = {
+        "hs6_origin": [], "hs6_origin_departure": [], "origin_hs4": [], "hs6_value": [],
+        "hs6_weight": [],
+    }  # fmt: skip
+    for item in m.items:
+        d = _hs_digits(item.hs_code)
+        if len(d) < 4:
+            continue
+        h6, h4, h2 = f"hs6:{d[:6]}", f"hs4:{d[:4]}", f"hs2:{d[:2]}"
+        io = item.origin_country or origin
+        if len(d) >= 6:
+            hs.append((h6, h4))
+        hs.append((h4, h2))
+        hs.append((h2, ""))
+        base = h6 if len(d) >= 6 else h4
+        cross["hs6_origin"].append((f"{base}|o:{io}", base))
+        cross["hs6_origin_departure"].append((f"{base}|o:{io}|d:{departure}", f"{base}|o:{io}"))
+        cross["origin_hs4"].append((f"o:{io}|{h4}", h4))
+        cross["hs6_value"].append((f"{base}|v:{vband}", base))
+        cross["hs6_weight"].append((f"{base}|w:{wband}", base))
+    seller = m.seller
+    singles = {
+        "origin": f"origin:{origin}",
+        "departure": f"departure:{departure}",
+        "carrier": f"carrier:{m.carrier}",
+        "hub": f"hub:{m.hub}",
+        "declarant": f"declarant:{m.declarant}" if m.declarant else "",
+        "entry_type": f"entry:{m.entry_type}" if m.entry_type else "",
+        "transport_mode": f"mode:{m.transport_mode}" if m.transport_mode else "",
+        "shipper": f"shipper:{m.shipper.id}",
+        "seller": f"seller:{seller.id}@{seller.marketplace}" if seller else "",
+        "marketplace": f"market:{seller.marketplace}" if seller and seller.marketplace else "",
+        "address": f"addr:{address}" if address else "",
+    }
+    groups: list[tuple[tuple[str, str], ...]] = []
+    for g in GROUPS:
+        if g == "hs":
+            groups.append(tuple(dict.fromkeys(hs)))
+        elif g in cross:
+            groups.append(tuple(dict.fromkeys(cross[g])))
+        elif g == "attribute":
+            groups.append(tuple((f"attr:{k}={v}", "") for k, v in sorted(m.attributes.items())))
+        else:
+            key = singles[g]
+            groups.append(((key, ""),) if key else ())
+    return ParcelKeys(tuple(groups))
+
+
+@dataclass
+class RiskTable:
+    """Decayed, weighted examination and violation counts per key (see the module)."""
+
+    half_life_ms: float = 180.0 * DAY_MS
+    prior: float = 10.0  # the weight of the parent's rate, in examinations
+    counts: dict[str, list[float]] = field(default_factory=dict)  # key -> [n, v, t]
+    total: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+    def _decayed(self, row: list[float], now_ms: float) -> tuple[float, float]:
+        if row[2] <= 0 or now_ms <= row[2]:
+            return row[0], row[1]
+        f = 2.0 ** (-(now_ms - row[2]) / self.half_life_ms)
+        return row[0] * f, row[1] * f
+
+    def global_rate(self, now_ms: float) -> float:
+        n, v = self._decayed(self.total, now_ms)
+        return (v + 1.0) / (n + 2.0)  # a Laplace prior before any outcome
+
+    def rate(self, key: str, parent_rate: float, now_ms: float) -> tuple[float, float]:
+        """(smoothed rate, examinations) of ``key``."""
+        row = self.counts.get(key)
+        if row is None:
+            return parent_rate, 0.0
+        n, v = self._decayed(row, now_ms)
+        return (v + self.prior * parent_rate) / (n + self.prior), n
+
+    def _add(self, row: list[float], weight: float, y: float, at_ms: float) -> None:
+        n, v = self._decayed(row, at_ms)
+        row[0], row[1], row[2] = n + weight, v + weight * y, max(row[2], at_ms)
+
+    def update(self, keys: Sequence[str], violation: bool, weight: float, at_ms: float) -> None:
+        y = 1.0 if violation else 0.0
+        self._add(self.total, weight, y, at_ms)
+        for key in keys:
+            row = self.counts.get(key)
+            if row is None:
+                row = self.counts[key] = [0.0, 0.0, 0.0]
+            self._add(row, weight, y, at_ms)
+
+    def features(self, keys: ParcelKeys, rule_score: float, now_ms: float) -> F64:
+        """The parcel's feature vector (``FEATURE_NAMES``) as of ``now_ms``."""
+        g_rate = self.global_rate(now_ms)
+        g_logit = _logit(g_rate)
+        x = np.zeros(N_FEATURES)
+        x[0] = 1.0
+        cache: dict[str, float] = {}
+
+        def rate_of(key: str, parent: str) -> float:
+            got = cache.get(key)
+            if got is not None:
+                return got
+            if parent:
+                grand = parent.rsplit("|", 1)[0] if "|" in parent else _hs_parent(parent)
+                parent_rate = rate_of(parent, grand)
+            else:
+                parent_rate = g_rate
+            got = self.rate(key, parent_rate, now_ms)[0]
+            cache[key] = got
+            return got
+
+        for j, pairs in enumerate(keys.groups):
+            if pairs:  # the riskiest key of the group
+                x[1 + j] = max(_logit(rate_of(key, parent)) for key, parent in pairs) - g_logit
+        x[-1] = rule_score / 100.0
+        return x
+
+    def strongest(
+        self, n: int, now_ms: float, min_exams: float = 5.0
+    ) -> list[tuple[str, float, float]]:
+        """The ``n`` keys whose rate is furthest above the global one: (key, rate, exams)."""
+        g = self.global_rate(now_ms)
+        rows = []
+        for key, row in self.counts.items():
+            ex, v = self._decayed(row, now_ms)
+            if ex >= min_exams:
+                rows.append((key, (v + self.prior * g) / (ex + self.prior), ex))
+        rows.sort(key=lambda r: -r[1])
+        return rows[:n]
+
+
+def _hs_parent(key: str) -> str:
+    """hs6:xxxxxx -> hs4:xxxx -> hs2:xx -> ''; other single keys have no parent."""
+    if key.startswith("hs6:"):
+        return "hs4:" + key[4:8]
+    if key.startswith("hs4:"):
+        return "hs2:" + key[4:6]
+    return ""
+
+
+@njit(cache=True)
+def _sgd(theta: F64, x: F64, y: F64, w: F64, lr: float, l2: float) -> None:  # pragma: no cover
+    for i in range(x.shape[0]):
+        z = 0.0
+        for k in range(theta.shape[0]):
+            z += theta[k] * x[i, k]
+        p = 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
+        g = w[i] * (y[i] - p)
+        for k in range(theta.shape[0]):
+            reg = l2 * theta[k] if k > 0 else 0.0
+            theta[k] += lr * (g * x[i, k] - reg)
+
+
+@dataclass
+class OnlineModel:
+    """Logistic regression over ``FEATURE_NAMES``, trained online by SGD."""
+
+    learning_rate: float = 0.05
+    l2: float = 1e-4
+    theta: F64 = field(default_factory=lambda: np.zeros(N_FEATURES))
+    trained: int = 0  # outcomes seen
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.theta.any():  # start as the rates themselves: one weight each
+            self.theta[1:-1] = 1.0 / len(GROUPS)
+
+    def predict(self, x: F64) -> F64:
+        z = np.clip(x @ self.theta, -30.0, 30.0)
+        out: F64 = 1.0 / (1.0 + np.exp(-z))
+        return out
+
+    def train(self, x: F64, y: F64, w: F64) -> None:
+        if len(y):
+            _sgd(self.theta, np.ascontiguousarray(x), y.astype(np.float64),
+                 w.astype(np.float64), self.learning_rate, self.l2)  # fmt: skip
+            self.trained += len(y)
+            self.version += 1
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(FEATURE_NAMES, self.theta.tolist(), strict=True))

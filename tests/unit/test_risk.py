@@ -1,0 +1,148 @@
+"""Learned risk (risk.py) and the test-then-train protocol (protocol.py)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import orjson
+
+from parcel_stream.feed import RawRecord
+from parcel_stream.generate import FeedConfig, generate
+from parcel_stream.model import Manifest
+from parcel_stream.protocol import ProtocolConfig, _select, figures, last_share, run_protocol
+from parcel_stream.risk import (
+    DAY_MS,
+    FEATURE_NAMES,
+    GROUPS,
+    OnlineModel,
+    RiskTable,
+    _logit,
+    parcel_keys,
+)
+from parcel_stream.rules import default_ruleset
+from parcel_stream.settings import Settings
+from tests.unit.samples import manifest
+
+RS = default_ruleset(Settings())
+T0 = 1_790_000_000_000
+
+
+def parcel(**changes: object) -> Manifest:
+    import msgspec
+
+    return msgspec.convert(manifest(**changes), Manifest)
+
+
+def test_keys_cover_codes_crosses_parties_and_attributes() -> None:
+    m = parcel(declarant="BRK1", transport_mode="air", attributes={"office": "2720"},
+               transit_countries=["HK"])  # fmt: skip
+    keys = parcel_keys(m, "a1b2", 40.0)
+    by_group = dict(zip(GROUPS, keys.groups, strict=True))
+    assert by_group["declarant"] == (("declarant:BRK1", ""),)
+    assert by_group["transport_mode"] == (("mode:air", ""),)
+    assert by_group["attribute"] == (("attr:office=2720", ""),)
+    assert by_group["departure"] == (("departure:HK", ""),)
+    assert by_group["address"] == (("addr:a1b2", ""),)
+    assert by_group["entry_type"] == ()  # not declared: no key
+    hs6 = [k for k, _p in by_group["hs"] if k.startswith("hs6:")]
+    assert hs6 and all(p.startswith("hs4:") for k, p in by_group["hs"] if k.startswith("hs6:"))
+    assert all("|d:HK" in k for k, _p in by_group["hs6_origin_departure"])
+
+
+def test_rates_back_off_to_the_parent_and_learn_from_examinations() -> None:
+    table = RiskTable(prior=10.0)
+    for i in range(200):  # the world: 10 % violations
+        table.update(["hs2:61", "hs4:6109"], i % 10 == 0, 1.0, T0)
+    g = table.global_rate(T0)
+    hs2 = table.rate("hs2:61", g, T0)[0]
+    assert abs(hs2 - 0.1) < 0.01
+    unseen, n = table.rate("hs6:610910", hs2, T0)
+    assert unseen == hs2 and n == 0  # an unseen code reads as its parent
+    for _ in range(50):  # this code: every examination a violation
+        table.update(["hs6:610910"], True, 1.0, T0)
+    learned = table.rate("hs6:610910", hs2, T0)[0]
+    assert learned > 0.8
+    # and it fades: a year later the counts weigh a quarter (half-life 180 days)
+    later = table.rate("hs6:610910", hs2, T0 + 365 * DAY_MS)[0]
+    assert hs2 < later < learned
+
+
+def test_features_are_deviations_from_the_global_rate() -> None:
+    table = RiskTable()
+    m = parcel(declarant="BRK1")
+    keys = parcel_keys(m, "a1", 40.0)
+    x0 = table.features(keys, 30.0, T0)
+    assert x0[0] == 1.0 and x0[-1] == 0.3 and not x0[1:-1].any()  # nothing known yet
+    for i in range(100):
+        table.update([f"declarant:OTHER{i}"], False, 1.0, T0)
+        table.update(["declarant:BRK1"], i % 2 == 0, 1.0, T0)
+    x1 = table.features(keys, 30.0, T0)
+    j = 1 + GROUPS.index("declarant")
+    assert x1[j] > 0.9  # about half violations against a quarter overall
+    assert abs(x1[j] - (_logit(table.rate("declarant:BRK1", table.global_rate(T0), T0)[0])
+                        - _logit(table.global_rate(T0)))) < 1e-12  # fmt: skip
+
+
+def test_the_model_learns_which_feature_predicts() -> None:
+    rng = np.random.default_rng(1)
+    x = np.zeros((4000, len(FEATURE_NAMES)))
+    x[:, 0] = 1.0
+    x[:, 1:-1] = rng.normal(0, 1, (4000, len(GROUPS)))
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(2.0 * x[:, 3] - 2.0)))).astype(float)
+    model = OnlineModel(learning_rate=0.05)
+    model.train(x, y, np.ones(4000))
+    w = model.weights()
+    assert w[FEATURE_NAMES[3]] > 1.0 and abs(w[FEATURE_NAMES[5]]) < 0.3
+    assert model.trained == 4000
+
+
+def test_selection_spends_the_capacity_per_hub_and_records_probabilities() -> None:
+    rng = random.Random(3)
+    scores = np.array([float(i) for i in range(200)])
+    hubs = ["A"] * 100 + ["B"] * 100
+    chosen, prob = _select(scores, hubs, 0.1, 0.2, rng)
+    for hub in ("A", "B"):
+        idx = [i for i, h in enumerate(hubs) if h == hub]
+        assert sum(1 for i in idx if chosen[i]) == 10
+        assert sum(1 for i in idx if chosen[i] == 1) == 8  # the riskiest 8
+        assert all(prob[i] == 1.0 for i in sorted(idx, key=lambda i: -scores[i])[:8])
+        explored = [i for i in idx if chosen[i] == 2]
+        assert len(explored) == 2 and all(abs(prob[i] - 2 / 92) < 1e-12 for i in explored)
+
+
+def _feed(n: int, days: float) -> tuple[list[RawRecord], dict[str, str | None]]:
+    recs, labels = [], {}
+    cfg = FeedConfig(parcels=n, seed=4, duration_s=days * 86_400.0)
+    for i, (doc, label) in enumerate(generate(cfg)):
+        recs.append(RawRecord(doc["manifest_ts_ms"], "m", 0, i, None, orjson.dumps(doc)))
+        labels[doc["parcel_id"]] = label
+    return recs, labels
+
+
+def test_outcomes_train_on_the_features_their_parcel_was_scored_with() -> None:
+    """Train-serve parity: every row the model trains on is the parcel's feature vector
+    at scoring time, and arrives only after the outcome delay."""
+    recs, labels = _feed(3000, 4)
+    cfg = ProtocolConfig(capacity_pct=5, feedback="all", outcome_delay_ms=DAY_MS)
+    run = run_protocol(recs, RS, labels, cfg, keep_features=True)
+    assert run.features is not None and run.trained is not None and run.trained
+    for pid, x in run.trained:
+        assert np.array_equal(x, run.features[pid])
+    # the features did move as outcomes arrived: later parcels saw learned rates
+    xs = np.array(list(run.features.values()))
+    assert np.abs(xs[:, 1:-1]).sum() > 0
+    first_day = [x for pid, x in run.features.items()
+                 if run.periods[run.parcel_ids.index(pid)] == 0]  # fmt: skip
+    assert not np.abs(np.array(first_day)[:, 1:-1]).any()  # nothing known on day one
+
+
+def test_the_closed_loop_runs_and_reports_per_period() -> None:
+    recs, labels = _feed(3000, 4)
+    run = run_protocol(recs, RS, labels, ProtocolConfig(capacity_pct=5))
+    figs = figures(run)
+    assert len(figs) >= 4 and sum(f.parcels for f in figs) == len(run.parcel_ids)
+    assert all(abs(f.examined - 0.05 * f.parcels) <= 0.05 * f.parcels * 0.5 + 4 for f in figs)
+    hit_rate, ranking = last_share(figs)
+    assert 0.0 <= hit_rate <= 1.0 and 0.0 <= ranking <= 1.0
+    assert run.outcomes <= sum(1 for s in run.selected if s)
