@@ -48,6 +48,9 @@ GROUPS: tuple[str, ...] = (
     "shipper", "seller", "marketplace", "address", "attribute",
 )  # fmt: skip
 N_FEATURES = 1 + len(GROUPS) + 1  # intercept, groups, rule score
+# The rule score's starting weight: 100 points of rules are 4 log-odds (x 55) before any
+# outcome is known; the outcomes then set it.
+RULE_PRIOR = 4.0
 FEATURE_NAMES: tuple[str, ...] = ("intercept", *GROUPS, "rule_score")
 
 
@@ -251,8 +254,9 @@ class OnlineModel:
     version: int = 0
 
     def __post_init__(self) -> None:
-        if not self.theta.any():  # start as the rates themselves: one weight each
+        if not self.theta.any():  # a prior: the rates count a little each, the rules a lot
             self.theta[1:-1] = 1.0 / len(GROUPS)
+            self.theta[-1] = RULE_PRIOR
 
     def predict(self, x: F64) -> F64:
         z = np.clip(x @ self.theta, -30.0, 30.0)

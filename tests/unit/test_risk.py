@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -146,3 +147,27 @@ def test_the_closed_loop_runs_and_reports_per_period() -> None:
     hit_rate, ranking = last_share(figs)
     assert 0.0 <= hit_rate <= 1.0 and 0.0 <= ranking <= 1.0
     assert run.outcomes <= sum(1 for s in run.selected if s)
+
+
+def test_hidden_risk_adds_fields_and_labels_the_rules_do_not_see() -> None:
+    from parcel_stream.hidden_risk import with_hidden_risk
+
+    cfg = FeedConfig(parcels=6000, seed=5, duration_s=4 * 86_400.0)
+    plain = list(generate(cfg))
+    hidden = list(with_hidden_risk(generate(cfg), cfg))
+    assert len(hidden) == len(plain)
+    kinds = {label for _doc, label in hidden if label}
+    assert {"hidden_hs_origin", "risky_declarant"} <= kinds
+    for (doc, label), (orig, orig_label) in zip(hidden, plain, strict=True):
+        assert doc["declarant"].startswith("BRK") and doc["transport_mode"] in ("air", "postal")
+        assert set(doc["attributes"]) == {"platform", "payment"}
+        msgspec.convert(doc, Manifest)  # valid against the contract
+        if orig_label:  # the generator's own labels stay
+            assert label == orig_label
+        # hidden risk changes no value, weight, party or code the rules read
+        assert {k: v for k, v in doc.items() if k not in HIDDEN_FIELDS} == orig
+    again = list(with_hidden_risk(generate(cfg), cfg))
+    assert again == hidden  # deterministic per seed
+
+
+HIDDEN_FIELDS = ("declarant", "transport_mode", "entry_type", "attributes")
