@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from parcel_stream.cli.common import percent, positive_int
 from parcel_stream.cli.errors import UsageError
+from parcel_stream.cli.protocol_cmds import add_protocol_args, cmd_protocol
 from parcel_stream.cli.state_cmds import render_learner
 from parcel_stream.settings import Settings
 
@@ -38,7 +39,12 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     out = sys.stdout.buffer if args.out == "-" else open_out(args.out)
     labels = open_out(args.labels) if args.labels else None
     try:
-        for n, (doc, label) in enumerate(generate(cfg)):
+        pairs = generate(cfg)
+        if args.hidden_risk:
+            from parcel_stream.hidden_risk import with_hidden_risk
+
+            pairs = with_hidden_risk(pairs, cfg)
+        for n, (doc, label) in enumerate(pairs):
             line = orjson.dumps(doc)
             if args.format == "feed":
                 key = doc["shipper"]["id"].encode()
@@ -104,6 +110,8 @@ def _require_plots() -> None:
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    if args.feedback:
+        return cmd_protocol(args, settings)
     from parcel_stream.backtest import evaluate, render_markdown, run_backtest
     from parcel_stream.feed import FeedError, read_feed
     from parcel_stream.kernels import warm_up
@@ -220,6 +228,11 @@ def add_generate(sub: Subcommands) -> None:
     g.add_argument("--shippers", type=positive_int, default=2000, help="distinct shippers")
     g.add_argument("--days", type=float, default=1.0, help="time span of the feed in days")
     g.add_argument(
+        "--hidden-risk", action="store_true",
+        help="add declarants, modes, attributes and risk the default rules do not encode "
+        "(for the learned model; see docs/learning.md)",
+    )  # fmt: skip
+    g.add_argument(
         "--format",
         choices=["manifests", "feed"],
         default="manifests",
@@ -270,4 +283,5 @@ def add_backtest(sub: Subcommands) -> None:
     bt.add_argument(
         "--store", choices=["memory", "redis"], default="memory", help="reputation store"
     )
+    add_protocol_args(bt)
     bt.set_defaults(func=cmd_backtest)

@@ -2,6 +2,7 @@ import argparse
 import subprocess
 import sys
 
+import orjson
 import pytest
 
 from parcel_stream.adapters import devstack
@@ -43,6 +44,23 @@ def test_generate_writes_feed_and_labels(tmp_path) -> None:  # type: ignore[no-u
     assert len(feed.read_bytes().splitlines()) == 50 == len(labels.read_bytes().splitlines())
 
 
+def test_the_protocol_backtest_reports_and_writes_scores(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    feed, labels, scores = tmp_path / "f.ndjson", tmp_path / "l.ndjson", tmp_path / "s.ndjson"
+    assert main(["generate", "--parcels", "3000", "--days", "3", "--hidden-risk",
+                 "--out", str(feed), "--labels", str(labels)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["backtest", str(feed), "--labels", str(labels), "--feedback", "all",
+                 "--outcome-delay", "12h", "--capacity-pct", "5", "--compare-model",
+                 "--scores-out", str(scores)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| rules alone |" in out and "| model, no exploration |" in out
+    rows = [orjson.loads(x) for x in scores.read_bytes().splitlines()]
+    assert len(rows) == 3000 and {"probability", "selection_probability", "lane"} <= set(rows[0])
+    assert sum(r["lane"] == "hold" for r in rows) in range(120, 180)  # 5 % per hub and day
+    assert main(["backtest", str(feed), "--feedback", "selected"]) == 2  # needs --labels
+    assert "--labels" in capsys.readouterr().err
+
+
 def test_missing_redis_server_is_a_clear_error(monkeypatch, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(devstack.DevStackError, match="apt-get install redis-server"):
@@ -58,6 +76,9 @@ def test_missing_redis_server_is_a_clear_error(monkeypatch, capsys, tmp_path) ->
         ["replay", "feed.ndjson", "--as", "sideways"],
         ["record", "--out", "x.ndjson", "--until", "tomorrow"],
         ["backtest", "feed.ndjson", "--capacity-pct", "0"],
+        ["backtest", "feed.ndjson", "--feedback", "selected", "--outcome-delay", "soon"],
+        ["backtest", "feed.ndjson", "--feedback", "some"],
+        ["backtest", "feed.ndjson", "--feedback", "all", "--exploration", "2"],
         ["generate", "--parcels", "many"],
         ["demo", "--batch-size", "0"],
         ["dev", "sideways"],
