@@ -258,3 +258,16 @@ def last_share(figs: list[PeriodFigures], share: float = 1 / 3) -> tuple[float, 
     ranked = sum(f.ranked for f in tail)
     return (sum(f.hits for f in tail) / examined if examined else 0.0,
             sum(f.ranked_hits for f in tail) / ranked if ranked else 0.0)  # fmt: skip
+
+
+def calibration(run: ProtocolRun, share: float = 1 / 3) -> tuple[float, float, float]:
+    """Over the last ``share`` of the periods: the mean probability, the share of
+    violations, and the Brier score of the probabilities (every parcel, labels known)."""
+    last = max(run.periods, default=0)
+    first = last - max(1, round((last + 1) * share)) + 1
+    idx = [i for i, p in enumerate(run.periods) if p >= first]
+    if not idx:
+        return 0.0, 0.0, 0.0
+    p = np.array([run.probabilities[i] for i in idx])
+    y = np.array([float(run.violation[i]) for i in idx])
+    return float(p.mean()), float(y.mean()), float(((p - y) ** 2).mean())

@@ -14,12 +14,15 @@ its HS4, HS4 toward its HS2, a cross toward its HS6, everything else toward the 
 rate: ``(violations + m * parent) / (examinations + m)``. An unseen key therefore reads as
 its parent, and a key's own record takes over as it is examined.
 
-**Features.** One per kind group: the log-odds of the parcel's rate minus the global
-log-odds (0 = no evidence); where a parcel has several keys of a kind (items, attributes)
-the highest. Then the rule set's score / 100, so the rules are a feature like the others.
+**Features.** The global log-odds; then one per kind group: the log-odds of the parcel's
+rate minus the global log-odds (0 = no evidence), where a parcel has several keys of a
+kind (items, attributes) the highest; then the rule set's score against the mean score of
+the parcels scored before it, / 100, so the rules are a feature like the others.
 
 **Model.** Logistic regression on those features, trained by SGD on each outcome with its
-weight, L2 toward zero; the intercept starts at the global log-odds.
+weight, L2 toward zero. It starts as the base rate (weight 1 on the global log-odds), a
+little of each learned rate and the rule score as a prior, so its probabilities start near
+the base rate and are calibrated by the outcomes.
 
 **Point in time.** A parcel's features are computed when it is scored and kept with it;
 when its outcome arrives it trains the model on those features (never on later
@@ -47,11 +50,12 @@ GROUPS: tuple[str, ...] = (
     "origin", "departure", "carrier", "hub", "declarant", "entry_type", "transport_mode",
     "shipper", "seller", "marketplace", "address", "attribute",
 )  # fmt: skip
-N_FEATURES = 1 + len(GROUPS) + 1  # intercept, groups, rule score
+N_FEATURES = 2 + len(GROUPS) + 1  # intercept, global log-odds, groups, rule score
 # The rule score's starting weight: 100 points of rules are 4 log-odds (x 55) before any
 # outcome is known; the outcomes then set it.
 RULE_PRIOR = 4.0
-FEATURE_NAMES: tuple[str, ...] = ("intercept", *GROUPS, "rule_score")
+FEATURE_NAMES: tuple[str, ...] = ("intercept", "global", *GROUPS, "rule_score")
+FIRST_GROUP = 2
 
 
 def _logit(p: float) -> float:
@@ -148,6 +152,8 @@ class RiskTable:
     prior: float = 10.0  # the weight of the parent's rate, in examinations
     counts: dict[str, list[float]] = field(default_factory=dict)  # key -> [n, v, t]
     total: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    scored: int = 0  # parcels scored, and the mean of their rule scores
+    score_mean: float = 0.0
 
     def _decayed(self, row: list[float], now_ms: float) -> tuple[float, float]:
         if row[2] <= 0 or now_ms <= row[2]:
@@ -185,7 +191,7 @@ class RiskTable:
         g_rate = self.global_rate(now_ms)
         g_logit = _logit(g_rate)
         x = np.zeros(N_FEATURES)
-        x[0] = 1.0
+        x[0], x[1] = 1.0, g_logit
         cache: dict[str, float] = {}
 
         def rate_of(key: str, parent: str) -> float:
@@ -203,8 +209,13 @@ class RiskTable:
 
         for j, pairs in enumerate(keys.groups):
             if pairs:  # the riskiest key of the group
-                x[1 + j] = max(_logit(rate_of(key, parent)) for key, parent in pairs) - g_logit
-        x[-1] = rule_score / 100.0
+                x[FIRST_GROUP + j] = (
+                    max(_logit(rate_of(key, parent)) for key, parent in pairs) - g_logit
+                )
+        # the rule score against the mean of the parcels scored before this one
+        x[-1] = (rule_score - self.score_mean) / 100.0
+        self.scored += 1
+        self.score_mean += (rule_score - self.score_mean) / self.scored
         return x
 
     def strongest(
@@ -254,8 +265,9 @@ class OnlineModel:
     version: int = 0
 
     def __post_init__(self) -> None:
-        if not self.theta.any():  # a prior: the rates count a little each, the rules a lot
-            self.theta[1:-1] = 1.0 / len(GROUPS)
+        if not self.theta.any():  # a prior: the base rate, the rates a little each, the rules
+            self.theta[1] = 1.0  # a lot; the outcomes set the rest
+            self.theta[FIRST_GROUP:-1] = 1.0 / len(GROUPS)
             self.theta[-1] = RULE_PRIOR
 
     def predict(self, x: F64) -> F64:

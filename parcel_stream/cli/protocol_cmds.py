@@ -120,7 +120,7 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def report(runs: list[ProtocolRun], figs: list[list[PeriodFigures]]) -> str:
-    from parcel_stream.protocol import last_share
+    from parcel_stream.protocol import calibration, last_share
 
     cfg = runs[0].config
     lines = [
@@ -130,13 +130,16 @@ def report(runs: list[ProtocolRun], figs: list[list[PeriodFigures]]) -> str:
         f"clipped at {cfg.ipw_clip:g}.",
         "",
         "| run | examined | outcomes | hit rate of its examinations, last third | "
-        "precision of its ranking at capacity, last third |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "precision of its ranking at capacity, last third | mean probability / violation "
+        "share / Brier, last third |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for run, f in zip(runs, figs, strict=True):
         hit, rank = last_share(f)
+        mean_p, rate, brier = calibration(run)
+        calib = f"{mean_p:.3f} / {rate:.3f} / {brier:.3f}" if run.config.model else "–"
         lines.append(f"| {run.config.label} | {sum(x.examined for x in f):,} | "
-                     f"{run.outcomes:,} | {hit:.3f} | {rank:.3f} |")  # fmt: skip
+                     f"{run.outcomes:,} | {hit:.3f} | {rank:.3f} | {calib} |")  # fmt: skip
     lines += ["", "Learning curve (hit rate of the examinations per period):", "",
               "| period | " + " | ".join(r.config.label for r in runs) + " |",
               "| ---: | " + " | ".join("---:" for _ in runs) + " |"]  # fmt: skip

@@ -15,6 +15,7 @@ from parcel_stream.protocol import ProtocolConfig, _select, figures, last_share,
 from parcel_stream.risk import (
     DAY_MS,
     FEATURE_NAMES,
+    FIRST_GROUP,
     GROUPS,
     OnlineModel,
     RiskTable,
@@ -75,11 +76,13 @@ def test_features_are_deviations_from_the_global_rate() -> None:
     keys = parcel_keys(m, "a1", 40.0)
     x0 = table.features(keys, 30.0, T0)
     assert x0[0] == 1.0 and x0[-1] == 0.3 and not x0[1:-1].any()  # nothing known yet
+    assert table.features(keys, 50.0, T0)[-1] == 0.2  # against the mean score before it
     for i in range(100):
         table.update([f"declarant:OTHER{i}"], False, 1.0, T0)
         table.update(["declarant:BRK1"], i % 2 == 0, 1.0, T0)
     x1 = table.features(keys, 30.0, T0)
-    j = 1 + GROUPS.index("declarant")
+    assert x1[1] == _logit(table.global_rate(T0))
+    j = FIRST_GROUP + GROUPS.index("declarant")
     assert x1[j] > 0.9  # about half violations against a quarter overall
     assert abs(x1[j] - (_logit(table.rate("declarant:BRK1", table.global_rate(T0), T0)[0])
                         - _logit(table.global_rate(T0)))) < 1e-12  # fmt: skip
@@ -89,12 +92,12 @@ def test_the_model_learns_which_feature_predicts() -> None:
     rng = np.random.default_rng(1)
     x = np.zeros((4000, len(FEATURE_NAMES)))
     x[:, 0] = 1.0
-    x[:, 1:-1] = rng.normal(0, 1, (4000, len(GROUPS)))
-    y = (rng.random(4000) < 1 / (1 + np.exp(-(2.0 * x[:, 3] - 2.0)))).astype(float)
+    x[:, FIRST_GROUP:-1] = rng.normal(0, 1, (4000, len(GROUPS)))
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(2.0 * x[:, 4] - 2.0)))).astype(float)
     model = OnlineModel(learning_rate=0.05)
     model.train(x, y, np.ones(4000))
     w = model.weights()
-    assert w[FEATURE_NAMES[3]] > 1.0 and abs(w[FEATURE_NAMES[5]]) < 0.3
+    assert w[FEATURE_NAMES[4]] > 1.0 and abs(w[FEATURE_NAMES[6]]) < 0.3
     assert model.trained == 4000
 
 
@@ -132,10 +135,10 @@ def test_outcomes_train_on_the_features_their_parcel_was_scored_with() -> None:
         assert np.array_equal(x, run.features[pid])
     # the features did move as outcomes arrived: later parcels saw learned rates
     xs = np.array(list(run.features.values()))
-    assert np.abs(xs[:, 1:-1]).sum() > 0
+    assert np.abs(xs[:, FIRST_GROUP:-1]).sum() > 0
     first_day = [x for pid, x in run.features.items()
                  if run.periods[run.parcel_ids.index(pid)] == 0]  # fmt: skip
-    assert not np.abs(np.array(first_day)[:, 1:-1]).any()  # nothing known on day one
+    assert not np.abs(np.array(first_day)[:, FIRST_GROUP:-1]).any()  # nothing known on day 1
 
 
 def test_the_closed_loop_runs_and_reports_per_period() -> None:
