@@ -40,7 +40,13 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     labels = open_out(args.labels) if args.labels else None
     try:
         pairs = generate(cfg)
-        if args.hidden_risk:
+        if args.shape == "declarations":
+            from parcel_stream.declarations import DeclarationsConfig, generate_declarations
+
+            pairs = generate_declarations(DeclarationsConfig(
+                parcels=args.parcels, seed=args.seed, duration_s=args.days * 86_400.0,
+            ))  # fmt: skip
+        elif args.hidden_risk:
             from parcel_stream.hidden_risk import with_hidden_risk
 
             pairs = with_hidden_risk(pairs, cfg)
@@ -227,6 +233,11 @@ def add_generate(sub: Subcommands) -> None:
     g.add_argument("--labels", help="also write ground-truth labels (NDJSON) to this file")
     g.add_argument("--shippers", type=positive_int, default=2000, help="distinct shippers")
     g.add_argument("--days", type=float, default=1.0, help="time span of the feed in days")
+    g.add_argument(
+        "--shape", choices=["parcels", "declarations"], default="parcels",
+        help="e-commerce parcels (default), or customs declarations for testing the "
+        "learning protocol (docs/learning.md)",
+    )  # fmt: skip
     g.add_argument(
         "--hidden-risk", action="store_true",
         help="add declarants, modes, attributes and risk the default rules do not encode "

@@ -174,3 +174,17 @@ def test_hidden_risk_adds_fields_and_labels_the_rules_do_not_see() -> None:
 
 
 HIDDEN_FIELDS = ("declarant", "transport_mode", "entry_type", "attributes")
+
+
+def test_the_declarations_feed_is_valid_and_about_a_fifth_violations() -> None:
+    from parcel_stream.declarations import DeclarationsConfig, generate_declarations
+
+    rows = list(generate_declarations(DeclarationsConfig(parcels=5000, seed=3)))
+    share = sum(label is not None for _doc, label in rows) / len(rows)
+    assert 0.12 < share < 0.35
+    times = [doc["manifest_ts_ms"] for doc, _label in rows]
+    assert times == sorted(times)
+    for doc, _label in rows[:500]:
+        m = msgspec.convert(doc, Manifest)
+        assert m.declarant and m.entry_type and set(m.attributes) == {"office", "tax_rate"}
+    assert rows == list(generate_declarations(DeclarationsConfig(parcels=5000, seed=3)))
