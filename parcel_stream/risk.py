@@ -16,8 +16,11 @@ its parent, and a key's own record takes over as it is examined.
 
 **Features.** The global log-odds; then one per kind group: the log-odds of the parcel's
 rate minus the global log-odds (0 = no evidence), where a parcel has several keys of a
-kind (items, attributes) the highest; then the rule set's score against the mean score of
-the parcels scored before it, / 100, so the rules are a feature like the others.
+kind (items, attributes) the highest; then how far below its peers the parcel's USD per
+kg lies (standard deviations under the learned norm of its main item's HS6, backing off
+to HS4 and HS2; norms are learned from every parcel scored, not only examined ones); then
+the rule set's score against the mean score of the parcels scored before it, / 100, so
+the rules are a feature like the others.
 
 **Model.** Logistic regression on those features, trained by SGD on each outcome with its
 weight, L2 toward zero. It starts as the base rate (weight 1 on the global log-odds), a
@@ -50,11 +53,11 @@ GROUPS: tuple[str, ...] = (
     "origin", "departure", "carrier", "hub", "declarant", "entry_type", "transport_mode",
     "shipper", "seller", "marketplace", "address", "attribute",
 )  # fmt: skip
-N_FEATURES = 2 + len(GROUPS) + 1  # intercept, global log-odds, groups, rule score
+N_FEATURES = 2 + len(GROUPS) + 2  # intercept, global log-odds, groups, undervalued, rules
 # The rule score's starting weight: 100 points of rules are 4 log-odds (x 55) before any
 # outcome is known; the outcomes then set it.
 RULE_PRIOR = 4.0
-FEATURE_NAMES: tuple[str, ...] = ("intercept", "global", *GROUPS, "rule_score")
+FEATURE_NAMES: tuple[str, ...] = ("intercept", "global", *GROUPS, "undervalued", "rule_score")
 FIRST_GROUP = 2
 
 
@@ -77,6 +80,10 @@ class ParcelKeys:
     """The keys of one parcel: per group, the (key, parent key or "") pairs."""
 
     groups: tuple[tuple[tuple[str, str], ...], ...]
+    # value norms: the main item's HS6, HS4, HS2 keys (most specific first; empty when
+    # the parcel has no usable code) and the parcel's log USD per kg
+    norm_keys: tuple[str, ...] = ()
+    log_usd_per_kg: float = 0.0
 
     def all_keys(self) -> list[str]:
         """Every key whose counts an outcome of this parcel updates (parents included)."""
@@ -96,6 +103,8 @@ def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
     departure = m.transit_countries[-1] if m.transit_countries else origin
     vband, wband = _band(value_usd), _band(m.gross_weight_kg * 10)
     hs: list[tuple[str, str]] = []
+    norm_keys: tuple[str, ...] = ()
+    main_value = -1.0
     cross: dict[str, list[tuple[str, str]]] = {
         "hs6_origin": [], "hs6_origin_departure": [], "origin_hs4": [], "hs6_value": [],
         "hs6_weight": [],
@@ -105,6 +114,9 @@ def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
         if len(d) < 4:
             continue
         h6, h4, h2 = f"hs6:{d[:6]}", f"hs4:{d[:4]}", f"hs2:{d[:2]}"
+        if item.value > main_value:
+            main_value = item.value
+            norm_keys = ((h6,) if len(d) >= 6 else ()) + (h4, h2)
         io = item.origin_country or origin
         if len(d) >= 6:
             hs.append((h6, h4))
@@ -141,7 +153,8 @@ def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
         else:
             key = singles[g]
             groups.append(((key, ""),) if key else ())
-    return ParcelKeys(tuple(groups))
+    per_kg = math.log(max(value_usd, 0.01) / max(m.gross_weight_kg, 0.001))
+    return ParcelKeys(tuple(groups), norm_keys, per_kg)
 
 
 @dataclass
@@ -154,6 +167,9 @@ class RiskTable:
     total: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     scored: int = 0  # parcels scored, and the mean of their rule scores
     score_mean: float = 0.0
+    # value norms from every parcel scored: key -> [weight, mean, M2, t] of log USD/kg
+    norms: dict[str, list[float]] = field(default_factory=dict)
+    norm_min: float = 20.0  # parcels a norm needs before it is used
 
     def _decayed(self, row: list[float], now_ms: float) -> tuple[float, float]:
         if row[2] <= 0 or now_ms <= row[2]:
@@ -207,6 +223,7 @@ class RiskTable:
             cache[key] = got
             return got
 
+        x[-2] = self._undervalued(keys, now_ms)
         for j, pairs in enumerate(keys.groups):
             if pairs:  # the riskiest key of the group
                 x[FIRST_GROUP + j] = (
@@ -217,6 +234,34 @@ class RiskTable:
         self.scored += 1
         self.score_mean += (rule_score - self.score_mean) / self.scored
         return x
+
+    def _undervalued(self, keys: ParcelKeys, now_ms: float) -> float:
+        """How many standard deviations the parcel's USD per kg lies below the norm of its
+        most specific HS level with enough parcels (clipped to +-5); then the parcel joins
+        the norms."""
+        out = 0.0
+        for key in keys.norm_keys:
+            row = self.norms.get(key)
+            if row is not None:
+                w, mean, m2 = self._decayed_norm(row, now_ms)
+                if w >= self.norm_min and m2 > 0:
+                    out = max(-5.0, min(5.0, (mean - keys.log_usd_per_kg) / math.sqrt(m2 / w)))
+                    break
+        for key in keys.norm_keys:
+            row = self.norms.setdefault(key, [0.0, 0.0, 0.0, now_ms])
+            w, mean, m2 = self._decayed_norm(row, now_ms)
+            w += 1.0
+            delta = keys.log_usd_per_kg - mean
+            mean += delta / w
+            m2 += delta * (keys.log_usd_per_kg - mean)
+            row[0], row[1], row[2], row[3] = w, mean, m2, max(row[3], now_ms)
+        return out
+
+    def _decayed_norm(self, row: list[float], now_ms: float) -> tuple[float, float, float]:
+        if now_ms <= row[3]:
+            return row[0], row[1], row[2]
+        f = 2.0 ** (-(now_ms - row[3]) / self.half_life_ms)
+        return row[0] * f, row[1], row[2] * f
 
     def strongest(
         self, n: int, now_ms: float, min_exams: float = 5.0

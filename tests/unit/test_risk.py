@@ -92,7 +92,7 @@ def test_the_model_learns_which_feature_predicts() -> None:
     rng = np.random.default_rng(1)
     x = np.zeros((4000, len(FEATURE_NAMES)))
     x[:, 0] = 1.0
-    x[:, FIRST_GROUP:-1] = rng.normal(0, 1, (4000, len(GROUPS)))
+    x[:, FIRST_GROUP : FIRST_GROUP + len(GROUPS)] = rng.normal(0, 1, (4000, len(GROUPS)))
     y = (rng.random(4000) < 1 / (1 + np.exp(-(2.0 * x[:, 4] - 2.0)))).astype(float)
     model = OnlineModel(learning_rate=0.05)
     model.train(x, y, np.ones(4000))
@@ -135,10 +135,12 @@ def test_outcomes_train_on_the_features_their_parcel_was_scored_with() -> None:
         assert np.array_equal(x, run.features[pid])
     # the features did move as outcomes arrived: later parcels saw learned rates
     xs = np.array(list(run.features.values()))
-    assert np.abs(xs[:, FIRST_GROUP:-1]).sum() > 0
+    assert np.abs(xs[:, FIRST_GROUP : FIRST_GROUP + len(GROUPS)]).sum() > 0
     first_day = [x for pid, x in run.features.items()
                  if run.periods[run.parcel_ids.index(pid)] == 0]  # fmt: skip
-    assert not np.abs(np.array(first_day)[:, FIRST_GROUP:-1]).any()  # nothing known on day 1
+    assert not np.abs(
+        np.array(first_day)[:, FIRST_GROUP : FIRST_GROUP + len(GROUPS)]
+    ).any()  # nothing known on day 1
 
 
 def test_the_closed_loop_runs_and_reports_per_period() -> None:
@@ -188,3 +190,22 @@ def test_the_declarations_feed_is_valid_and_about_a_fifth_violations() -> None:
         m = msgspec.convert(doc, Manifest)
         assert m.declarant and m.entry_type and set(m.attributes) == {"office", "tax_rate"}
     assert rows == list(generate_declarations(DeclarationsConfig(parcels=5000, seed=3)))
+
+
+def test_value_norms_are_learned_from_every_parcel_and_flag_the_cheap() -> None:
+    table = RiskTable(norm_min=20)
+    rng = random.Random(2)
+    for _ in range(200):  # t-shirts around 60 USD per kg
+        m = parcel(items=[{"description": "t-shirt", "hs_code": "6109.10", "quantity": 1,
+                           "value": 12.0}], gross_weight_kg=0.2 * rng.uniform(0.8, 1.25))  # fmt: skip
+        table.features(parcel_keys(m, "a", 12.0), 0.0, T0)
+    cheap = parcel(items=[{"description": "t-shirt", "hs_code": "6109.10", "quantity": 1,
+                           "value": 1.0}], gross_weight_kg=0.2)  # fmt: skip
+    fair = parcel(items=[{"description": "t-shirt", "hs_code": "6109.10", "quantity": 1,
+                          "value": 12.0}], gross_weight_kg=0.2)  # fmt: skip
+    assert table.features(parcel_keys(cheap, "a", 1.0), 0.0, T0)[-2] == 5.0  # clipped
+    assert abs(table.features(parcel_keys(fair, "a", 12.0), 0.0, T0)[-2]) < 1.0
+    other = parcel(items=[{"description": "x", "hs_code": "6109.90", "quantity": 1,
+                           "value": 1.0}], gross_weight_kg=0.2)  # fmt: skip
+    # an unseen HS6 backs off to its HS4's norm
+    assert table.features(parcel_keys(other, "a", 1.0), 0.0, T0)[-2] == 5.0
