@@ -146,6 +146,15 @@ def report(runs: list[ProtocolRun], figs: list[list[PeriodFigures]]) -> str:
     for k in range(len(figs[0])):
         cells = [f"{f[k].hits / f[k].examined:.2f}" if f[k].examined else "–" for f in figs]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    learned = next((r for r in runs if r.config.model and r.table is not None), None)
+    if learned is not None and learned.table is not None and learned.parcel_ids:
+        table = learned.table
+        now = max((row[3] for row in table.norms.values()), default=0.0)
+        lines += ["", "Strongest learned keys (at least 5 examinations):", "",
+                  "| key | violation rate | examinations (weighted) |",
+                  "| --- | ---: | ---: |"]  # fmt: skip
+        for key, rate, exams in table.strongest(10, now):
+            lines.append(f"| `{key}` | {rate:.0%} | {exams:,.0f} |")
     return "\n".join(lines)
 
 
