@@ -368,17 +368,15 @@ return 1
 """
 )
 
-# KEYS[1] shard tag; ARGV[1] token. 1: committed now; 0: nothing prepared under the token.
-COMMIT_LUA = (
-    APPLY_LIB
-    + LOCKED_LIB
-    + """
+# Finish a prepared shard (KEYS[1] shard tag; ARGV[1] token): with ``commit`` write it,
+# in any case release its locks and marks. 1: done now; 0: nothing prepared under the token.
+_FINISH = """
 local tag, token = KEYS[1], ARGV[1]
 local d = tag .. '@prepdata:' .. token
 local a = redis.call('HGET', d, 'a')
 if not a then return 0 end
 local u = cmsgpack.unpack(a)
-write(u, redis.call('HGET', d, 'b'))
+if COMMIT then write(u, redis.call('HGET', d, 'b')) end
 release(tag, u, token)
 for _, k in ipairs(cmsgpack.unpack(redis.call('HGET', d, 'p'))) do
   if redis.call('GET', k) == 'p:' .. token then redis.call('DEL', k) end
@@ -386,25 +384,8 @@ end
 redis.call('DEL', d)
 return 1
 """
-)
-
-# KEYS[1] shard tag; ARGV[1] token: release a prepared shard (nothing written).
-ABORT_LUA = (
-    APPLY_LIB
-    + LOCKED_LIB
-    + """
-local tag, token = KEYS[1], ARGV[1]
-local d = tag .. '@prepdata:' .. token
-local a = redis.call('HGET', d, 'a')
-if not a then return 0 end
-release(tag, cmsgpack.unpack(a), token)
-for _, k in ipairs(cmsgpack.unpack(redis.call('HGET', d, 'p'))) do
-  if redis.call('GET', k) == 'p:' .. token then redis.call('DEL', k) end
-end
-redis.call('DEL', d)
-return 1
-"""
-)
+COMMIT_LUA = APPLY_LIB + LOCKED_LIB + _FINISH.replace("COMMIT", "true")
+ABORT_LUA = APPLY_LIB + LOCKED_LIB + _FINISH.replace("COMMIT", "false")
 
 # Recovery, per shard of a batch found in flight (KEYS[1] tag; ARGV: token, its partition
 # marks, [[watermark key, new offset], ...]): 'prepared', 'committed', or else fenced with
