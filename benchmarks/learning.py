@@ -6,8 +6,8 @@ default rules do not encode, and a pattern that starts midway and differs by hub
 through ``parcel_stream.protocol`` at 5 % capacity:
 
 - the closed loop (``selected``: only the examined parcels' outcomes come back, a day
-  later): the rules alone, the model, the model without inverse-propensity weights, the
-  model without exploration;
+  later): the rules alone, the model (exploring where it is least certain), the model
+  without inverse-propensity weights, without exploration, with random exploration;
 - a labelled history (``all``: every outcome, a day later): the rules alone and the model.
 
 The figure is the hit rate of each run's own examinations over the last third of the
@@ -88,6 +88,7 @@ def main() -> int:
         ("selected", "model", base),
         ("selected", "model, no IPW weights", dataclasses.replace(base, ipw=False)),
         ("selected", "model, no exploration", dataclasses.replace(base, exploration=0.0)),
+        ("selected", "model, random exploration", dataclasses.replace(base, explore_by="random")),
         ("all", "rules alone", dataclasses.replace(base, model=False, feedback="all")),
         ("all", "model", dataclasses.replace(base, feedback="all")),
     ]

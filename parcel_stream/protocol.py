@@ -49,7 +49,10 @@ class ProtocolConfig:
     outcome_delay_ms: int = DAY_MS
     period_ms: int = DAY_MS
     model: bool = True  # False: rank by the rule score alone
-    exploration: float = 0.1  # share of the capacity spent at random
+    exploration: float = 0.1  # share of the capacity spent exploring
+    # how: "uncertain" (in proportion to p (1 - p), where the model is least certain) or
+    # "random"
+    explore_by: Literal["uncertain", "random"] = "uncertain"
     ipw: bool = True
     ipw_clip: float = 5.0
     half_life_ms: float = 180.0 * DAY_MS
@@ -109,10 +112,18 @@ def _periods(records: Iterable[RawRecord], period_ms: int) -> Iterator[list[RawR
 
 
 def _select(
-    scores: F64, hubs: list[str], capacity: float, exploration: float, rng: random.Random
+    scores: F64,
+    hubs: list[str],
+    capacity: float,
+    exploration: float,
+    rng: random.Random,
+    uncertainty: F64 | None = None,
 ) -> tuple[list[int], list[float]]:
-    """Per hub: the top of the capacity by score, a share of it at random from the rest.
-    Returns per parcel 0/RISK/EXPLORATION and the probability it had of being chosen."""
+    """Per hub: the top of the capacity by score, a share of it (``exploration``) on the
+    rest. Exploration draws at random, or, given ``uncertainty`` per parcel, with
+    probability in proportion to it (each parcel independently, so its probability is
+    known exactly; the count is the share on average). Returns per parcel 0, RISK or
+    EXPLORATION and the probability it had of being chosen."""
     n = len(scores)
     chosen, prob = [0] * n, [0.0] * n
     by_hub: dict[str, list[int]] = {}
@@ -127,12 +138,43 @@ def _select(
         for i in order[:k_risk]:
             chosen[i], prob[i] = RISK, 1.0
         rest = order[k_risk:]
-        p_explore = k_explore / len(rest) if rest else 0.0
-        for i in rest:
-            prob[i] = p_explore
-        for i in rng.sample(rest, k_explore) if k_explore else []:
-            chosen[i] = EXPLORATION
+        if not rest or not k_explore:
+            continue
+        if uncertainty is None:
+            for i in rest:
+                prob[i] = k_explore / len(rest)
+            for i in rng.sample(rest, k_explore):
+                chosen[i] = EXPLORATION
+            continue
+        pi = _inclusion([float(uncertainty[i]) for i in rest], k_explore)
+        for i, p in zip(rest, pi, strict=True):
+            prob[i] = p
+            if rng.random() < p:
+                chosen[i] = EXPLORATION
     return chosen, prob
+
+
+def _inclusion(sizes: list[float], k: int) -> list[float]:
+    """Inclusion probabilities in proportion to ``sizes`` that sum to ``k``, none above 1."""
+    total = sum(sizes)
+    if total <= 0:
+        return [k / len(sizes)] * len(sizes)
+    pi = [0.0] * len(sizes)
+    capped: set[int] = set()
+    while True:
+        left = k - len(capped)
+        mass = sum(s for j, s in enumerate(sizes) if j not in capped)
+        over = False
+        for j, s in enumerate(sizes):
+            if j in capped:
+                pi[j] = 1.0
+                continue
+            pi[j] = left * s / mass if mass > 0 else 0.0
+            if pi[j] > 1.0:
+                capped.add(j)
+                over = True
+        if not over:
+            return pi
 
 
 def run_protocol(
@@ -179,8 +221,10 @@ def run_protocol(
         probs = model.predict(x) if len(xs) else np.zeros(0)
         scores = probs if config.model else result.scores
         explore = config.exploration if config.feedback == "selected" else 0.0
+        uncertain = (probs * (1 - probs)
+                     if config.model and config.explore_by == "uncertain" else None)  # fmt: skip
         chosen, prob = _select(scores, [m.hub for m in manifests], config.capacity_pct / 100,
-                               explore, rng)  # fmt: skip
+                               explore, rng, uncertain)  # fmt: skip
         for i, m in enumerate(manifests):
             truth = labels.get(m.parcel_id) is not None
             run.parcel_ids.append(m.parcel_id)

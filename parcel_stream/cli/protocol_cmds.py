@@ -60,6 +60,10 @@ def add_protocol_args(bt: argparse.ArgumentParser) -> None:
         help="share of the capacity examined at random (default 0.1)",
     )  # fmt: skip
     g.add_argument(
+        "--explore-by", choices=["uncertain", "random"], default="uncertain",
+        help="explore where the model is least certain (p (1 - p)), or at random",
+    )  # fmt: skip
+    g.add_argument(
         "--ipw-clip", type=float, default=5.0,
         help="inverse selection probability weights are clipped here (default 5)",
     )  # fmt: skip
@@ -99,6 +103,7 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
         capacity_pct=args.capacity_pct, feedback=args.feedback,
         outcome_delay_ms=args.outcome_delay, period_ms=args.period,
         model=args.model == "on", exploration=args.exploration, ipw_clip=args.ipw_clip,
+        explore_by=args.explore_by,
         label="model" if args.model == "on" else "rules alone",
     )  # fmt: skip
     variants = [base]
@@ -108,6 +113,9 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
             dataclasses.replace(base, model=True, label="model"),
             dataclasses.replace(base, model=True, ipw=False, label="model, no IPW weights"),
             dataclasses.replace(base, model=True, exploration=0.0, label="model, no exploration"),
+            dataclasses.replace(
+                base, model=True, explore_by="random", label="model, random exploration"
+            ),
         ]
     runs = [run_protocol(feed, rs, labels, cfg) for cfg in variants]
     unknown = len(set(labels) - set(runs[0].parcel_ids))
@@ -126,7 +134,8 @@ def report(runs: list[ProtocolRun], figs: list[list[PeriodFigures]]) -> str:
     lines = [
         f"Protocol: feedback `{cfg.feedback}`, outcomes known {cfg.outcome_delay_ms / 3.6e6:g} h "
         f"after the manifest time, capacity {cfg.capacity_pct:g} % per hub and period of "
-        f"{cfg.period_ms / 3.6e6:g} h, exploration {cfg.exploration:g} of it, IPW weights "
+        f"{cfg.period_ms / 3.6e6:g} h, exploration {cfg.exploration:g} of it "
+        f"({cfg.explore_by}), IPW weights "
         f"clipped at {cfg.ipw_clip:g}.",
         "",
         "| run | examined | outcomes | hit rate of its examinations, last third | "

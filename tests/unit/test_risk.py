@@ -209,3 +209,16 @@ def test_value_norms_are_learned_from_every_parcel_and_flag_the_cheap() -> None:
                            "value": 1.0}], gross_weight_kg=0.2)  # fmt: skip
     # an unseen HS6 backs off to its HS4's norm
     assert table.features(parcel_keys(other, "a", 1.0), 0.0, T0)[-2] == 5.0
+
+
+def test_exploration_where_the_model_is_least_certain_records_its_probabilities() -> None:
+    rng = random.Random(5)
+    scores = np.linspace(0.0, 1.0, 1000)
+    uncertainty = scores * (1 - scores)
+    chosen, prob = _select(scores, ["A"] * 1000, 0.1, 0.5, rng, uncertainty)
+    rest = [i for i in range(1000) if chosen[i] != 1]
+    assert sum(1 for i in range(1000) if chosen[i] == 1) == 50  # the risk half
+    assert abs(sum(prob[i] for i in rest) - 50) < 1e-9 and max(prob[i] for i in rest) <= 1.0
+    # the most uncertain (scores near 0.5) are far likelier than the near-certain
+    assert prob[500] > 20 * prob[1] and prob[1] > 0
+    assert 30 <= sum(1 for i in rest if chosen[i] == 2) <= 70
