@@ -89,3 +89,23 @@ def write_plots(reports: list[Report], runs: list[BacktestRun], labels: dict[str
     plt.close(fig)
     paths.append(path)
     return paths
+
+
+def write_learning_curve(curves: list[tuple[str, list[float | None]]], out_dir: str) -> str:
+    """A PNG of the hit rate of each run's examinations per period (the learned model's
+    protocol); ``None`` where a run examined nothing in a period."""
+    plt = _pyplot()
+    os.makedirs(out_dir, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, rates in curves:
+        xs = [k for k, r in enumerate(rates) if r is not None]
+        ax.plot(xs, [rates[k] for k in xs], marker=".", label=label)
+    ax.set_xlabel("period")
+    ax.set_ylabel("hit rate of the examinations")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out_dir, "learning-curve.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

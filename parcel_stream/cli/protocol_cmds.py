@@ -90,6 +90,10 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
     from parcel_stream.cli.analyst_cmds import _load_labels
 
     labels = _load_labels(args.labels)
+    if args.plots:
+        from parcel_stream.cli.analyst_cmds import _require_plots
+
+        _require_plots()  # before the run, not after it
     try:
         rs = load_ruleset(args.rules) if args.rules else default_ruleset(settings)
     except RuleSetError as exc:
@@ -121,7 +125,14 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
     unknown = len(set(labels) - set(runs[0].parcel_ids))
     if unknown:
         print(f"warning: {unknown} labelled parcel ids are not in the feed", file=sys.stderr)
-    print(report(runs, [figures(r) for r in runs]))
+    figs = [figures(r) for r in runs]
+    print(report(runs, figs))
+    if args.plots:
+        from parcel_stream.plots import write_learning_curve
+
+        curves = [(r.config.label, [x.hits / x.examined if x.examined else None for x in f])
+                  for r, f in zip(runs, figs, strict=True)]  # fmt: skip
+        print(f"plot: {write_learning_curve(curves, args.plots)}")
     if args.scores_out:
         write_scores(runs[1] if args.compare_model else runs[0], args.scores_out)
     return 0

@@ -49,3 +49,25 @@ def test_backtest_plots_without_matplotlib(
     ), err
     assert "Traceback" not in captured.err and captured.out == ""  # failed before the run
     assert not (tmp_path / "plots").exists()
+
+
+def test_learning_curve_is_drawn(tmp_path: Path) -> None:
+    from parcel_stream.plots import write_learning_curve
+
+    path = write_learning_curve([("rules alone", [0.4, None, 0.5]), ("model", [0.5, 0.7, 0.9])],
+                                str(tmp_path / "plots"))  # fmt: skip
+    assert Path(path).name == "learning-curve.png"
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.usefixtures("no_matplotlib")
+def test_protocol_plots_without_matplotlib_fail_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed, labels = tmp_path / "f.ndjson", tmp_path / "l.ndjson"
+    assert main(["generate", "--parcels", "200", "--out", str(feed), "--labels", str(labels)]) == 0
+    capsys.readouterr()
+    code = main(["backtest", str(feed), "--labels", str(labels), "--feedback", "all",
+                 "--plots", str(tmp_path / "plots")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 2 and "--plots needs matplotlib" in captured.err and captured.out == ""
