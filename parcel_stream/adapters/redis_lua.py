@@ -115,8 +115,20 @@ return out
 # empty) the call is all or nothing: it fails (returns -1) unless the learner version is
 # still ARGV[5] and none of the results was applied meanwhile, so that the weights learn
 # from each result exactly once.
+# Store a learner state under ``lkey`` with its version, and keep the last ``keep`` in the
+# history list (both learner scripts).
+STORE_LEARNER = """
+local function store_learner(lkey, version, state, keep)
+  redis.call('DEL', lkey)
+  redis.call('HSET', lkey, 'version', version, 'state', state)
+  redis.call('LPUSH', lkey .. '@learner_history', state)
+  redis.call('LTRIM', lkey .. '@learner_history', 0, keep - 1)
+end
+"""
+
 EXAMS_LUA = (
     DECAY_LUA
+    + STORE_LEARNER
     + """
 local prefix, ttl, hl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local learner, expected = ARGV[4], ARGV[5]
@@ -153,11 +165,7 @@ for a = first, #ARGV, 6 do
   end
 end
 if learner ~= '' then
-  local lkey = prefix .. '@learner'
-  redis.call('DEL', lkey)
-  redis.call('HSET', lkey, 'version', ARGV[6], 'state', learner)
-  redis.call('LPUSH', lkey .. '@learner_history', learner)
-  redis.call('LTRIM', lkey .. '@learner_history', 0, tonumber(ARGV[7]) - 1)
+  store_learner(prefix .. '@learner', ARGV[6], learner, tonumber(ARGV[7]))
 end
 return out
 """
@@ -447,7 +455,9 @@ return out
 # version, mark lifetime (s), history length, exam ids...). With a state: all or nothing,
 # -1 unless the version is still the expected one and none of the ids was learned from.
 # Marks each id.
-LEARNER_LUA = """
+LEARNER_LUA = (
+    STORE_LEARNER
+    + """
 local tag = KEYS[1]
 local learner, expected = ARGV[1], ARGV[2]
 local lkey = tag .. '@learner'
@@ -466,10 +476,8 @@ for a = 6, #ARGV do
   end
 end
 if learner ~= '' then
-  redis.call('DEL', lkey)
-  redis.call('HSET', lkey, 'version', ARGV[3], 'state', learner)
-  redis.call('LPUSH', lkey .. '@learner_history', learner)
-  redis.call('LTRIM', lkey .. '@learner_history', 0, tonumber(ARGV[5]) - 1)
+  store_learner(lkey, ARGV[3], learner, tonumber(ARGV[5]))
 end
 return out
 """
+)
