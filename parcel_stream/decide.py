@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.model import Decision, Hold, Lane, Reason, Rejection, Selection
+from parcel_stream.model import Decision, Hold, Lane, LearnedReason, Reason, Rejection, Selection
 from parcel_stream.parse import InRecord, ParsedBatch
 from parcel_stream.rules import RuleSet
 
@@ -155,9 +155,14 @@ def build_outputs(
     selection: I8 | None = None,
     learner_version: int = 0,
     marks: dict[int, Mark] | None = None,
+    probability: F64 | None = None,
+    propensity: F64 | None = None,
+    learned: dict[int, list[LearnedReason]] | None = None,
 ) -> Outputs:
     """Encode every decision (grouped per input record), the holds and the rejections.
-    ``marks``: per parcel index, a repeat (no hold again) or an amendment."""
+    ``marks``: per parcel index, a repeat (no hold again) or an amendment. With the
+    learned model: per parcel its probability (< 0: none) and selection probability, per
+    held parcel its learned reasons."""
     out = Outputs()
     version = legend.version
     manifests, sources = parsed.manifests, parsed.sources
@@ -185,6 +190,10 @@ def build_outputs(
             manifests, score_l, lane_names, masks_l, sources, sel_names, strict=True
         )
     ]
+    if probability is not None and propensity is not None:
+        for d, p, q in zip(decisions, probability.tolist(), propensity.tolist(), strict=True):
+            if p >= 0:
+                d.probability, d.selection_probability = p, q
     for i, mark in (marks or {}).items():
         d = decisions[i]
         if mark.kind == REPEAT_MARK:
@@ -226,6 +235,9 @@ def build_outputs(
             decision_ts_ms=now_ms,
             source=d.source,
             amends=d.amends,
+            probability=d.probability,
+            selection_probability=d.selection_probability,
+            learned_reasons=learned.get(i, []) if learned else [],
         )
         out.holds.append((m.parcel_id.encode(), _ENC.encode(hold)))
     for rej in parsed.rejections:

@@ -7,7 +7,7 @@ hold is counted as ``unknown_parcel`` and not applied; a malformed one is a reje
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import msgspec
@@ -16,6 +16,7 @@ from parcel_stream.learner import Example, LearnerConfig, LearnerState, train
 from parcel_stream.model import ExamResult, Rejection
 from parcel_stream.parse import InRecord, _reject, classify_validation_error
 from parcel_stream.reputation import ExamDelta, ParcelRef
+from parcel_stream.risk import RiskConfig, RiskState, train_state, weight
 
 _DEC = msgspec.json.Decoder(ExamResult)
 
@@ -63,7 +64,7 @@ def trace(
         deltas.append(
             ExamDelta(res.exam_id, res.parcel_id, ref.shipper_id, ref.address,
                       res.outcome in ("violation", "seized"), res.examined_ts_ms, ref.seller,
-                      ref.rules, ref.static_score)
+                      ref.rules, ref.static_score, ref.risk)
         )  # fmt: skip
     return deltas, unknown
 
@@ -112,6 +113,11 @@ def applied_flags(
     return out
 
 
+def trains(cfg: LearnerConfig, risk: RiskConfig | None) -> bool:
+    """Whether exam results train a learner state (the rule weights, the risk model)."""
+    return cfg.trains or (risk is not None and risk.scores)
+
+
 def exam_step(
     deltas: list[ExamDelta],
     seen: list[bool],
@@ -119,30 +125,55 @@ def exam_step(
     cfg: LearnerConfig,
     pivot_score: float,
     now_ms: int,
+    risk: RiskConfig | None = None,
 ) -> tuple[list[ExamDelta], tuple[int, LearnerState] | None]:
-    """The one decision of applying a batch of exam results with the learner on: which
+    """The one decision of applying a batch of exam results with a learner on: which
     results to apply (not applied before, each id once) and the learner state they train,
     to store only if the learner is still at ``state.version``. The worker (async) and the
-    backtest (sync) both drive it: read, step, apply, retry when the version moved."""
+    backtest (sync) both drive it: read, step, apply, retry when the version moved.
+
+    With the risk model on (or in shadow), each result whose parcel kept its learned
+    features trains the model on them, weighted by its inverse selection probability
+    (clipped), and carries that weight to its keys' counts."""
     todo = unseen(deltas, seen)
     if not todo:
         return [], None
-    fresh = examples_of(todo, [False] * len(todo))
-    return todo, (state.version, train(state, fresh, cfg, pivot_score, now_ms))
+    new = state
+    if cfg.trains:
+        new = train(state, examples_of(todo, [False] * len(todo)), cfg, pivot_score, now_ms)
+    if risk is not None and risk.scores:
+        todo = [replace(d, risk_weight=weight(d.risk.propensity, risk.ipw_clip))
+                if d.risk is not None else d for d in todo]  # fmt: skip
+        examples = [(d.risk, d.violation, d.examined_ts_ms) for d in todo if d.risk is not None]
+        if examples:
+            trained = train_state(new.risk or RiskState(), examples, risk, now_ms)
+            new = msgspec.structs.replace(new, version=state.version + 1, updated_ms=now_ms,
+                                          risk=trained)  # fmt: skip
+    if new is state:
+        return todo, None
+    return todo, (state.version, new)
 
 
 def apply_exam_batch(
-    store: ExamStore, deltas: list[ExamDelta], cfg: LearnerConfig, pivot_score: float, now_ms: int
+    store: ExamStore,
+    deltas: list[ExamDelta],
+    cfg: LearnerConfig,
+    pivot_score: float,
+    now_ms: int,
+    risk: RiskConfig | None = None,
 ) -> list[bool]:
-    """Apply results once each and, unless the learner is off, train it on the new ones
-    in the same atomic step (retried when another writer got there first)."""
-    if not cfg.trains or not deltas:
+    """Apply results once each and, unless the learners are off, train them on the new
+    ones in the same atomic step (retried when another writer got there first)."""
+    if not trains(cfg, risk) or not deltas:
         return store.apply_exams(deltas) or []
     while True:
         seen = store.exams_seen([d.exam_id for d in deltas])
-        todo, learner = exam_step(deltas, seen, store.read_learner(), cfg, pivot_score, now_ms)
-        if learner is None:
+        todo, learner = exam_step(deltas, seen, store.read_learner(), cfg, pivot_score, now_ms,
+                                  risk)  # fmt: skip
+        if not todo:
             return [False] * len(deltas)
+        if learner is None:  # nothing to train on: the results alone
+            return applied_flags(deltas, todo, store.apply_exams(todo) or [])
         applied = store.apply_exams(todo, learner)
         if applied is not None:
             return applied_flags(deltas, todo, applied)

@@ -13,6 +13,14 @@ from dataclasses import dataclass
 
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
 from parcel_stream.features import Features
+from parcel_stream.model import Manifest
+from parcel_stream.risk import (
+    FEATURE_NAMES,
+    RiskConfig,
+    RiskState,
+    explain,
+    parcel_keys,
+)
 from parcel_stream.rules import RuleSet
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -84,3 +92,33 @@ def render(results: list[RuleResult], rs: RuleSet, feature_values: dict[str, flo
 
 def feature_values(features: Features, i: int) -> dict[str, float]:
     return {name: float(features.matrix[FEATURE_INDEX[name], i]) for name in FEATURES}
+
+
+def render_learned(
+    m: Manifest, rule_score: float, state: RiskState, rows: dict[str, list[float]],
+    cfg: RiskConfig, now_ms: int, address: str,
+) -> str:  # fmt: skip
+    """The learned part of a parcel's explanation: its probability, what each feature
+    group adds to the log-odds, and its strongest learned reasons in words."""
+    from parcel_stream.currency import USD_PER_UNIT
+
+    keys = parcel_keys(m, address, m.declared_value * USD_PER_UNIT[m.currency])
+    table = state.table(rows, cfg)
+    x = table.features(keys, rule_score, float(now_ms))
+    model = state.model(cfg)
+    p = float(model.predict(x[None, :])[0])
+    theta = model.theta
+    lines = [
+        "",
+        f"learned model: probability of a violation {p:.1%} (mode {cfg.mode}, "
+        f"{state.trained:,} examination results learned)",
+        "",
+        "    feature                    value     weight   adds (log-odds)",
+    ]
+    for name, xi, wi in zip(FEATURE_NAMES, x.tolist(), theta.tolist(), strict=True):
+        if xi != 0.0:
+            lines.append(f"    {name:<26} {xi:+8.3f} {wi:+9.3f}   {xi * wi:+8.3f}")
+    why = explain(table, keys, x, theta, float(now_ms), 5)
+    lines += ["", "strongest learned reasons:"]
+    lines += [f"    {text} ({c:+.2f})" for _k, text, _r, _n, c in why] or ["    (none)"]
+    return "\n".join(lines)

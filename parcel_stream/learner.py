@@ -35,6 +35,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from parcel_stream.risk import RiskState
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 LearnerMode = Literal["off", "shadow", "on"]
@@ -69,6 +71,8 @@ class LearnerState(msgspec.Struct, frozen=True):
     violations: int = 0  # of which found a violation
     updated_ms: int = 0
     note: str = ""  # "reset" when an operator reset the weights
+    # the learned risk model's weights and global counts (``risk.py``), None until trained
+    risk: RiskState | None = None
 
     def points(self, cfg: LearnerConfig) -> dict[str, float]:
         """The score adjustment of each rule, in points."""
@@ -163,6 +167,7 @@ def train(
         examples=state.examples + len(examples),
         violations=state.violations + int(y.sum()),
         updated_ms=now_ms,
+        risk=state.risk,
     )
 
 

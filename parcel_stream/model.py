@@ -149,6 +149,37 @@ class Reason(msgspec.Struct):
     ] = 0.0
 
 
+class LearnedReason(msgspec.Struct):
+    """One of the learned model's strongest contributions to a parcel's probability."""
+
+    key: Annotated[str, msgspec.Meta(description="the learned key, e.g. hs6:293399|o:IN")]
+    text: Annotated[
+        str,
+        msgspec.Meta(description="in words, e.g. HS 2933.99 from IN: 38 % violations in 212 "
+                     "examinations"),
+    ]  # fmt: skip
+    rate: Annotated[float, msgspec.Meta(description="the key's smoothed violation rate")]
+    examinations: Annotated[
+        float, msgspec.Meta(description="examinations behind it (decayed, selection-weighted)")
+    ]
+    contribution: Annotated[
+        float, msgspec.Meta(description="what it adds to the log-odds of a violation")
+    ]
+
+
+Probability = Annotated[
+    float,
+    msgspec.Meta(ge=0, le=1, description="the learned model's probability of a violation "
+                 "(null when the model is off)"),
+]  # fmt: skip
+SelectionProbability = Annotated[
+    float,
+    msgspec.Meta(ge=0, le=1, description="the probability with which the parcel was selected "
+                 "for its lane (1 for a risk selection; the sampling rate for a random audit "
+                 "or exploration)"),
+]  # fmt: skip
+
+
 class Hold(msgspec.Struct):
     """A parcel sent for examination; key on the holds topic = parcel id."""
 
@@ -174,6 +205,12 @@ class Hold(msgspec.Struct):
             "decision this hold replaces"
         ),
     ] = None
+    probability: Probability | None = None
+    selection_probability: SelectionProbability | None = None
+    learned_reasons: Annotated[
+        list[LearnedReason],
+        msgspec.Meta(description="the learned model's strongest contributions, strongest first"),
+    ] = []
     schema_version: Literal[1] = 1
 
 
@@ -205,6 +242,8 @@ class Decision(msgspec.Struct):
             "decision this one replaces (the parcel was scored again)"
         ),
     ] = None
+    probability: Probability | None = None
+    selection_probability: SelectionProbability | None = None
     schema_version: Literal[1] = 1
 
 

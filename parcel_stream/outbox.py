@@ -20,14 +20,18 @@ digest is gone was fully produced before: it is skipped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from parcel_stream.decide import LegendLike, Mark, Outputs, StoredLegend, build_outputs
-from parcel_stream.model import Reason
+from parcel_stream.model import LearnedReason, Reason
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
+
+if TYPE_CHECKING:
+    from parcel_stream.pipeline import Scored
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -48,6 +52,10 @@ class Digest(msgspec.Struct, array_like=True):
     masks: list[int]
     legend: dict[int, list[Reason]]
     marks: dict[int, Mark] = {}  # by parcel position in the record: repeats, amendments
+    # the learned model's, by parcel position (empty when it is off)
+    probability: list[float] = []
+    propensity: list[float] = []
+    learned: dict[int, list[LearnedReason]] = {}
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -66,6 +74,7 @@ def record_digests(
     now_ms: int,
     watermarks: dict[Partition, int],
     marks: dict[int, Mark] | None = None,
+    scored: Scored | None = None,
 ) -> list[tuple[Partition, int, bytes]]:
     """(partition, offset, digest) of every record above its partition's watermark."""
     by_record: list[list[int]] = [[] for _ in records]
@@ -91,6 +100,11 @@ def record_digests(
             legend={m: legend.reasons(m) for m in set(rec_masks)},
             marks={k: marks[i] for k, i in enumerate(idx) if i in marks} if marks else {},
         )
+        if scored is not None:
+            digest.probability = [float(scored.probability[i]) for i in idx]
+            digest.propensity = [float(scored.propensity[i]) for i in idx]
+            digest.learned = {k: scored.learned[i] for k, i in enumerate(idx)
+                              if i in scored.learned}  # fmt: skip
         out.append((part, rec.offset, _ENC.encode(digest)))
     return out
 
@@ -121,6 +135,8 @@ def rebuild(
             np.array(d.masks, dtype=np.int64), np.frombuffer(d.lanes, dtype=np.int8),
             StoredLegend(d.version, d.legend), d.ts,
             np.frombuffer(d.selection, dtype=np.int8), d.learner_version, d.marks,
+            np.array(d.probability) if d.probability else None,
+            np.array(d.propensity) if d.propensity else None, d.learned,
         )  # fmt: skip
         out.holds += part.holds
         out.decisions += part.decisions

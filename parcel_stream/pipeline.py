@@ -15,8 +15,10 @@ from time import perf_counter
 import numpy as np
 import numpy.typing as npt
 
+from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.decide import (
     AMEND_MARK,
+    LANE_HOLD,
     LANES,
     REPEAT_MARK,
     SELECTIONS,
@@ -33,6 +35,7 @@ from parcel_stream.features import (
     extend_index,
     index_shippers,
 )
+from parcel_stream.model import LearnedReason
 from parcel_stream.outbox import record_digests
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
 from parcel_stream.repeats import (
@@ -52,6 +55,15 @@ from parcel_stream.reputation import (
     new_watermarks,
     state_writes,
 )
+from parcel_stream.risk import (
+    ParcelKeys,
+    RiskConfig,
+    RiskRef,
+    RiskState,
+    RiskTable,
+    explain,
+    parcel_keys,
+)
 from parcel_stream.rules import RuleSet
 from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
 from parcel_stream.state import StateStore
@@ -68,6 +80,70 @@ class StateConfig:
 
     split_window_ms: float = WINDOW_MS
     half_life_ms: float = DEFAULT_HALF_LIFE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class RiskInput:
+    """The learned model for one batch: its config and state (from the learner state), each
+    parsed parcel's keys and the stored counts of those keys (``risk.py``)."""
+
+    cfg: RiskConfig
+    state: RiskState
+    keys: list[ParcelKeys]
+    rows: dict[str, list[float]]
+
+
+def risk_keys(prep: Prepared) -> list[ParcelKeys]:
+    """The learned model's keys of every parsed parcel."""
+    idx = prep.shippers
+    addresses = idx.addresses
+    return [
+        parcel_keys(m, addresses[a], m.declared_value * USD_PER_UNIT[m.currency])
+        for m, a in zip(prep.parsed.manifests, idx.parcel_address.tolist(), strict=True)
+    ]
+
+
+@dataclass(slots=True)
+class Scored:
+    """The learned model's output for a batch: per parcel its probability and the
+    probability of its selection; per held parcel its learned reasons; per examinable
+    parcel what its exam result will train on."""
+
+    probability: F64
+    propensity: F64
+    learned: dict[int, list[LearnedReason]]
+    refs: dict[int, RiskRef]
+
+
+def _risk_score(risk: RiskInput, static: F64, ts: list[float]) -> tuple[F64, F64, RiskTable]:
+    table = risk.state.table(risk.rows, risk.cfg)
+    x = np.array([table.features(k, s, t)
+                  for k, s, t in zip(risk.keys, static.tolist(), ts, strict=True)])  # fmt: skip
+    model = risk.state.model(risk.cfg)
+    prob = model.predict(x) if len(x) else np.zeros(0)
+    return x, prob, table
+
+
+def _risk_outputs(
+    risk: RiskInput, x: F64, prob: F64, table: RiskTable, lanes: I8, selection: I8,
+    ruleset: RuleSet, ts: list[float],
+) -> Scored:  # fmt: skip
+    """Selection probabilities: 1 for the risk lanes (hold, review), the sampling rate for
+    a random audit or exploration hold; for a released parcel the chance it had of a
+    random audit."""
+    prop = np.ones(len(lanes))
+    prop[selection == 1] = ruleset.random_rate
+    prop[selection == 2] = ruleset.exploration_rate
+    prop[lanes == 0] = ruleset.random_rate
+    theta = risk.state.model(risk.cfg).theta
+    learned, refs = {}, {}
+    prob_r = np.round(prob, 6)
+    for i in np.flatnonzero(lanes >= 1).tolist():
+        refs[i] = RiskRef(list(risk.keys[i].all_keys()), x[i].tolist(), float(prop[i]))
+        if lanes[i] == LANE_HOLD:
+            why = explain(table, risk.keys[i], x[i], theta, ts[i], risk.cfg.reasons)
+            learned[i] = [LearnedReason(k, t, r, e, c) for k, t, r, e, c in why]
+    return Scored(prob_r, prop, learned, refs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +178,9 @@ class BatchResult:
     repeats: int = 0
     amendments: int = 0
     parcel_ids: list[str] = field(default_factory=list)
+    # the learned model's probabilities and the selection probabilities (None when off)
+    probability: F64 | None = None
+    propensity: F64 | None = None
 
 
 DEFAULT_STATE = StateConfig()
@@ -184,6 +263,7 @@ def score_prepared(
     adjust: F64 | None = None,
     learner_version: int = 0,
     config: StateConfig = DEFAULT_STATE,
+    risk: RiskInput | None = None,
 ) -> BatchResult:
     """Score a read batch (every record above its watermark); ``encode=False`` skips
     building output records (backtests). ``adjust``: learned points per rule (index as in
@@ -198,9 +278,9 @@ def score_prepared(
     _stored_contributions(idx, classified)
     known = ruleset.known_shippers
     enrolled = np.array([float(s in known) for s in idx.ids]) if known else np.zeros(len(idx.ids))
-    if adjust is not None and not adjust.any():
-        adjust, learner_version = None, 0
-    elif adjust is None:
+    if adjust is not None and not adjust.any():  # the version names what changed the scores:
+        adjust = None  # the learned adjustments, or the learned model
+    if adjust is None and risk is None:
         learner_version = 0
     seq = run_sequence(
         feats.matrix, _keys(prep, combos, feats.value_usd), classified.contrib, stored, enrolled,
@@ -208,11 +288,21 @@ def score_prepared(
     )  # fmt: skip
     status = classified.contrib.status
     pids = prep.parcel_ids
-    lanes, selection = sample(pids, seq.risk_lanes, ruleset.random_rate, ruleset.exploration_rate)
+    risk_lanes = seq.risk_lanes
+    ts = [float(m.manifest_ts_ms) for m in parsed.manifests] if risk is not None else []
+    if risk is not None:
+        x, prob, table = _risk_score(risk, seq.static, ts)
+        if risk.cfg.decides:
+            risk_lanes = np.where(prob >= risk.cfg.hold_probability, 2,
+                                  np.where(prob >= risk.cfg.review_probability, 1, 0)
+                                  ).astype(np.int8)  # fmt: skip
+    lanes, selection = sample(pids, risk_lanes, ruleset.random_rate, ruleset.exploration_rate)
+    scored = (_risk_outputs(risk, x, prob, table, lanes, selection, ruleset, ts)
+              if risk is not None else None)  # fmt: skip
     scores, masks = seq.scores, seq.masks
     legend = Legend(ruleset, adjust)
     marks = _marks(prep, classified, scores, masks, lanes, selection, legend, learner_version,
-                   now_ms)  # fmt: skip
+                   now_ms, scored)  # fmt: skip
     t2 = perf_counter()
     outputs = (
         build_outputs(
@@ -226,25 +316,28 @@ def score_prepared(
             selection,
             learner_version,
             marks,
+            scored.probability if scored else None,
+            scored.propensity if scored else None,
+            scored.learned if scored else None,
         )  # fmt: skip
         if encode
         else Outputs()
     )
     wm, _fresh = new_watermarks(prep.records, watermarks)
     shippers, sellers, pairs, addresses = state_writes(idx, combos, stored, seq)
-    scored = status != REPEAT
+    fresh = status != REPEAT
     update = ReputationUpdate(
         wm, shippers, addresses, pairs,
-        examinable_refs(idx, pids, scored, lanes, masks, [r.code for r in ruleset.rules],
-                        seq.static),
+        examinable_refs(idx, pids, fresh, lanes, masks, [r.code for r in ruleset.rules],
+                        seq.static, scored.refs if scored else None),
         sellers,
-        parcels=_remember(prep, classified, scores, masks, lanes, selection, seq.risk_lanes, legend,
-                          learner_version, now_ms, feats.value_usd),
+        parcels=_remember(prep, classified, scores, masks, lanes, selection, risk_lanes, legend,
+                          learner_version, now_ms, feats.value_usd, scored),
     )  # fmt: skip
     if encode:  # the decision digests the worker stores with the update (outbox.py)
         update = replace(update, outbox=record_digests(
             prep.records, parsed, scores, masks, lanes, selection, legend, learner_version,
-            now_ms, watermarks, marks))  # fmt: skip
+            now_ms, watermarks, marks, scored))  # fmt: skip
     counts = np.bincount(lanes, minlength=3)
     t3 = perf_counter()
     stages = {"parse": prep.parse_s, "features": t1 - t0, "kernel": t2 - t1, "encode": t3 - t2}
@@ -264,6 +357,8 @@ def score_prepared(
         repeats=int(np.count_nonzero(status == REPEAT)),
         amendments=int(np.count_nonzero(status == AMEND)),
         parcel_ids=pids,
+        probability=scored.probability if scored else None,
+        propensity=scored.propensity if scored else None,
     )
 
 
@@ -277,6 +372,7 @@ def _marks(
     legend: Legend,
     learner_version: int,
     now_ms: int,
+    scored: Scored | None = None,
 ) -> dict[int, Mark]:
     """Repeats take their original's decision (the arrays are overwritten in place);
     amendments name what they replace."""
@@ -294,12 +390,17 @@ def _marks(
                 lanes[j],
                 selection[j],
             )
+            if scored is not None:
+                scored.probability[i] = scored.probability[j]
+                scored.propensity[i] = scored.propensity[j]
             codes = [r.code for r in legend.reasons(int(masks[j]))]
             marks[i] = Mark(REPEAT_MARK, sources[j], codes, legend.version, learner_version,
                             now_ms)  # fmt: skip
         else:
             r = _stored(classified, i)
             scores[i], masks[i], lanes[i], selection[i] = r.score, 0, r.lane, r.selection
+            if scored is not None:
+                scored.probability[i], scored.propensity[i] = r.probability, r.propensity
             marks[i] = Mark(REPEAT_MARK, r.source, r.codes, r.version, r.learner_version,
                             r.decision_ts_ms)  # fmt: skip
     return marks
@@ -323,6 +424,7 @@ def _remember(
     learner_version: int,
     now_ms: int,
     value_usd: F64,
+    scored: Scored | None = None,
 ) -> list[tuple[str, str, bytes]]:
     """What is remembered of each parcel id scored in this batch (its latest version)."""
     idx, parsed, n = prep.shippers, prep.parsed, len(prep.parsed)
@@ -349,6 +451,7 @@ def _remember(
             parsed.sources[i], score_l[i], lane_l[i], sel_l[i], codes, version, learner_version,
             now_ms, m.manifest_ts_ms, m.shipper.id, idx.sellers[seller] if seller >= 0 else "",
             idx.pairs[pair] if pair >= 0 else "", value_l[i], held_l[i],
+            *((float(scored.probability[i]), float(scored.propensity[i])) if scored else ()),
         )  # fmt: skip
         out.append((pid, expected[pid], encode_remembered(hashes[i], rem)))
     return out

@@ -50,6 +50,8 @@ class Remembered(msgspec.Struct, array_like=True):
     pair: str  # split-window pair key, "" when not kept
     value_usd: float
     held: bool  # risk hold: counted against the shipper
+    probability: float = -1.0  # the learned model's (-1: off)
+    propensity: float = 1.0  # the probability of its selection
 
 
 _MP_ENC = msgspec.msgpack.Encoder()

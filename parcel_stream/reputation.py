@@ -21,6 +21,7 @@ from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState
 from parcel_stream.parse import InRecord
 from parcel_stream.repeats import HASH_CHARS
+from parcel_stream.risk import RiskRef, RiskTable
 from parcel_stream.sequence import ENTITY_FIELDS, PAIR_FIELDS, EntityTable, Sequenced, StoredState
 
 F64 = npt.NDArray[np.float64]
@@ -90,6 +91,7 @@ class ParcelRef:
     seller: str = ""  # seller key, "" when the manifest named none
     rules: tuple[str, ...] = ()
     static_score: float = 0.0
+    risk: RiskRef | None = None  # the learned model's keys and features as scored
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ class ExamDelta:
     seller: str = ""
     rules: tuple[str, ...] = ()  # rules that fired when the parcel was scored
     static_score: float = 0.0  # its rule-set score (before learned adjustments)
+    risk: RiskRef | None = None  # the learned model's keys and features as scored
+    risk_weight: float = 0.0  # the outcome's weight in the keys' counts (0: none)
 
 
 _NAMED = 10  # ENTITY_FIELDS with an attribute of their own in ShipperState
@@ -230,6 +234,7 @@ def examinable_refs(
     masks: npt.NDArray[np.int64],
     rule_codes: Sequence[str],
     static_scores: F64,
+    risk: dict[int, RiskRef] | None = None,
 ) -> list[tuple[str, ParcelRef]]:
     """Parcels sent to review or hold (final lanes), remembered for their exam results with
     the rules that fired and the rule-set score."""
@@ -246,6 +251,7 @@ def examinable_refs(
             idx.sellers[seller_i] if seller_i >= 0 else "",
             rules_of[mask],
             float(static_scores[i]),
+            risk.get(i) if risk else None,
         )
         out.append((parcel_ids[i], ref))
     return out
@@ -297,6 +303,12 @@ class InMemoryStore:
     learner_history: list[LearnerState] = field(default_factory=list)
     outbox: dict[Partition, dict[int, bytes]] = field(default_factory=dict)
     remembered: dict[str, bytes] = field(default_factory=dict)  # parcel id -> hash + msgpack
+    # the learned model's per-key counts: key -> [examinations, violations, t]
+    risk_rows: dict[str, list[float]] = field(default_factory=dict)
+    risk_half_life_ms: float = 180.0 * DAY_MS
+
+    def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
+        return {k: list(self.risk_rows[k]) for k in keys if k in self.risk_rows}
 
     def read_learner(self) -> LearnerState:
         return self.learner
@@ -341,6 +353,9 @@ class InMemoryStore:
                 st.exams += 1
                 st.violations += v
                 st.add_recent(d.examined_ts_ms, (0.0, 0.0, 1.0, float(v)), hl)
+            if d.risk is not None and d.risk_weight > 0:
+                table = RiskTable(self.risk_half_life_ms, counts=self.risk_rows)
+                table.update(d.risk.keys, d.violation, d.risk_weight, float(d.examined_ts_ms))
             if v:
                 t, old = self.address_violations.get(d.address, (0.0, 0.0))
                 t, (new,) = decay_add(t, (old,), d.examined_ts_ms, (1.0,), hl)

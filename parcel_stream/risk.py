@@ -37,7 +37,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 from numba import njit
@@ -170,6 +172,9 @@ class RiskTable:
     # value norms from every parcel scored: key -> [weight, mean, M2, t] of log USD/kg
     norms: dict[str, list[float]] = field(default_factory=dict)
     norm_min: float = 20.0  # parcels a norm needs before it is used
+    # the protocol's table keeps a running mean of the rule scores and learns the norms as
+    # it scores; a live view of stored rows (``live_table``) does neither
+    track_scores: bool = True
 
     def _decayed(self, row: list[float], now_ms: float) -> tuple[float, float]:
         if row[2] <= 0 or now_ms <= row[2]:
@@ -190,8 +195,14 @@ class RiskTable:
         return (v + self.prior * parent_rate) / (n + self.prior), n
 
     def _add(self, row: list[float], weight: float, y: float, at_ms: float) -> None:
+        """Add an outcome at ``at_ms``: the row is brought up to it, or an outcome older
+        than the row is added decayed to the row's time (as the Redis store does)."""
+        if row[2] > 0 and at_ms < row[2]:
+            weight *= 2.0 ** (-(row[2] - at_ms) / self.half_life_ms)
+            row[0], row[1] = row[0] + weight, row[1] + weight * y
+            return
         n, v = self._decayed(row, at_ms)
-        row[0], row[1], row[2] = n + weight, v + weight * y, max(row[2], at_ms)
+        row[0], row[1], row[2] = n + weight, v + weight * y, at_ms
 
     def update(self, keys: Sequence[str], violation: bool, weight: float, at_ms: float) -> None:
         y = 1.0 if violation else 0.0
@@ -231,8 +242,9 @@ class RiskTable:
                 )
         # the rule score against the mean of the parcels scored before this one
         x[-1] = (rule_score - self.score_mean) / 100.0
-        self.scored += 1
-        self.score_mean += (rule_score - self.score_mean) / self.scored
+        if self.track_scores:
+            self.scored += 1
+            self.score_mean += (rule_score - self.score_mean) / self.scored
         return x
 
     def _undervalued(self, keys: ParcelKeys, now_ms: float) -> float:
@@ -247,6 +259,8 @@ class RiskTable:
                 if w >= self.norm_min and m2 > 0:
                     out = max(-5.0, min(5.0, (mean - keys.log_usd_per_kg) / math.sqrt(m2 / w)))
                     break
+        if not self.track_scores:
+            return out
         for key in keys.norm_keys:
             row = self.norms.setdefault(key, [0.0, 0.0, 0.0, now_ms])
             w, mean, m2 = self._decayed_norm(row, now_ms)
@@ -329,3 +343,193 @@ class OnlineModel:
 
     def weights(self) -> dict[str, float]:
         return dict(zip(FEATURE_NAMES, self.theta.tolist(), strict=True))
+
+
+# -- the live model: the worker's scoring and the exam step's training -------------------
+
+RiskMode = Literal["off", "shadow", "on"]
+
+
+@dataclass(frozen=True, slots=True)
+class RiskConfig:
+    """The learned model in the worker (``PARCEL_RISK_*`` settings, ``docs/learning.md``).
+
+    ``off``: not computed; ``shadow``: computed, trained and reported in decisions and
+    holds, lanes still from the rules; ``on``: lanes from the probability (hold at or above
+    ``hold_probability``, review at or above ``review_probability``)."""
+
+    mode: RiskMode = "off"
+    hold_probability: float = 0.5
+    review_probability: float = 0.3
+    learning_rate: float = 0.05
+    l2: float = 1e-4
+    half_life_ms: float = 180.0 * DAY_MS
+    prior: float = 10.0
+    ipw_clip: float = 5.0
+    reasons: int = 3  # learned reasons per hold
+
+    @property
+    def scores(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def decides(self) -> bool:
+        return self.mode == "on"
+
+
+class RiskState(msgspec.Struct, frozen=True):
+    """The model's small part, stored inside the learner state (so it is versioned, kept in
+    the learner's history and changed only by compare-and-set): the logistic weights
+    (``FEATURE_NAMES``), the decayed, selection-weighted examinations and violations of all
+    keys together, and the rule score the rule feature is centred on. The per-key counts
+    are stored per key (``ps:risk:{key}``)."""
+
+    theta: list[float] = []
+    exams: float = 0.0
+    violations: float = 0.0
+    t_ms: int = 0
+    trained: int = 0  # outcomes learned from
+    pivot: float = 0.0
+
+    def model(self, cfg: RiskConfig) -> OnlineModel:
+        theta = np.array(self.theta, dtype=np.float64)
+        if theta.shape != (N_FEATURES,):  # none yet, or from a model with other features
+            theta = np.zeros(N_FEATURES)
+        return OnlineModel(cfg.learning_rate, cfg.l2, theta, self.trained)
+
+    def table(self, rows: dict[str, list[float]], cfg: RiskConfig) -> RiskTable:
+        """A read-only view of stored rows (key -> [examinations, violations, t])."""
+        return RiskTable(cfg.half_life_ms, cfg.prior, rows,
+                         [self.exams, self.violations, float(self.t_ms)],
+                         score_mean=self.pivot, track_scores=False)  # fmt: skip
+
+
+class RiskRef(msgspec.Struct, array_like=True, frozen=True):
+    """What the exam step needs of a scored parcel (kept with the parcel's memory): its
+    keys, its features as scored, the probability with which it was selected."""
+
+    keys: list[str]
+    x: list[float]
+    propensity: float = 1.0
+
+
+_REF_ENC = msgspec.json.Encoder()
+_REF_DEC = msgspec.json.Decoder(RiskRef)
+
+
+def encode_ref(ref: RiskRef) -> str:
+    return _REF_ENC.encode(ref).decode()
+
+
+def decode_ref(raw: str | bytes | None) -> RiskRef | None:
+    return _REF_DEC.decode(raw) if raw else None
+
+
+def weight(propensity: float, clip: float) -> float:
+    """An outcome's inverse-propensity weight, clipped."""
+    return min(1.0 / propensity, clip) if propensity > 0 else clip
+
+
+def train_state(
+    state: RiskState,
+    examples: Sequence[tuple[RiskRef, bool, int]],
+    cfg: RiskConfig,
+    now_ms: int,
+) -> RiskState:
+    """The next state after learning from ``(ref, violation, examined_ts_ms)`` in order:
+    the model trains on each parcel's features as scored, each outcome weighted by its
+    inverse selection probability; the global counts move."""
+    if not examples:
+        return state
+    model = state.model(cfg)
+    x = np.array([e[0].x for e in examples], dtype=np.float64)
+    if x.shape[1] != N_FEATURES:  # features of another model version: counts only
+        x = np.zeros((0, N_FEATURES))
+    y = np.array([float(e[1]) for e in examples])
+    w = np.array([weight(e[0].propensity, cfg.ipw_clip) for e in examples])
+    if len(x):
+        model.train(x, y, w)
+    total = [state.exams, state.violations, float(state.t_ms)]
+    table = RiskTable(cfg.half_life_ms, cfg.prior, total=total)
+    for (_, v, at), wi in zip(examples, w.tolist(), strict=True):
+        table.update((), v, wi, float(at))
+    return RiskState(model.theta.tolist(), table.total[0], table.total[1], int(table.total[2]),
+                     state.trained + len(examples), state.pivot)  # fmt: skip
+
+
+def key_text(key: str) -> str:
+    """A learned key in words an officer can use (never personal data: the consignee
+    address appears only as "the consignee address")."""
+    parts = []
+    for part in key.split("|"):
+        kind, _, val = part.partition(":")
+        if kind in ("hs6", "hs4", "hs2"):
+            parts.append("HS " + (f"{val[:4]}.{val[4:]}" if len(val) > 4 else val))
+        elif kind in ("o", "origin"):
+            parts.append(f"from {val}")
+        elif kind in ("d", "departure"):
+            parts.append(f"via {val}")
+        elif kind == "v":
+            b = int(val)
+            parts.append("valued under USD 1" if b == 0
+                         else f"valued USD {2 ** (b - 1):,}-{2**b:,}")  # fmt: skip
+        elif kind == "w":
+            b = int(val)
+            parts.append("under 0.1 kg" if b == 0
+                         else f"{2 ** (b - 1) / 10:g}-{2**b / 10:g} kg")  # fmt: skip
+        elif kind == "addr":
+            parts.append("the consignee address")
+        elif kind == "attr":
+            k, _, v = val.partition("=")
+            parts.append(f"{k} {v}")
+        elif kind == "entry":
+            parts.append(f"entry type {val}")
+        elif kind == "mode":
+            parts.append(f"transport mode {val}")
+        elif kind == "market":
+            parts.append(f"marketplace {val}")
+        else:
+            parts.append(f"{kind} {val}")
+    return " ".join(parts)
+
+
+def explain(
+    table: RiskTable, keys: ParcelKeys, x: F64, theta: F64, now_ms: float, n: int
+) -> list[tuple[str, str, float, float, float]]:
+    """The ``n`` strongest positive learned contributions to a parcel's log-odds: per
+    feature group, its riskiest key (key, text, rate, examinations, contribution)."""
+    g_rate = table.global_rate(now_ms)
+    out = []
+    for j, pairs in enumerate(keys.groups):
+        c = float(theta[FIRST_GROUP + j] * x[FIRST_GROUP + j])
+        if not pairs or c <= 0.005:
+            continue
+        best = None
+        for key, parent in pairs:
+            chain = [key]
+            while chain[-1] and (p := _parent_of(chain[-1], parent if len(chain) == 1 else "")):
+                chain.append(p)
+            rate, exams = g_rate, 0.0
+            for k in reversed(chain):
+                rate, e = table.rate(k, rate, now_ms)
+                if k == key:
+                    exams = e
+            if best is None or rate > best[1]:
+                best = (key, rate, exams)
+        assert best is not None
+        key, rate, exams = best
+        text = f"{key_text(key)}: {rate:.0%} violations in {exams:,.0f} examinations"
+        out.append((key, text, round(rate, 4), round(exams, 1), round(c, 3)))
+    if x[-2] > 0 and theta[-2] * x[-2] > 0.005:
+        out.append(("undervalued", f"value per kg {x[-2]:.1f} standard deviations under its "
+                    "HS peers", 0.0, 0.0, round(float(theta[-2] * x[-2]), 3)))  # fmt: skip
+    out.sort(key=lambda r: -r[4])
+    return out[:n]
+
+
+def _parent_of(key: str, given: str) -> str:
+    if given:
+        return given
+    if "|" in key:
+        return key.rsplit("|", 1)[0]
+    return _hs_parent(key)

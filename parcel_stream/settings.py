@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 if TYPE_CHECKING:
     from parcel_stream.learner import LearnerConfig
     from parcel_stream.pipeline import StateConfig
+    from parcel_stream.risk import RiskConfig
 
 PREFIX = "PARCEL_"
 SECRETS = ("kafka_sasl_password", "redis_password")
@@ -121,6 +122,16 @@ class Settings:
     learner_l2: float = 0.001
     learner_max_adjust_points: float = 20.0
     learner_refresh_s: float = 5.0
+    # The learned risk model (parcel_stream/risk.py, docs/learning.md): off | shadow
+    # (probability and learned reasons reported, trained by exam results, lanes from the
+    # rules) | on (lanes from the probability). Its weights live in the learner state.
+    risk_model: str = "off"
+    risk_hold_probability: float = 0.5
+    risk_review_probability: float = 0.3
+    risk_ipw_clip: float = 5.0
+    risk_learning_rate: float = 0.05
+    risk_half_life_days: float = 180.0
+    risk_ttl_days: float = 365.0
     # Scoring: the rule-set file (empty = the built-in default). The threshold and lane
     # scores come from the rule set; set these only to override it.
     rules_file: str = ""
@@ -177,6 +188,18 @@ class Settings:
             learning_rate=self.learner_learning_rate,
             l2=self.learner_l2,
             max_adjust_points=self.learner_max_adjust_points,
+        )
+
+    def risk_config(self) -> RiskConfig:
+        from parcel_stream.risk import RiskConfig
+
+        return RiskConfig(
+            mode=self.risk_model,  # type: ignore[arg-type]  # validated
+            hold_probability=self.risk_hold_probability,
+            review_probability=self.risk_review_probability,
+            learning_rate=self.risk_learning_rate,
+            half_life_ms=self.risk_half_life_days * 86_400_000.0,
+            ipw_clip=self.risk_ipw_clip,
         )
 
     @property
@@ -337,6 +360,16 @@ def _validate(s: Settings) -> None:
         "must be between 0 and 100 score points",
     )
     _require(s.learner_refresh_s > 0, "learner_refresh_s", "must be a positive number of seconds")
+    _require(s.risk_model in ("off", "shadow", "on"), "risk_model", "must be off, shadow or on")
+    _require(
+        0 < s.risk_review_probability <= s.risk_hold_probability <= 1,
+        "risk_hold_probability",
+        "must be <= 1 and >= PARCEL_RISK_REVIEW_PROBABILITY (> 0)",
+    )
+    _require(s.risk_ipw_clip >= 1, "risk_ipw_clip", "must be >= 1 (1: no weighting)")
+    _require(0 < s.risk_learning_rate <= 1, "risk_learning_rate", "must be > 0 and <= 1")
+    for name in ("risk_half_life_days", "risk_ttl_days"):
+        _require(0 < getattr(s, name) <= 36_500, name, "must be a number of days > 0")
     _require(
         s.log_level.lower() in {"debug", "info", "warning", "error"},
         "log_level",

@@ -83,8 +83,15 @@ REMEMBERED = StateKey(
 EXAMINABLE = StateKey(
     "parcel", "", "parcel id", "hash",
     "a parcel sent to review or hold: shipper, address key, seller, the rules that fired, its "
-    "rule-set score (for exam results and the learner)",
+    "rule-set score (for exam results and the learner); `k` its learned keys, features as "
+    "scored and selection probability (JSON, when the learned model is on)",
     "`PARCEL_EXAM_TTL_DAYS` (180)",
+)  # fmt: skip
+RISK = StateKey(
+    "risk", "", "learned key", "hash",
+    "the learned model's counts for one key (an HS code, a cross, a declarant, an attribute: "
+    "`risk.py`): `n` examinations and `v` violations, selection-weighted and decayed to `t`",
+    "`PARCEL_RISK_TTL_DAYS` (365) after its last examination: rare keys expire",
 )  # fmt: skip
 EXAM = StateKey("exam", "", "exam id", "string", "marks an applied examination result",
                 "`PARCEL_EXAM_TTL_DAYS` (180)")  # fmt: skip
@@ -122,7 +129,7 @@ LOCKS = StateKey(
 
 STATE_KEYS: tuple[StateKey, ...] = (
     SHIPPER, SELLER, ADDRESS_SHIPPERS, ADDRESS_VIOLATIONS, PAIR, REMEMBERED, EXAMINABLE, EXAM,
-    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS,
+    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS, RISK,
 )  # fmt: skip
 
 
@@ -181,6 +188,8 @@ class StateStore(Protocol):
         self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
     ) -> list[bool] | None: ...
 
+    def read_risk(self, keys: list[str]) -> dict[str, list[float]]: ...
+
 
 class AsyncStateStore(Protocol):
     """The same contract, awaited: what the worker's batch and exam steps use. Served by
@@ -208,6 +217,8 @@ class AsyncStateStore(Protocol):
     async def apply_exams(
         self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
     ) -> list[bool] | None: ...
+
+    async def read_risk(self, keys: list[str]) -> dict[str, list[float]]: ...
 
     async def ping(self) -> bool: ...
 
@@ -248,6 +259,9 @@ class AsyncTwin:
         self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
     ) -> list[bool] | None:
         return self.store.apply_exams(deltas, learner)
+
+    async def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
+        return self.store.read_risk(keys)
 
     async def ping(self) -> bool:
         return True

@@ -29,12 +29,15 @@ from parcel_stream.pipeline import (
     Batch,
     BatchResult,
     Prepared,
+    RiskInput,
     StateConfig,
     prepare,
     recognise,
+    risk_keys,
     score_prepared,
 )
 from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
+from parcel_stream.risk import RiskConfig, RiskState
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
 
@@ -80,9 +83,12 @@ def batch_step(
     learner_version: int = 0,
     config: StateConfig = DEFAULT_STATE,
     prune: dict[Partition, int] | None = None,
+    risk: tuple[RiskConfig, RiskState] | None = None,
 ) -> Step:
     """One batch, start to end (see the module's docstring). ``prune``: outputs produced
-    up to these offsets, whose digests go with this batch's update."""
+    up to these offsets, whose digests go with this batch's update. ``risk``: the learned
+    model's config and state (from the learner state), when it is not off: the batch's
+    keys' counts are read after its state, and its parcels scored with them."""
     attempt = 0
     while True:
         attempt += 1
@@ -102,7 +108,14 @@ def batch_step(
             replayed, resent, skipped = rebuild(old, digests, limits)
             fresh = [r for r in records if not applied(r)]
             batch = yield from _read(prepare(fresh, limits, now_ms, ruleset.split_min_usd))
-        result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config)
+        risk_in = None
+        if risk is not None and risk[0].scores:
+            keys = risk_keys(batch.prep)
+            learned = list(dict.fromkeys(k for pk in keys for k in pk.all_keys()))
+            rows = yield Call("read_risk", (learned,))
+            risk_in = RiskInput(risk[0], risk[1], keys, rows)
+        result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config,
+                                risk_in)  # fmt: skip
         update = result.update
         if prune:
             update = replace(update, prune=prune)
@@ -151,10 +164,12 @@ def run_sync(
     adjust: F64 | None = None,
     learner_version: int = 0,
     config: StateConfig = DEFAULT_STATE,
+    risk: tuple[RiskConfig, RiskState] | None = None,
 ) -> BatchResult:
     """The batch step against a synchronous store (tests, backtests); the outputs include
     those of records applied before (from their digests)."""
-    step = batch_step(records, ruleset, limits, now_ms, encode, adjust, learner_version, config)
+    step = batch_step(records, ruleset, limits, now_ms, encode, adjust, learner_version, config,
+                      risk=risk)  # fmt: skip
     return run_step(step, store).result
 
 

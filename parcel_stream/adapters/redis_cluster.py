@@ -56,7 +56,12 @@ from parcel_stream.adapters.redis_lua import (
     SHARD_EXAMS_LUA,
     keys_in,
 )
-from parcel_stream.adapters.redis_store import RedisReputationStore, parse_read, shipper_member
+from parcel_stream.adapters.redis_store import (
+    RedisReputationStore,
+    parse_read,
+    risk_rows,
+    shipper_member,
+)
 from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState, encode_state
 from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate
@@ -69,6 +74,7 @@ from parcel_stream.state import (
     PREP,
     PREPDATA,
     REMEMBERED,
+    RISK,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -78,6 +84,7 @@ log = logging.getLogger("parcel_stream.redis_cluster")
 SLOTS = 16384
 _PACK = msgspec.msgpack.Encoder()
 _UNPACK = msgspec.msgpack.Decoder()
+_JSON = msgspec.json.Encoder()
 
 
 @lru_cache(maxsize=64)
@@ -203,6 +210,25 @@ class RedisClusterStore(RedisReputationStore):
 
     def learner_key(self) -> str:
         return super().learner_key().replace(self.prefix, self.tags[0], 1)
+
+    def risk_key(self, key: str) -> str:
+        return RISK.key(self.tag_of(key), key)
+
+    def risk_patterns(self) -> list[str]:
+        return [RISK.key(tag, "*") for tag in self.tags]
+
+    async def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
+        """The learned model's counts of these keys (one script call per shard)."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for k in keys:
+            by_shard[self.shard_of(k)].append(k)
+        calls = [(n, [_PACK.encode([RISK.key(self.tags[n], ""), ks])])
+                 for n, ks in by_shard.items()]  # fmt: skip
+        out: dict[str, list[float]] = {}
+        for ks, flat in zip(by_shard.values(), await self._eval(self._risk_read, calls),
+                            strict=True):  # fmt: skip
+            out.update(risk_rows(ks, flat))
+        return out
 
     def _marks(self, shard: int, parts: list[Partition]) -> list[str]:
         return [PREP.key(self.tags[shard], f"{t}:{p}") for t, p in parts]
@@ -490,6 +516,14 @@ class RedisClusterStore(RedisReputationStore):
             if d.violation:
                 akey = ADDRESS_VIOLATIONS.key(self.tag_of(d.address), d.address)
                 by_shard[self.shard_of(d.address)].append([d.exam_id, "a", akey, v, at])
+            if d.risk is not None and d.risk_weight > 0:  # the learned keys, per shard
+                keys_of: dict[int, list[str]] = defaultdict(list)
+                for k in d.risk.keys:
+                    keys_of[self.shard_of(k)].append(k)
+                for n, ks in keys_of.items():
+                    spec = _JSON.encode([d.risk_weight, float(self.risk_half_life_ms),
+                                         self.risk_ttl_s, *ks]).decode()  # fmt: skip
+                    by_shard[n].append([d.exam_id, "r", spec, v, at])
         fresh = await self._exams_shards(by_shard)
         ids = [d.exam_id for d in deltas]
         if learner is None:

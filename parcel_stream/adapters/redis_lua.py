@@ -17,6 +17,7 @@ from parcel_stream.state import (
     PAIR,
     PREPDATA,
     REMEMBERED,
+    RISK,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -110,6 +111,35 @@ end
 return out
 """
 
+# The learned model's counts of a batch's keys (ARGV[1] msgpack: key prefix, keys): n,
+# v, t per key, nil n when the key is not stored.
+RISK_READ_LUA = """
+local u = cmsgpack.unpack(ARGV[1])
+local prefix, keys = u[1], u[2]
+local out = {}
+for j, k in ipairs(keys) do
+  local row = redis.call('HMGET', prefix .. k, 'n', 'v', 't')
+  out[3 * j - 2], out[3 * j - 1], out[3 * j] = row[1], row[2], row[3]
+end
+return out
+"""
+
+# An examination result's count on its learned keys (``risk.py``): JSON [weight, half-life
+# ms, TTL s, key...]; the keys' rows are brought up to date and the weighted examination
+# and violation added.
+RISK_COUNT_LUA = """
+local function risk_count(prefix, spec, v, at)
+  if spec == '' then return end
+  local r = cjson.decode(spec)
+  local w, hl, ttl = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
+  for j = 4, #r do
+    local key = prefix .. r[j]
+    decay_add(key, at, hl, {'n', 'v'}, {w, w * v})
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+"""
+
 # Examination results: each applied once (SET NX on the exam id), then counted on the
 # shipper, the seller and the consignee address. With a learner state (ARGV[4] not
 # empty) the call is all or nothing: it fails (returns -1) unless the learner version is
@@ -129,6 +159,7 @@ end
 EXAMS_LUA = (
     DECAY_LUA
     + STORE_LEARNER
+    + RISK_COUNT_LUA
     + """
 local prefix, ttl, hl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local learner, expected = ARGV[4], ARGV[5]
@@ -136,12 +167,12 @@ local first = 8
 if learner ~= '' then
   local cur = redis.call('HGET', prefix .. '@learner', 'version') or '0'
   if cur ~= expected then return -1 end
-  for a = first, #ARGV, 6 do
+  for a = first, #ARGV, 7 do
     if redis.call('EXISTS', prefix .. '@exam:' .. ARGV[a]) == 1 then return -1 end
   end
 end
 local out = {}
-for a = first, #ARGV, 6 do
+for a = first, #ARGV, 7 do
   local fresh = redis.call('SET', prefix .. '@exam:' .. ARGV[a], '1', 'NX', 'EX', ttl)
   if fresh then
     local v = tonumber(ARGV[a + 3])
@@ -159,6 +190,7 @@ for a = first, #ARGV, 6 do
       decay_add(akey, at, hl, {'rv'}, {1})
       redis.call('EXPIRE', akey, ttl)
     end
+    risk_count(prefix .. '@risk:', ARGV[a + 6], v, at)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -249,6 +281,7 @@ local function write(u, blobs)
   for _, x in ipairs(exam) do
     local key = prefix .. '@parcel:' .. x[1]
     redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
+    if x[7] ~= '' then redis.call('HSET', key, 'k', x[7]) end
     redis.call('EXPIRE', key, exam_ttl)
   end
   -- decision digests of this batch's records, and those of outputs since acknowledged
@@ -294,6 +327,7 @@ LUA_KEYS = {
     "@locks": f":{LOCKS.segment}",
     "@prepdata:": f":{PREPDATA.segment}:",
     "@ob:": f":{OUTBOX.segment}:",
+    "@risk:": f":{RISK.segment}:",
 }
 
 
@@ -420,20 +454,23 @@ return 'fenced'
 # -2 while a prepared batch holds one of the entities (retry shortly).
 SHARD_EXAMS_LUA = (
     DECAY_LUA
+    + RISK_COUNT_LUA
     + """
 local tag = KEYS[1]
 local u = cmsgpack.unpack(ARGV[1])
 local ttl, hl, items = u[1], u[2], u[3]
 local locks = tag .. '@locks'
 for _, it in ipairs(items) do
-  if it[2] ~= 'a' and redis.call('HGET', locks, it[3]) then return -2 end
+  if it[2] ~= 'a' and it[2] ~= 'r' and redis.call('HGET', locks, it[3]) then return -2 end
 end
 local out = {}
 for i, it in ipairs(items) do
   local mark = tag .. '@exam:' .. it[1] .. ':' .. it[2]
   if redis.call('SET', mark, '1', 'NX', 'EX', ttl) then
     local key, v, at = it[3], it[4], it[5]
-    if it[2] == 'a' then
+    if it[2] == 'r' then
+      risk_count(tag .. '@risk:', key, v, at)
+    elseif it[2] == 'a' then
       decay_add(key, at, hl, {'rv'}, {1})
       redis.call('EXPIRE', key, ttl)
     else

@@ -54,6 +54,7 @@ from parcel_stream.adapters.redis_lua import (
     EXAMS_LUA,
     PARCELS_LUA,
     READ_LUA,
+    RISK_READ_LUA,
     SELLER_WIDTH,
     SHIPPER_WIDTH,
     keys_in,
@@ -70,6 +71,7 @@ from parcel_stream.reputation import (
     ReputationUpdate,
     ShipperState,
 )
+from parcel_stream.risk import decode_ref, encode_ref
 from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS, EntityTable, StoredState
 from parcel_stream.settings import Settings
 from parcel_stream.state import (
@@ -81,6 +83,7 @@ from parcel_stream.state import (
     OUTBOX,
     PAIR,
     REMEMBERED,
+    RISK,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -90,6 +93,7 @@ from parcel_stream.state import (
 F64 = npt.NDArray[np.float64]
 
 _PACK = msgspec.msgpack.Encoder()
+_JSON = msgspec.json.Encoder()
 
 
 @lru_cache(maxsize=1 << 16)
@@ -167,6 +171,16 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def risk_rows(keys: list[str], flat: list[Any]) -> dict[str, list[float]]:
+    """[n, v, t] per key from a flat reply (nil n: not stored)."""
+    out = {}
+    for j, key in enumerate(keys):
+        n = flat[3 * j]
+        if n is not None:
+            out[key] = [float(n), float(flat[3 * j + 1] or 0), float(flat[3 * j + 2] or 0)]
+    return out
+
+
 class RedisReputationStore:
     """Async Redis implementation of the reputation store contract."""
 
@@ -182,9 +196,13 @@ class RedisReputationStore:
         half_life_ms: float = DEFAULT_HALF_LIFE_MS,
         learner_history: int = 100,
         parcel_ttl_s: int = 14 * 86_400,
+        risk_ttl_s: int = 365 * 86_400,
+        risk_half_life_ms: float = 180.0 * 86_400_000,
         **client_options: Any,
     ) -> None:
         self.parcel_ttl_s = parcel_ttl_s
+        self.risk_ttl_s = risk_ttl_s
+        self.risk_half_life_ms = risk_half_life_ms
         self.exam_ttl_s = exam_ttl_s
         self.window_ms = window_ms
         self.address_ttl_s = address_ttl_s
@@ -200,6 +218,7 @@ class RedisReputationStore:
         self._read = self.client.register_script(keys_in(READ_LUA))
         self._exams = self.client.register_script(keys_in(EXAMS_LUA))
         self._parcels = self.client.register_script(keys_in(PARCELS_LUA))
+        self._risk_read = self.client.register_script(RISK_READ_LUA)
 
     def _connect(self, url: str, socket_timeout_s: float, options: dict[str, Any]) -> Any:
         # No retries inside the client: the worker's own loop retries with backoff, counts
@@ -227,6 +246,8 @@ class RedisReputationStore:
             ttl_s=round(settings.entity_ttl_days * 86_400),
             address_ttl_s=round(settings.address_ttl_days * 86_400),
             exam_ttl_s=round(settings.exam_ttl_days * 86_400),
+            risk_ttl_s=round(settings.risk_ttl_days * 86_400),
+            risk_half_life_ms=settings.risk_half_life_days * 86_400_000.0,
             **redis_options(settings),
         )
         if settings.redis_cluster:
@@ -345,7 +366,8 @@ class RedisReputationStore:
              for a, ids in update.addresses],
             [[key(REMEMBERED, pid), expected, *blob(raw)] for pid, expected, raw in update.parcels],
             [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
-              repr(ref.static_score)] for pid, ref in update.examinable],
+              repr(ref.static_score), encode_ref(ref.risk) if ref.risk else ""]
+             for pid, ref in update.examinable],
             [[f"{t}:{p}", offset, *blob(digest)] for (t, p), offset, digest in update.outbox],
             [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],
         ]  # fmt: skip
@@ -376,10 +398,10 @@ class RedisReputationStore:
         """What was remembered of parcels that went to review or hold (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
         for pid in parcel_ids:
-            pipe.hmget(self.examinable_key(pid), ("s", "a", "l", "r", "c"))
+            pipe.hmget(self.examinable_key(pid), ("s", "a", "l", "r", "c", "k"))
         rows: list[Any] = await pipe.execute()
         out = {}
-        for pid, (s, a, seller, rules, score) in zip(parcel_ids, rows, strict=True):
+        for pid, (s, a, seller, rules, score, risk) in zip(parcel_ids, rows, strict=True):
             if s is None or a is None:
                 continue
             codes = _text(rules) if rules else ""
@@ -389,6 +411,7 @@ class RedisReputationStore:
                 _text(seller) if seller else "",
                 tuple(codes.split(",")) if codes else (),
                 float(score) if score else 0.0,
+                decode_ref(risk),
             )
         return out
 
@@ -425,11 +448,48 @@ class RedisReputationStore:
                          self.learner_keep))  # fmt: skip
         for d in deltas:
             args.extend((d.exam_id, d.shipper_id, d.address, int(d.violation),
-                         d.examined_ts_ms, d.seller))  # fmt: skip
+                         d.examined_ts_ms, d.seller, self._risk_arg(d)))  # fmt: skip
         res: Any = await self._exams(keys=[], args=args)
         if isinstance(res, int):
             return None if res < 0 else []
         return [bool(int(x)) for x in res]
+
+    def _risk_arg(self, d: ExamDelta) -> str:
+        """The learned keys an exam result counts on: JSON [weight, half-life ms, TTL s,
+        key...], "" for none."""
+        if d.risk is None or d.risk_weight <= 0:
+            return ""
+        return _JSON.encode([d.risk_weight, float(self.risk_half_life_ms), self.risk_ttl_s,
+                             *d.risk.keys]).decode()  # fmt: skip
+
+    def risk_key(self, key: str) -> str:
+        return RISK.key(self.prefix, key)
+
+    async def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
+        """The learned model's counts of these keys (one script call)."""
+        if not keys:
+            return {}
+        flat: list[Any] = await self._risk_read(args=[_PACK.encode([self.risk_key(""), keys])])
+        return risk_rows(keys, flat)
+
+    def risk_patterns(self) -> list[str]:
+        return [self.risk_key("*")]
+
+    async def scan_risk(self, limit: int = 1_000_000) -> dict[str, list[float]]:
+        """Every learned key's counts (up to ``limit`` keys): for inspection, not scoring."""
+        out: dict[str, list[float]] = {}
+        for pattern in self.risk_patterns():
+            head = len(pattern) - 1
+            names: list[str] = []
+            async for raw in self.client.scan_iter(match=pattern, count=1000):
+                names.append(_text(raw)[head:])
+                if len(out) + len(names) >= limit:
+                    break
+            for lo in range(0, len(names), 5000):
+                out.update(await self.read_risk(names[lo : lo + 5000]))
+            if len(out) >= limit:
+                break
+        return out
 
     async def _entity(self, key: str) -> ShipperState | None:
         raw = await self.client.hgetall(key)
@@ -511,6 +571,9 @@ class BlockingRedisStore:
         self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
     ) -> list[bool] | None:
         return self._loop.run_until_complete(self._store.apply_exams(deltas, learner))
+
+    def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
+        return self._loop.run_until_complete(self._store.read_risk(keys))
 
     def close(self) -> None:
         self._loop.run_until_complete(self._store.close())

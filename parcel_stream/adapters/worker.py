@@ -22,12 +22,13 @@ from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.adapters.sinks import SendFn, output_sinks
 from parcel_stream.decide import LANES, Outputs, encode_rejection, hold_reason_counts
-from parcel_stream.exams import applied_flags, exam_step, parse_exam_records, trace
+from parcel_stream.exams import applied_flags, exam_step, parse_exam_records, trace, trains
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import BatchResult
 from parcel_stream.reputation import ExamDelta, Partition
+from parcel_stream.risk import RiskState
 from parcel_stream.rules import RuleSet, RuleSetError
 from parcel_stream.settings import Settings
 from parcel_stream.state import AsyncStateStore
@@ -74,6 +75,7 @@ class BatchProcessor:
         self.watcher = RuleSetWatcher(settings, ruleset)
         metrics.ruleset.info({"version": ruleset.version})
         self.learner_cfg = settings.learner_config()
+        self.risk_cfg = settings.risk_config()
         self.state_config = settings.state_config()
         self.learner = LearnerCache()
         # per input partition: outputs acknowledged up to this offset (digests to delete)
@@ -86,7 +88,7 @@ class BatchProcessor:
     async def refresh_learner(self) -> None:
         """Between batches, at most every ``learner_refresh_s``: fetch the learner state.
         A failure keeps the state held (the scoring path retries Redis on its own)."""
-        if not self.learner_cfg.trains:
+        if not trains(self.learner_cfg, self.risk_cfg):
             return
         now = time.monotonic()
         if now - self.learner.fetched_at < self.settings.learner_refresh_s:
@@ -181,8 +183,9 @@ class BatchProcessor:
         await self.refresh_learner()
         rs, cfg, state = self.ruleset, self.learner_cfg, self.learner.state
         adjust = state.adjustments(cfg, [r.code for r in rs.rules]) if cfg.adjusts else None
+        risk = (self.risk_cfg, state.risk or RiskState()) if self.risk_cfg.scores else None
         step = batch_step(records, rs, self.limits, now_ms(), True, adjust, state.version,
-                          self.state_config, self.pending_prune)  # fmt: skip
+                          self.state_config, self.pending_prune, risk)  # fmt: skip
         conflicts = Backoff(first_s=0.005, max_s=1.0)
         t_apply = 0.0
         try:
@@ -276,21 +279,24 @@ class ExamProcessor:
         self.send = send
         self.metrics = metrics
         self.learner_cfg = settings.learner_config()
+        self.risk_cfg = settings.risk_config()
         self.pivot_score = pivot_score  # the active rule set's hold score
         self.positions: dict[Partition, int] = {}  # next offset to process, per partition
 
     async def _apply(self, deltas: list[ExamDelta]) -> list[bool]:
         """Apply the results and, unless the learner is off, train it on the new ones in
         the same atomic step; retried when another worker stored a learner state first."""
-        if not self.learner_cfg.trains or not deltas:
+        if not trains(self.learner_cfg, self.risk_cfg) or not deltas:
             return await self.store.apply_exams(deltas) or []
         while True:
             state = await self.store.read_learner()
             seen = await self.store.exams_seen([d.exam_id for d in deltas])
             todo, learner = exam_step(deltas, seen, state, self.learner_cfg, self.pivot_score(),
-                                      now_ms())  # fmt: skip
-            if learner is None:
+                                      now_ms(), self.risk_cfg)  # fmt: skip
+            if not todo:
                 return [False] * len(deltas)
+            if learner is None:  # nothing to train on: the results alone
+                return applied_flags(deltas, todo, await self.store.apply_exams(todo) or [])
             applied = await self.store.apply_exams(todo, learner)
             if applied is not None:
                 self.metrics.learner_updates.inc()

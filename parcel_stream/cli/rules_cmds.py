@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parcel_stream.cli.common import now_ms, time_ms
-from parcel_stream.cli.errors import UsageError
+from parcel_stream.cli.errors import UsageError, redis_unreachable
 from parcel_stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,11 +54,13 @@ def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
         rs = load_ruleset(args.rules) if args.rules else default_ruleset(settings)
     except RuleSetError as exc:
         raise UsageError(str(exc)) from None
-    print(explain_parcel(args.files[0], rs, args))
+    print(explain_parcel(args.files[0], rs, args, settings))
     return 0
 
 
-def explain_parcel(path: str, rs: Any, args: argparse.Namespace) -> str:
+def explain_parcel(
+    path: str, rs: Any, args: argparse.Namespace, settings: Settings | None = None
+) -> str:
     import numpy as np
 
     from parcel_stream.explain import evaluate_parcel, feature_values, render
@@ -83,7 +85,43 @@ def explain_parcel(path: str, rs: Any, args: argparse.Namespace) -> str:
         ),
     )
     feats = build_features([parsed], index_shippers([parsed]), view, rs, now)
-    return render(evaluate_parcel(feats, 0, rs, now), rs, feature_values(feats, 0))
+    results = evaluate_parcel(feats, 0, rs, now)
+    text = render(results, rs, feature_values(feats, 0))
+    if args.learned:
+        score = min(max(sum(r.points for r in results), 0.0), 100.0)
+        text += learned_part(parsed, score, now, settings or Settings.from_env())
+    return text
+
+
+def learned_part(m: Any, score: float, now: int, settings: Settings) -> str:
+    """The learned model's part, from the learner state and the learned keys' counts in
+    the store the settings name."""
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from parcel_stream.adapters.redis_store import RedisReputationStore
+    from parcel_stream.currency import USD_PER_UNIT
+    from parcel_stream.explain import render_learned
+    from parcel_stream.features import address_key
+    from parcel_stream.risk import RiskState, parcel_keys
+
+    cfg = settings.risk_config()
+
+    async def read() -> str:
+        store = RedisReputationStore.from_settings(settings, socket_timeout_s=3.0)
+        try:
+            state = (await store.read_learner()).risk or RiskState()
+            address = address_key(m.consignee.address)
+            keys = parcel_keys(m, address, m.declared_value * USD_PER_UNIT[m.currency])
+            rows = await store.read_risk(keys.all_keys())
+        except (RedisError, OSError) as exc:
+            raise redis_unreachable(exc) from None
+        finally:
+            await store.close()
+        return render_learned(m, score, state, rows, cfg, now, address)
+
+    return asyncio.run(read())
 
 
 def _read(path: str) -> bytes:
@@ -118,4 +156,10 @@ def add_rules(sub: Subcommands) -> None:
         help="explain: days since first seen (-1 = never)",
     )
     ru.add_argument("--at", type=time_ms, help="explain: decision time (default now)")
+    ru.add_argument(
+        "--learned",
+        action="store_true",
+        help="explain: add the learned model's probability, contributions and reasons, "
+        "from the learner state and learned keys in Redis (PARCEL_REDIS_URL)",
+    )
     ru.set_defaults(func=cmd_rules)

@@ -89,6 +89,37 @@ def render_learner(state: Any, cfg: Any, rs: Any, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_risk(state: Any, cfg: Any, rows: dict[str, list[float]], top: int) -> str:
+    """The learned risk model: its weights per feature and its strongest learned keys."""
+    from parcel_stream.risk import FEATURE_NAMES, RiskState, key_text
+
+    risk = state.risk or RiskState()
+    theta = risk.model(cfg).theta
+    table = risk.table(rows, cfg)
+    now = float(now_ms())
+    lines = [
+        f"risk model: mode {cfg.mode}, {risk.trained:,} examination results learned, "
+        f"global violation rate {table.global_rate(now):.1%} "
+        f"({risk.exams:,.1f} weighted examinations, decayed)",
+        "",
+        "| feature | weight |",
+        "|---|---:|",
+        *(f"| {n} | {w:+.3f} |" for n, w in zip(FEATURE_NAMES, theta.tolist(), strict=True)),
+    ]
+    strongest = table.strongest(top, now)
+    lines += [
+        "",
+        f"strongest learned keys ({len(rows):,} keys stored; at least 5 examinations):",
+        "",
+        "| key | in words | violation rate | examinations |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [f"| {k} | {key_text(k)} | {r:.1%} | {n:,.1f} |" for k, r, n in strongest]
+    if not strongest:
+        lines.append("| (none yet) | | | |")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
@@ -114,7 +145,10 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
                     raise UsageError("the learner state changed meanwhile; run the reset again")
                 print(f"learner reset: version {new.version}, all adjustments 0")
                 return 0
+            if args.action == "rollback":
+                return await rollback(store, state, args.version)
             history = await store.learner_history(args.history) if args.history else []
+            rows = await store.scan_risk() if state.risk is not None else {}
         except (RedisError, OSError) as exc:
             raise redis_unreachable(exc) from None
         finally:
@@ -125,6 +159,9 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
                 print(encode_state(old).decode())
             return 0
         print(render_learner(state, cfg, rs), end="")
+        if state.risk is not None:
+            print()
+            print(render_risk(state, settings.risk_config(), rows, args.top), end="")
         if history:
             print("\nversion | learned from | violations | bias | largest adjustments")
             for old in history:
@@ -137,6 +174,27 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run())
 
 
+async def rollback(store: Any, state: Any, version: int | None) -> int:
+    """Store an earlier learner state (rule weights and risk model) again, as a new
+    version, so the rollback is itself on record. The per-key counts stay: they are
+    examination results, not a model."""
+    import msgspec
+
+    if version is None:
+        raise UsageError("learner rollback needs --version N (see learner show --history 20)")
+    history = await store.learner_history(store.learner_keep)
+    old = next((h for h in history if h.version == version), None)
+    if old is None:
+        kept = ", ".join(str(h.version) for h in history[:10]) or "none"
+        raise UsageError(f"version {version} is not in the learner history (latest: {kept})")
+    new = msgspec.structs.replace(old, version=state.version + 1, updated_ms=now_ms(),
+                                  note=f"rollback to {version}")  # fmt: skip
+    if not await store.save_learner(state.version, new):
+        raise UsageError("the learner state changed meanwhile; run the rollback again")
+    print(f"learner rolled back to version {version}: now version {new.version}")
+    return 0
+
+
 def add_reputation(sub: Subcommands) -> None:
     rep = sub.add_parser("reputation", help="show a shipper's or seller's state (Redis)")
     rep.add_argument("action", choices=["show"])
@@ -146,8 +204,13 @@ def add_reputation(sub: Subcommands) -> None:
 
 
 def add_learner(sub: Subcommands) -> None:
-    le = sub.add_parser("learner", help="show or reset the adaptive weights (Redis)")
-    le.add_argument("action", choices=["show", "reset"])
+    le = sub.add_parser(
+        "learner", help="show, reset or roll back the learned weights and risk model (Redis)"
+    )
+    le.add_argument("action", choices=["show", "reset", "rollback"])
     le.add_argument("--history", type=positive_int, default=0, help="show: last N versions")
+    le.add_argument("--top", type=positive_int, default=20,
+                    help="show: the strongest learned keys listed (default 20)")  # fmt: skip
+    le.add_argument("--version", type=positive_int, help="rollback: the version to restore")
     le.add_argument("--json", action="store_true", help="show: the raw state(s) as JSON lines")
     le.set_defaults(func=cmd_learner)

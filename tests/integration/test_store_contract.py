@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ from parcel_stream.reputation import (
     ParcelRef,
     ReputationUpdate,
 )
+from parcel_stream.risk import RiskRef
 from parcel_stream.settings import Settings
 from parcel_stream.state import StateStore, declared
 
@@ -145,6 +147,34 @@ def test_exam_results_apply_once_move_versions_and_the_learner_is_compare_and_se
     assert store.read_learner() == learner
 
 
+REF = RiskRef(["hs6:293399", "hs6:293399|o:IN|d:AE", "attr:platform=shop one", "declarant:D 1"],
+              [1.0, -1.2345678901234567, 0.1, 1e-300, *([0.0] * 18)], 0.25)  # fmt: skip
+
+
+def test_learned_keys_are_kept_with_the_parcel_and_counted_once_per_result(
+    store: StateStore,
+) -> None:
+    u = update()
+    assert store.apply(dataclasses.replace(u, examinable=[
+        ("P1", dataclasses.replace(u.examinable[0][1], risk=REF))]))  # fmt: skip
+    got = store.lookup_parcels(["P1"])["P1"].risk
+    assert got == REF  # the features as scored, bit for bit
+    at = 1_790_000_600_000
+    delta = ExamDelta("E1", "P1", "S1", "A1", True, at, "L1@shop", risk=REF, risk_weight=4.0)
+    assert store.apply_exams([delta, delta]) == [True, False]
+    assert store.apply_exams([delta]) == [False]
+    rows = store.read_risk([*REF.keys, "hs6:000000"])
+    assert rows == {k: [4.0, 4.0, float(at)] for k in REF.keys}
+    # a clean result half a life later: the old counts decay to the new time
+    later = at + 90 * 86_400_000
+    clean = dataclasses.replace(delta, exam_id="E2", violation=False, examined_ts_ms=later,
+                                risk=RiskRef(REF.keys[:1], REF.x), risk_weight=1.0)  # fmt: skip
+    assert store.apply_exams([clean]) == [True]
+    n, v, t = store.read_risk(REF.keys[:1])[REF.keys[0]]
+    half = 2**-0.5  # the default half-life is 180 days
+    assert (n, v, t) == pytest.approx((4 * half + 1, 4 * half, later), rel=1e-12)
+
+
 def test_every_key_written_is_declared(settings: Settings) -> None:
     """Every key the Redis store writes has a declared kind (``state.STATE_KEYS``), and
     its Redis type is the declared one."""
@@ -154,7 +184,8 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
     store = BlockingRedisStore(settings.redis_url, prefix=prefix)
     try:
         assert store.apply(update())
-        delta = ExamDelta("E1", "P1", "S1", "A1", True, 1_790_000_600_000, "L1@shop")
+        delta = ExamDelta("E1", "P1", "S1", "A1", True, 1_790_000_600_000, "L1@shop",
+                          risk=REF, risk_weight=1.0)  # fmt: skip
         assert store.apply_exams([delta], (0, LearnerState(version=1))) == [True]
     finally:
         store.close()
@@ -167,4 +198,4 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
         raw = client.type(key)
         type_name = raw.decode() if isinstance(raw, bytes) else str(raw)
         assert kind is not None and names[type_name] == kind.redis_type, key
-    assert len({k.pattern() for k in kinds.values() if k}) >= 11  # nearly every kind written
+    assert len({k.pattern() for k in kinds.values() if k}) >= 12  # nearly every kind written
