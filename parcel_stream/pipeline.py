@@ -8,10 +8,12 @@ parcel by parcel in input order, so batching changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from time import perf_counter
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -63,6 +65,7 @@ from parcel_stream.risk import (
     RiskTable,
     explain,
     parcel_keys,
+    track_capacity,
 )
 from parcel_stream.rules import RuleSet
 from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
@@ -91,6 +94,41 @@ class RiskInput:
     state: RiskState
     keys: list[ParcelKeys]
     rows: dict[str, list[float]]
+    # lanes by capacity: each partition's stored thresholds (msgpack: hub -> log-odds)
+    lanes: dict[Partition, bytes] = field(default_factory=dict)
+
+
+_LANES_ENC = msgspec.msgpack.Encoder(order="sorted")
+_LANES_DEC = msgspec.msgpack.Decoder(dict[str, float])
+
+
+def capacity_lanes(
+    risk: RiskInput, prob: F64, prep: Prepared, skip: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.bool_], list[tuple[Partition, bytes]]]:
+    """Which parcels the capacity thresholds hold (``risk.track_capacity``), per
+    (partition, hub) in input order, and each partition's thresholds afterwards."""
+    cfg = risk.cfg
+    records, parsed = prep.records, prep.parsed
+    start = math.log(cfg.hold_probability / (1 - cfg.hold_probability)) if (
+        cfg.hold_probability < 1) else 30.0  # fmt: skip
+    state: dict[Partition, dict[str, float]] = {}
+    groups: dict[tuple[Partition, str], int] = {}
+    group = np.empty(len(prob), dtype=np.int64)
+    for i, (m, r) in enumerate(zip(parsed.manifests, parsed.record_index, strict=True)):
+        part = (records[r].topic, records[r].partition)
+        if part not in state:
+            raw = risk.lanes.get(part)
+            state[part] = dict(_LANES_DEC.decode(raw)) if raw else {}
+        g = groups.get((part, m.hub))
+        if g is None:
+            g = groups[(part, m.hub)] = len(groups)
+        group[i] = g
+    t = np.array([state[p].get(h, start) for p, h in groups], dtype=np.float64)
+    z = np.log(np.clip(prob, 1e-9, 1 - 1e-9) / np.clip(1 - prob, 1e-9, 1.0))
+    hold = track_capacity(z, group, skip, t, cfg.capacity_pct / 100.0, cfg.capacity_step)
+    for (part, hub), g in groups.items():
+        state[part][hub] = float(t[g])
+    return hold, [(part, _LANES_ENC.encode(hubs)) for part, hubs in state.items()]
 
 
 def risk_keys(prep: Prepared) -> list[ParcelKeys]:
@@ -289,12 +327,17 @@ def score_prepared(
     status = classified.contrib.status
     pids = prep.parcel_ids
     risk_lanes = seq.risk_lanes
+    lane_state: list[tuple[Partition, bytes]] = []
     ts = [float(m.manifest_ts_ms) for m in parsed.manifests] if risk is not None else []
     if risk is not None:
         x, prob, table = _risk_score(risk, seq.static, ts)
         if risk.cfg.decides:
-            risk_lanes = np.where(prob >= risk.cfg.hold_probability, 2,
-                                  np.where(prob >= risk.cfg.review_probability, 1, 0)
+            if risk.cfg.capacity_pct > 0:
+                held, lane_state = capacity_lanes(risk, prob, prep,
+                                                  classified.contrib.status == REPEAT)  # fmt: skip
+            else:
+                held = prob >= risk.cfg.hold_probability
+            risk_lanes = np.where(held, 2, np.where(prob >= risk.cfg.review_probability, 1, 0)
                                   ).astype(np.int8)  # fmt: skip
     lanes, selection = sample(pids, risk_lanes, ruleset.random_rate, ruleset.exploration_rate)
     scored = (_risk_outputs(risk, x, prob, table, lanes, selection, ruleset, ts)
@@ -333,6 +376,7 @@ def score_prepared(
         sellers,
         parcels=_remember(prep, classified, scores, masks, lanes, selection, risk_lanes, legend,
                           learner_version, now_ms, feats.value_usd, scored),
+        lanes=lane_state,
     )  # fmt: skip
     if encode:  # the decision digests the worker stores with the update (outbox.py)
         update = replace(update, outbox=record_digests(

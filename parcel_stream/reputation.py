@@ -114,6 +114,8 @@ class ReputationUpdate:
     prune: dict[Partition, int] = field(default_factory=dict)
     # remembered parcels: (parcel id, expected content hash or "", hash + msgpack)
     parcels: list[tuple[str, str, bytes]] = field(default_factory=list)
+    # the learned model's capacity thresholds of each partition after the batch (msgpack)
+    lanes: list[tuple[Partition, bytes]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not self.watermarks and not self.prune
@@ -306,6 +308,10 @@ class InMemoryStore:
     # the learned model's per-key counts: key -> [examinations, violations, t]
     risk_rows: dict[str, list[float]] = field(default_factory=dict)
     risk_half_life_ms: float = 180.0 * DAY_MS
+    lane_state: dict[Partition, bytes] = field(default_factory=dict)
+
+    def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
+        return {p: self.lane_state[p] for p in partitions if p in self.lane_state}
 
     def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
         return {k: list(self.risk_rows[k]) for k in keys if k in self.risk_rows}
@@ -437,6 +443,8 @@ class InMemoryStore:
             kept = self.outbox.get(part, {})
             for off in [o for o in kept if o <= upto]:
                 del kept[off]
+        for part, raw in update.lanes:
+            self.lane_state[part] = raw
         for part, (_expected, new) in update.watermarks.items():
             self.watermarks[part] = new
         return True

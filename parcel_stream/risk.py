@@ -301,6 +301,25 @@ def _hs_parent(key: str) -> str:
 
 
 @njit(cache=True)
+def track_capacity(
+    z: F64, group: npt.NDArray[np.int64], skip: npt.NDArray[np.bool_], t: F64, share: float,
+    step: float,
+) -> npt.NDArray[np.bool_]:  # pragma: no cover  # fmt: skip
+    """In order: parcel i is held when its log-odds ``z[i]`` reach its group's threshold
+    ``t[group[i]]``, which then moves toward holding ``share`` of the group (in place).
+    ``skip``: parcels that take an earlier decision (repeats) and move nothing."""
+    hold = np.zeros(z.shape[0], dtype=np.bool_)
+    for i in range(z.shape[0]):
+        if skip[i]:
+            continue
+        g = group[i]
+        h = z[i] >= t[g]
+        hold[i] = h
+        t[g] += step * ((1.0 if h else 0.0) - share)
+    return hold
+
+
+@njit(cache=True)
 def _sgd(theta: F64, x: F64, y: F64, w: F64, lr: float, l2: float) -> None:  # pragma: no cover
     for i in range(x.shape[0]):
         z = 0.0
@@ -356,11 +375,20 @@ class RiskConfig:
 
     ``off``: not computed; ``shadow``: computed, trained and reported in decisions and
     holds, lanes still from the rules; ``on``: lanes from the probability (hold at or above
-    ``hold_probability``, review at or above ``review_probability``)."""
+    ``hold_probability``, review at or above ``review_probability``).
+
+    Lanes by capacity (``capacity_pct`` > 0, with ``on``): per hub, about that share of the
+    parcels is held, the riskiest: a threshold on the log-odds per (partition, hub) moves
+    after every parcel, up by ``capacity_step`` x (1 - share) when the parcel was held,
+    down by ``capacity_step`` x share when not, so it settles where the share is held
+    whatever the trade looks like. It starts at ``hold_probability`` and is stored with
+    the partition's state, so the same feed gets the same lanes however it is batched."""
 
     mode: RiskMode = "off"
     hold_probability: float = 0.5
     review_probability: float = 0.3
+    capacity_pct: float = 0.0  # 0: fixed thresholds
+    capacity_step: float = 0.05
     learning_rate: float = 0.05
     l2: float = 1e-4
     half_life_ms: float = 180.0 * DAY_MS

@@ -128,6 +128,9 @@ class Settings:
     risk_model: str = "off"
     risk_hold_probability: float = 0.5
     risk_review_probability: float = 0.3
+    # with the model on: hold about this share of each hub's parcels (0: the fixed
+    # probability thresholds above)
+    risk_capacity_pct: float = 0.0
     risk_ipw_clip: float = 5.0
     risk_learning_rate: float = 0.05
     risk_half_life_days: float = 180.0
@@ -197,6 +200,7 @@ class Settings:
             mode=self.risk_model,  # type: ignore[arg-type]  # validated
             hold_probability=self.risk_hold_probability,
             review_probability=self.risk_review_probability,
+            capacity_pct=self.risk_capacity_pct,
             learning_rate=self.risk_learning_rate,
             half_life_ms=self.risk_half_life_days * 86_400_000.0,
             ipw_clip=self.risk_ipw_clip,
@@ -365,6 +369,11 @@ def _validate(s: Settings) -> None:
         0 < s.risk_review_probability <= s.risk_hold_probability <= 1,
         "risk_hold_probability",
         "must be <= 1 and >= PARCEL_RISK_REVIEW_PROBABILITY (> 0)",
+    )
+    _require(
+        0 <= s.risk_capacity_pct < 100,
+        "risk_capacity_pct",
+        "must be a percentage >= 0 and < 100 (0: fixed probability thresholds)",
     )
     _require(s.risk_ipw_clip >= 1, "risk_ipw_clip", "must be >= 1 (1: no weighting)")
     _require(0 < s.risk_learning_rate <= 1, "risk_learning_rate", "must be > 0 and <= 1")

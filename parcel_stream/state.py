@@ -108,6 +108,13 @@ OUTBOX = StateKey(
     "7 days; pruned once acknowledged",
 )  # fmt: skip
 
+LANES = StateKey(
+    "lanes", "", "topic}:{partition", "string",
+    "the learned model's hold thresholds per hub for lanes by capacity, as of the partition's "
+    "watermark (msgpack: hub -> log-odds)",
+    "no expiry",
+)  # fmt: skip
+
 # Redis Cluster only (``adapters/redis_cluster.py``): a batch between its two phases.
 PREP = StateKey(
     "prep", "", "topic}:{partition", "string",
@@ -129,7 +136,7 @@ LOCKS = StateKey(
 
 STATE_KEYS: tuple[StateKey, ...] = (
     SHIPPER, SELLER, ADDRESS_SHIPPERS, ADDRESS_VIOLATIONS, PAIR, REMEMBERED, EXAMINABLE, EXAM,
-    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS, RISK,
+    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS, RISK, LANES,
 )  # fmt: skip
 
 
@@ -190,6 +197,8 @@ class StateStore(Protocol):
 
     def read_risk(self, keys: list[str]) -> dict[str, list[float]]: ...
 
+    def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]: ...
+
 
 class AsyncStateStore(Protocol):
     """The same contract, awaited: what the worker's batch and exam steps use. Served by
@@ -219,6 +228,8 @@ class AsyncStateStore(Protocol):
     ) -> list[bool] | None: ...
 
     async def read_risk(self, keys: list[str]) -> dict[str, list[float]]: ...
+
+    async def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]: ...
 
     async def ping(self) -> bool: ...
 
@@ -262,6 +273,9 @@ class AsyncTwin:
 
     async def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
         return self.store.read_risk(keys)
+
+    async def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
+        return self.store.read_lanes(partitions)
 
     async def ping(self) -> bool:
         return True

@@ -113,7 +113,10 @@ def batch_step(
             keys = risk_keys(batch.prep)
             learned = list(dict.fromkeys(k for pk in keys for k in pk.all_keys()))
             rows = yield Call("read_risk", (learned,))
-            risk_in = RiskInput(risk[0], risk[1], keys, rows)
+            lanes = {}
+            if risk[0].decides and risk[0].capacity_pct > 0:
+                lanes = yield Call("read_lanes", (batch.prep.partitions,))
+            risk_in = RiskInput(risk[0], risk[1], keys, rows, lanes)
         result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config,
                                 risk_in)  # fmt: skip
         update = result.update

@@ -70,6 +70,7 @@ from parcel_stream.state import (
     ADDRESS_SHIPPERS,
     ADDRESS_VIOLATIONS,
     EXAM,
+    LANES,
     PAIR,
     PREP,
     PREPDATA,
@@ -213,6 +214,9 @@ class RedisClusterStore(RedisReputationStore):
 
     def risk_key(self, key: str) -> str:
         return RISK.key(self.tag_of(key), key)
+
+    def lanes_key(self, part: Partition) -> str:
+        return LANES.key(self.tags[self.home_of(part)], f"{part[0]}:{part[1]}")
 
     def risk_patterns(self) -> list[str]:
         return [RISK.key(tag, "*") for tag in self.tags]
@@ -376,13 +380,15 @@ class RedisClusterStore(RedisReputationStore):
             parts[self.shard_of(pid)]["examinable"].append((pid, ref))
         for o in update.outbox:
             parts[self.home_of(o[0])]["outbox"].append(o)
+        for part, raw in update.lanes:
+            parts[self.home_of(part)]["lanes"].append((part, raw))
         for part in update.watermarks:
             parts[self.home_of(part)]["outbox"]  # noqa: B018 -- the home is always written
         return {
             n: ReputationUpdate(
                 dict(update.watermarks), shippers=k["shippers"], addresses=k["addresses"],
                 pairs=k["pairs"], examinable=k["examinable"], sellers=k["sellers"],
-                outbox=k["outbox"], parcels=k["parcels"],
+                outbox=k["outbox"], parcels=k["parcels"], lanes=k["lanes"],
             )
             for n, k in parts.items()
         }  # fmt: skip

@@ -293,6 +293,9 @@ local function write(u, blobs)
   for _, o in ipairs(prune) do
     redis.call('ZREMRANGEBYSCORE', prefix .. '@ob:' .. o[1], '-inf', o[2])
   end
+  for _, l in ipairs(u[15] or {}) do
+    redis.call('SET', l[1], string.sub(blobs, l[2], l[3]))
+  end
   for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
 end
 """.replace("{ENTITY_FIELDS}", "{" + ", ".join(f"'{f}'" for f in ENTITY_FIELDS) + "}")

@@ -78,6 +78,7 @@ from parcel_stream.state import (
     ADDRESS_SHIPPERS,
     EXAM,
     EXAMINABLE,
+    LANES,
     LEARNER,
     LEARNER_HISTORY,
     OUTBOX,
@@ -370,6 +371,7 @@ class RedisReputationStore:
              for pid, ref in update.examinable],
             [[f"{t}:{p}", offset, *blob(digest)] for (t, p), offset, digest in update.outbox],
             [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],
+            [[key(LANES, f"{t}:{p}"), *blob(raw)] for (t, p), raw in update.lanes],
         ]  # fmt: skip
         return [_PACK.encode(payload), b"".join(blobs)]
 
@@ -471,6 +473,19 @@ class RedisReputationStore:
             return {}
         flat: list[Any] = await self._risk_read(args=[_PACK.encode([self.risk_key(""), keys])])
         return risk_rows(keys, flat)
+
+    def lanes_key(self, part: Partition) -> str:
+        return LANES.key(self.prefix, f"{part[0]}:{part[1]}")
+
+    async def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
+        """The learned model's capacity thresholds of these partitions."""
+        if not partitions:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for part in partitions:
+            pipe.get(self.lanes_key(part))
+        rows = await pipe.execute()
+        return {p: bytes(r) for p, r in zip(partitions, rows, strict=True) if r is not None}
 
     def risk_patterns(self) -> list[str]:
         return [self.risk_key("*")]
@@ -574,6 +589,9 @@ class BlockingRedisStore:
 
     def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
         return self._loop.run_until_complete(self._store.read_risk(keys))
+
+    def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
+        return self._loop.run_until_complete(self._store.read_lanes(partitions))
 
     def close(self) -> None:
         self._loop.run_until_complete(self._store.close())

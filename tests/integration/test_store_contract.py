@@ -175,6 +175,23 @@ def test_learned_keys_are_kept_with_the_parcel_and_counted_once_per_result(
     assert (n, v, t) == pytest.approx((4 * half + 1, 4 * half, later), rel=1e-12)
 
 
+def test_capacity_thresholds_are_written_with_the_partition_and_read_back(
+    store: StateStore,
+) -> None:
+    other = ("m", 4)
+    assert store.read_lanes([PART, other]) == {}
+    u = update()
+    assert store.apply(
+        dataclasses.replace(u, lanes=[(PART, b"\x81\xa3HUB\xcb?\xe0\x00\x00\x00\x00\x00\x00")])
+    )
+    assert store.read_lanes([PART, other]) == {
+        PART: b"\x81\xa3HUB\xcb?\xe0\x00\x00\x00\x00\x00\x00"
+    }
+    # a stale batch's thresholds are refused with the rest of its update
+    assert not store.apply(dataclasses.replace(u, lanes=[(PART, b"\x80")]))
+    assert store.read_lanes([PART]) == {PART: b"\x81\xa3HUB\xcb?\xe0\x00\x00\x00\x00\x00\x00"}
+
+
 def test_every_key_written_is_declared(settings: Settings) -> None:
     """Every key the Redis store writes has a declared kind (``state.STATE_KEYS``), and
     its Redis type is the declared one."""
@@ -183,7 +200,7 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
     prefix = f"k{uuid.uuid4().hex[:6]}"
     store = BlockingRedisStore(settings.redis_url, prefix=prefix)
     try:
-        assert store.apply(update())
+        assert store.apply(dataclasses.replace(update(), lanes=[(PART, b"\x80")]))
         delta = ExamDelta("E1", "P1", "S1", "A1", True, 1_790_000_600_000, "L1@shop",
                           risk=REF, risk_weight=1.0)  # fmt: skip
         assert store.apply_exams([delta], (0, LearnerState(version=1))) == [True]
@@ -198,4 +215,4 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
         raw = client.type(key)
         type_name = raw.decode() if isinstance(raw, bytes) else str(raw)
         assert kind is not None and names[type_name] == kind.redis_type, key
-    assert len({k.pattern() for k in kinds.values() if k}) >= 12  # nearly every kind written
+    assert len({k.pattern() for k in kinds.values() if k}) >= 13  # nearly every kind written

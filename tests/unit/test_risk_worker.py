@@ -175,3 +175,32 @@ def test_mode_on_takes_the_lanes_from_the_probability() -> None:
             want = "hold" if d.probability >= 0.3 else "review" if d.probability >= 0.2 else (
                 "release")  # fmt: skip
             assert d.lane == want, d
+
+
+def test_lanes_by_capacity_hold_the_share_per_hub_however_the_feed_is_batched() -> None:
+    records, labels = hidden_feed(8000, seed=11)
+    trained, _ = run(records[:1000], labels, SHADOW)
+    state = trained.read_learner().risk or RiskState()
+    # a start far from the share: every parcel would be held at a probability of 1 %
+    cap = dataclasses.replace(SHADOW, mode="on", capacity_pct=5.0, hold_probability=0.01,
+                              review_probability=0.01)  # fmt: skip
+    rest = records[1000:]
+    lanes: list[list[str]] = []
+    for size in (7000, 170):
+        store = InMemoryStore(risk_rows={k: list(v) for k, v in trained.risk_rows.items()})
+        out: list[str] = []
+        for lo in range(0, len(rest), size):
+            r = run_sync(rest[lo : lo + size], store, RS, LIMITS, rest[-1].timestamp_ms,
+                         risk=(cap, state))  # fmt: skip
+            out += [f"{d.parcel_id}:{d.lane}:{d.selection}" for d in decisions(r)]
+        lanes.append(sorted(out))
+    assert lanes[0] == lanes[1]  # the thresholds are stored per partition, not per batch
+    by_hub: dict[str, list[bool]] = {}
+    hub_of = {orjson.loads(r.value)["parcel_id"]: orjson.loads(r.value)["hub"] for r in rest}
+    for line in lanes[0]:
+        pid, lane, how = line.split(":")
+        if how == "risk":
+            by_hub.setdefault(hub_of[pid], []).append(lane == "hold")
+    for hub, held in by_hub.items():
+        tail = held[len(held) // 3 :]  # once the threshold has settled
+        assert 0.03 <= sum(tail) / len(tail) <= 0.08, (hub, sum(tail) / len(tail))
