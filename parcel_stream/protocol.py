@@ -38,7 +38,9 @@ from parcel_stream.step import run_sync
 
 F64 = npt.NDArray[np.float64]
 DAY_MS = 86_400_000
-Feedback = Literal["selected", "all"]
+# selected: the closed loop; all: every parcel's outcome (missing from the labels =
+# clean); labelled: the outcomes of the labelled parcels only (past examinations)
+Feedback = Literal["selected", "all", "labelled"]
 SELECTED, RISK, EXPLORATION = 1, 1, 2
 
 
@@ -184,7 +186,10 @@ def run_protocol(
     config: ProtocolConfig,
     limits: Limits | None = None,
     keep_features: bool = False,
+    learn_rest: bool = False,
 ) -> ProtocolRun:
+    """``learn_rest``: after the feed, learn the outcomes still pending (a warm start
+    learns every outcome of the history; an evaluation only those known in time)."""
     limits = limits or Limits()
     rng = random.Random(config.seed)
     store = InMemoryStore()
@@ -234,7 +239,8 @@ def run_protocol(
             run.selected.append(chosen[i])
             run.propensity.append(prob[i])
             run.violation.append(truth)
-            if config.feedback == "all" or chosen[i]:
+            if (config.feedback == "all" or chosen[i] if config.feedback != "labelled"
+                    else m.parcel_id in labels):  # fmt: skip
                 weight = 1.0
                 if config.feedback == "selected" and config.ipw and prob[i] > 0:
                     weight = min(1.0 / prob[i], config.ipw_clip)
@@ -244,6 +250,8 @@ def run_protocol(
                                                  weight))  # fmt: skip
             if run.features is not None:
                 run.features[m.parcel_id] = xs[i]
+    if learn_rest and pending:
+        _arrive(pending, max(p.at_ms for p in pending), table, model, run)
     return run
 
 

@@ -12,7 +12,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from parcel_stream.cli import analyst_cmds, kafka_cmds, ops_cmds, rules_cmds, state_cmds
+from parcel_stream.cli import (
+    analyst_cmds,
+    kafka_cmds,
+    learn_cmds,
+    ops_cmds,
+    rules_cmds,
+    state_cmds,
+)
 from parcel_stream.cli.errors import Parser, UsageError, report_error
 from parcel_stream.settings import Settings
 
@@ -35,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     kafka_cmds.add_record(sub)
     kafka_cmds.add_replay(sub)
     analyst_cmds.add_backtest(sub)
+    learn_cmds.add_learn(sub)
     rules_cmds.add_rules(sub)
     state_cmds.add_reputation(sub)
     state_cmds.add_learner(sub)

@@ -98,3 +98,40 @@ def test_the_risk_model_learns_live_and_explains_its_holds(
     missing = cli(s, "learner", "rollback", "--version", "999")
     assert missing.returncode != 0 and "not in the learner history" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_learn_warm_starts_the_model_from_a_labelled_history(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import redis
+
+    s = settings.replace(redis_key_prefix=f"w{time.time_ns() % 10**6}", risk_model="shadow")
+    feed, labels = tmp_path / "feed.ndjson", tmp_path / "labels.ndjson"
+    made = cli(s, "generate", "--parcels", "6000", "--days", "6", "--hidden-risk",
+               "--out", str(feed), "--labels", str(labels))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    dry = cli(s, "learn", str(feed), "--labels", str(labels), "--dry-run")
+    assert dry.returncode == 0 and "dry run: nothing stored" in dry.stdout, dry.stderr
+    assert "learned from 6,000 outcomes" in dry.stdout
+    done = cli(s, "learn", str(feed), "--labels", str(labels))
+    assert done.returncode == 0, done.stderr
+    assert "learner state version 1" in done.stdout, done.stdout
+    stored = int(done.stdout.split("stored: ")[1].split(" ")[0].replace(",", ""))
+    client = redis.Redis.from_url(s.redis_url)
+    keys = list(client.scan_iter(f"{s.redis_key_prefix}:risk:*", count=1000))
+    assert len(keys) == stored > 100
+    per_key = sum(int(client.memory_usage(k) or 0) for k in keys[:500]) / min(500, len(keys))
+    print(f"learned keys: {len(keys):,}, {per_key:.0f} bytes each (MEMORY USAGE, mean of 500)")
+    assert per_key < 400
+    assert 0 < client.ttl(keys[0]) <= round(s.risk_ttl_days * 86_400)
+    shown = cli(s, "learner", "show")
+    assert "risk model: mode shadow, 6,000 examination results learned" in shown.stdout
+    assert "note" not in shown.stderr and shown.returncode == 0
+    # only past examinations: the unlabelled parcels teach nothing
+    few = tmp_path / "few.ndjson"
+    few.write_text("".join(line + "\n" for line in labels.read_text().splitlines()[:500]))
+    part = cli(s, "learn", str(feed), "--labels", str(few), "--examined-only", "--dry-run")
+    assert "learned from 500 outcomes" in part.stdout, part.stdout + part.stderr
+    missing = cli(s, "learn", str(feed), "--labels", str(tmp_path / "none.ndjson"))
+    assert missing.returncode != 0 and "no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr
