@@ -7,6 +7,10 @@ each consumer starts; rates count from the first to the last record processed, s
 join and start-up are excluded (they are printed separately).
 
     python benchmarks/e2e_throughput.py [--single N] [--batch N] [--batch-size N]
+
+With ``--risk-model`` it measures instead the cost of the learned risk model in the
+worker: batch-record runs with ``PARCEL_RISK_MODEL=off`` and ``shadow`` alternating
+(``--repeats`` pairs), the same feed and broker, and their ratio.
 """
 
 from __future__ import annotations
@@ -87,8 +91,9 @@ def wait_decisions(
     return first, last
 
 
-def run_worker(info: devstack.StackInfo, tmp: Path, pairs, batch_size: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    s = fresh(info, tmp)
+def run_worker(info: devstack.StackInfo, tmp: Path, pairs, batch_size: int,  # type: ignore[no-untyped-def]
+               **settings: object) -> dict[str, float]:  # fmt: skip
+    s = fresh(info, tmp).replace(**settings)
     p = make_producer(info.bootstrap, linger_ms=20, batch_size=1 << 20)
     produce_parcels(p, s.topic_manifests, pairs, batch_size=batch_size)
     p.close()
@@ -170,10 +175,16 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=20_000, help="parcels sent one per record")
     ap.add_argument("--batch", type=int, default=200_000, help="parcels sent in batch records")
     ap.add_argument("--batch-size", type=int, default=1000, help="parcels per batch record")
+    ap.add_argument("--risk-model", action="store_true",
+                    help="measure the learned risk model's cost: off against shadow")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=3, help="--risk-model: pairs of runs")
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    if args.risk_model:
+        risk_model(args)
+        return
     singles = feed(args.single, seed=21)
     batched = feed(min(args.batch, 100_000), seed=22)
     while len(batched) < args.batch:  # repeat the feed with new parcel ids
@@ -214,6 +225,29 @@ def main() -> None:
     print(
         f"worker peak RSS: {single['peak_rss_mb']:.0f} MB (single), {batch['peak_rss_mb']:.0f} MB (batch)"
     )
+
+
+def risk_model(args: argparse.Namespace) -> None:
+    batched = feed(args.batch, seed=22)
+    tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-bench-"))
+    info = devstack.up(Settings(), tmp / "stack")
+    rates: dict[str, list[float]] = {"off": [], "shadow": []}
+    rss: dict[str, list[float]] = {"off": [], "shadow": []}
+    try:
+        for _ in range(args.repeats):
+            for mode in ("off", "shadow"):
+                r = run_worker(info, tmp, batched, args.batch_size, risk_model=mode)
+                rates[mode].append(r["rate"])
+                rss[mode].append(r["peak_rss_mb"])
+                print(f"PARCEL_RISK_MODEL={mode:<7} {r['rate']:>10,.0f} parcels/s, "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    finally:
+        devstack.down(tmp / "stack")
+    off, shadow = sum(rates["off"]) / args.repeats, sum(rates["shadow"]) / args.repeats
+    print(f"\n{args.batch:,} parcels in {args.batch_size}-parcel batch records, "
+          f"{args.repeats} runs each, alternating")  # fmt: skip
+    print(f"mean: off {off:,.0f} parcels/s, shadow {shadow:,.0f} parcels/s; "
+          f"shadow / off = {shadow / off:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def feature_values(features: Features, i: int) -> dict[str, float]:
 
 
 def render_learned(
-    m: Manifest, rule_score: float, state: RiskState, rows: dict[str, list[float]],
+    m: Manifest, rule_score: float, state: RiskState, rows: dict[int, list[float]],
     cfg: RiskConfig, now_ms: int, address: str,
 ) -> str:  # fmt: skip
     """The learned part of a parcel's explanation: its probability, what each feature

@@ -58,15 +58,15 @@ from parcel_stream.reputation import (
     state_writes,
 )
 from parcel_stream.risk import (
-    ParcelKeys,
     RiskConfig,
     RiskRef,
     RiskState,
-    RiskTable,
     explain,
+    features_batch,
     parcel_keys,
     track_capacity,
 )
+from parcel_stream.risk_keys import KeyBatch, key_batch
 from parcel_stream.rules import RuleSet
 from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
 from parcel_stream.state import StateStore
@@ -74,6 +74,7 @@ from parcel_stream.state import StateStore
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
+U64 = npt.NDArray[np.uint64]
 WINDOW_MS = 72 * 3_600_000.0
 
 
@@ -92,8 +93,11 @@ class RiskInput:
 
     cfg: RiskConfig
     state: RiskState
-    keys: list[ParcelKeys]
-    rows: dict[str, list[float]]
+    keys: KeyBatch
+    uniq: U64  # the batch's distinct key ids, and per entry its position among them
+    pos: I64
+    rows: F64  # [n, v, t] per distinct key id (NaN: no counts)
+    value_usd: F64
     # lanes by capacity: each partition's stored thresholds (msgpack: hub -> log-odds)
     lanes: dict[Partition, bytes] = field(default_factory=dict)
 
@@ -131,14 +135,14 @@ def capacity_lanes(
     return hold, [(part, _LANES_ENC.encode(hubs)) for part, hubs in state.items()]
 
 
-def risk_keys(prep: Prepared) -> list[ParcelKeys]:
-    """The learned model's keys of every parsed parcel."""
-    idx = prep.shippers
-    addresses = idx.addresses
-    return [
-        parcel_keys(m, addresses[a], m.declared_value * USD_PER_UNIT[m.currency])
-        for m, a in zip(prep.parsed.manifests, idx.parcel_address.tolist(), strict=True)
-    ]
+def risk_keys(prep: Prepared) -> tuple[KeyBatch, F64]:
+    """The learned model's keys of every parsed parcel (in columns), and each parcel's
+    declared value in USD."""
+    idx, manifests = prep.shippers, prep.parsed.manifests
+    value = np.fromiter((m.declared_value * USD_PER_UNIT[m.currency] for m in manifests),
+                        np.float64, len(manifests))  # fmt: skip
+    addresses = [idx.addresses[a] for a in idx.parcel_address.tolist()]
+    return key_batch(manifests, addresses, value), value
 
 
 @dataclass(slots=True)
@@ -153,35 +157,49 @@ class Scored:
     refs: dict[int, RiskRef]
 
 
-def _risk_score(risk: RiskInput, static: F64, ts: list[float]) -> tuple[F64, F64, RiskTable]:
-    table = risk.state.table(risk.rows, risk.cfg)
-    x = np.array([table.features(k, s, t)
-                  for k, s, t in zip(risk.keys, static.tolist(), ts, strict=True)])  # fmt: skip
-    model = risk.state.model(risk.cfg)
-    prob = model.predict(x) if len(x) else np.zeros(0)
-    return x, prob, table
+def _risk_score(risk: RiskInput, static: F64, ts: F64) -> tuple[F64, F64]:
+    st, cfg, n = risk.state, risk.cfg, len(ts)
+    x = features_batch(risk.keys, risk.pos, risk.rows, [st.exams, st.violations, st.t_ms], ts,
+                       static, np.full(n, st.pivot), np.zeros(n), cfg.half_life_ms,
+                       cfg.prior)  # fmt: skip
+    prob = st.model(cfg).predict(x) if n else np.zeros(0)
+    return x, prob
 
 
 def _risk_outputs(
-    risk: RiskInput, x: F64, prob: F64, table: RiskTable, lanes: I8, selection: I8,
-    ruleset: RuleSet, ts: list[float],
+    risk: RiskInput, x: F64, prob: F64, lanes: I8, selection: I8, ruleset: RuleSet,
+    prep: Prepared,
 ) -> Scored:  # fmt: skip
     """Selection probabilities: 1 for the risk lanes (hold, review), the sampling rate for
     a random audit or exploration hold; for a released parcel the chance it had of a
-    random audit."""
+    random audit. The named keys of the parcels sent to review or hold (kept for their
+    exam results) and the learned reasons of the held ones."""
     prop = np.ones(len(lanes))
     prop[selection == 1] = ruleset.random_rate
     prop[selection == 2] = ruleset.exploration_rate
     prop[lanes == 0] = ruleset.random_rate
     theta = risk.state.model(risk.cfg).theta
     learned, refs = {}, {}
-    prob_r = np.round(prob, 6)
-    for i in np.flatnonzero(lanes >= 1).tolist():
-        refs[i] = RiskRef(list(risk.keys[i].all_keys()), x[i].tolist(), float(prop[i]))
-        if lanes[i] == LANE_HOLD:
-            why = explain(table, risk.keys[i], x[i], theta, ts[i], risk.cfg.reasons)
+    examinable = np.flatnonzero(lanes >= 1).tolist()
+    if examinable:
+        idx, manifests = prep.shippers, prep.parsed.manifests
+        spans = [np.arange(risk.keys.start[i], risk.keys.start[i + 1]) for i in examinable]
+        at = np.searchsorted(risk.uniq, risk.keys.ids[np.concatenate(spans)])
+        rows = {int(risk.uniq[j]): risk.rows[j].tolist() for j in np.unique(at).tolist()
+                if not np.isnan(risk.rows[j, 0])}  # fmt: skip
+        table = risk.state.table(rows, risk.cfg)
+        for i in examinable:
+            if lanes[i] != LANE_HOLD:  # review: the key ids (named once a hold names them)
+                ids = dict.fromkeys(risk.keys.ids[risk.keys.start[i] : risk.keys.start[i + 1]]
+                                    .tolist())  # fmt: skip
+                refs[i] = RiskRef([], x[i].tolist(), float(prop[i]), list(ids))
+                continue
+            m = manifests[i]
+            keys = parcel_keys(m, idx.addresses[idx.parcel_address[i]], float(risk.value_usd[i]))
+            refs[i] = RiskRef.of(keys, x[i].tolist(), float(prop[i]))
+            why = explain(table, keys, x[i], theta, float(m.manifest_ts_ms), risk.cfg.reasons)
             learned[i] = [LearnedReason(k, t, r, e, c) for k, t, r, e, c in why]
-    return Scored(prob_r, prop, learned, refs)
+    return Scored(np.round(prob, 6), prop, learned, refs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,9 +346,9 @@ def score_prepared(
     pids = prep.parcel_ids
     risk_lanes = seq.risk_lanes
     lane_state: list[tuple[Partition, bytes]] = []
-    ts = [float(m.manifest_ts_ms) for m in parsed.manifests] if risk is not None else []
     if risk is not None:
-        x, prob, table = _risk_score(risk, seq.static, ts)
+        ts = np.fromiter((m.manifest_ts_ms for m in parsed.manifests), np.float64, n)
+        x, prob = _risk_score(risk, seq.static, ts)
         if risk.cfg.decides:
             if risk.cfg.capacity_pct > 0:
                 held, lane_state = capacity_lanes(risk, prob, prep,
@@ -340,7 +358,7 @@ def score_prepared(
             risk_lanes = np.where(held, 2, np.where(prob >= risk.cfg.review_probability, 1, 0)
                                   ).astype(np.int8)  # fmt: skip
     lanes, selection = sample(pids, risk_lanes, ruleset.random_rate, ruleset.exploration_rate)
-    scored = (_risk_outputs(risk, x, prob, table, lanes, selection, ruleset, ts)
+    scored = (_risk_outputs(risk, x, prob, lanes, selection, ruleset, prep)
               if risk is not None else None)  # fmt: skip
     scores, masks = seq.scores, seq.masks
     legend = Legend(ruleset, adjust)

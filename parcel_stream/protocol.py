@@ -30,9 +30,17 @@ import numpy.typing as npt
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.features import address_key
 from parcel_stream.feed import RawRecord
+from parcel_stream.model import Manifest
 from parcel_stream.parse import InRecord, Limits, parse_batch
 from parcel_stream.reputation import InMemoryStore
-from parcel_stream.risk import OnlineModel, ParcelKeys, RiskTable, parcel_keys
+from parcel_stream.risk import (
+    OnlineModel,
+    ParcelKeys,
+    RiskTable,
+    features_batch,
+    parcel_keys,
+    to_entries,
+)
 from parcel_stream.rules import RuleSet
 from parcel_stream.step import run_sync
 
@@ -216,13 +224,13 @@ def run_protocol(
         manifests = parsed.manifests
         if [m.parcel_id for m in manifests] != result.parcel_ids:
             raise RuntimeError("the protocol's parse and the batch step disagree")
-        keys, xs = [], []
-        for m, rule_score in zip(manifests, result.scores.tolist(), strict=True):
-            value = m.declared_value * USD_PER_UNIT[m.currency]
-            k = parcel_keys(m, address_key(m.consignee.address), value)
-            keys.append(k)
-            xs.append(table.features(k, rule_score, m.manifest_ts_ms))
-        x = np.array(xs) if xs else np.zeros((0, 0))
+        keys = [
+            parcel_keys(m, address_key(m.consignee.address),
+                        m.declared_value * USD_PER_UNIT[m.currency])
+            for m in manifests
+        ]  # fmt: skip
+        x = _features(table, keys, manifests, result.scores)
+        xs = list(x)
         probs = model.predict(x) if len(xs) else np.zeros(0)
         scores = probs if config.model else result.scores
         explore = config.exploration if config.feedback == "selected" else 0.0
@@ -255,6 +263,26 @@ def run_protocol(
     return run
 
 
+def _features(
+    table: RiskTable, keys: list[ParcelKeys], manifests: list[Manifest], scores: F64
+) -> F64:
+    """The period's feature vectors, each parcel as of its manifest time and in feed order:
+    its value against the norms learned so far (then it joins them), its rule score
+    against the mean of the scores before it."""
+    n = len(keys)
+    ts = np.fromiter((m.manifest_ts_ms for m in manifests), np.float64, n)
+    under = np.array([table._undervalued(k, t) for k, t in zip(keys, ts.tolist(), strict=True)])
+    pivot = np.empty(n)
+    for i, s in enumerate(scores.tolist()):  # the running mean, as RiskTable.features keeps it
+        pivot[i] = table.score_mean
+        table.scored += 1
+        table.score_mean += (s - table.score_mean) / table.scored
+    kb = to_entries(keys)
+    uniq, pos = kb.unique()
+    return features_batch(kb, pos, table.rows(uniq), table.total, ts, scores, pivot, under,
+                          table.half_life_ms, table.prior)  # fmt: skip
+
+
 def _arrive(
     pending: list[_Pending], now_ms: int, table: RiskTable, model: OnlineModel, run: ProtocolRun
 ) -> None:
@@ -270,7 +298,8 @@ def _arrive(
     if run.trained is not None:
         run.trained += [(d.parcel_id, d.x) for d in due]
     for d in due:
-        table.update(d.keys.all_keys(), d.violation, d.weight, d.at_ms)
+        named = d.keys.named()
+        table.update(list(named.values()), d.violation, d.weight, d.at_ms, list(named))
     run.outcomes += len(due)
 
 

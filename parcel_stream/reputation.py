@@ -305,16 +305,28 @@ class InMemoryStore:
     learner_history: list[LearnerState] = field(default_factory=list)
     outbox: dict[Partition, dict[int, bytes]] = field(default_factory=dict)
     remembered: dict[str, bytes] = field(default_factory=dict)  # parcel id -> hash + msgpack
-    # the learned model's per-key counts: key -> [examinations, violations, t]
-    risk_rows: dict[str, list[float]] = field(default_factory=dict)
+    # the learned model's per-key counts: key id -> [examinations, violations, t]
+    risk_rows: dict[int, list[float]] = field(default_factory=dict)
+    risk_names: dict[int, str] = field(default_factory=dict)
+    risk_evict_below: float = 0.25
     risk_half_life_ms: float = 180.0 * DAY_MS
     lane_state: dict[Partition, bytes] = field(default_factory=dict)
 
     def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
         return {p: self.lane_state[p] for p in partitions if p in self.lane_state}
 
-    def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
-        return {k: list(self.risk_rows[k]) for k in keys if k in self.risk_rows}
+    def read_risk(self, ids: npt.NDArray[np.uint64]) -> F64:
+        return RiskTable(counts=self.risk_rows).rows(ids)
+
+    def prune_risk(self, now_ms: float) -> int:
+        """Drop the learned keys whose decayed examinations are under ``risk_evict_below``."""
+        table = RiskTable(self.risk_half_life_ms)
+        gone = [k for k, row in self.risk_rows.items()
+                if table._decayed(row, now_ms)[0] < self.risk_evict_below]  # fmt: skip
+        for k in gone:
+            del self.risk_rows[k]
+            self.risk_names.pop(k, None)
+        return len(gone)
 
     def read_learner(self) -> LearnerState:
         return self.learner
@@ -360,8 +372,10 @@ class InMemoryStore:
                 st.violations += v
                 st.add_recent(d.examined_ts_ms, (0.0, 0.0, 1.0, float(v)), hl)
             if d.risk is not None and d.risk_weight > 0:
-                table = RiskTable(self.risk_half_life_ms, counts=self.risk_rows)
-                table.update(d.risk.keys, d.violation, d.risk_weight, float(d.examined_ts_ms))
+                table = RiskTable(self.risk_half_life_ms, counts=self.risk_rows,
+                                  names=self.risk_names)  # fmt: skip
+                table.update(d.risk.ids, d.violation, d.risk_weight, float(d.examined_ts_ms),
+                             d.risk.keys)  # fmt: skip
             if v:
                 t, old = self.address_violations.get(d.address, (0.0, 0.0))
                 t, (new,) = decay_add(t, (old,), d.examined_ts_ms, (1.0,), hl)

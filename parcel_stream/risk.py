@@ -45,8 +45,10 @@ import numpy.typing as npt
 from numba import njit
 
 from parcel_stream.model import Manifest
+from parcel_stream.risk_keys import KeyBatch, band, combine, hs_digits, part_id
 
 F64 = npt.NDArray[np.float64]
+U64 = npt.NDArray[np.uint64]
 DAY_MS = 86_400_000
 
 # Feature groups, in the order of the feature vector (after the intercept).
@@ -68,68 +70,89 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def _hs_digits(code: str) -> str:
-    return "".join(c for c in code if c.isdigit())
-
-
-def _band(x: float) -> int:
-    """A log2 band: 0 for x < 1, then 1, 2, 3 ... for each doubling."""
-    return 0 if x < 1 else int(math.log2(x)) + 1
-
-
 @dataclass(frozen=True, slots=True)
 class ParcelKeys:
-    """The keys of one parcel: per group, the (key, parent key or "") pairs."""
+    """The keys of one parcel: per group, the (key, parent key or "") pairs, and the same
+    as ids (``risk_keys``: (key id, parent id or 0))."""
 
     groups: tuple[tuple[tuple[str, str], ...], ...]
     # value norms: the main item's HS6, HS4, HS2 keys (most specific first; empty when
     # the parcel has no usable code) and the parcel's log USD per kg
     norm_keys: tuple[str, ...] = ()
     log_usd_per_kg: float = 0.0
+    ids: tuple[tuple[tuple[int, int], ...], ...] = ()
 
     def all_keys(self) -> list[str]:
         """Every key whose counts an outcome of this parcel updates (parents included)."""
-        out: list[str] = []
-        for pairs in self.groups:
-            for key, parent in pairs:
-                out.append(key)
+        return list(self.named())
+
+    def all_ids(self) -> list[int]:
+        return list(self.named().values())
+
+    def named(self) -> dict[str, int]:
+        """Every key (parents included) with its id."""
+        out: dict[str, int] = {}
+        for pairs, id_pairs in zip(self.groups, self.ids, strict=True):
+            for (key, parent), (kid, pid) in zip(pairs, id_pairs, strict=True):
+                out[key] = kid
                 if parent:
-                    out.append(parent)
-        return list(dict.fromkeys(out))
+                    out[parent] = pid
+        return out
+
+    def parents(self) -> dict[int, int]:
+        """Key id -> parent id (0: the global rate) for every key of the parcel."""
+        out: dict[int, int] = {}
+        for id_pairs in self.ids:
+            for kid, pid in id_pairs:
+                out.setdefault(kid, pid)
+        return out
 
 
 def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
-    """The parcel's keys by group (``GROUPS``); an HS key's parent is the next coarser HS
-    level, a cross's parent its HS6 key (so unseen crosses read as their HS6)."""
+    """The parcel's keys by group (``GROUPS``), named and as ids; an HS key's parent is
+    the next coarser HS level, a cross's parent its HS6 key (so unseen crosses read as
+    their HS6). The worker builds the same ids in columns (``risk_keys.key_batch``)."""
     origin = m.origin_country
     departure = m.transit_countries[-1] if m.transit_countries else origin
-    vband, wband = _band(value_usd), _band(m.gross_weight_kg * 10)
+    vband, wband = band(value_usd), band(m.gross_weight_kg * 10)
     hs: list[tuple[str, str]] = []
+    hs_ids: list[tuple[int, int]] = []
     norm_keys: tuple[str, ...] = ()
     main_value = -1.0
-    cross: dict[str, list[tuple[str, str]]] = {
-        "hs6_origin": [], "hs6_origin_departure": [], "origin_hs4": [], "hs6_value": [],
-        "hs6_weight": [],
-    }  # fmt: skip
+    names = ("hs6_origin", "hs6_origin_departure", "origin_hs4", "hs6_value", "hs6_weight")
+    cross: dict[str, list[tuple[str, str]]] = {g: [] for g in names}
+    cross_ids: dict[str, list[tuple[int, int]]] = {g: [] for g in names}
+    d_id, v_id, w_id = part_id(f"d:{departure}"), part_id(f"v:{vband}"), part_id(f"w:{wband}")
     for item in m.items:
-        d = _hs_digits(item.hs_code)
+        d = hs_digits(item.hs_code)
         if len(d) < 4:
             continue
         h6, h4, h2 = f"hs6:{d[:6]}", f"hs4:{d[:4]}", f"hs2:{d[:2]}"
+        i6, i4, i2 = part_id(h6), part_id(h4), part_id(h2)
         if item.value > main_value:
             main_value = item.value
             norm_keys = ((h6,) if len(d) >= 6 else ()) + (h4, h2)
         io = item.origin_country or origin
+        io_id = part_id(f"o:{io}")
+        hs.append((h2, ""))
+        hs_ids.append((i2, 0))
+        hs.append((h4, h2))
+        hs_ids.append((i4, i2))
         if len(d) >= 6:
             hs.append((h6, h4))
-        hs.append((h4, h2))
-        hs.append((h2, ""))
-        base = h6 if len(d) >= 6 else h4
-        cross["hs6_origin"].append((f"{base}|o:{io}", base))
-        cross["hs6_origin_departure"].append((f"{base}|o:{io}|d:{departure}", f"{base}|o:{io}"))
-        cross["origin_hs4"].append((f"o:{io}|{h4}", h4))
-        cross["hs6_value"].append((f"{base}|v:{vband}", base))
-        cross["hs6_weight"].append((f"{base}|w:{wband}", base))
+            hs_ids.append((i6, i4))
+        base, b_id = (h6, i6) if len(d) >= 6 else (h4, i4)
+        c1 = combine(b_id, io_id)
+        for g, pair, pair_ids in (
+            ("hs6_origin", (f"{base}|o:{io}", base), (c1, b_id)),
+            ("hs6_origin_departure", (f"{base}|o:{io}|d:{departure}", f"{base}|o:{io}"),
+             (combine(c1, d_id), c1)),
+            ("origin_hs4", (f"o:{io}|{h4}", h4), (combine(io_id, i4), i4)),
+            ("hs6_value", (f"{base}|v:{vband}", base), (combine(b_id, v_id), b_id)),
+            ("hs6_weight", (f"{base}|w:{wband}", base), (combine(b_id, w_id), b_id)),
+        ):  # fmt: skip
+            cross[g].append(pair)
+            cross_ids[g].append(pair_ids)
     seller = m.seller
     singles = {
         "origin": f"origin:{origin}",
@@ -145,27 +168,32 @@ def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
         "address": f"addr:{address}" if address else "",
     }
     groups: list[tuple[tuple[str, str], ...]] = []
+    ids: list[tuple[tuple[int, int], ...]] = []
     for g in GROUPS:
         if g == "hs":
-            groups.append(tuple(dict.fromkeys(hs)))
+            pairs, id_pairs = hs, hs_ids
         elif g in cross:
-            groups.append(tuple(dict.fromkeys(cross[g])))
+            pairs, id_pairs = cross[g], cross_ids[g]
         elif g == "attribute":
-            groups.append(tuple((f"attr:{k}={v}", "") for k, v in sorted(m.attributes.items())))
+            pairs = [(f"attr:{k}={v}", "") for k, v in sorted(m.attributes.items())]
+            id_pairs = [(part_id(k), 0) for k, _ in pairs]
         else:
             key = singles[g]
-            groups.append(((key, ""),) if key else ())
+            pairs, id_pairs = ([(key, "")], [(part_id(key), 0)]) if key else ([], [])
+        keep = dict(zip(pairs, id_pairs, strict=True))  # each pair once, in order
+        groups.append(tuple(keep))
+        ids.append(tuple(keep.values()))
     per_kg = math.log(max(value_usd, 0.01) / max(m.gross_weight_kg, 0.001))
-    return ParcelKeys(tuple(groups), norm_keys, per_kg)
+    return ParcelKeys(tuple(groups), norm_keys, per_kg, tuple(ids))
 
 
 @dataclass
 class RiskTable:
-    """Decayed, weighted examination and violation counts per key (see the module)."""
+    """Decayed, weighted examination and violation counts per key id (see the module)."""
 
     half_life_ms: float = 180.0 * DAY_MS
     prior: float = 10.0  # the weight of the parent's rate, in examinations
-    counts: dict[str, list[float]] = field(default_factory=dict)  # key -> [n, v, t]
+    counts: dict[int, list[float]] = field(default_factory=dict)  # key id -> [n, v, t]
     total: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     scored: int = 0  # parcels scored, and the mean of their rule scores
     score_mean: float = 0.0
@@ -173,8 +201,9 @@ class RiskTable:
     norms: dict[str, list[float]] = field(default_factory=dict)
     norm_min: float = 20.0  # parcels a norm needs before it is used
     # the protocol's table keeps a running mean of the rule scores and learns the norms as
-    # it scores; a live view of stored rows (``live_table``) does neither
+    # it scores; a live view of stored rows (``RiskState.table``) does neither
     track_scores: bool = True
+    names: dict[int, str] = field(default_factory=dict)  # key id -> name, where known
 
     def _decayed(self, row: list[float], now_ms: float) -> tuple[float, float]:
         if row[2] <= 0 or now_ms <= row[2]:
@@ -186,8 +215,8 @@ class RiskTable:
         n, v = self._decayed(self.total, now_ms)
         return (v + 1.0) / (n + 2.0)  # a Laplace prior before any outcome
 
-    def rate(self, key: str, parent_rate: float, now_ms: float) -> tuple[float, float]:
-        """(smoothed rate, examinations) of ``key``."""
+    def rate(self, key: int, parent_rate: float, now_ms: float) -> tuple[float, float]:
+        """(smoothed rate, examinations) of the key ``key``."""
         row = self.counts.get(key)
         if row is None:
             return parent_rate, 0.0
@@ -204,7 +233,10 @@ class RiskTable:
         n, v = self._decayed(row, at_ms)
         row[0], row[1], row[2] = n + weight, v + weight * y, at_ms
 
-    def update(self, keys: Sequence[str], violation: bool, weight: float, at_ms: float) -> None:
+    def update(
+        self, keys: Sequence[int], violation: bool, weight: float, at_ms: float,
+        names: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         y = 1.0 if violation else 0.0
         self._add(self.total, weight, y, at_ms)
         for key in keys:
@@ -212,40 +244,47 @@ class RiskTable:
             if row is None:
                 row = self.counts[key] = [0.0, 0.0, 0.0]
             self._add(row, weight, y, at_ms)
+        for key, name in zip(keys, names, strict=False):
+            self.names[key] = name
 
     def features(self, keys: ParcelKeys, rule_score: float, now_ms: float) -> F64:
-        """The parcel's feature vector (``FEATURE_NAMES``) as of ``now_ms``."""
+        """The parcel's feature vector (``FEATURE_NAMES``) as of ``now_ms``: the reference
+        implementation, one parcel at a time (``features_batch`` computes the same over a
+        batch; a test keeps them equal)."""
         g_rate = self.global_rate(now_ms)
         g_logit = _logit(g_rate)
         x = np.zeros(N_FEATURES)
         x[0], x[1] = 1.0, g_logit
-        cache: dict[str, float] = {}
+        parents = keys.parents()
+        cache: dict[int, float] = {}
 
-        def rate_of(key: str, parent: str) -> float:
+        def rate_of(key: int) -> float:
             got = cache.get(key)
-            if got is not None:
-                return got
-            if parent:
-                grand = parent.rsplit("|", 1)[0] if "|" in parent else _hs_parent(parent)
-                parent_rate = rate_of(parent, grand)
-            else:
-                parent_rate = g_rate
-            got = self.rate(key, parent_rate, now_ms)[0]
-            cache[key] = got
+            if got is None:
+                parent = parents.get(key, 0)
+                got = cache[key] = self.rate(key, rate_of(parent) if parent else g_rate,
+                                             now_ms)[0]  # fmt: skip
             return got
 
         x[-2] = self._undervalued(keys, now_ms)
-        for j, pairs in enumerate(keys.groups):
+        for j, pairs in enumerate(keys.ids):
             if pairs:  # the riskiest key of the group
-                x[FIRST_GROUP + j] = (
-                    max(_logit(rate_of(key, parent)) for key, parent in pairs) - g_logit
-                )
-        # the rule score against the mean of the parcels scored before this one
+                x[FIRST_GROUP + j] = max(_logit(rate_of(key)) for key, _ in pairs) - g_logit
         x[-1] = (rule_score - self.score_mean) / 100.0
         if self.track_scores:
             self.scored += 1
             self.score_mean += (rule_score - self.score_mean) / self.scored
         return x
+
+    def rows(self, ids: U64) -> F64:
+        """[n, v, t] per key id (NaN for a key without counts), for ``features_batch``."""
+        get = self.counts.get
+        out = np.full((len(ids), 3), np.nan)
+        for j, k in enumerate(ids.tolist()):
+            row = get(k)
+            if row is not None:
+                out[j] = row
+        return out
 
     def _undervalued(self, keys: ParcelKeys, now_ms: float) -> float:
         """How many standard deviations the parcel's USD per kg lies below the norm of its
@@ -280,24 +319,109 @@ class RiskTable:
     def strongest(
         self, n: int, now_ms: float, min_exams: float = 5.0
     ) -> list[tuple[str, float, float]]:
-        """The ``n`` keys whose rate is furthest above the global one: (key, rate, exams)."""
+        """The ``n`` keys whose rate is furthest above the global one: (name, rate, exams);
+        a key whose name is not known shows as its id."""
         g = self.global_rate(now_ms)
         rows = []
         for key, row in self.counts.items():
             ex, v = self._decayed(row, now_ms)
             if ex >= min_exams:
-                rows.append((key, (v + self.prior * g) / (ex + self.prior), ex))
+                rows.append((self.names.get(key, f"#{key:016x}"),
+                             (v + self.prior * g) / (ex + self.prior), ex))  # fmt: skip
         rows.sort(key=lambda r: -r[1])
         return rows[:n]
 
 
-def _hs_parent(key: str) -> str:
-    """hs6:xxxxxx -> hs4:xxxx -> hs2:xx -> ''; other single keys have no parent."""
-    if key.startswith("hs6:"):
-        return "hs4:" + key[4:8]
-    if key.startswith("hs4:"):
-        return "hs2:" + key[4:6]
-    return ""
+def to_entries(keys: Sequence[ParcelKeys]) -> KeyBatch:
+    """Parcels' keys as batch entries (parents first), as ``risk_keys.key_batch`` builds
+    them from the manifests."""
+    start, group, parent = [0], [], []
+    ids: list[int] = []
+    for k in keys:
+        parents = k.parents()
+        depth: dict[int, int] = {}
+
+        def depth_of(key: int, parents: dict[int, int] = parents, depth: dict[int, int] = depth
+                     ) -> int:  # fmt: skip
+            got = depth.get(key)
+            if got is None:
+                p = parents.get(key, 0)
+                got = depth[key] = depth_of(p) + 1 if p else 0
+            return got
+
+        rows = sorted(((depth_of(kid), j, kid, pid) for j, pairs in enumerate(k.ids)
+                       for kid, pid in pairs), key=lambda r: r[0])  # fmt: skip
+        at: dict[int, int] = {}
+        for _d, j, kid, pid in rows:
+            at.setdefault(kid, len(ids))
+            group.append(j)
+            ids.append(kid)
+            parent.append(at[pid] if pid else -1)
+        start.append(len(ids))
+    return KeyBatch(np.array(start, dtype=np.int64), np.array(group, dtype=np.int64),
+                    np.array(ids, dtype=np.uint64), np.array(parent, dtype=np.int64))  # fmt: skip
+
+
+def features_batch(
+    kb: KeyBatch, pos: npt.NDArray[np.int64], rows: F64, total: Sequence[float], now_ms: F64,
+    rule_scores: F64, score_pivot: F64, undervalued: F64, half_life_ms: float, prior: float,
+) -> F64:  # fmt: skip
+    """Every parcel's feature vector (``FEATURE_NAMES``), as ``RiskTable.features``
+    computes it one parcel at a time: ``pos`` per entry of ``kb`` its row in ``rows``
+    ([n, v, t], NaN for none: ``kb.unique``), ``total`` the global [n, v, t],
+    ``score_pivot`` per parcel the rule score its rule feature is centred on,
+    ``undervalued`` per parcel its value-norm feature."""
+    return _features(kb.start, kb.group, kb.parent, pos, rows, np.asarray(total, np.float64),
+                     now_ms, rule_scores, score_pivot, undervalued, half_life_ms, prior,
+                     len(GROUPS))  # fmt: skip
+
+
+@njit(cache=True)
+def _clogit(p: float) -> float:  # pragma: no cover
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+@njit(cache=True)
+def _features(
+    start: npt.NDArray[np.int64], group: npt.NDArray[np.int64], parent: npt.NDArray[np.int64],
+    pos: npt.NDArray[np.int64], rows: F64, total: F64, now: F64, scores: F64, pivot: F64,
+    under: F64, hl: float, prior: float, n_groups: int,
+) -> F64:  # pragma: no cover  # fmt: skip
+    n = start.shape[0] - 1
+    x = np.zeros((n, 2 + n_groups + 2))
+    rate = np.empty(group.shape[0])
+    best = np.empty(n_groups)
+    for p in range(n):
+        t = now[p]
+        gn, gv = total[0], total[1]
+        if total[2] > 0 and t > total[2]:
+            f = 2.0 ** (-(t - total[2]) / hl)
+            gn, gv = gn * f, gv * f
+        g_rate = (gv + 1.0) / (gn + 2.0)
+        g_logit = _clogit(g_rate)
+        x[p, 0], x[p, 1] = 1.0, g_logit
+        best[:] = -np.inf
+        for e in range(start[p], start[p + 1]):
+            pr = g_rate if parent[e] < 0 else rate[parent[e]]
+            r = pos[e]
+            rn, rv, rt = rows[r, 0], rows[r, 1], rows[r, 2]
+            if np.isnan(rn):
+                rate[e] = pr
+            else:
+                if rt > 0 and t > rt:
+                    f = 2.0 ** (-(t - rt) / hl)
+                    rn, rv = rn * f, rv * f
+                rate[e] = (rv + prior * pr) / (rn + prior)
+            lg = _clogit(rate[e])
+            if lg > best[group[e]]:
+                best[group[e]] = lg
+        for g in range(n_groups):
+            if best[g] > -np.inf:
+                x[p, 2 + g] = best[g] - g_logit
+        x[p, 2 + n_groups] = under[p]
+        x[p, 3 + n_groups] = (scores[p] - pivot[p]) / 100.0
+    return x
 
 
 @njit(cache=True)
@@ -425,8 +549,8 @@ class RiskState(msgspec.Struct, frozen=True):
             theta = np.zeros(N_FEATURES)
         return OnlineModel(cfg.learning_rate, cfg.l2, theta, self.trained)
 
-    def table(self, rows: dict[str, list[float]], cfg: RiskConfig) -> RiskTable:
-        """A read-only view of stored rows (key -> [examinations, violations, t])."""
+    def table(self, rows: dict[int, list[float]], cfg: RiskConfig) -> RiskTable:
+        """A read-only view of stored rows (key id -> [examinations, violations, t])."""
         return RiskTable(cfg.half_life_ms, cfg.prior, rows,
                          [self.exams, self.violations, float(self.t_ms)],
                          score_mean=self.pivot, track_scores=False)  # fmt: skip
@@ -434,11 +558,18 @@ class RiskState(msgspec.Struct, frozen=True):
 
 class RiskRef(msgspec.Struct, array_like=True, frozen=True):
     """What the exam step needs of a scored parcel (kept with the parcel's memory): its
-    keys, its features as scored, the probability with which it was selected."""
+    keys (names and ids), its features as scored, the probability with which it was
+    selected."""
 
     keys: list[str]
     x: list[float]
     propensity: float = 1.0
+    ids: list[int] = []
+
+    @classmethod
+    def of(cls, keys: ParcelKeys, x: list[float], propensity: float) -> RiskRef:
+        named = keys.named()
+        return cls(list(named), x, propensity, list(named.values()))
 
 
 _REF_ENC = msgspec.json.Encoder()
@@ -527,25 +658,19 @@ def explain(
     """The ``n`` strongest positive learned contributions to a parcel's log-odds: per
     feature group, its riskiest key (key, text, rate, examinations, contribution)."""
     g_rate = table.global_rate(now_ms)
+    parents = keys.parents()
+
+    def rate_of(key: int) -> tuple[float, float]:
+        parent = parents.get(key, 0)
+        return table.rate(key, rate_of(parent)[0] if parent else g_rate, now_ms)
+
     out = []
-    for j, pairs in enumerate(keys.groups):
+    for j, (pairs, id_pairs) in enumerate(zip(keys.groups, keys.ids, strict=True)):
         c = float(theta[FIRST_GROUP + j] * x[FIRST_GROUP + j])
         if not pairs or c <= 0.005:
             continue
-        best = None
-        for key, parent in pairs:
-            chain = [key]
-            while chain[-1] and (p := _parent_of(chain[-1], parent if len(chain) == 1 else "")):
-                chain.append(p)
-            rate, exams = g_rate, 0.0
-            for k in reversed(chain):
-                rate, e = table.rate(k, rate, now_ms)
-                if k == key:
-                    exams = e
-            if best is None or rate > best[1]:
-                best = (key, rate, exams)
-        assert best is not None
-        key, rate, exams = best
+        rated = [(rate_of(kid), name) for (name, _), (kid, _) in zip(pairs, id_pairs, strict=True)]
+        (rate, exams), key = max(rated, key=lambda r: r[0][0])
         text = f"{key_text(key)}: {rate:.0%} violations in {exams:,.0f} examinations"
         out.append((key, text, round(rate, 4), round(exams, 1), round(c, 3)))
     if x[-2] > 0 and theta[-2] * x[-2] > 0.005:
@@ -553,11 +678,3 @@ def explain(
                     "HS peers", 0.0, 0.0, round(float(theta[-2] * x[-2]), 3)))  # fmt: skip
     out.sort(key=lambda r: -r[4])
     return out[:n]
-
-
-def _parent_of(key: str, given: str) -> str:
-    if given:
-        return given
-    if "|" in key:
-        return key.rsplit("|", 1)[0]
-    return _hs_parent(key)

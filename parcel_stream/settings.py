@@ -134,7 +134,10 @@ class Settings:
     risk_ipw_clip: float = 5.0
     risk_learning_rate: float = 0.05
     risk_half_life_days: float = 180.0
-    risk_ttl_days: float = 365.0
+    # learned keys whose decayed examinations fall under this are dropped (the exam
+    # consumer sweeps every PARCEL_RISK_PRUNE_S)
+    risk_evict_below: float = 0.25
+    risk_prune_s: float = 3600.0
     # Scoring: the rule-set file (empty = the built-in default). The threshold and lane
     # scores come from the rule set; set these only to override it.
     rules_file: str = ""
@@ -377,8 +380,11 @@ def _validate(s: Settings) -> None:
     )
     _require(s.risk_ipw_clip >= 1, "risk_ipw_clip", "must be >= 1 (1: no weighting)")
     _require(0 < s.risk_learning_rate <= 1, "risk_learning_rate", "must be > 0 and <= 1")
-    for name in ("risk_half_life_days", "risk_ttl_days"):
-        _require(0 < getattr(s, name) <= 36_500, name, "must be a number of days > 0")
+    _require(0 < s.risk_half_life_days <= 36_500, "risk_half_life_days",
+             "must be a number of days > 0 (e.g. 180)")  # fmt: skip
+    _require(0 <= s.risk_evict_below < 1_000, "risk_evict_below",
+             "must be a number of examinations >= 0 (e.g. 0.25)")  # fmt: skip
+    _require(s.risk_prune_s > 0, "risk_prune_s", "must be a positive number of seconds")
     _require(
         s.log_level.lower() in {"debug", "info", "warning", "error"},
         "log_level",

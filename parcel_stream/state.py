@@ -11,10 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState
 from parcel_stream.reputation import ExamDelta, ParcelRef, Partition, ReputationUpdate
 from parcel_stream.sequence import ENTITY_FIELDS, PAIR_FIELDS, StoredState
+
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +94,17 @@ EXAMINABLE = StateKey(
     "`PARCEL_EXAM_TTL_DAYS` (180)",
 )  # fmt: skip
 RISK = StateKey(
-    "risk", "", "learned key", "hash",
-    "the learned model's counts for one key (an HS code, a cross, a declarant, an attribute: "
-    "`risk.py`): `n` examinations and `v` violations, selection-weighted and decayed to `t`",
-    "`PARCEL_RISK_TTL_DAYS` (365) after its last examination: rare keys expire",
+    "risk", "", "", "hash",
+    "the learned model's counts, one field per key (an HS code, a cross, a declarant, an "
+    "attribute: `risk.py`): field = the key's 64-bit id (8 bytes, big-endian), value = its "
+    "examinations, violations (selection-weighted, decayed) and time, 3 little-endian doubles",
+    "a key is dropped once its decayed examinations fall under `PARCEL_RISK_EVICT_BELOW` "
+    "(0.25)",
+)  # fmt: skip
+RISK_NAMES = StateKey(
+    "risk", ":names", "", "hash",
+    "the names of the learned keys with at least 5 examinations (field = key id)",
+    "dropped with the key",
 )  # fmt: skip
 EXAM = StateKey("exam", "", "exam id", "string", "marks an applied examination result",
                 "`PARCEL_EXAM_TTL_DAYS` (180)")  # fmt: skip
@@ -136,7 +149,7 @@ LOCKS = StateKey(
 
 STATE_KEYS: tuple[StateKey, ...] = (
     SHIPPER, SELLER, ADDRESS_SHIPPERS, ADDRESS_VIOLATIONS, PAIR, REMEMBERED, EXAMINABLE, EXAM,
-    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS, RISK, LANES,
+    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS, RISK, RISK_NAMES, LANES,
 )  # fmt: skip
 
 
@@ -195,9 +208,11 @@ class StateStore(Protocol):
         self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
     ) -> list[bool] | None: ...
 
-    def read_risk(self, keys: list[str]) -> dict[str, list[float]]: ...
+    def read_risk(self, ids: U64) -> F64: ...
 
     def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]: ...
+
+    def prune_risk(self, now_ms: float) -> int: ...
 
 
 class AsyncStateStore(Protocol):
@@ -227,9 +242,11 @@ class AsyncStateStore(Protocol):
         self, deltas: list[ExamDelta], learner: tuple[int, LearnerState] | None = None
     ) -> list[bool] | None: ...
 
-    async def read_risk(self, keys: list[str]) -> dict[str, list[float]]: ...
+    async def read_risk(self, ids: U64) -> F64: ...
 
     async def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]: ...
+
+    async def prune_risk(self, now_ms: float) -> int: ...
 
     async def ping(self) -> bool: ...
 
@@ -271,11 +288,14 @@ class AsyncTwin:
     ) -> list[bool] | None:
         return self.store.apply_exams(deltas, learner)
 
-    async def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
-        return self.store.read_risk(keys)
+    async def read_risk(self, ids: U64) -> F64:
+        return self.store.read_risk(ids)
 
     async def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
         return self.store.read_lanes(partitions)
+
+    async def prune_risk(self, now_ms: float) -> int:
+        return self.store.prune_risk(now_ms)
 
     async def ping(self) -> bool:
         return True

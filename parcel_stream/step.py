@@ -110,13 +110,13 @@ def batch_step(
             batch = yield from _read(prepare(fresh, limits, now_ms, ruleset.split_min_usd))
         risk_in = None
         if risk is not None and risk[0].scores:
-            keys = risk_keys(batch.prep)
-            learned = list(dict.fromkeys(k for pk in keys for k in pk.all_keys()))
-            rows = yield Call("read_risk", (learned,))
+            keys, value_usd = risk_keys(batch.prep)
+            uniq, pos = keys.unique()
+            rows = yield Call("read_risk", (uniq,))
             lanes = {}
             if risk[0].decides and risk[0].capacity_pct > 0:
                 lanes = yield Call("read_lanes", (batch.prep.partitions,))
-            risk_in = RiskInput(risk[0], risk[1], keys, rows, lanes)
+            risk_in = RiskInput(risk[0], risk[1], keys, uniq, pos, rows, value_usd, lanes)
         result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config,
                                 risk_in)  # fmt: skip
         update = result.update

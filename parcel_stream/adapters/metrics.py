@@ -213,6 +213,12 @@ class WorkerMetrics:
             "Learner training steps this worker stored (one per exam-results batch)",
             registry=r,
         )
+        self.risk_keys_pruned = Counter(
+            "parcel_stream_risk_keys_pruned_total",
+            "Learned keys dropped because their decayed examinations fell under "
+            "PARCEL_RISK_EVICT_BELOW",
+            registry=r,
+        )
         self.learner_max_adjust = Gauge(
             "parcel_stream_learner_max_adjust_points",
             "Largest absolute per-rule adjustment of the held learner state, in points",

@@ -42,6 +42,8 @@ from functools import lru_cache
 from typing import Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
@@ -59,7 +61,7 @@ from parcel_stream.adapters.redis_lua import (
 from parcel_stream.adapters.redis_store import (
     RedisReputationStore,
     parse_read,
-    risk_rows,
+    risk_spec,
     shipper_member,
 )
 from parcel_stream.features import Combos, ShipperIndex
@@ -76,6 +78,7 @@ from parcel_stream.state import (
     PREPDATA,
     REMEMBERED,
     RISK,
+    RISK_NAMES,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -84,6 +87,9 @@ from parcel_stream.state import (
 log = logging.getLogger("parcel_stream.redis_cluster")
 SLOTS = 16384
 _PACK = msgspec.msgpack.Encoder()
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
 _UNPACK = msgspec.msgpack.Decoder()
 _JSON = msgspec.json.Encoder()
 
@@ -212,27 +218,25 @@ class RedisClusterStore(RedisReputationStore):
     def learner_key(self) -> str:
         return super().learner_key().replace(self.prefix, self.tags[0], 1)
 
-    def risk_key(self, key: str) -> str:
-        return RISK.key(self.tag_of(key), key)
+    def risk_hash(self, shard: int) -> str:
+        return RISK.key(self.tags[shard])
+
+    def risk_names(self, shard: int) -> str:
+        return RISK_NAMES.key(self.tags[shard])
+
+    def risk_shard_count(self) -> int:
+        return self.shards
+
+    def risk_shards(self, ids: U64) -> list[tuple[int, I64]]:
+        shard = (ids % np.uint64(self.shards)).astype(np.int64)
+        where = [(n, np.flatnonzero(shard == n)) for n in range(self.shards)]
+        return [(n, w) for n, w in where if len(w)]
+
+    async def _risk_script(self, script: Any, calls: list[tuple[int, list[Any]]]) -> list[Any]:
+        return await self._eval(script, calls)
 
     def lanes_key(self, part: Partition) -> str:
         return LANES.key(self.tags[self.home_of(part)], f"{part[0]}:{part[1]}")
-
-    def risk_patterns(self) -> list[str]:
-        return [RISK.key(tag, "*") for tag in self.tags]
-
-    async def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
-        """The learned model's counts of these keys (one script call per shard)."""
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for k in keys:
-            by_shard[self.shard_of(k)].append(k)
-        calls = [(n, [_PACK.encode([RISK.key(self.tags[n], ""), ks])])
-                 for n, ks in by_shard.items()]  # fmt: skip
-        out: dict[str, list[float]] = {}
-        for ks, flat in zip(by_shard.values(), await self._eval(self._risk_read, calls),
-                            strict=True):  # fmt: skip
-            out.update(risk_rows(ks, flat))
-        return out
 
     def _marks(self, shard: int, parts: list[Partition]) -> list[str]:
         return [PREP.key(self.tags[shard], f"{t}:{p}") for t, p in parts]
@@ -523,12 +527,11 @@ class RedisClusterStore(RedisReputationStore):
                 akey = ADDRESS_VIOLATIONS.key(self.tag_of(d.address), d.address)
                 by_shard[self.shard_of(d.address)].append([d.exam_id, "a", akey, v, at])
             if d.risk is not None and d.risk_weight > 0:  # the learned keys, per shard
-                keys_of: dict[int, list[str]] = defaultdict(list)
-                for k in d.risk.keys:
-                    keys_of[self.shard_of(k)].append(k)
+                keys_of: dict[int, list[int]] = defaultdict(list)
+                for k in d.risk.ids:
+                    keys_of[k % self.shards].append(k)
                 for n, ks in keys_of.items():
-                    spec = _JSON.encode([d.risk_weight, float(self.risk_half_life_ms),
-                                         self.risk_ttl_s, *ks]).decode()  # fmt: skip
+                    spec = risk_spec(d, self.risk_half_life_ms, ks)
                     by_shard[n].append([d.exam_id, "r", spec, v, at])
         fresh = await self._exams_shards(by_shard)
         ids = [d.exam_id for d in deltas]

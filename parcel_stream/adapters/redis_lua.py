@@ -18,6 +18,7 @@ from parcel_stream.state import (
     PREPDATA,
     REMEMBERED,
     RISK,
+    RISK_NAMES,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -111,31 +112,71 @@ end
 return out
 """
 
-# The learned model's counts of a batch's keys (ARGV[1] msgpack: key prefix, keys): n,
-# v, t per key, nil n when the key is not stored.
+# The learned model's counts of a batch's keys (ARGV[1] the counts hash, ARGV[2] the key
+# ids, 8 bytes each): n, v, t per key as packed little-endian doubles (the stored value),
+# NaN when the key has none. One HMGET per 1,000 keys.
 RISK_READ_LUA = """
-local u = cmsgpack.unpack(ARGV[1])
-local prefix, keys = u[1], u[2]
+local hash, ids = ARGV[1], ARGV[2]
 local out = {}
-for j, k in ipairs(keys) do
-  local row = redis.call('HMGET', prefix .. k, 'n', 'v', 't')
-  out[3 * j - 2], out[3 * j - 1], out[3 * j] = row[1], row[2], row[3]
+local none = struct.pack('<ddd', 0 / 0, 0 / 0, 0 / 0)
+local n = #ids / 8
+for lo = 1, n, 1000 do
+  local fields = {}
+  for j = lo, math.min(lo + 999, n) do fields[#fields + 1] = string.sub(ids, 8 * j - 7, 8 * j) end
+  local got = redis.call('HMGET', hash, unpack(fields))
+  for k = 1, #fields do out[lo + k - 1] = got[k] or none end
 end
-return out
+return table.concat(out)
+"""
+
+# Drop the learned keys whose decayed examinations are under ARGV[3] at ARGV[4] (ms; half-
+# life ARGV[5] ms), scanning ARGV[6] fields of the counts hash ARGV[1] from cursor ARGV[7];
+# their names go from ARGV[2]. Returns {next cursor, keys dropped}.
+RISK_PRUNE_LUA = """
+local hash, names = ARGV[1], ARGV[2]
+local floor, now, hl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local res = redis.call('HSCAN', hash, ARGV[7], 'COUNT', tonumber(ARGV[6]))
+local gone = {}
+local kv = res[2]
+for j = 1, #kv, 2 do
+  local n, v, t = struct.unpack('<ddd', kv[j + 1])
+  if t > 0 and now > t then n = n * 2 ^ (-(now - t) / hl) end
+  if n < floor then gone[#gone + 1] = kv[j] end
+end
+if #gone > 0 then
+  redis.call('HDEL', hash, unpack(gone))
+  redis.call('HDEL', names, unpack(gone))
+end
+return {res[1], #gone}
 """
 
 # An examination result's count on its learned keys (``risk.py``): JSON [weight, half-life
-# ms, TTL s, key...]; the keys' rows are brought up to date and the weighted examination
-# and violation added.
+# ms, then per key its id in hex and its name]. Each key's counts in ``hash`` are brought up
+# to date (as decay_add does) and the weighted examination and violation added; a key with
+# at least 5 examinations keeps its name in ``names``.
 RISK_COUNT_LUA = """
-local function risk_count(prefix, spec, v, at)
+local function unhex(h)
+  return (h:gsub('..', function(c) return string.char(tonumber(c, 16)) end))
+end
+local function risk_count(hash, names, spec, v, at)
   if spec == '' then return end
   local r = cjson.decode(spec)
-  local w, hl, ttl = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
-  for j = 4, #r do
-    local key = prefix .. r[j]
-    decay_add(key, at, hl, {'n', 'v'}, {w, w * v})
-    redis.call('EXPIRE', key, ttl)
+  local w, hl = tonumber(r[1]), tonumber(r[2])
+  for j = 3, #r, 2 do
+    local field = unhex(r[j])
+    local cur = redis.call('HGET', hash, field)
+    local n, vv, t = 0, 0, at
+    if cur then n, vv, t = struct.unpack('<ddd', cur) end
+    if t <= 0 then t = at end
+    if at >= t then
+      local f = 2 ^ (-(at - t) / hl)
+      n, vv, t = n * f + w, vv * f + w * v, at
+    else
+      local g = 2 ^ (-(t - at) / hl)
+      n, vv = n + w * g, vv + w * v * g
+    end
+    redis.call('HSET', hash, field, struct.pack('<ddd', n, vv, t))
+    if n >= 5 and r[j + 1] ~= '' then redis.call('HSET', names, field, r[j + 1]) end
   end
 end
 """
@@ -190,7 +231,7 @@ for a = first, #ARGV, 7 do
       decay_add(akey, at, hl, {'rv'}, {1})
       redis.call('EXPIRE', akey, ttl)
     end
-    risk_count(prefix .. '@risk:', ARGV[a + 6], v, at)
+    risk_count(prefix .. '@risk_counts', prefix .. '@risk_names', ARGV[a + 6], v, at)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -330,7 +371,8 @@ LUA_KEYS = {
     "@locks": f":{LOCKS.segment}",
     "@prepdata:": f":{PREPDATA.segment}:",
     "@ob:": f":{OUTBOX.segment}:",
-    "@risk:": f":{RISK.segment}:",
+    "@risk_counts": f":{RISK.segment}",
+    "@risk_names": f":{RISK_NAMES.segment}{RISK_NAMES.suffix}",
 }
 
 
@@ -472,7 +514,7 @@ for i, it in ipairs(items) do
   if redis.call('SET', mark, '1', 'NX', 'EX', ttl) then
     local key, v, at = it[3], it[4], it[5]
     if it[2] == 'r' then
-      risk_count(tag .. '@risk:', key, v, at)
+      risk_count(tag .. '@risk_counts', tag .. '@risk_names', key, v, at)
     elseif it[2] == 'a' then
       decay_add(key, at, hl, {'rv'}, {1})
       redis.call('EXPIRE', key, ttl)

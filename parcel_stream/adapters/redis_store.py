@@ -38,6 +38,7 @@ scripts build their keys from the prefix: for Redis Cluster use a prefix with a 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -54,6 +55,7 @@ from parcel_stream.adapters.redis_lua import (
     EXAMS_LUA,
     PARCELS_LUA,
     READ_LUA,
+    RISK_PRUNE_LUA,
     RISK_READ_LUA,
     SELLER_WIDTH,
     SHIPPER_WIDTH,
@@ -85,6 +87,7 @@ from parcel_stream.state import (
     PAIR,
     REMEMBERED,
     RISK,
+    RISK_NAMES,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -92,6 +95,8 @@ from parcel_stream.state import (
 )
 
 F64 = npt.NDArray[np.float64]
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
 
 _PACK = msgspec.msgpack.Encoder()
 _JSON = msgspec.json.Encoder()
@@ -172,14 +177,21 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def risk_rows(keys: list[str], flat: list[Any]) -> dict[str, list[float]]:
-    """[n, v, t] per key from a flat reply (nil n: not stored)."""
-    out = {}
-    for j, key in enumerate(keys):
-        n = flat[3 * j]
-        if n is not None:
-            out[key] = [float(n), float(flat[3 * j + 1] or 0), float(flat[3 * j + 2] or 0)]
-    return out
+def risk_rows(packed: bytes, n: int) -> F64:
+    """[n, v, t] per key from the read script's packed doubles (NaN: not stored)."""
+    out = np.frombuffer(packed, dtype="<f8").reshape(n, 3) if n else np.zeros((0, 3))
+    return out.copy()
+
+
+def risk_spec(d: ExamDelta, half_life_ms: float, ids: list[int] | None = None) -> str:
+    """An exam result's count on its learned keys (``RISK_COUNT_LUA``): JSON [weight,
+    half-life ms, then per key its id (16 hex digits) and name]; "" for none."""
+    if d.risk is None or d.risk_weight <= 0 or not d.risk.ids:
+        return ""
+    names = dict(zip(d.risk.ids, d.risk.keys, strict=False))  # no names: a review's keys
+    pairs = [x for k in (d.risk.ids if ids is None else ids)
+             for x in (f"{k:016x}", names.get(k, ""))]  # fmt: skip
+    return _JSON.encode([d.risk_weight, float(half_life_ms), *pairs]).decode()
 
 
 class RedisReputationStore:
@@ -197,12 +209,12 @@ class RedisReputationStore:
         half_life_ms: float = DEFAULT_HALF_LIFE_MS,
         learner_history: int = 100,
         parcel_ttl_s: int = 14 * 86_400,
-        risk_ttl_s: int = 365 * 86_400,
+        risk_evict_below: float = 0.25,
         risk_half_life_ms: float = 180.0 * 86_400_000,
         **client_options: Any,
     ) -> None:
         self.parcel_ttl_s = parcel_ttl_s
-        self.risk_ttl_s = risk_ttl_s
+        self.risk_evict_below = risk_evict_below
         self.risk_half_life_ms = risk_half_life_ms
         self.exam_ttl_s = exam_ttl_s
         self.window_ms = window_ms
@@ -220,6 +232,7 @@ class RedisReputationStore:
         self._exams = self.client.register_script(keys_in(EXAMS_LUA))
         self._parcels = self.client.register_script(keys_in(PARCELS_LUA))
         self._risk_read = self.client.register_script(RISK_READ_LUA)
+        self._risk_prune = self.client.register_script(RISK_PRUNE_LUA)
 
     def _connect(self, url: str, socket_timeout_s: float, options: dict[str, Any]) -> Any:
         # No retries inside the client: the worker's own loop retries with backoff, counts
@@ -247,7 +260,7 @@ class RedisReputationStore:
             ttl_s=round(settings.entity_ttl_days * 86_400),
             address_ttl_s=round(settings.address_ttl_days * 86_400),
             exam_ttl_s=round(settings.exam_ttl_days * 86_400),
-            risk_ttl_s=round(settings.risk_ttl_days * 86_400),
+            risk_evict_below=settings.risk_evict_below,
             risk_half_life_ms=settings.risk_half_life_days * 86_400_000.0,
             **redis_options(settings),
         )
@@ -450,41 +463,88 @@ class RedisReputationStore:
                          self.learner_keep))  # fmt: skip
         for d in deltas:
             args.extend((d.exam_id, d.shipper_id, d.address, int(d.violation),
-                         d.examined_ts_ms, d.seller, self._risk_arg(d)))  # fmt: skip
+                         d.examined_ts_ms, d.seller,
+                         risk_spec(d, self.risk_half_life_ms)))  # fmt: skip
         res: Any = await self._exams(keys=[], args=args)
         if isinstance(res, int):
             return None if res < 0 else []
         return [bool(int(x)) for x in res]
 
-    def _risk_arg(self, d: ExamDelta) -> str:
-        """The learned keys an exam result counts on: JSON [weight, half-life ms, TTL s,
-        key...], "" for none."""
-        if d.risk is None or d.risk_weight <= 0:
-            return ""
-        return _JSON.encode([d.risk_weight, float(self.risk_half_life_ms), self.risk_ttl_s,
-                             *d.risk.keys]).decode()  # fmt: skip
+    # -- the learned model's counts: one hash per shard (the whole store for one node) --
 
-    def risk_key(self, key: str) -> str:
-        return RISK.key(self.prefix, key)
+    def risk_hash(self, shard: int) -> str:
+        return RISK.key(self.prefix)
 
-    async def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
-        """The learned model's counts of these keys (one script call)."""
-        if not keys:
-            return {}
-        flat: list[Any] = await self._risk_read(args=[_PACK.encode([self.risk_key(""), keys])])
-        return risk_rows(keys, flat)
+    def risk_names(self, shard: int) -> str:
+        return RISK_NAMES.key(self.prefix)
 
-    async def write_risk(self, rows: dict[str, list[float]]) -> None:
+    def risk_shards(self, ids: U64) -> list[tuple[int, I64]]:
+        """(shard, positions of ``ids`` in it) for every shard holding some of them."""
+        return [(0, np.arange(len(ids)))] if len(ids) else []
+
+    async def _risk_script(self, script: Any, calls: list[tuple[int, list[Any]]]) -> list[Any]:
+        return [await script(keys=[], args=args) for _n, args in calls]
+
+    async def read_risk(self, ids: U64) -> F64:
+        """The learned model's counts of these key ids: [n, v, t] each, NaN when the key
+        has none (one call per shard)."""
+        out = np.full((len(ids), 3), np.nan)
+        where = self.risk_shards(ids)
+        calls = [(n, [self.risk_hash(n), ids[w].astype(">u8").tobytes()]) for n, w in where]
+        for (_n, w), packed in zip(where, await self._risk_script(self._risk_read, calls),
+                                   strict=True):  # fmt: skip
+            out[w] = risk_rows(packed, len(w))
+        return out
+
+    async def write_risk(self, rows: dict[int, list[float]], names: dict[int, str]) -> None:
         """Store learned keys' counts as they are (a warm start: ``parcel-stream learn``),
-        each with the keys' lifetime; pipelined, 1,000 keys a round trip."""
-        items = list(rows.items())
-        for lo in range(0, len(items), 1000):
-            pipe = self.client.pipeline(transaction=False)
-            for key, (n, v, t) in items[lo : lo + 1000]:
-                name = self.risk_key(key)
-                pipe.hset(name, mapping={"n": repr(n), "v": repr(v), "t": repr(t)})
-                pipe.expire(name, self.risk_ttl_s)
-            await pipe.execute()
+        with the names of those with at least 5 examinations; 5,000 keys a command."""
+        ids = np.fromiter(rows, np.uint64, len(rows))
+        for n, w in self.risk_shards(ids):
+            items = [(int(k), rows[int(k)]) for k in ids[w]]
+            for lo in range(0, len(items), 5000):
+                chunk = items[lo : lo + 5000]
+                await self.client.hset(self.risk_hash(n), mapping={
+                    k.to_bytes(8, "big"): struct.pack("<ddd", *r) for k, r in chunk})  # fmt: skip
+                named = {k.to_bytes(8, "big"): names[k] for k, r in chunk
+                         if r[0] >= 5 and k in names}  # fmt: skip
+                if named:
+                    await self.client.hset(self.risk_names(n), mapping=named)
+
+    async def prune_risk(self, now_ms: float, count: int = 5000) -> int:
+        """Drop the learned keys whose decayed examinations are under
+        ``risk_evict_below``: a full pass over every shard; returns the keys dropped."""
+        dropped = 0
+        for n in range(self.risk_shard_count()):
+            cursor: Any = "0"
+            while True:
+                floor, hl = repr(self.risk_evict_below), repr(float(self.risk_half_life_ms))
+                args = [self.risk_hash(n), self.risk_names(n), floor, repr(float(now_ms)), hl,
+                        count, cursor]  # fmt: skip
+                (reply,) = await self._risk_script(self._risk_prune, [(n, args)])
+                cursor, gone = reply
+                dropped += int(gone)
+                if _text(cursor) == "0":
+                    break
+        return dropped
+
+    def risk_shard_count(self) -> int:
+        return 1
+
+    async def scan_risk(
+        self, limit: int = 1_000_000
+    ) -> tuple[dict[int, list[float]], dict[int, str]]:
+        """Every learned key's counts, and the names kept (up to ``limit`` keys)."""
+        rows: dict[int, list[float]] = {}
+        names: dict[int, str] = {}
+        for n in range(self.risk_shard_count()):
+            async for field, value in self.client.hscan_iter(self.risk_hash(n), count=5000):
+                rows[int.from_bytes(field, "big")] = list(struct.unpack("<ddd", value))
+                if len(rows) >= limit:
+                    break
+            async for field, name in self.client.hscan_iter(self.risk_names(n), count=5000):
+                names[int.from_bytes(field, "big")] = _text(name)
+        return rows, names
 
     def lanes_key(self, part: Partition) -> str:
         return LANES.key(self.prefix, f"{part[0]}:{part[1]}")
@@ -498,25 +558,6 @@ class RedisReputationStore:
             pipe.get(self.lanes_key(part))
         rows = await pipe.execute()
         return {p: bytes(r) for p, r in zip(partitions, rows, strict=True) if r is not None}
-
-    def risk_patterns(self) -> list[str]:
-        return [self.risk_key("*")]
-
-    async def scan_risk(self, limit: int = 1_000_000) -> dict[str, list[float]]:
-        """Every learned key's counts (up to ``limit`` keys): for inspection, not scoring."""
-        out: dict[str, list[float]] = {}
-        for pattern in self.risk_patterns():
-            head = len(pattern) - 1
-            names: list[str] = []
-            async for raw in self.client.scan_iter(match=pattern, count=1000):
-                names.append(_text(raw)[head:])
-                if len(out) + len(names) >= limit:
-                    break
-            for lo in range(0, len(names), 5000):
-                out.update(await self.read_risk(names[lo : lo + 5000]))
-            if len(out) >= limit:
-                break
-        return out
 
     async def _entity(self, key: str) -> ShipperState | None:
         raw = await self.client.hgetall(key)
@@ -599,8 +640,11 @@ class BlockingRedisStore:
     ) -> list[bool] | None:
         return self._loop.run_until_complete(self._store.apply_exams(deltas, learner))
 
-    def read_risk(self, keys: list[str]) -> dict[str, list[float]]:
-        return self._loop.run_until_complete(self._store.read_risk(keys))
+    def read_risk(self, ids: U64) -> F64:
+        return self._loop.run_until_complete(self._store.read_risk(ids))
+
+    def prune_risk(self, now_ms: float) -> int:
+        return self._loop.run_until_complete(self._store.prune_risk(now_ms))
 
     def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
         return self._loop.run_until_complete(self._store.read_lanes(partitions))

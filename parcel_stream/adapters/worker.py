@@ -280,6 +280,7 @@ class ExamProcessor:
         self.metrics = metrics
         self.learner_cfg = settings.learner_config()
         self.risk_cfg = settings.risk_config()
+        self.pruned_at = time.monotonic()
         self.pivot_score = pivot_score  # the active rule set's hold score
         self.positions: dict[Partition, int] = {}  # next offset to process, per partition
 
@@ -339,4 +340,22 @@ class ExamProcessor:
         for r in records:
             part = (r.topic, r.partition)
             self.positions[part] = max(self.positions.get(part, 0), r.offset + 1)
+        await self._prune()
         return counts
+
+    async def _prune(self) -> None:
+        """Every ``risk_prune_s``: drop the learned keys too rare to count any more. A
+        failure waits for the next time (nothing depends on it but memory)."""
+        if not self.risk_cfg.scores or time.monotonic() - self.pruned_at < (
+                self.settings.risk_prune_s):  # fmt: skip
+            return
+        self.pruned_at = time.monotonic()
+        try:
+            dropped = await self.store.prune_risk(now_ms())
+        except (RedisError, OSError) as exc:
+            log.warning("pruning the learned keys failed (%s); trying again later",
+                        type(exc).__name__)  # fmt: skip
+            return
+        self.metrics.risk_keys_pruned.inc(dropped)
+        log.info("learned keys pruned: %d under %g examinations", dropped,
+                 self.settings.risk_evict_below)  # fmt: skip

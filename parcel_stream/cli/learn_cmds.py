@@ -75,7 +75,7 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
 
         store = RedisReputationStore.from_settings(settings, socket_timeout_s=10.0)
         try:
-            await store.write_risk(rows)
+            await store.write_risk(rows, table.names)
             current = await store.read_learner()
             new = msgspec.structs.replace(
                 current, version=current.version + 1, updated_ms=now_ms(), risk=state,

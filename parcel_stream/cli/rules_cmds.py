@@ -98,6 +98,7 @@ def learned_part(m: Any, score: float, now: int, settings: Settings) -> str:
     the store the settings name."""
     import asyncio
 
+    import numpy as np
     from redis.exceptions import RedisError
 
     from parcel_stream.adapters.redis_store import RedisReputationStore
@@ -114,7 +115,9 @@ def learned_part(m: Any, score: float, now: int, settings: Settings) -> str:
             state = (await store.read_learner()).risk or RiskState()
             address = address_key(m.consignee.address)
             keys = parcel_keys(m, address, m.declared_value * USD_PER_UNIT[m.currency])
-            rows = await store.read_risk(keys.all_keys())
+            ids = keys.all_ids()
+            got = await store.read_risk(np.array(ids, dtype=np.uint64))
+            rows = {k: r.tolist() for k, r in zip(ids, got, strict=True) if not np.isnan(r[0])}
         except (RedisError, OSError) as exc:
             raise redis_unreachable(exc) from None
         finally:

@@ -89,13 +89,16 @@ def render_learner(state: Any, cfg: Any, rs: Any, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_risk(state: Any, cfg: Any, rows: dict[str, list[float]], top: int) -> str:
+def render_risk(
+    state: Any, cfg: Any, rows: dict[int, list[float]], names: dict[int, str], top: int
+) -> str:
     """The learned risk model: its weights per feature and its strongest learned keys."""
     from parcel_stream.risk import FEATURE_NAMES, RiskState, key_text
 
     risk = state.risk or RiskState()
     theta = risk.model(cfg).theta
     table = risk.table(rows, cfg)
+    table.names = names
     now = float(now_ms())
     lines = [
         f"risk model: mode {cfg.mode}, {risk.trained:,} examination results learned, "
@@ -148,7 +151,7 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
             if args.action == "rollback":
                 return await rollback(store, state, args.version)
             history = await store.learner_history(args.history) if args.history else []
-            rows = await store.scan_risk() if state.risk is not None else {}
+            rows, names = await store.scan_risk() if state.risk is not None else ({}, {})
         except (RedisError, OSError) as exc:
             raise redis_unreachable(exc) from None
         finally:
@@ -161,7 +164,7 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
         print(render_learner(state, cfg, rs), end="")
         if state.risk is not None:
             print()
-            print(render_risk(state, settings.risk_config(), rows, args.top), end="")
+            print(render_risk(state, settings.risk_config(), rows, names, args.top), end="")
         if history:
             print("\nversion | learned from | violations | bias | largest adjustments")
             for old in history:

@@ -26,6 +26,7 @@ from parcel_stream.reputation import (
     ReputationUpdate,
 )
 from parcel_stream.risk import RiskRef
+from parcel_stream.risk_keys import part_id
 from parcel_stream.settings import Settings
 from parcel_stream.state import StateStore, declared
 
@@ -147,8 +148,9 @@ def test_exam_results_apply_once_move_versions_and_the_learner_is_compare_and_se
     assert store.read_learner() == learner
 
 
-REF = RiskRef(["hs6:293399", "hs6:293399|o:IN|d:AE", "attr:platform=shop one", "declarant:D 1"],
-              [1.0, -1.2345678901234567, 0.1, 1e-300, *([0.0] * 18)], 0.25)  # fmt: skip
+NAMES = ["hs6:293399", "hs6:293399|o:IN|d:AE", "attr:platform=shop one", "declarant:D 1"]
+IDS = [part_id(NAMES[0]), 2**64 - 1, 1, part_id(NAMES[3])]  # the extremes of the id range
+REF = RiskRef(NAMES, [1.0, -1.2345678901234567, 0.1, 1e-300, *([0.0] * 18)], 0.25, IDS)
 
 
 def test_learned_keys_are_kept_with_the_parcel_and_counted_once_per_result(
@@ -163,16 +165,33 @@ def test_learned_keys_are_kept_with_the_parcel_and_counted_once_per_result(
     delta = ExamDelta("E1", "P1", "S1", "A1", True, at, "L1@shop", risk=REF, risk_weight=4.0)
     assert store.apply_exams([delta, delta]) == [True, False]
     assert store.apply_exams([delta]) == [False]
-    rows = store.read_risk([*REF.keys, "hs6:000000"])
-    assert rows == {k: [4.0, 4.0, float(at)] for k in REF.keys}
+    rows = store.read_risk(np.array([*IDS, 12345], dtype=np.uint64))
+    assert rows[:4].tolist() == [[4.0, 4.0, float(at)]] * 4 and np.isnan(rows[4]).all()
     # a clean result half a life later: the old counts decay to the new time
     later = at + 90 * 86_400_000
     clean = dataclasses.replace(delta, exam_id="E2", violation=False, examined_ts_ms=later,
-                                risk=RiskRef(REF.keys[:1], REF.x), risk_weight=1.0)  # fmt: skip
+                                risk=RiskRef(NAMES[:1], REF.x, 1.0, IDS[:1]), risk_weight=1.0)  # fmt: skip
     assert store.apply_exams([clean]) == [True]
-    n, v, t = store.read_risk(REF.keys[:1])[REF.keys[0]]
+    n, v, t = store.read_risk(np.array(IDS[:1], dtype=np.uint64))[0].tolist()
     half = 2**-0.5  # the default half-life is 180 days
     assert (n, v, t) == pytest.approx((4 * half + 1, 4 * half, later), rel=1e-12)
+
+
+def test_rare_learned_keys_are_pruned(store: StateStore) -> None:
+    u = update()
+    assert store.apply(dataclasses.replace(u, examinable=[
+        ("P1", dataclasses.replace(u.examinable[0][1], risk=REF))]))  # fmt: skip
+    at = 1_790_000_600_000
+    one = ExamDelta("E1", "P1", "S1", "A1", True, at, "L1@shop", risk=REF, risk_weight=1.0)
+    many = dataclasses.replace(one, exam_id="E2", risk_weight=5.0,
+                               risk=RiskRef(NAMES[:1], REF.x, 1.0, IDS[:1]))  # fmt: skip
+    assert store.apply_exams([one, many]) == [True, True]
+    assert store.prune_risk(at) == 0
+    # two half-lives on: one examination weighs 0.25, six weigh 1.5
+    later = at + 2 * 180 * 86_400_000 + 1
+    assert store.prune_risk(later) == 3
+    rows = store.read_risk(np.array(IDS, dtype=np.uint64))
+    assert not np.isnan(rows[0, 0]) and np.isnan(rows[1:, 0]).all()
 
 
 def test_capacity_thresholds_are_written_with_the_partition_and_read_back(
@@ -207,12 +226,13 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
     finally:
         store.close()
     client = redis.Redis.from_url(settings.redis_url)
-    keys = [k.decode() for k in client.scan_iter(f"{prefix}:*")]
-    kinds = {k: declared(k, prefix) for k in keys}
+    # learned keys end in their 8-byte id: read every name byte for byte
+    raw_keys = {k.decode("latin-1"): k for k in client.scan_iter(f"{prefix}:*")}
+    kinds = {k: declared(k, prefix) for k in raw_keys}
     assert None not in kinds.values(), [k for k, v in kinds.items() if v is None]
     names = {"hash": "hash", "set": "set", "string": "string", "list": "list", "zset": "sorted set"}
     for key, kind in kinds.items():
-        raw = client.type(key)
+        raw = client.type(raw_keys[key])
         type_name = raw.decode() if isinstance(raw, bytes) else str(raw)
         assert kind is not None and names[type_name] == kind.redis_type, key
     assert len({k.pattern() for k in kinds.values() if k}) >= 13  # nearly every kind written

@@ -22,6 +22,7 @@ from parcel_stream.risk import (
     _logit,
     parcel_keys,
 )
+from parcel_stream.risk_keys import part_id
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
 from tests.unit.samples import manifest
@@ -54,20 +55,22 @@ def test_keys_cover_codes_crosses_parties_and_attributes() -> None:
 
 def test_rates_back_off_to_the_parent_and_learn_from_examinations() -> None:
     table = RiskTable(prior=10.0)
+    hs2, hs4, hs6 = part_id("hs2:61"), part_id("hs4:6109"), part_id("hs6:610910")
     for i in range(200):  # the world: 10 % violations
-        table.update(["hs2:61", "hs4:6109"], i % 10 == 0, 1.0, T0)
+        table.update([hs2, hs4], i % 10 == 0, 1.0, T0, ["hs2:61", "hs4:6109"])
     g = table.global_rate(T0)
-    hs2 = table.rate("hs2:61", g, T0)[0]
-    assert abs(hs2 - 0.1) < 0.01
-    unseen, n = table.rate("hs6:610910", hs2, T0)
-    assert unseen == hs2 and n == 0  # an unseen code reads as its parent
+    rate2 = table.rate(hs2, g, T0)[0]
+    assert abs(rate2 - 0.1) < 0.01
+    unseen, n = table.rate(hs6, rate2, T0)
+    assert unseen == rate2 and n == 0  # an unseen code reads as its parent
     for _ in range(50):  # this code: every examination a violation
-        table.update(["hs6:610910"], True, 1.0, T0)
-    learned = table.rate("hs6:610910", hs2, T0)[0]
+        table.update([hs6], True, 1.0, T0, ["hs6:610910"])
+    learned = table.rate(hs6, rate2, T0)[0]
     assert learned > 0.8
+    assert table.strongest(1, T0)[0][0] == "hs6:610910"
     # and it fades: a year later the counts weigh a quarter (half-life 180 days)
-    later = table.rate("hs6:610910", hs2, T0 + 365 * DAY_MS)[0]
-    assert hs2 < later < learned
+    later = table.rate(hs6, rate2, T0 + 365 * DAY_MS)[0]
+    assert rate2 < later < learned
 
 
 def test_features_are_deviations_from_the_global_rate() -> None:
@@ -77,14 +80,15 @@ def test_features_are_deviations_from_the_global_rate() -> None:
     x0 = table.features(keys, 30.0, T0)
     assert x0[0] == 1.0 and x0[-1] == 0.3 and not x0[1:-1].any()  # nothing known yet
     assert table.features(keys, 50.0, T0)[-1] == 0.2  # against the mean score before it
+    brk1 = part_id("declarant:BRK1")
     for i in range(100):
-        table.update([f"declarant:OTHER{i}"], False, 1.0, T0)
-        table.update(["declarant:BRK1"], i % 2 == 0, 1.0, T0)
+        table.update([part_id(f"declarant:OTHER{i}")], False, 1.0, T0)
+        table.update([brk1], i % 2 == 0, 1.0, T0)
     x1 = table.features(keys, 30.0, T0)
     assert x1[1] == _logit(table.global_rate(T0))
     j = FIRST_GROUP + GROUPS.index("declarant")
     assert x1[j] > 0.9  # about half violations against a quarter overall
-    assert abs(x1[j] - (_logit(table.rate("declarant:BRK1", table.global_rate(T0), T0)[0])
+    assert abs(x1[j] - (_logit(table.rate(brk1, table.global_rate(T0), T0)[0])
                         - _logit(table.global_rate(T0)))) < 1e-12  # fmt: skip
 
 

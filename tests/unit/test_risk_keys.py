@@ -1,0 +1,98 @@
+"""The learned model's keys built in columns (``risk_keys.key_batch``) are the keys
+``risk.parcel_keys`` names, and the compiled features over a batch are the reference
+features of one parcel at a time."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import orjson
+
+from parcel_stream.currency import USD_PER_UNIT
+from parcel_stream.features import address_key
+from parcel_stream.generate import FeedConfig, generate
+from parcel_stream.hidden_risk import with_hidden_risk
+from parcel_stream.model import Manifest
+from parcel_stream.risk import RiskTable, features_batch, parcel_keys, to_entries
+from parcel_stream.risk_keys import _mix, combine, key_batch, part_id
+
+T0 = 1_790_000_000_000
+
+
+def manifests(n: int, seed: int) -> list[Manifest]:
+    cfg = FeedConfig(parcels=n, seed=seed, duration_s=3 * 86_400.0, shippers=200)
+    out = [msgspec.convert(doc, Manifest) for doc, _ in with_hidden_risk(generate(cfg), cfg)]
+    # and the shapes the generator rarely makes: several items of other origins, codes of
+    # four digits or too short, transit, sellers, many attributes
+    extra = orjson.loads(orjson.dumps(msgspec.to_builtins(out[0])))
+    extra.update(parcel_id="X1", transit_countries=["HK", "AE"], origin_country="CN",
+                 seller={"id": "S|9", "marketplace": "shop"},
+                 attributes={"b": "2|x", "a": "1", "office": "OFF 7"},
+                 items=[{"description": "a", "hs_code": "6109", "quantity": 1, "value": 3.0},
+                        {"description": "b", "hs_code": "2933.99", "quantity": 2, "value": 9.0,
+                         "origin_country": "IN"},
+                        {"description": "c", "hs_code": "", "quantity": 1, "value": 1.0}])  # fmt: skip
+    return [*out, msgspec.convert(extra, Manifest)]
+
+
+def columns(ms: list[Manifest]) -> tuple[list[str], np.ndarray]:
+    addresses = [address_key(m.consignee.address) for m in ms]
+    value = np.array([m.declared_value * USD_PER_UNIT[m.currency] for m in ms])
+    return addresses, value
+
+
+def test_the_compiled_mix_is_the_python_one() -> None:
+    rng = np.random.default_rng(0)
+    for a, b in rng.integers(0, 2**63, (200, 2), dtype=np.uint64).tolist():
+        assert combine(a, b) == int(_mix(np.uint64(a), np.uint64(b)))
+    assert combine(part_id("hs6:293399"), part_id("o:IN")) != combine(
+        part_id("o:IN"), part_id("hs6:293399")
+    )
+
+
+def test_keys_in_columns_are_the_named_keys() -> None:
+    ms = manifests(1500, 3)
+    addresses, value = columns(ms)
+    kb = key_batch(ms, addresses, value)
+    named = [parcel_keys(m, a, v) for m, a, v in zip(ms, addresses, value.tolist(), strict=True)]
+    ref = to_entries(named)
+    assert len(kb.start) == len(ms) + 1
+    for p in range(len(ms)):
+
+        def triples(b: object, p: int = p) -> set[tuple[int, int, int]]:
+            s, g, i, par = b.start, b.group, b.ids, b.parent  # type: ignore[attr-defined]
+            return {(int(g[e]), int(i[e]), int(i[par[e]]) if par[e] >= 0 else 0)
+                    for e in range(s[p], s[p + 1])}  # fmt: skip
+
+        assert triples(kb) == triples(ref), ms[p].parcel_id
+        # parents come first within a parcel
+        for e in range(kb.start[p], kb.start[p + 1]):
+            assert kb.parent[e] < e
+    x1 = next(k for m, k in zip(ms, named, strict=True) if m.parcel_id == "X1")
+    assert "attr:b=2|x" in x1.all_keys() and "seller:S|9@shop" in x1.all_keys()
+    assert "o:IN|hs4:2933" in x1.all_keys() and "hs4:6109|o:CN|d:AE" in x1.all_keys()
+
+
+def test_compiled_features_are_the_reference_features() -> None:
+    ms = manifests(3000, 5)
+    addresses, value = columns(ms)
+    named = [parcel_keys(m, a, v) for m, a, v in zip(ms, addresses, value.tolist(), strict=True)]
+    table = RiskTable()
+    rng = np.random.default_rng(2)
+    for k, m in zip(named[:2000], ms[:2000], strict=True):  # outcomes of the first parcels
+        keys = k.named()
+        table.update(list(keys.values()), bool(rng.random() < 0.2), float(rng.uniform(1, 5)),
+                     float(m.manifest_ts_ms), list(keys))  # fmt: skip
+    scores = rng.uniform(0, 100, len(ms))
+    table.track_scores = False  # a live view: no running mean, no norms learned
+    table.score_mean = 41.5
+    later = np.array([float(m.manifest_ts_ms) + 30 * 86_400_000 for m in ms])
+    want = np.array([table.features(k, s, t)
+                     for k, s, t in zip(named, scores.tolist(), later.tolist(), strict=True)])  # fmt: skip
+    kb = key_batch(ms, addresses, value)
+    uniq, pos = kb.unique()
+    got = features_batch(kb, pos, table.rows(uniq), table.total, later, scores,
+                         np.full(len(ms), 41.5), np.zeros(len(ms)), table.half_life_ms,
+                         table.prior)  # fmt: skip
+    assert got.shape == want.shape and np.abs(want[:, 2:-2]).max() > 0.1
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
