@@ -63,6 +63,7 @@ from parcel_stream.risk import (
     RiskState,
     explain,
     features_batch,
+    norms_batch,
     parcel_keys,
     track_capacity,
 )
@@ -100,6 +101,34 @@ class RiskInput:
     value_usd: F64
     # lanes by capacity: each partition's stored thresholds (msgpack: hub -> log-odds)
     lanes: dict[Partition, bytes] = field(default_factory=dict)
+    norms: Norms | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Norms:
+    """The value norms a batch reads and updates: per parcel and HS level its slot
+    (``risk.norm_slots``), per partition the HS key ids of its slots (in slot order), and
+    the slots' rows [weight, mean, M2, t] (NaN: none yet) as read."""
+
+    slots: I64
+    parts: list[tuple[Partition, U64]]
+    rows: F64
+
+    def updated(self, rows: F64) -> list[tuple[Partition, U64, F64]]:
+        """The partitions' rows after the batch, to store with its update."""
+        out, lo = [], 0
+        for part, ids in self.parts:
+            out.append((part, ids, rows[lo : lo + len(ids)]))
+            lo += len(ids)
+        return out
+
+
+def partition_index(prep: Prepared) -> I64:
+    """Per parsed parcel the index of its input partition in ``prep.partitions``."""
+    at = {p: i for i, p in enumerate(prep.partitions)}
+    recs = prep.records
+    return np.fromiter((at[(recs[r].topic, recs[r].partition)] for r in prep.parsed.record_index),
+                       np.int64, len(prep.parsed.record_index))  # fmt: skip
 
 
 _LANES_ENC = msgspec.msgpack.Encoder(order="sorted")
@@ -157,13 +186,23 @@ class Scored:
     refs: dict[int, RiskRef]
 
 
-def _risk_score(risk: RiskInput, static: F64, ts: F64) -> tuple[F64, F64]:
+def _risk_score(
+    risk: RiskInput, static: F64, ts: F64, skip: npt.NDArray[np.bool_]
+) -> tuple[F64, F64, list[tuple[Partition, U64, F64]]]:
+    """Features and probabilities, and the value norms after the batch (``skip``: repeats,
+    which join no norm)."""
     st, cfg, n = risk.state, risk.cfg, len(ts)
+    under, norms = np.zeros(n), []
+    if risk.norms is not None:
+        rows = risk.norms.rows.copy()
+        under = norms_batch(risk.norms.slots, risk.keys.log_usd_per_kg, ts, skip, rows,
+                            cfg.half_life_ms, cfg.norm_min)  # fmt: skip
+        norms = risk.norms.updated(rows)
     x = features_batch(risk.keys, risk.pos, risk.rows, [st.exams, st.violations, st.t_ms], ts,
-                       static, np.full(n, st.pivot), np.zeros(n), cfg.half_life_ms,
+                       static, np.full(n, st.pivot), under, cfg.half_life_ms,
                        cfg.prior)  # fmt: skip
     prob = st.model(cfg).predict(x) if n else np.zeros(0)
-    return x, prob
+    return x, prob, norms
 
 
 def _risk_outputs(
@@ -346,9 +385,11 @@ def score_prepared(
     pids = prep.parcel_ids
     risk_lanes = seq.risk_lanes
     lane_state: list[tuple[Partition, bytes]] = []
+    norm_rows: list[tuple[Partition, U64, F64]] = []
     if risk is not None:
         ts = np.fromiter((m.manifest_ts_ms for m in parsed.manifests), np.float64, n)
-        x, prob = _risk_score(risk, seq.static, ts)
+        x, prob, norm_rows = _risk_score(risk, seq.static, ts,
+                                         classified.contrib.status == REPEAT)  # fmt: skip
         if risk.cfg.decides:
             if risk.cfg.capacity_pct > 0:
                 held, lane_state = capacity_lanes(risk, prob, prep,
@@ -357,6 +398,12 @@ def score_prepared(
                 held = prob >= risk.cfg.hold_probability
             risk_lanes = np.where(held, 2, np.where(prob >= risk.cfg.review_probability, 1, 0)
                                   ).astype(np.int8)  # fmt: skip
+            # hard criteria: rules an analyst marked "always hold" or "always review"
+            for lane, code in ((1, "review"), (2, "hold")):
+                mask = ruleset.always_mask(code)
+                if mask:
+                    forced = (seq.masks & mask) != 0
+                    risk_lanes[forced] = np.maximum(risk_lanes[forced], lane)
     lanes, selection = sample(pids, risk_lanes, ruleset.random_rate, ruleset.exploration_rate)
     scored = (_risk_outputs(risk, x, prob, lanes, selection, ruleset, prep)
               if risk is not None else None)  # fmt: skip
@@ -395,6 +442,7 @@ def score_prepared(
         parcels=_remember(prep, classified, scores, masks, lanes, selection, risk_lanes, legend,
                           learner_version, now_ms, feats.value_usd, scored),
         lanes=lane_state,
+        norms=norm_rows,
     )  # fmt: skip
     if encode:  # the decision digests the worker stores with the update (outbox.py)
         update = replace(update, outbox=record_digests(

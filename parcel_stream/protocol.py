@@ -271,13 +271,13 @@ def _features(
     against the mean of the scores before it."""
     n = len(keys)
     ts = np.fromiter((m.manifest_ts_ms for m in manifests), np.float64, n)
-    under = np.array([table._undervalued(k, t) for k, t in zip(keys, ts.tolist(), strict=True)])
+    kb = to_entries(keys)
+    under = table.undervalued_batch(kb, ts)
     pivot = np.empty(n)
     for i, s in enumerate(scores.tolist()):  # the running mean, as RiskTable.features keeps it
         pivot[i] = table.score_mean
         table.scored += 1
         table.score_mean += (s - table.score_mean) / table.scored
-    kb = to_entries(keys)
     uniq, pos = kb.unique()
     return features_batch(kb, pos, table.rows(uniq), table.total, ts, scores, pivot, under,
                           table.half_life_ms, table.prior)  # fmt: skip

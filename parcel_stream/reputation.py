@@ -116,6 +116,8 @@ class ReputationUpdate:
     parcels: list[tuple[str, str, bytes]] = field(default_factory=list)
     # the learned model's capacity thresholds of each partition after the batch (msgpack)
     lanes: list[tuple[Partition, bytes]] = field(default_factory=list)
+    # and its value norms: per partition the HS key ids and their rows [w, mean, M2, t]
+    norms: list[tuple[Partition, npt.NDArray[np.uint64], F64]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not self.watermarks and not self.prune
@@ -311,6 +313,18 @@ class InMemoryStore:
     risk_evict_below: float = 0.25
     risk_half_life_ms: float = 180.0 * DAY_MS
     lane_state: dict[Partition, bytes] = field(default_factory=dict)
+    norm_rows: dict[Partition, dict[int, list[float]]] = field(default_factory=dict)
+
+    def read_norms(self, wanted: dict[Partition, npt.NDArray[np.uint64]]) -> dict[Partition, F64]:
+        out = {}
+        for part, ids in wanted.items():
+            have = self.norm_rows.get(part, {})
+            rows = np.full((len(ids), 4), np.nan)
+            for j, k in enumerate(ids.tolist()):
+                if k in have:
+                    rows[j] = have[k]
+            out[part] = rows
+        return out
 
     def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
         return {p: self.lane_state[p] for p in partitions if p in self.lane_state}
@@ -459,6 +473,10 @@ class InMemoryStore:
                 del kept[off]
         for part, raw in update.lanes:
             self.lane_state[part] = raw
+        for part, ids, rows in update.norms:
+            have = self.norm_rows.setdefault(part, {})
+            for k, row in zip(ids.tolist(), rows.tolist(), strict=True):
+                have[k] = row
         for part, (_expected, new) in update.watermarks.items():
             self.watermarks[part] = new
         return True

@@ -197,8 +197,8 @@ class RiskTable:
     total: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     scored: int = 0  # parcels scored, and the mean of their rule scores
     score_mean: float = 0.0
-    # value norms from every parcel scored: key -> [weight, mean, M2, t] of log USD/kg
-    norms: dict[str, list[float]] = field(default_factory=dict)
+    # value norms from every parcel scored: HS key id -> [weight, mean, M2, t] of log USD/kg
+    norms: dict[int, list[float]] = field(default_factory=dict)
     norm_min: float = 20.0  # parcels a norm needs before it is used
     # the protocol's table keeps a running mean of the rule scores and learns the norms as
     # it scores; a live view of stored rows (``RiskState.table``) does neither
@@ -289,9 +289,10 @@ class RiskTable:
     def _undervalued(self, keys: ParcelKeys, now_ms: float) -> float:
         """How many standard deviations the parcel's USD per kg lies below the norm of its
         most specific HS level with enough parcels (clipped to +-5); then the parcel joins
-        the norms."""
+        the norms. The reference of ``norms_batch``, one parcel at a time."""
         out = 0.0
-        for key in keys.norm_keys:
+        ids = [part_id(k) for k in keys.norm_keys]
+        for key in ids:
             row = self.norms.get(key)
             if row is not None:
                 w, mean, m2 = self._decayed_norm(row, now_ms)
@@ -300,7 +301,7 @@ class RiskTable:
                     break
         if not self.track_scores:
             return out
-        for key in keys.norm_keys:
+        for key in ids:
             row = self.norms.setdefault(key, [0.0, 0.0, 0.0, now_ms])
             w, mean, m2 = self._decayed_norm(row, now_ms)
             w += 1.0
@@ -309,6 +310,23 @@ class RiskTable:
             m2 += delta * (keys.log_usd_per_kg - mean)
             row[0], row[1], row[2], row[3] = w, mean, m2, max(row[3], now_ms)
         return out
+
+    def undervalued_batch(self, kb: KeyBatch, now_ms: F64) -> F64:
+        """``_undervalued`` over a batch in feed order (``norms_batch``), the norms kept
+        in this table."""
+        slots, per_part = norm_slots(kb.norm_ids, np.zeros(len(now_ms), dtype=np.int64))
+        ids = per_part[0][1] if per_part else np.zeros(0, dtype=np.uint64)
+        rows = np.full((len(ids), 4), np.nan)
+        for j, k in enumerate(ids.tolist()):
+            row = self.norms.get(k)
+            if row is not None:
+                rows[j] = row
+        under = norms_batch(slots, kb.log_usd_per_kg, now_ms, np.zeros(len(now_ms), np.bool_),
+                            rows, self.half_life_ms, self.norm_min)  # fmt: skip
+        for j, k in enumerate(ids.tolist()):
+            if not np.isnan(rows[j, 0]):
+                self.norms[k] = rows[j].tolist()
+        return under
 
     def _decayed_norm(self, row: list[float], now_ms: float) -> tuple[float, float, float]:
         if now_ms <= row[3]:
@@ -330,6 +348,78 @@ class RiskTable:
                              (v + self.prior * g) / (ex + self.prior), ex))  # fmt: skip
         rows.sort(key=lambda r: -r[1])
         return rows[:n]
+
+
+def norm_slots(
+    norm_ids: U64, part: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], list[tuple[int, U64]]]:
+    """Each parcel's norm rows as slots: per parcel and HS level the slot of its (partition,
+    key), -1 for none; and per partition (in the order of ``np.unique(part)``) the key ids
+    of its slots, numbered in that order."""
+    slots = np.full(norm_ids.shape, -1, dtype=np.int64)
+    ids: list[tuple[int, U64]] = []
+    base = 0
+    for p in np.unique(part).tolist():
+        rows = np.flatnonzero(part == p)
+        sub = norm_ids[rows]
+        uniq, inv = np.unique(sub, return_inverse=True)
+        inv = inv.reshape(sub.shape) + base
+        keep = uniq != 0
+        remap = np.full(len(uniq), -1, dtype=np.int64)
+        remap[keep] = np.arange(int(keep.sum())) + base
+        slots[rows] = np.where(sub != 0, remap[inv - base], -1)
+        ids.append((p, uniq[keep]))
+        base += int(keep.sum())
+    return slots, ids
+
+
+def norms_batch(
+    slots: npt.NDArray[np.int64], log_usd_per_kg: F64, now_ms: F64,
+    skip: npt.NDArray[np.bool_], rows: F64, half_life_ms: float, norm_min: float,
+) -> F64:  # fmt: skip
+    """The undervaluation feature of every parcel in order (``RiskTable._undervalued``):
+    against its slots' norms (``rows``: [weight, mean, M2, t], NaN for none yet), which it
+    then joins (``rows`` are updated in place). ``skip``: parcels that join nothing."""
+    return _norms(slots, log_usd_per_kg, now_ms, skip, rows, half_life_ms, norm_min)
+
+
+@njit(cache=True)
+def _norms(
+    slots: npt.NDArray[np.int64], x: F64, now: F64, skip: npt.NDArray[np.bool_], rows: F64,
+    hl: float, norm_min: float,
+) -> F64:  # pragma: no cover  # fmt: skip
+    under = np.zeros(x.shape[0])
+    for p in range(x.shape[0]):
+        if skip[p]:
+            continue
+        t = now[p]
+        for level in range(slots.shape[1]):
+            s = slots[p, level]
+            if s < 0 or np.isnan(rows[s, 0]):
+                continue
+            w, mean, m2, rt = rows[s, 0], rows[s, 1], rows[s, 2], rows[s, 3]
+            if t > rt:
+                f = 2.0 ** (-(t - rt) / hl)
+                w, m2 = w * f, m2 * f
+            if w >= norm_min and m2 > 0:
+                under[p] = max(-5.0, min(5.0, (mean - x[p]) / math.sqrt(m2 / w)))
+                break
+        for level in range(slots.shape[1]):
+            s = slots[p, level]
+            if s < 0:
+                continue
+            if np.isnan(rows[s, 0]):
+                rows[s, 0], rows[s, 1], rows[s, 2], rows[s, 3] = 0.0, 0.0, 0.0, t
+            w, mean, m2, rt = rows[s, 0], rows[s, 1], rows[s, 2], rows[s, 3]
+            if t > rt:
+                f = 2.0 ** (-(t - rt) / hl)
+                w, m2 = w * f, m2 * f
+            w += 1.0
+            delta = x[p] - mean
+            mean += delta / w
+            m2 += delta * (x[p] - mean)
+            rows[s, 0], rows[s, 1], rows[s, 2], rows[s, 3] = w, mean, m2, max(rt, t)
+    return under
 
 
 def to_entries(keys: Sequence[ParcelKeys]) -> KeyBatch:
@@ -358,8 +448,11 @@ def to_entries(keys: Sequence[ParcelKeys]) -> KeyBatch:
             ids.append(kid)
             parent.append(at[pid] if pid else -1)
         start.append(len(ids))
+    norm_ids = np.array([[part_id(n) for n in k.norm_keys] + [0] * (3 - len(k.norm_keys))
+                         for k in keys], dtype=np.uint64).reshape(len(keys), 3)  # fmt: skip
     return KeyBatch(np.array(start, dtype=np.int64), np.array(group, dtype=np.int64),
-                    np.array(ids, dtype=np.uint64), np.array(parent, dtype=np.int64))  # fmt: skip
+                    np.array(ids, dtype=np.uint64), np.array(parent, dtype=np.int64), norm_ids,
+                    np.array([k.log_usd_per_kg for k in keys]))  # fmt: skip
 
 
 def features_batch(
@@ -519,6 +612,7 @@ class RiskConfig:
     prior: float = 10.0
     ipw_clip: float = 5.0
     reasons: int = 3  # learned reasons per hold
+    norm_min: float = 20.0  # parcels a value norm needs before it is used
 
     @property
     def scores(self) -> bool:

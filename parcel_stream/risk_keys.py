@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -140,6 +140,10 @@ class KeyBatch:
     group: I64
     ids: U64
     parent: I64  # entry index, -1: the global rate
+    # value norms: per parcel its main item's HS6, HS4, HS2 ids (0: none; the main item is
+    # the first of the highest value with a usable code) and its log USD per kg
+    norm_ids: U64 = field(default_factory=lambda: np.zeros((0, 3), dtype=np.uint64))
+    log_usd_per_kg: F64 = field(default_factory=lambda: np.zeros(0))
 
     def unique(self) -> tuple[U64, I64]:
         """The distinct key ids and, per entry, its position among them."""
@@ -166,6 +170,7 @@ def key_batch(manifests: Sequence[Manifest], addresses: Sequence[str], value_usd
     kg = np.fromiter((m.gross_weight_kg for m in manifests), np.float64, n)
     v_ids, w_ids = _band_ids(_V, value_usd), _band_ids(_W, kg * 10)
     d_ids = _D
+    norms: list[int] = []
     for i, m in enumerate(manifests):
         origin = m.origin_country
         transit = m.transit_countries
@@ -184,13 +189,18 @@ def key_batch(manifests: Sequence[Manifest], addresses: Sequence[str], value_usd
             s_market[seller.marketplace] if seller is not None and seller.marketplace else 0,
             s_addr[address] if address else 0,
         ))  # fmt: skip
+        main, best = (0, 0, 0), -1.0
         for item in m.items:
-            h2, h4, h6 = hs_ids[item.hs_code]
+            codes = hs_ids[item.hs_code]
+            h2, h4, h6 = codes
             if h2:
                 h2s.append(h2)
                 h4s.append(h4)
                 h6s.append(h6)
                 ios.append(o_ids[item.origin_country] if item.origin_country else o)
+                if item.value > best:
+                    main, best = codes, item.value
+        norms.extend((main[2], main[1], main[0]))
         item_start.append(len(h2s))
         if m.attributes:
             for k, v in sorted(m.attributes.items()):
@@ -198,12 +208,13 @@ def key_batch(manifests: Sequence[Manifest], addresses: Sequence[str], value_usd
         attr_start.append(len(attrs))
     u, i64 = np.uint64, np.int64
     p = np.array(parts, dtype=u).reshape(n, 2)
+    per_kg = np.log(np.maximum(value_usd, 0.01) / np.maximum(kg, 0.001))
     return KeyBatch(*_entries(
         np.array(singles, dtype=u).reshape(n, len(SINGLES)), p[:, 0].copy(), p[:, 1].copy(),
         v_ids, w_ids, np.array(item_start, dtype=i64), np.array(h2s, dtype=u),
         np.array(h4s, dtype=u), np.array(h6s, dtype=u), np.array(ios, dtype=u),
         np.array(attr_start, dtype=i64), np.array(attrs, dtype=u),
-    ))  # fmt: skip
+    ), np.array(norms, dtype=u).reshape(n, 3), per_kg)  # fmt: skip
 
 
 @njit(cache=True)

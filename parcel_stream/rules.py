@@ -49,6 +49,7 @@ class Rule:
     enabled: bool = True
     effective_from_ms: int = 0
     effective_until_ms: int = NEVER_MS
+    always: str | None = None  # "hold" or "review" with the learned model on
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class RuleSet:
 
     def reason_codes(self, mask: int) -> list[str]:
         return [r.code for i, r in enumerate(self.rules) if mask >> i & 1]
+
+    def always_mask(self, lane: str) -> int:
+        """The rules marked ``always = lane`` as a fired-rule mask."""
+        return sum(1 << i for i, r in enumerate(self.rules) if r.always == lane)
 
     def active(self, now_ms: int) -> I64:
         """1 for rules that are enabled and in effect at ``now_ms``."""
@@ -299,7 +304,7 @@ def _compile_rule(r: RuleDoc, where: str) -> Rule:
         raise RuleSetError(f"{where}: effective_until: must be after effective_from")
     conditions = tuple(_condition(c, f"{where}: when[{k}]") for k, c in enumerate(r.when))
     return Rule(r.id, r.description, r.weight, conditions, r.scale_by, r.enabled,
-                start_ms, until_ms)  # fmt: skip
+                start_ms, until_ms, r.always)  # fmt: skip
 
 
 def _condition(text: str, where: str) -> tuple[str, str, float]:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from datetime import date
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -77,6 +77,12 @@ class RuleDoc(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
     effective_from: IsoDate | None = None
     effective_until: IsoDate | None = None
+    always: Annotated[
+        Literal["hold", "review"],
+        msgspec.Meta(description="with the learned model deciding the lanes "
+                     "(PARCEL_RISK_MODEL=on): a parcel this rule fires for goes at least to "
+                     "this lane, whatever its probability"),
+    ] | None = None  # fmt: skip
 
 
 class RuleSetDoc(msgspec.Struct, forbid_unknown_fields=True):

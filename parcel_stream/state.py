@@ -128,6 +128,14 @@ LANES = StateKey(
     "no expiry",
 )  # fmt: skip
 
+NORMS = StateKey(
+    "norms", "", "topic}:{partition", "hash",
+    "the learned model's value norms of the parcels of the partition: per HS6, HS4 and HS2 "
+    "key id (8 bytes) the decayed weight, mean and M2 of log USD per kg and their time (4 "
+    "little-endian doubles), as of the partition's watermark",
+    "no expiry (bounded by the HS codes)",
+)  # fmt: skip
+
 # Redis Cluster only (``adapters/redis_cluster.py``): a batch between its two phases.
 PREP = StateKey(
     "prep", "", "topic}:{partition", "string",
@@ -150,6 +158,7 @@ LOCKS = StateKey(
 STATE_KEYS: tuple[StateKey, ...] = (
     SHIPPER, SELLER, ADDRESS_SHIPPERS, ADDRESS_VIOLATIONS, PAIR, REMEMBERED, EXAMINABLE, EXAM,
     LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS, RISK, RISK_NAMES, LANES,
+    NORMS,
 )  # fmt: skip
 
 
@@ -214,6 +223,8 @@ class StateStore(Protocol):
 
     def prune_risk(self, now_ms: float) -> int: ...
 
+    def read_norms(self, wanted: dict[Partition, U64]) -> dict[Partition, F64]: ...
+
 
 class AsyncStateStore(Protocol):
     """The same contract, awaited: what the worker's batch and exam steps use. Served by
@@ -247,6 +258,8 @@ class AsyncStateStore(Protocol):
     async def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]: ...
 
     async def prune_risk(self, now_ms: float) -> int: ...
+
+    async def read_norms(self, wanted: dict[Partition, U64]) -> dict[Partition, F64]: ...
 
     async def ping(self) -> bool: ...
 
@@ -296,6 +309,9 @@ class AsyncTwin:
 
     async def prune_risk(self, now_ms: float) -> int:
         return self.store.prune_risk(now_ms)
+
+    async def read_norms(self, wanted: dict[Partition, U64]) -> dict[Partition, F64]:
+        return self.store.read_norms(wanted)
 
     async def ping(self) -> bool:
         return True

@@ -19,6 +19,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from parcel_stream.decide import Outputs
 from parcel_stream.features import Combos
 from parcel_stream.outbox import rebuild
@@ -28,16 +30,18 @@ from parcel_stream.pipeline import (
     F64,
     Batch,
     BatchResult,
+    Norms,
     Prepared,
     RiskInput,
     StateConfig,
+    partition_index,
     prepare,
     recognise,
     risk_keys,
     score_prepared,
 )
 from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
-from parcel_stream.risk import RiskConfig, RiskState
+from parcel_stream.risk import RiskConfig, RiskState, norm_slots
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
 
@@ -113,10 +117,16 @@ def batch_step(
             keys, value_usd = risk_keys(batch.prep)
             uniq, pos = keys.unique()
             rows = yield Call("read_risk", (uniq,))
+            slots, per_part = norm_slots(keys.norm_ids, partition_index(batch.prep))
+            learned_norms = {batch.prep.partitions[p]: ids for p, ids in per_part}
+            got = yield Call("read_norms", (learned_norms,))
+            norms = Norms(slots, [(batch.prep.partitions[p], ids) for p, ids in per_part],
+                          np.concatenate([got[batch.prep.partitions[p]] for p, _ in per_part])
+                          if per_part else np.zeros((0, 4)))  # fmt: skip
             lanes = {}
             if risk[0].decides and risk[0].capacity_pct > 0:
                 lanes = yield Call("read_lanes", (batch.prep.partitions,))
-            risk_in = RiskInput(risk[0], risk[1], keys, uniq, pos, rows, value_usd, lanes)
+            risk_in = RiskInput(risk[0], risk[1], keys, uniq, pos, rows, value_usd, lanes, norms)
         result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config,
                                 risk_in)  # fmt: skip
         update = result.update

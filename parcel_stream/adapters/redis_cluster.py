@@ -73,6 +73,7 @@ from parcel_stream.state import (
     ADDRESS_VIOLATIONS,
     EXAM,
     LANES,
+    NORMS,
     PAIR,
     PREP,
     PREPDATA,
@@ -235,6 +236,10 @@ class RedisClusterStore(RedisReputationStore):
     async def _risk_script(self, script: Any, calls: list[tuple[int, list[Any]]]) -> list[Any]:
         return await self._eval(script, calls)
 
+    def norms_key(self, part: Partition) -> tuple[int, str]:
+        home = self.home_of(part)
+        return home, NORMS.key(self.tags[home], f"{part[0]}:{part[1]}")
+
     def lanes_key(self, part: Partition) -> str:
         return LANES.key(self.tags[self.home_of(part)], f"{part[0]}:{part[1]}")
 
@@ -386,13 +391,15 @@ class RedisClusterStore(RedisReputationStore):
             parts[self.home_of(o[0])]["outbox"].append(o)
         for part, raw in update.lanes:
             parts[self.home_of(part)]["lanes"].append((part, raw))
+        for norm in update.norms:
+            parts[self.home_of(norm[0])]["norms"].append(norm)
         for part in update.watermarks:
             parts[self.home_of(part)]["outbox"]  # noqa: B018 -- the home is always written
         return {
             n: ReputationUpdate(
                 dict(update.watermarks), shippers=k["shippers"], addresses=k["addresses"],
                 pairs=k["pairs"], examinable=k["examinable"], sellers=k["sellers"],
-                outbox=k["outbox"], parcels=k["parcels"], lanes=k["lanes"],
+                outbox=k["outbox"], parcels=k["parcels"], lanes=k["lanes"], norms=k["norms"],
             )
             for n, k in parts.items()
         }  # fmt: skip

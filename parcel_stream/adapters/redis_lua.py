@@ -114,11 +114,12 @@ return out
 
 # The learned model's counts of a batch's keys (ARGV[1] the counts hash, ARGV[2] the key
 # ids, 8 bytes each): n, v, t per key as packed little-endian doubles (the stored value),
-# NaN when the key has none. One HMGET per 1,000 keys.
+# NaN when the key has none. One HMGET per 1,000 keys. The value norms are read the same
+# way, ARGV[3] = 4 doubles a row.
 RISK_READ_LUA = """
 local hash, ids = ARGV[1], ARGV[2]
 local out = {}
-local none = struct.pack('<ddd', 0 / 0, 0 / 0, 0 / 0)
+local none = string.rep(struct.pack('<d', 0 / 0), tonumber(ARGV[3] or 3))
 local n = #ids / 8
 for lo = 1, n, 1000 do
   local fields = {}
@@ -336,6 +337,19 @@ local function write(u, blobs)
   end
   for _, l in ipairs(u[15] or {}) do
     redis.call('SET', l[1], string.sub(blobs, l[2], l[3]))
+  end
+  -- value norms: [hash, ids first, last, rows first, last], 8-byte ids, 32-byte rows
+  for _, m in ipairs(u[16] or {}) do
+    local ids, rows = string.sub(blobs, m[2], m[3]), string.sub(blobs, m[4], m[5])
+    local n = #ids / 8
+    for lo = 1, n, 1000 do
+      local args = {}
+      for j = lo, math.min(lo + 999, n) do
+        args[#args + 1] = string.sub(ids, 8 * j - 7, 8 * j)
+        args[#args + 1] = string.sub(rows, 32 * j - 31, 32 * j)
+      end
+      redis.call('HSET', m[1], unpack(args))
+    end
   end
   for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
 end

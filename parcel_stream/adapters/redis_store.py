@@ -83,6 +83,7 @@ from parcel_stream.state import (
     LANES,
     LEARNER,
     LEARNER_HISTORY,
+    NORMS,
     OUTBOX,
     PAIR,
     REMEMBERED,
@@ -385,6 +386,8 @@ class RedisReputationStore:
             [[f"{t}:{p}", offset, *blob(digest)] for (t, p), offset, digest in update.outbox],
             [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],
             [[key(LANES, f"{t}:{p}"), *blob(raw)] for (t, p), raw in update.lanes],
+            [[key(NORMS, f"{t}:{p}"), *blob(ids.astype(">u8").tobytes()),
+              *blob(rows.astype("<f8").tobytes())] for (t, p), ids, rows in update.norms],
         ]  # fmt: skip
         return [_PACK.encode(payload), b"".join(blobs)]
 
@@ -546,6 +549,21 @@ class RedisReputationStore:
                 names[int.from_bytes(field, "big")] = _text(name)
         return rows, names
 
+    def norms_key(self, part: Partition) -> tuple[int, str]:
+        """(shard, key) of a partition's value norms."""
+        return 0, NORMS.key(self.prefix, f"{part[0]}:{part[1]}")
+
+    async def read_norms(self, wanted: dict[Partition, U64]) -> dict[Partition, F64]:
+        """The value norms of these HS key ids in each partition: [weight, mean, M2, t]
+        per id, NaN when none (one call per partition)."""
+        parts = [p for p, ids in wanted.items() if len(ids)]
+        calls = [(self.norms_key(p)[0], [self.norms_key(p)[1], wanted[p].astype(">u8").tobytes(),
+                                         4]) for p in parts]  # fmt: skip
+        out = {p: np.zeros((0, 4)) for p in wanted}
+        for p, packed in zip(parts, await self._risk_script(self._risk_read, calls), strict=True):
+            out[p] = np.frombuffer(packed, dtype="<f8").reshape(len(wanted[p]), 4).copy()
+        return out
+
     def lanes_key(self, part: Partition) -> str:
         return LANES.key(self.prefix, f"{part[0]}:{part[1]}")
 
@@ -645,6 +663,9 @@ class BlockingRedisStore:
 
     def prune_risk(self, now_ms: float) -> int:
         return self._loop.run_until_complete(self._store.prune_risk(now_ms))
+
+    def read_norms(self, wanted: dict[Partition, U64]) -> dict[Partition, F64]:
+        return self._loop.run_until_complete(self._store.read_norms(wanted))
 
     def read_lanes(self, partitions: list[Partition]) -> dict[Partition, bytes]:
         return self._loop.run_until_complete(self._store.read_lanes(partitions))

@@ -31,7 +31,7 @@ def publish(path: Path, text: str) -> None:
 
 
 def version(v: str, hold: int = 60) -> str:
-    return DEFAULT.replace('version = "default-2026.11.2"', f'version = "{v}"').replace(
+    return DEFAULT.replace('version = "default-2026.11.3"', f'version = "{v}"').replace(
         "hold_score = 60", f"hold_score = {hold}"
     )
 

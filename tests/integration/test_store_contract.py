@@ -211,6 +211,18 @@ def test_capacity_thresholds_are_written_with_the_partition_and_read_back(
     assert store.read_lanes([PART]) == {PART: b"\x81\xa3HUB\xcb?\xe0\x00\x00\x00\x00\x00\x00"}
 
 
+def test_value_norms_are_written_with_the_partition_and_read_back(store: StateStore) -> None:
+    ids = np.array([part_id("hs6:610910"), part_id("hs4:6109"), 2**64 - 1], dtype=np.uint64)
+    assert np.isnan(store.read_norms({PART: ids})[PART]).all()
+    rows = np.array([[20.5, 1.25, 3.5, 1.79e12], [1.0, -0.5, 0.0, 1.79e12], [2, 3, 4, 5]])
+    assert store.apply(dataclasses.replace(update(), norms=[(PART, ids, rows)]))
+    got = store.read_norms({PART: ids[::-1], ("m", 4): ids})
+    assert got[PART].tolist() == rows[::-1].tolist() and np.isnan(got[("m", 4)]).all()
+    # refused with the rest of a stale batch
+    assert not store.apply(dataclasses.replace(update(), norms=[(PART, ids[:1], rows[1:2])]))
+    assert store.read_norms({PART: ids[:1]})[PART].tolist() == rows[:1].tolist()
+
+
 def test_every_key_written_is_declared(settings: Settings) -> None:
     """Every key the Redis store writes has a declared kind (``state.STATE_KEYS``), and
     its Redis type is the declared one."""
@@ -219,7 +231,8 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
     prefix = f"k{uuid.uuid4().hex[:6]}"
     store = BlockingRedisStore(settings.redis_url, prefix=prefix)
     try:
-        assert store.apply(dataclasses.replace(update(), lanes=[(PART, b"\x80")]))
+        assert store.apply(dataclasses.replace(update(), lanes=[(PART, b"\x80")], norms=[
+            (PART, np.array([7], dtype=np.uint64), np.ones((1, 4)))]))  # fmt: skip
         delta = ExamDelta("E1", "P1", "S1", "A1", True, 1_790_000_600_000, "L1@shop",
                           risk=REF, risk_weight=1.0)  # fmt: skip
         assert store.apply_exams([delta], (0, LearnerState(version=1))) == [True]
@@ -235,4 +248,4 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
         raw = client.type(raw_keys[key])
         type_name = raw.decode() if isinstance(raw, bytes) else str(raw)
         assert kind is not None and names[type_name] == kind.redis_type, key
-    assert len({k.pattern() for k in kinds.values() if k}) >= 13  # nearly every kind written
+    assert len({k.pattern() for k in kinds.values() if k}) >= 15  # nearly every kind written

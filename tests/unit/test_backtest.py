@@ -45,7 +45,7 @@ def test_backtest_reports_and_reacts_to_a_disabled_rule(feed) -> None:  # type: 
     assert r_off.hold_recall < r_base.hold_recall
     assert r_base.parcels_per_s > 0 and r_base.cpu_parcels_per_s > 0
     text = render_markdown([r_base, r_off])
-    assert "| default-2026.11.2 | no-hs |" in text and "precursor_vague" in text
+    assert "| default-2026.11.3 | no-hs |" in text and "precursor_vague" in text
 
 
 def test_backtest_cli_writes_report_and_plots(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -55,14 +55,14 @@ def test_backtest_cli_writes_report_and_plots(tmp_path: Path, capsys) -> None:  
     rules = tmp_path / "strict.toml"
     rules.write_text(
         (DEFAULT_RULESET_PATH.read_text())
-        .replace('version = "default-2026.11.2"', 'version = "strict"')
+        .replace('version = "default-2026.11.3"', 'version = "strict"')
         .replace("hold_score = 60", "hold_score = 45")
     )
     code = main(["backtest", str(feed_path), "--labels", str(labels), "--compare", str(rules),
                  "--report", str(tmp_path / "rep.md"), "--plots", str(tmp_path / "plots")])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "| default-2026.11.2 | strict |" in out and "precision / recall @ 2%" in out
+    assert "| default-2026.11.3 | strict |" in out and "precision / recall @ 2%" in out
     assert (tmp_path / "plots" / "precision-recall-capacity.png").stat().st_size > 1000
     assert (
         "![score-distribution.png](plots/score-distribution.png)"

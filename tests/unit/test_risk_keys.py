@@ -14,7 +14,7 @@ from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.hidden_risk import with_hidden_risk
 from parcel_stream.model import Manifest
 from parcel_stream.risk import RiskTable, features_batch, parcel_keys, to_entries
-from parcel_stream.risk_keys import _mix, combine, key_batch, part_id
+from parcel_stream.risk_keys import KeyBatch, _mix, combine, key_batch, part_id
 
 T0 = 1_790_000_000_000
 
@@ -96,3 +96,25 @@ def test_compiled_features_are_the_reference_features() -> None:
                          table.prior)  # fmt: skip
     assert got.shape == want.shape and np.abs(want[:, 2:-2]).max() > 0.1
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_value_norms_in_columns_are_the_reference_norms() -> None:
+    ms = manifests(3000, 7)
+    addresses, value = columns(ms)
+    named = [parcel_keys(m, a, v) for m, a, v in zip(ms, addresses, value.tolist(), strict=True)]
+    ts = np.array([float(m.manifest_ts_ms) for m in ms])
+    ref = RiskTable(norm_min=5.0)
+    want = np.array([ref._undervalued(k, t) for k, t in zip(named, ts.tolist(), strict=True)])
+    kb = key_batch(ms, addresses, value)
+    np.testing.assert_allclose(kb.log_usd_per_kg, [k.log_usd_per_kg for k in named], rtol=1e-15)
+    got_table = RiskTable(norm_min=5.0)
+    got = np.concatenate([  # in batches, the norms carried between them
+        got_table.undervalued_batch(
+            KeyBatch(kb.start, kb.group, kb.ids, kb.parent, kb.norm_ids[lo : lo + 700],
+                     kb.log_usd_per_kg[lo : lo + 700]), ts[lo : lo + 700])
+        for lo in range(0, len(ms), 700)])  # fmt: skip
+    assert (want != 0).sum() > 1000  # most parcels have a norm to be measured against
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    assert set(got_table.norms) == set(ref.norms)
+    for k, row in ref.norms.items():
+        np.testing.assert_allclose(got_table.norms[k], row, rtol=1e-9)

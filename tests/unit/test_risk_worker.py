@@ -93,10 +93,13 @@ def test_shadow_reports_a_probability_and_learned_reasons_but_decides_as_the_rul
     state = store.read_learner().risk
     assert state is not None and state.trained > 0 and store.risk_rows
     late = [h for r in shadow[-4:] for h in holds(r)]
-    explained = [h for h in late if h.learned_reasons]
-    assert explained, "no learned reasons in the last holds"
-    why = explained[0].learned_reasons[0]
-    assert "violations in" in why.text and why.contribution > 0 and 0 <= why.rate <= 1
+    reasons = [w for h in late for w in h.learned_reasons]
+    assert reasons, "no learned reasons in the last holds"
+    why = next(w for w in reasons if "violations in" in w.text)
+    assert why.contribution > 0 and 0 <= why.rate <= 1
+    # the value norms are learned in the worker too, from every parcel
+    assert any(w.key == "undervalued" and "standard deviations under" in w.text
+               for w in reasons)  # fmt: skip
     assert all("consignee" not in w.text or "address" in w.text
                for h in late for w in h.learned_reasons)  # fmt: skip
 
@@ -204,3 +207,20 @@ def test_lanes_by_capacity_hold_the_share_per_hub_however_the_feed_is_batched() 
     for hub, held in by_hub.items():
         tail = held[len(held) // 3 :]  # once the threshold has settled
         assert 0.03 <= sum(tail) / len(tail) <= 0.08, (hub, sum(tail) / len(tail))
+
+
+def test_rules_marked_always_hold_hold_whatever_the_probability() -> None:
+    records, labels = hidden_feed(1500, seed=13)
+    store, _ = run(records[:1000], labels, SHADOW)
+    on = dataclasses.replace(SHADOW, mode="on", hold_probability=0.99, review_probability=0.98)
+    doc = orjson.loads(records[1000].value)
+    doc["shipper"]["name"] = "Golden Peak Chemical Trading Co"  # on the default watchlist
+    rec = InRecord(orjson.dumps(doc), "manifests", 0, 1000, doc["manifest_ts_ms"])
+    r = run_sync([rec, *records[1001:1100]], store, RS, LIMITS, rec.timestamp_ms,
+                 risk=(on, store.read_learner().risk or RiskState()))  # fmt: skip
+    by_id = {d.parcel_id: d for d in decisions(r)}
+    flagged = by_id[doc["parcel_id"]]
+    assert "WATCHLIST_SHIPPER" in flagged.reason_codes
+    assert flagged.probability is not None and flagged.probability < 0.99
+    assert flagged.lane == "hold" and flagged.selection == "risk"
+    assert RS.always_mask("hold") and not RS.always_mask("review")

@@ -13,7 +13,7 @@ DEFAULT = DEFAULT_RULESET_PATH.read_text()
 def write(path: Path, version: str, extra: str = "") -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(
-        DEFAULT.replace('version = "default-2026.11.2"', f'version = "{version}"') + extra
+        DEFAULT.replace('version = "default-2026.11.3"', f'version = "{version}"') + extra
     )
     os.replace(tmp, path)
 
