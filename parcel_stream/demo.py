@@ -231,4 +231,7 @@ def print_summary(r: DemoResult, out: Callable[[str], None] = print) -> None:
     out("example holds:")
     for h in sorted(r.holds, key=lambda h: -h.score)[:5]:
         reasons = "; ".join(f"{x.code} ({x.text})" for x in h.reasons)
-        out(f"  {h.parcel_id} shipper {h.shipper_id} hub {h.hub} score {h.score:.0f}: {reasons}")
+        learned = "; ".join(x.text for x in h.learned_reasons)
+        p = f", probability {h.probability:.0%}" if h.probability is not None else ""
+        out(f"  {h.parcel_id} shipper {h.shipper_id} hub {h.hub} score {h.score:.0f}{p}: "
+            f"{reasons}{'; learned: ' + learned if learned else ''}")  # fmt: skip

@@ -224,3 +224,18 @@ def test_rules_marked_always_hold_hold_whatever_the_probability() -> None:
     assert flagged.probability is not None and flagged.probability < 0.99
     assert flagged.lane == "hold" and flagged.selection == "risk"
     assert RS.always_mask("hold") and not RS.always_mask("review")
+
+
+def test_the_demo_summary_shows_a_holds_probability_and_learned_reasons() -> None:
+    from parcel_stream.demo import DemoResult, print_summary
+    from parcel_stream.model import LearnedReason, Reason
+
+    why = LearnedReason("hs6:293399|o:IN", "HS 2933.99 from IN: 38% violations in 212 "
+                        "examinations", 0.38, 212.0, 0.21)  # fmt: skip
+    hold = Hold("P1", "S1", "HUB", 70.0, "hold", [Reason("HIGH_RISK_HS", "risky goods", 60.0)],
+                "v1", 1, 2, "m/0/1", probability=0.62, learned_reasons=[why])  # fmt: skip
+    d = Decision("P1", "S1", 70.0, "hold", ["HIGH_RISK_HS"], "v1", 1, 2, "m/0/1")
+    lines: list[str] = []
+    print_summary(DemoResult(1, 0, [d], [hold], [], {"P1": None}, 1.0), lines.append)
+    shown = next(x for x in lines if x.startswith("  P1"))
+    assert "probability 62%" in shown and "learned: HS 2933.99 from IN: 38%" in shown
