@@ -118,9 +118,14 @@ def decode_record(line: bytes) -> RawRecord:
 
 def open_feed(path: str | Path, mode: str = "rb") -> IO[bytes]:
     p = Path(path)
-    if p.suffix == ".gz":
-        return gzip.open(p, mode)  # type: ignore[return-value]
-    return open(p, mode)  # noqa: SIM115 - the caller closes it
+    try:
+        if p.suffix == ".gz":
+            return gzip.open(p, mode)  # type: ignore[return-value]
+        return open(p, mode)  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise FeedError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise FeedError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
 class _ShipperOnly(msgspec.Struct, forbid_unknown_fields=False):

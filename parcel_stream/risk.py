@@ -746,11 +746,19 @@ def key_text(key: str) -> str:
     return " ".join(parts)
 
 
+def _examinations(n: float) -> str:
+    shown = f"{n:,.0f}"
+    return f"{shown} examination" if shown == "1" else f"{shown} examinations"
+
+
 def explain(
     table: RiskTable, keys: ParcelKeys, x: F64, theta: F64, now_ms: float, n: int
 ) -> list[tuple[str, str, float, float, float]]:
     """The ``n`` strongest positive learned contributions to a parcel's log-odds: per
-    feature group, its riskiest key (key, text, rate, examinations, contribution)."""
+    feature group, its riskiest key (key, text, rate, examinations, contribution). Only
+    keys riskier than the whole (a rate above the global one) that the model weighs as
+    risk: a rare-violation key that a negative weight turns into points is no reason an
+    officer could act on."""
     g_rate = table.global_rate(now_ms)
     parents = keys.parents()
 
@@ -761,11 +769,11 @@ def explain(
     out = []
     for j, (pairs, id_pairs) in enumerate(zip(keys.groups, keys.ids, strict=True)):
         c = float(theta[FIRST_GROUP + j] * x[FIRST_GROUP + j])
-        if not pairs or c <= 0.005:
+        if not pairs or c <= 0.005 or x[FIRST_GROUP + j] <= 0:
             continue
         rated = [(rate_of(kid), name) for (name, _), (kid, _) in zip(pairs, id_pairs, strict=True)]
         (rate, exams), key = max(rated, key=lambda r: r[0][0])
-        text = f"{key_text(key)}: {rate:.0%} violations in {exams:,.0f} examinations"
+        text = f"{key_text(key)}: {rate:.0%} violations in {_examinations(exams)}"
         out.append((key, text, round(rate, 4), round(exams, 1), round(c, 3)))
     if x[-2] > 0 and theta[-2] * x[-2] > 0.005:
         out.append(("undervalued", f"value per kg {x[-2]:.1f} standard deviations under its "

@@ -534,6 +534,16 @@ class RedisReputationStore:
     def risk_shard_count(self) -> int:
         return 1
 
+    async def risk_size(self) -> int:
+        """How many learned keys are stored."""
+        return sum([int(await self.client.hlen(self.risk_hash(n)))
+                    for n in range(self.risk_shard_count())])  # fmt: skip
+
+    async def clear_risk(self) -> None:
+        """Delete every learned key's counts and name (``learn --replace``)."""
+        for n in range(self.risk_shard_count()):
+            await self.client.delete(self.risk_hash(n), self.risk_names(n))
+
     async def scan_risk(
         self, limit: int = 1_000_000
     ) -> tuple[dict[int, list[float]], dict[int, str]]:

@@ -13,7 +13,7 @@ import msgspec
 
 from parcel_stream.cli.common import now_ms
 from parcel_stream.cli.errors import UsageError, redis_unreachable
-from parcel_stream.cli.protocol_cmds import duration_ms
+from parcel_stream.cli.protocol_cmds import duration_ms, period_ms
 from parcel_stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
         learning_rate=cfg.learning_rate, label="warm start"), learn_rest=True)  # fmt: skip
     assert run.model is not None and run.table is not None
     unknown = len(set(labels) - set(run.parcel_ids))
+    if unknown == len(labels):
+        raise UsageError(f"{args.labels}: none of its {len(labels):,} parcel ids is in "
+                         f"{args.feed}: are they the outcomes of this history?")  # fmt: skip
     if unknown:
         print(f"warning: {unknown} labelled parcel ids are not in the feed", file=sys.stderr)
     table = run.table
@@ -62,7 +65,7 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
     print(f"learned from {run.outcomes:,} outcomes of {len(run.parcel_ids):,} parcels "
           f"({'labelled parcels only' if args.examined_only else 'unlabelled = clean'}): "
           f"{len(rows):,} keys with at least {args.min_examinations:g} examinations "
-          f"(of {len(table.counts):,})")  # fmt: skip
+          f"(of {len(table.counts):,}); the strongest, as of the end of the history:")  # fmt: skip
     latest = float(table.total[2])
     for key, rate, exams in table.strongest(args.top, latest):
         print(f"  {key_text(key)}: {rate:.0%} violations in {exams:,.0f} examinations")
@@ -75,6 +78,14 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
 
         store = RedisReputationStore.from_settings(settings, socket_timeout_s=10.0)
         try:
+            stored = await store.risk_size()
+            if stored and not (args.replace or args.add):
+                raise UsageError(
+                    f"{stored:,} learned keys are stored already: --replace starts them over "
+                    "from this history, --add adds this history's counts to them"
+                )
+            if args.replace:
+                await store.clear_risk()
             await store.write_risk(rows, table.names)
             current = await store.read_learner()
             new = msgspec.structs.replace(
@@ -95,6 +106,16 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(store_it())
 
 
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0, e.g. 0.5")
+    return value
+
+
 def add_learn(sub: Subcommands) -> None:
     le = sub.add_parser(
         "learn",
@@ -109,12 +130,18 @@ def add_learn(sub: Subcommands) -> None:
                     "default a parcel missing from the labels counts as clean")  # fmt: skip
     le.add_argument("--outcome-delay", type=duration_ms, default=86_400_000,
                     help="when an outcome was known after the manifest time (1d)")  # fmt: skip
-    le.add_argument("--period", type=duration_ms, default=86_400_000,
+    le.add_argument("--period", type=period_ms, default=86_400_000,
                     help="periods of manifest time to replay it in (default 1d)")  # fmt: skip
-    le.add_argument("--min-examinations", type=float, default=0.5,
+    le.add_argument("--min-examinations", type=non_negative, default=0.5,
                     help="store keys with at least this many (decayed) examinations "
                     "(default 0.5)")  # fmt: skip
     le.add_argument("--rules", help="rule-set file (default: PARCEL_RULES_FILE or built-in)")
     le.add_argument("--top", type=int, default=10, help="strongest keys shown (default 10)")
     le.add_argument("--dry-run", action="store_true", help="learn and report; store nothing")
+    how = le.add_mutually_exclusive_group()
+    how.add_argument("--replace", action="store_true",
+                     help="when learned keys are stored already: delete them first")  # fmt: skip
+    how.add_argument("--add", action="store_true",
+                     help="when learned keys are stored already: add to their counts (another "
+                     "history, not the same one again)")  # fmt: skip
     le.set_defaults(func=cmd_learn)

@@ -28,6 +28,26 @@ def duration_ms(text: str) -> int:
     return int(float(match.group(1)) * _UNIT_MS[match.group(2) or "ms"])
 
 
+def period_ms(text: str) -> int:
+    """A positive duration (the protocol's periods)."""
+    value = duration_ms(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a period must be longer than 0, e.g. 1d")
+    return value
+
+
+def clip(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the clip must be a number >= 1 (1: every outcome weighs 1), e.g. 5"
+        )
+    return value
+
+
 def share(text: str) -> float:
     try:
         value = float(text)
@@ -52,19 +72,20 @@ def add_protocol_args(bt: argparse.ArgumentParser) -> None:
         help="when an outcome becomes known, after the manifest time (default 1d)",
     )  # fmt: skip
     g.add_argument(
-        "--period", type=duration_ms, default=86_400_000,
+        "--period", type=period_ms, default=86_400_000,
         help="periods of manifest time the feed is scored in (default 1d)",
     )  # fmt: skip
     g.add_argument(
         "--exploration", type=share, default=0.1,
-        help="share of the capacity examined at random (default 0.1)",
+        help="share of the capacity spent exploring, where the model is least certain or at "
+        "random (--explore-by); only with --feedback selected (default 0.1)",
     )  # fmt: skip
     g.add_argument(
         "--explore-by", choices=["uncertain", "random"], default="uncertain",
         help="explore where the model is least certain (p (1 - p)), or at random",
     )  # fmt: skip
     g.add_argument(
-        "--ipw-clip", type=float, default=5.0,
+        "--ipw-clip", type=clip, default=5.0,
         help="inverse selection probability weights are clipped here (default 5)",
     )  # fmt: skip
     g.add_argument(
@@ -145,9 +166,13 @@ def report(runs: list[ProtocolRun], figs: list[list[PeriodFigures]]) -> str:
     lines = [
         f"Protocol: feedback `{cfg.feedback}`, outcomes known {cfg.outcome_delay_ms / 3.6e6:g} h "
         f"after the manifest time, capacity {cfg.capacity_pct:g} % per hub and period of "
-        f"{cfg.period_ms / 3.6e6:g} h, exploration {cfg.exploration:g} of it "
-        f"({cfg.explore_by}), IPW weights "
-        f"clipped at {cfg.ipw_clip:g}.",
+        f"{cfg.period_ms / 3.6e6:g} h, "
+        + (
+            f"exploration {cfg.exploration:g} of it ({cfg.explore_by}), IPW weights clipped at "
+            f"{cfg.ipw_clip:g}."
+            if cfg.feedback == "selected"
+            else "no exploration and no IPW weights (every outcome is known)."
+        ),
         "",
         "| run | examined | outcomes | hit rate of its examinations, last third | "
         "precision of its ranking at capacity, last third | mean probability / violation "

@@ -73,15 +73,16 @@ def render_learner(state: Any, cfg: Any, rs: Any, title: str = "") -> str:
     """The learner state as a table: each rule's weight and learned adjustment."""
     weights = {r.code: float(rs.weights[i]) for i, r in enumerate(rs.rules)}
     points = state.points(cfg)
+    head = f"learner {title}" if title else "rule weights (PARCEL_LEARNER_MODE)"
     lines = [
-        f"learner {title}: version {state.version}, mode {cfg.mode}, "
+        f"{head}: version {state.version}, mode {cfg.mode}, "
         f"{state.examples} examination results learned ({state.violations} violations), "
         f"bias {state.bias:+.3f}{', ' + state.note if state.note else ''}",
         "",
         "| rule | rule-set weight | learned points | effective when on |",
         "|---|---:|---:|---:|",
     ]
-    for code in sorted(set(weights) | set(points), key=lambda c: -abs(points.get(c, 0.0))):
+    for code in sorted(set(weights) | set(points), key=lambda c: (-abs(points.get(c, 0.0)), c)):
         w, p = weights.get(code), points.get(code, 0.0)
         shown_w = f"{w:g}" if w is not None else "(not in rule set)"
         eff = f"{w + p:.1f}" if w is not None else ""
@@ -103,7 +104,8 @@ def render_risk(
     lines = [
         f"risk model: mode {cfg.mode}, {risk.trained:,} examination results learned, "
         f"global violation rate {table.global_rate(now):.1%} "
-        f"({risk.exams:,.1f} weighted examinations, decayed)",
+        f"({risk.exams:,.1f} weighted examinations, decayed); PARCEL_RISK_MODEL sets the "
+        "mode. Rates and examinations below are as of now: decayed to today",
         "",
         "| feature | weight |",
         "|---|---:|",
@@ -166,12 +168,15 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
             print()
             print(render_risk(state, settings.risk_config(), rows, names, args.top), end="")
         if history:
-            print("\nversion | learned from | violations | bias | largest adjustments")
+            print("\n| version | rule weights learned from | violations | bias | "
+                  "largest adjustments | risk model learned from | note |")  # fmt: skip
+            print("|---:|---:|---:|---:|---|---:|---|")
             for old in history:
                 top = sorted(old.points(cfg).items(), key=lambda kv: -abs(kv[1]))[:3]
-                shown = ", ".join(f"{k} {v:+.1f}" for k, v in top) or old.note or "-"
-                print(f"{old.version} | {old.examples} | {old.violations} | {old.bias:+.3f} | "
-                      f"{shown}")  # fmt: skip
+                shown = ", ".join(f"{k} {v:+.1f}" for k, v in top) or "-"
+                risk = f"{old.risk.trained:,}" if old.risk is not None else "-"
+                print(f"| {old.version} | {old.examples} | {old.violations} | {old.bias:+.3f} | "
+                      f"{shown} | {risk} | {old.note or ''} |")  # fmt: skip
         return 0
 
     return asyncio.run(run())
@@ -185,8 +190,12 @@ async def rollback(store: Any, state: Any, version: int | None) -> int:
 
     if version is None:
         raise UsageError("learner rollback needs --version N (see learner show --history 20)")
+    from parcel_stream.learner import LearnerState
+
     history = await store.learner_history(store.learner_keep)
     old = next((h for h in history if h.version == version), None)
+    if version == 0:  # before anything was learned
+        old = LearnerState()
     if old is None:
         kept = ", ".join(str(h.version) for h in history[:10]) or "none"
         raise UsageError(f"version {version} is not in the learner history (latest: {kept})")
@@ -196,6 +205,16 @@ async def rollback(store: Any, state: Any, version: int | None) -> int:
         raise UsageError("the learner state changed meanwhile; run the rollback again")
     print(f"learner rolled back to version {version}: now version {new.version}")
     return 0
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0, e.g. 41")
+    return value
 
 
 def add_reputation(sub: Subcommands) -> None:
@@ -214,6 +233,7 @@ def add_learner(sub: Subcommands) -> None:
     le.add_argument("--history", type=positive_int, default=0, help="show: last N versions")
     le.add_argument("--top", type=positive_int, default=20,
                     help="show: the strongest learned keys listed (default 20)")  # fmt: skip
-    le.add_argument("--version", type=positive_int, help="rollback: the version to restore")
+    le.add_argument("--version", type=non_negative_int,
+                    help="rollback: the version to restore (0: nothing learned)")  # fmt: skip
     le.add_argument("--json", action="store_true", help="show: the raw state(s) as JSON lines")
     le.set_defaults(func=cmd_learner)

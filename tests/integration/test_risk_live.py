@@ -132,6 +132,17 @@ def test_learn_warm_starts_the_model_from_a_labelled_history(
     few.write_text("".join(line + "\n" for line in labels.read_text().splitlines()[:500]))
     part = cli(s, "learn", str(feed), "--labels", str(few), "--examined-only", "--dry-run")
     assert "learned from 500 outcomes" in part.stdout, part.stdout + part.stderr
+    # a second warm start: refused unless told whether to start over or to add
+    again = cli(s, "learn", str(feed), "--labels", str(labels))
+    assert again.returncode == 2 and "--replace starts them over" in again.stderr
+    over = cli(s, "learn", str(feed), "--labels", str(labels), "--replace")
+    assert over.returncode == 0 and client.hlen(counts) == stored, over.stderr
+    # the undo the first warm start printed: back to nothing learned
+    undo = done.stdout.split("`")[1].split()
+    assert undo[-2:] == ["--version", "0"]
+    back = cli(s, *undo[1:])
+    assert back.returncode == 0 and "rolled back to version 0" in back.stdout, back.stderr
+    assert "risk model" not in cli(s, "learner", "show").stdout
     missing = cli(s, "learn", str(feed), "--labels", str(tmp_path / "none.ndjson"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
     assert "Traceback" not in missing.stderr

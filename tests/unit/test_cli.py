@@ -79,6 +79,12 @@ def test_missing_redis_server_is_a_clear_error(monkeypatch, capsys, tmp_path) ->
         ["backtest", "feed.ndjson", "--feedback", "selected", "--outcome-delay", "soon"],
         ["backtest", "feed.ndjson", "--feedback", "some"],
         ["backtest", "feed.ndjson", "--feedback", "all", "--exploration", "2"],
+        ["backtest", "feed.ndjson", "--feedback", "selected", "--period", "0s"],
+        ["backtest", "feed.ndjson", "--feedback", "selected", "--ipw-clip", "0"],
+        ["learn", "feed.ndjson", "--labels", "l.ndjson", "--period", "0s"],
+        ["learn", "feed.ndjson", "--labels", "l.ndjson", "--min-examinations", "-1"],
+        ["learn", "feed.ndjson", "--labels", "l.ndjson", "--replace", "--add"],
+        ["learner", "rollback", "--version", "-1"],
         ["generate", "--parcels", "many"],
         ["demo", "--batch-size", "0"],
         ["dev", "sideways"],
@@ -163,3 +169,23 @@ def test_module_entry_point_help() -> None:
     """`python -m parcel_stream.cli` (the package's __main__) runs the same command line."""
     p = run("--help")
     assert p.returncode == 0 and p.stdout.startswith("usage: parcel-stream") and not p.stderr
+
+
+def test_a_missing_feed_is_one_line_for_the_protocol_and_learn(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    labels = tmp_path / "labels.ndjson"
+    labels.write_text('{"parcel_id": "P1", "label": null}\n')
+    missing = str(tmp_path / "nofeed.ndjson")
+    for argv in (["backtest", missing, "--labels", str(labels), "--feedback", "selected"],
+                 ["learn", missing, "--labels", str(labels), "--dry-run"]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "nofeed.ndjson: no such file" in err and "Traceback" not in err
+
+
+def test_learn_refuses_labels_that_match_nothing_in_the_feed(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    feed, labels = tmp_path / "feed.ndjson", tmp_path / "labels.ndjson"
+    assert main(["generate", "--parcels", "200", "--out", str(feed), "--labels",
+                 str(tmp_path / "real.ndjson")]) == 0  # fmt: skip
+    labels.write_text('{"parcel_id": "OTHER1", "label": null}\n')
+    assert main(["learn", str(feed), "--labels", str(labels), "--dry-run"]) == 2
+    assert "none of its 1 parcel ids is in" in capsys.readouterr().err

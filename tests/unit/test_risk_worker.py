@@ -20,7 +20,7 @@ from parcel_stream.exams import apply_exam_batch, trace
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.hidden_risk import with_hidden_risk
 from parcel_stream.learner import LearnerConfig
-from parcel_stream.model import Decision, ExamResult, Hold
+from parcel_stream.model import Decision, ExamResult, Hold, Manifest
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import BatchResult
 from parcel_stream.reputation import InMemoryStore
@@ -239,3 +239,25 @@ def test_the_demo_summary_shows_a_holds_probability_and_learned_reasons() -> Non
     print_summary(DemoResult(1, 0, [d], [hold], [], {"P1": None}, 1.0), lines.append)
     shown = next(x for x in lines if x.startswith("  P1"))
     assert "probability 62%" in shown and "learned: HS 2933.99 from IN: 38%" in shown
+
+
+def test_learned_reasons_name_only_keys_riskier_than_the_whole() -> None:
+    from parcel_stream.risk import FIRST_GROUP, GROUPS, RiskTable, explain, parcel_keys
+    from parcel_stream.risk_keys import part_id
+    from tests.unit.samples import manifest
+
+    m = msgspec.convert(manifest(declarant="BRK1", transport_mode="air"), Manifest)
+    keys = parcel_keys(m, "a1", 40.0)
+    table = RiskTable()
+    t = float(m.manifest_ts_ms)
+    for i in range(200):  # 20 % overall; the declarant clean, the mode mostly violations
+        table.update([part_id(f"declarant:OTHER{i}")], i % 5 == 0, 1.0, t)
+        table.update([part_id("declarant:BRK1")], False, 1.0, t)
+        table.update([part_id("mode:air")], i % 2 == 0, 1.0, t)
+    x = table.features(keys, 30.0, t)
+    theta = np.zeros(len(x))
+    d, mode = FIRST_GROUP + GROUPS.index("declarant"), FIRST_GROUP + GROUPS.index("transport_mode")
+    assert x[d] < 0 < x[mode]
+    theta[d], theta[mode] = -1.0, 1.0  # both add to the log-odds
+    why = explain(table, keys, x, theta, t, 5)
+    assert [w[0] for w in why] == ["mode:air"]  # not the clean declarant
