@@ -220,10 +220,12 @@ def _risk_outputs(
     theta = risk.state.model(risk.cfg).theta
     learned, refs = {}, {}
     examinable = np.flatnonzero(lanes >= 1).tolist()
+    held = [i for i in examinable if lanes[i] == LANE_HOLD]
     if examinable:
         idx, manifests = prep.shippers, prep.parsed.manifests
-        spans = [np.arange(risk.keys.start[i], risk.keys.start[i + 1]) for i in examinable]
-        at = np.searchsorted(risk.uniq, risk.keys.ids[np.concatenate(spans)])
+        spans = [np.arange(risk.keys.start[i], risk.keys.start[i + 1]) for i in held]
+        at = np.searchsorted(risk.uniq, risk.keys.ids[np.concatenate(spans)]) if spans else (
+            np.zeros(0, dtype=np.int64))  # fmt: skip
         rows = {int(risk.uniq[j]): risk.rows[j].tolist() for j in np.unique(at).tolist()
                 if not np.isnan(risk.rows[j, 0])}  # fmt: skip
         table = risk.state.table(rows, risk.cfg)

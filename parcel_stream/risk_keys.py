@@ -131,6 +131,19 @@ _SINGLE = {
 _ATTR = _Parts("attr:")
 
 
+class _AttrParts(dict[tuple[str, str], int]):
+    """Part ids of attributes by (key, value)."""
+
+    def __missing__(self, kv: tuple[str, str]) -> int:
+        if len(self) > _CACHE_MAX:
+            self.clear()
+        got = self[kv] = _ATTR[f"{kv[0]}={kv[1]}"]
+        return got
+
+
+_ATTR_KV = _AttrParts()
+
+
 @dataclass(frozen=True, slots=True)
 class KeyBatch:
     """Every parcel's keys as entries (see the module): parcel ``p`` has the entries
@@ -169,7 +182,7 @@ def key_batch(manifests: Sequence[Manifest], addresses: Sequence[str], value_usd
     s_ship, s_sell, s_market, s_addr = sg["shipper"], sg["seller"], sg["marketplace"], sg["address"]
     kg = np.fromiter((m.gross_weight_kg for m in manifests), np.float64, n)
     v_ids, w_ids = _band_ids(_V, value_usd), _band_ids(_W, kg * 10)
-    d_ids = _D
+    d_ids, attr_ids = _D, _ATTR_KV
     norms: list[int] = []
     for i, m in enumerate(manifests):
         origin = m.origin_country
@@ -202,9 +215,9 @@ def key_batch(manifests: Sequence[Manifest], addresses: Sequence[str], value_usd
                     main, best = codes, item.value
         norms.extend((main[2], main[1], main[0]))
         item_start.append(len(h2s))
-        if m.attributes:
-            for k, v in sorted(m.attributes.items()):
-                attrs.append(_ATTR[f"{k}={v}"])
+        if m.attributes:  # the order is the manifest's: a group's feature is its maximum
+            for kv in m.attributes.items():
+                attrs.append(attr_ids[kv])
         attr_start.append(len(attrs))
     u, i64 = np.uint64, np.int64
     p = np.array(parts, dtype=u).reshape(n, 2)
