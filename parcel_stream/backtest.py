@@ -27,6 +27,7 @@ from parcel_stream.pipeline import DEFAULT_STATE, StateConfig
 from parcel_stream.reputation import (
     InMemoryStore,
 )
+from parcel_stream.risk import RiskConfig, RiskState
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
 from parcel_stream.step import run_sync
@@ -82,6 +83,7 @@ def run_backtest(
     learner: LearnerConfig | None = None,
     state_config: StateConfig = DEFAULT_STATE,
     encode: bool = False,
+    risk: RiskConfig | None = None,
 ) -> BacktestRun:
     """Score a feed in order; decision time is each record's own timestamp.
 
@@ -89,7 +91,9 @@ def run_backtest(
     "examined" after its chunk: the outcome (violation when labelled, else clean) is fed
     back into reputation before the next chunk, as the exam-results agent does live, and
     trains the ``learner`` (when given and not off; with mode "on" its adjustments score
-    the following chunks). The run's final learner state is ``run.learner``."""
+    the following chunks). The run's final learner state is ``run.learner``. With ``risk``
+    (the learned model, not off) every chunk is scored with it as the worker scores, and
+    the examined parcels' outcomes train it."""
     store = store if store is not None else InMemoryStore()
     limits = limits or Limits()
     run = BacktestRun(label or ruleset.version)
@@ -98,10 +102,15 @@ def run_backtest(
     adjust: F64 | None = None
     learner_version = 0
     t_wall, t_cpu = time.perf_counter(), time.process_time()
+    scores_model = risk is not None and risk.scores
     for chunk in _chunks(records, chunk_bytes):
         now_ms = max(r.timestamp_ms for r in chunk)
+        model: tuple[RiskConfig, RiskState] | None = None
+        if risk is not None and scores_model:
+            state = store.read_learner()
+            model, learner_version = (risk, state.risk or RiskState()), state.version
         result = run_sync(chunk, store, ruleset, limits, now_ms, encode, adjust,
-                          learner_version, state_config)  # fmt: skip
+                          learner_version, state_config, model)  # fmt: skip
         parcel_ids = result.parcel_ids
         if exam_outcomes is not None:
             held = [
@@ -116,7 +125,7 @@ def run_backtest(
                 for pid in held
             ]  # fmt: skip
             deltas, _unknown = trace(results, known)
-            apply_exam_batch(store, deltas, cfg, ruleset.hold_score, now_ms)
+            apply_exam_batch(store, deltas, cfg, ruleset.hold_score, now_ms, risk)
             if cfg.adjusts:
                 state = store.read_learner()
                 adjust = state.adjustments(cfg, codes)
@@ -129,7 +138,7 @@ def run_backtest(
         run.masks.extend(result.masks.tolist())
         run.lanes.extend(result.lanes.tolist())
         run.rejections.update(result.rejection_counts)
-    if cfg.trains:
+    if cfg.trains or scores_model:
         run.learner = store.read_learner()
     run.wall_s = time.perf_counter() - t_wall
     run.cpu_s = time.process_time() - t_cpu

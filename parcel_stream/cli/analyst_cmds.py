@@ -190,7 +190,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         try:
             run = run_backtest(counted(), rs, store=store, limits=limits,
                                exam_outcomes=labels if feedback else None, label=name,
-                               learner=learner, state_config=settings.state_config())  # fmt: skip
+                               learner=learner, state_config=settings.state_config(),
+                               risk=settings.risk_config())  # fmt: skip
         except FeedError as exc:
             raise UsageError(str(exc)) from None
         finally:

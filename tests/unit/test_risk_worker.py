@@ -261,3 +261,21 @@ def test_learned_reasons_name_only_keys_riskier_than_the_whole() -> None:
     theta[d], theta[mode] = -1.0, 1.0  # both add to the log-odds
     why = explain(table, keys, x, theta, t, 5)
     assert [w[0] for w in why] == ["mode:air"]  # not the clean declarant
+
+
+def test_the_backtest_scores_with_the_learned_model_as_the_worker_does() -> None:
+    from parcel_stream.backtest import run_backtest
+    from parcel_stream.feed import RawRecord
+
+    records, labels = hidden_feed(2000, seed=17)
+    raw = [RawRecord(r.timestamp_ms, r.topic, r.partition, r.offset, None, r.value)
+           for r in records]  # fmt: skip
+    outcomes = {pid: ("v" if bad else None) for pid, bad in labels.items()}
+    off = run_backtest(raw, RS, exam_outcomes=outcomes, chunk_bytes=64 << 10)
+    on = dataclasses.replace(SHADOW, mode="on", hold_probability=0.2, review_probability=0.1)
+    shadow = run_backtest(raw, RS, exam_outcomes=outcomes, chunk_bytes=64 << 10, risk=SHADOW)
+    model = run_backtest(raw, RS, exam_outcomes=outcomes, chunk_bytes=64 << 10, risk=on)
+    assert shadow.lanes == off.lanes  # shadow decides as the rules
+    assert shadow.learner is not None and shadow.learner.risk is not None
+    assert shadow.learner.risk.trained > 0
+    assert model.lanes != off.lanes  # on: the lanes follow the probability
