@@ -13,7 +13,7 @@ import msgspec
 
 from parcel_stream.cli.common import now_ms
 from parcel_stream.cli.errors import UsageError, redis_unreachable
-from parcel_stream.cli.protocol_cmds import duration_ms, period_ms
+from parcel_stream.cli.protocol_cmds import duration_ms, period_ms, rules_and_feed
 from parcel_stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,25 +26,14 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
     from redis.exceptions import RedisError
 
     from parcel_stream.cli.analyst_cmds import _load_labels
-    from parcel_stream.feed import FeedError, read_feed
-    from parcel_stream.kernels import warm_up
     from parcel_stream.protocol import Feedback, ProtocolConfig, run_protocol
     from parcel_stream.risk import RiskState, key_text
-    from parcel_stream.rules import RuleSetError, default_ruleset, load_ruleset
 
     labels = _load_labels(args.labels)
     if not labels:
         raise UsageError(f"{args.labels}: no labels; one line per outcome: "
                          '{"parcel_id": ..., "label": null or a violation}')  # fmt: skip
-    try:
-        rs = load_ruleset(args.rules) if args.rules else default_ruleset(settings)
-    except RuleSetError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        feed = list(read_feed(args.feed, group_lines=1000))
-    except FeedError as exc:
-        raise UsageError(str(exc)) from None
-    warm_up(rs)
+    rs, feed = rules_and_feed(args, settings)
     cfg = settings.risk_config()
     feedback: Feedback = "labelled" if args.examined_only else "all"
     run = run_protocol(feed, rs, labels, ProtocolConfig(

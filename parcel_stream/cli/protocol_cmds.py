@@ -12,7 +12,9 @@ from parcel_stream.cli.errors import UsageError
 from parcel_stream.settings import Settings
 
 if TYPE_CHECKING:
+    from parcel_stream.feed import RawRecord
     from parcel_stream.protocol import PeriodFigures, ProtocolRun
+    from parcel_stream.rules import RuleSet
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -98,13 +100,29 @@ def add_protocol_args(bt: argparse.ArgumentParser) -> None:
     g.add_argument("--scores-out", help="write one NDJSON line per parcel to this file")
 
 
+def rules_and_feed(args: argparse.Namespace, settings: Settings) -> tuple[RuleSet, list[RawRecord]]:
+    """The rule set (``--rules`` or the settings') and the whole feed (``args.feed``) for a
+    protocol run, the kernels compiled; one-line errors for a bad rule set or feed."""
+    from parcel_stream.feed import FeedError, read_feed
+    from parcel_stream.kernels import warm_up
+    from parcel_stream.rules import RuleSetError, default_ruleset, load_ruleset
+
+    try:
+        rs = load_ruleset(args.rules) if args.rules else default_ruleset(settings)
+    except RuleSetError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        feed = list(read_feed(args.feed, group_lines=1000))
+    except FeedError as exc:
+        raise UsageError(str(exc)) from None
+    warm_up(rs)
+    return rs, feed
+
+
 def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
 
-    from parcel_stream.feed import FeedError, read_feed
-    from parcel_stream.kernels import warm_up
     from parcel_stream.protocol import ProtocolConfig, figures, run_protocol
-    from parcel_stream.rules import RuleSetError, default_ruleset, load_ruleset
 
     if not args.labels:
         raise UsageError("--feedback needs --labels: the outcomes come from the labels")
@@ -115,15 +133,7 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
         from parcel_stream.cli.analyst_cmds import _require_plots
 
         _require_plots()  # before the run, not after it
-    try:
-        rs = load_ruleset(args.rules) if args.rules else default_ruleset(settings)
-    except RuleSetError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        feed = list(read_feed(args.feed, group_lines=1000))
-    except FeedError as exc:
-        raise UsageError(str(exc)) from None
-    warm_up(rs)
+    rs, feed = rules_and_feed(args, settings)
     base = ProtocolConfig(
         capacity_pct=args.capacity_pct, feedback=args.feedback,
         outcome_delay_ms=args.outcome_delay, period_ms=args.period,
