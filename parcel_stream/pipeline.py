@@ -392,7 +392,7 @@ def score_prepared(
         ts = np.fromiter((m.manifest_ts_ms for m in parsed.manifests), np.float64, n)
         x, prob, norm_rows = _risk_score(risk, seq.static, ts,
                                          classified.contrib.status == REPEAT)  # fmt: skip
-        if risk.cfg.decides:
+        if risk.cfg.decides and risk.state.trained > 0:  # an untrained model decides nothing
             if risk.cfg.capacity_pct > 0:
                 held, lane_state = capacity_lanes(risk, prob, prep,
                                                   classified.contrib.status == REPEAT)  # fmt: skip

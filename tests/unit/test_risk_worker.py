@@ -279,3 +279,13 @@ def test_the_backtest_scores_with_the_learned_model_as_the_worker_does() -> None
     assert shadow.learner is not None and shadow.learner.risk is not None
     assert shadow.learner.risk.trained > 0
     assert model.lanes != off.lanes  # on: the lanes follow the probability
+
+
+def test_an_untrained_model_decides_no_lane_even_when_on() -> None:
+    records, _ = hidden_feed(600, seed=19)
+    on = dataclasses.replace(SHADOW, mode="on")
+    fresh = run_sync(records, InMemoryStore(), RS, LIMITS, records[-1].timestamp_ms,
+                     risk=(on, RiskState()))  # fmt: skip
+    rules = run_sync(records, InMemoryStore(), RS, LIMITS, records[-1].timestamp_ms)
+    assert fresh.lanes.tolist() == rules.lanes.tolist()
+    assert fresh.probability is not None  # still reported
