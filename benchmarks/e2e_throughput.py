@@ -91,9 +91,20 @@ def wait_decisions(
     return first, last
 
 
+def warm_start(s: Settings, history: tuple[Path, Path]) -> None:
+    """``parcel-stream learn`` from a labelled history into these settings' state."""
+    cmd = [sys.executable, "-m", "parcel_stream.cli", "learn", str(history[0]),
+           "--labels", str(history[1])]  # fmt: skip
+    done = subprocess.run(cmd, env={**os.environ, **s.as_env()}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"warm start failed: {done.stderr.strip()}")
+
+
 def run_worker(info: devstack.StackInfo, tmp: Path, pairs, batch_size: int,  # type: ignore[no-untyped-def]
-               **settings: object) -> dict[str, float]:  # fmt: skip
+               history: tuple[Path, Path] | None = None, **settings: object) -> dict[str, float]:  # fmt: skip
     s = fresh(info, tmp).replace(**settings)
+    if history is not None:
+        warm_start(s, history)
     p = make_producer(info.bootstrap, linger_ms=20, batch_size=1 << 20)
     produce_parcels(p, s.topic_manifests, pairs, batch_size=batch_size)
     p.close()
@@ -178,6 +189,8 @@ def main() -> None:
     ap.add_argument("--risk-model", action="store_true",
                     help="measure the learned risk model's cost: off against shadow")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3, help="--risk-model: pairs of runs")
+    ap.add_argument("--history", type=int, default=30_000,
+                    help="--risk-model: labelled parcels learned before each run")  # fmt: skip
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -230,13 +243,20 @@ def main() -> None:
 def risk_model(args: argparse.Namespace) -> None:
     batched = feed(args.batch, seed=22)
     tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-bench-"))
+    # the learned state of a deployment that has been running: a warm start from a
+    # labelled history of the same kind of traffic (another seed), before every run
+    history = (tmp / "history.ndjson", tmp / "history-labels.ndjson")
+    with history[0].open("wb") as out, history[1].open("wb") as labels:
+        for doc, label in generate(FeedConfig(parcels=args.history, seed=23)):
+            out.write(orjson.dumps(doc) + b"\n")
+            labels.write(orjson.dumps({"parcel_id": doc["parcel_id"], "label": label}) + b"\n")
     info = devstack.up(Settings(), tmp / "stack")
     rates: dict[str, list[float]] = {"off": [], "shadow": []}
     rss: dict[str, list[float]] = {"off": [], "shadow": []}
     try:
         for _ in range(args.repeats):
             for mode in ("off", "shadow"):
-                r = run_worker(info, tmp, batched, args.batch_size, risk_model=mode)
+                r = run_worker(info, tmp, batched, args.batch_size, history, risk_model=mode)
                 rates[mode].append(r["rate"])
                 rss[mode].append(r["peak_rss_mb"])
                 print(f"PARCEL_RISK_MODEL={mode:<7} {r['rate']:>10,.0f} parcels/s, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from time import perf_counter
 
 import msgspec
@@ -164,13 +165,17 @@ def capacity_lanes(
     return hold, [(part, _LANES_ENC.encode(hubs)) for part, hubs in state.items()]
 
 
+_DECLARED, _CURRENCY = attrgetter("declared_value"), attrgetter("currency")
+
+
 def risk_keys(prep: Prepared) -> tuple[KeyBatch, F64]:
     """The learned model's keys of every parsed parcel (in columns), and each parcel's
     declared value in USD."""
     idx, manifests = prep.shippers, prep.parsed.manifests
-    value = np.fromiter((m.declared_value * USD_PER_UNIT[m.currency] for m in manifests),
-                        np.float64, len(manifests))  # fmt: skip
-    addresses = [idx.addresses[a] for a in idx.parcel_address.tolist()]
+    n = len(manifests)
+    value = np.fromiter(map(_DECLARED, manifests), np.float64, n) * np.fromiter(
+        map(USD_PER_UNIT.__getitem__, map(_CURRENCY, manifests)), np.float64, n)  # fmt: skip
+    addresses = list(map(idx.addresses.__getitem__, idx.parcel_address.tolist()))
     return key_batch(manifests, addresses, value), value
 
 

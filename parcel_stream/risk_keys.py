@@ -3,9 +3,10 @@
 A key is named by its parts (``hs6:293399``, ``hs6:293399|o:IN``); its id is the 64-bit
 BLAKE2b of its first part, folded with each further part's (a SplitMix64 mix of the two),
 so the id of a cross is computed from the ids of its parts without building its name.
-The worker builds every parcel's key ids this way (``key_batch``): a Python pass that
-reads each parcel's fields once and looks their part ids up in caches, then a compiled
-pass that composes the crosses. Names are built only where a person reads them (the
+The worker builds every parcel's key ids this way (``key_batch``): the batch is read
+field by field, each column's values looked up in a cache of part ids (an address key is
+a hash already: its ids are folded from it in one pass), then a compiled pass composes
+the crosses. Names are built only where a person reads them (the
 learned reasons of a hold, ``learner show``), from ``risk.parcel_keys``, which computes
 the same ids (``tests/unit/test_risk_keys.py`` proves the two equal).
 
@@ -17,8 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +44,17 @@ FIRST_SINGLE = 6  # GROUPS: hs, 5 crosses, then the singles, then the attributes
 ATTRIBUTE = FIRST_SINGLE + len(SINGLES)
 
 _PARTS: dict[str, int] = {}
+ADDRESS = "addr:"  # an address key is a 16-hex-digit hash already (``features.address_key``)
+
+
+def _hashed(part: str) -> int:
+    if part.startswith(ADDRESS) and len(part) == len(ADDRESS) + 16:
+        try:  # its id is folded from that hash rather than hashed again
+            return combine(_ADDRESS_ID, int(part[len(ADDRESS) :], 16))
+        except ValueError:
+            pass
+    digest = hashlib.blake2b(part.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
 
 
 def part_id(part: str) -> int:
@@ -47,8 +63,7 @@ def part_id(part: str) -> int:
     if got is None:
         if len(_PARTS) > _CACHE_MAX:
             _PARTS.clear()
-        digest = hashlib.blake2b(part.encode(), digest_size=8).digest()
-        got = _PARTS[part] = int.from_bytes(digest, "little") or 1
+        got = _PARTS[part] = _hashed(part)
     return got
 
 
@@ -59,6 +74,26 @@ def combine(a: int, b: int) -> int:
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
     z ^= z >> 31
     return z or 1
+
+
+_ADDRESS_ID = int.from_bytes(hashlib.blake2b(ADDRESS.encode(), digest_size=8).digest(), "little")
+
+
+def _address_ids(addresses: Sequence[str]) -> U64 | None:
+    """The address keys' part ids in one pass over their hashes (None: some key is not
+    16 hex digits; they are then looked up one by one). An empty key has none (0)."""
+    n = len(addresses)
+    joined = "".join([a or "0000000000000000" for a in addresses])
+    if len(joined) != 16 * n:
+        return None
+    try:
+        raw = np.frombuffer(bytes.fromhex(joined), dtype=">u8").astype(np.uint64)
+    except ValueError:
+        return None
+    out: U64 = _fold(np.uint64(_ADDRESS_ID), raw)
+    empty = np.fromiter(map(operator.not_, addresses), np.bool_, n)
+    out[empty] = 0
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -73,14 +108,18 @@ def _mix(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover
 class _Parts(dict[str, int]):
     """Part ids of one kind by value: ``o`` -> {"CN": id of "o:CN"}."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, optional: bool = False) -> None:
         super().__init__()
         self.prefix = prefix
+        self.optional = optional  # None and "" have no key (id 0)
 
-    def __missing__(self, value: str) -> int:
+    def __missing__(self, value: str | None) -> int:
         if len(self) > _CACHE_MAX:
             self.clear()
-        got = self[value] = part_id(self.prefix + value)
+        if value is None or (self.optional and not value):
+            got = self[value] = 0  # type: ignore[index]
+            return got
+        got = self[value] = _hashed(self.prefix + value)
         return got
 
 
@@ -121,12 +160,14 @@ class _HS(dict[str, tuple[int, int, int]]):
 
 _HS_IDS = _HS()
 _O, _D = _Parts("o:"), _Parts("d:")
+_O_ITEM = _Parts("o:", optional=True)  # an item's own origin, if it names one
 _V, _W = _Parts("v:"), _Parts("w:")
 _SINGLE = {
     "origin": _Parts("origin:"), "departure": _Parts("departure:"), "carrier": _Parts("carrier:"),
-    "hub": _Parts("hub:"), "declarant": _Parts("declarant:"), "entry_type": _Parts("entry:"),
-    "transport_mode": _Parts("mode:"), "shipper": _Parts("shipper:"),
-    "seller": _Parts("seller:"), "marketplace": _Parts("market:"), "address": _Parts("addr:"),
+    "hub": _Parts("hub:"), "declarant": _Parts("declarant:", True),
+    "entry_type": _Parts("entry:", True), "transport_mode": _Parts("mode:", True),
+    "shipper": _Parts("shipper:"), "seller": _Parts("seller:"),
+    "marketplace": _Parts("market:", True), "address": _Parts("addr:", True),
 }  # fmt: skip
 _ATTR = _Parts("attr:")
 
@@ -142,6 +183,13 @@ class _AttrParts(dict[tuple[str, str], int]):
 
 
 _ATTR_KV = _AttrParts()
+_get_origin, _get_transit = attrgetter("origin_country"), attrgetter("transit_countries")
+_get_seller, _get_carrier, _get_hub = attrgetter("seller"), attrgetter("carrier"), attrgetter("hub")
+_get_declarant, _get_entry = attrgetter("declarant"), attrgetter("entry_type")
+_get_mode, _get_shipper = attrgetter("transport_mode"), attrgetter("shipper.id")
+_get_kg, _get_items = attrgetter("gross_weight_kg"), attrgetter("items")
+_get_attributes, _get_hs = attrgetter("attributes"), attrgetter("hs_code")
+_get_item_origin, _get_value = attrgetter("origin_country"), attrgetter("value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,70 +212,106 @@ class KeyBatch:
         return uniq, pos.astype(np.int64)
 
 
-def key_batch(manifests: Sequence[Manifest], addresses: Sequence[str], value_usd: F64) -> KeyBatch:
+def _column(table: dict[Any, int], values: Iterable[Any], n: int) -> U64:
+    """The part ids of a column of values, looked up in C (``map``), misses hashed once."""
+    return np.fromiter(map(table.__getitem__, values), np.uint64, n)
+
+
+def key_batch(
+    manifests: Sequence[Manifest],
+    addresses: Sequence[str],
+    value_usd: F64,
+    sellers: Sequence[str | None] | None = None,
+) -> KeyBatch:
     """The keys of a batch of parcels (``addresses``: each parcel's consignee address key;
-    ``value_usd``: its declared value in USD), the crosses composed in compiled code."""
+    ``value_usd``: its declared value in USD; ``sellers``: each parcel's seller key, when
+    the caller has them), read field by field in columns, the crosses composed in
+    compiled code."""
     n = len(manifests)
-    singles: list[int] = []  # 11 per parcel, 0: none
-    parts: list[int] = []  # o, d, v, w per parcel
-    item_start, attr_start = [0], [0]
-    h2s: list[int] = []
-    h4s: list[int] = []
-    h6s: list[int] = []
-    ios: list[int] = []
-    attrs: list[int] = []
-    hs_ids, o_ids, sg = _HS_IDS, _O, _SINGLE
-    s_origin, s_dep, s_carrier, s_hub = sg["origin"], sg["departure"], sg["carrier"], sg["hub"]
-    s_decl, s_entry, s_mode = sg["declarant"], sg["entry_type"], sg["transport_mode"]
-    s_ship, s_sell, s_market, s_addr = sg["shipper"], sg["seller"], sg["marketplace"], sg["address"]
-    kg = np.fromiter((m.gross_weight_kg for m in manifests), np.float64, n)
-    v_ids, w_ids = _band_ids(_V, value_usd), _band_ids(_W, kg * 10)
-    d_ids, attr_ids = _D, _ATTR_KV
-    norms: list[int] = []
-    for i, m in enumerate(manifests):
-        origin = m.origin_country
-        transit = m.transit_countries
-        dep = transit[-1] if transit else origin
-        o = o_ids[origin]
-        seller = m.seller
-        address = addresses[i]
-        parts.extend((o, d_ids[dep]))
-        singles.extend((
-            s_origin[origin], s_dep[dep], s_carrier[m.carrier], s_hub[m.hub],
-            s_decl[m.declarant] if m.declarant else 0,
-            s_entry[m.entry_type] if m.entry_type else 0,
-            s_mode[m.transport_mode] if m.transport_mode else 0,
-            s_ship[m.shipper.id],
-            s_sell[f"{seller.id}@{seller.marketplace}"] if seller is not None else 0,
-            s_market[seller.marketplace] if seller is not None and seller.marketplace else 0,
-            s_addr[address] if address else 0,
-        ))  # fmt: skip
-        main, best = (0, 0, 0), -1.0
-        for item in m.items:
-            codes = hs_ids[item.hs_code]
-            h2, h4, h6 = codes
-            if h2:
-                h2s.append(h2)
-                h4s.append(h4)
-                h6s.append(h6)
-                ios.append(o_ids[item.origin_country] if item.origin_country else o)
-                if item.value > best:
-                    main, best = codes, item.value
-        norms.extend((main[2], main[1], main[0]))
-        item_start.append(len(h2s))
-        if m.attributes:  # the order is the manifest's: a group's feature is its maximum
-            for kv in m.attributes.items():
-                attrs.append(attr_ids[kv])
-        attr_start.append(len(attrs))
     u, i64 = np.uint64, np.int64
-    p = np.array(parts, dtype=u).reshape(n, 2)
+    sg = _SINGLE
+    origin = list(map(_get_origin, manifests))
+    transit = map(_get_transit, manifests)
+    dep = [t[-1] if t else o for t, o in zip(transit, origin, strict=True)]
+    if sellers is None:
+        sellers = [f"{s.id}@{s.marketplace}" if s is not None else None
+                   for s in map(_get_seller, manifests)]  # fmt: skip
+    markets = [s.marketplace if s is not None else None for s in map(_get_seller, manifests)]
+    singles = np.empty((n, len(SINGLES)), dtype=u)
+    for col, (name, values) in enumerate((
+        ("origin", origin), ("departure", dep), ("carrier", map(_get_carrier, manifests)),
+        ("hub", map(_get_hub, manifests)), ("declarant", map(_get_declarant, manifests)),
+        ("entry_type", map(_get_entry, manifests)), ("transport_mode", map(_get_mode, manifests)),
+        ("shipper", map(_get_shipper, manifests)), ("seller", sellers),
+        ("marketplace", markets),
+    )):  # fmt: skip
+        singles[:, col] = _column(sg[name], values, n)
+    addr = _address_ids(addresses)
+    singles[:, -1] = _column(sg["address"], addresses, n) if addr is None else addr
+    o_part, d_part = _column(_O, origin, n), _column(_D, dep, n)
+    kg = np.fromiter(map(_get_kg, manifests), np.float64, n)
+    v_ids, w_ids = _band_ids(_V, value_usd), _band_ids(_W, kg * 10)
+    # the items, flattened: HS part ids, origin (0: the parcel's), value
+    per_parcel = list(map(_get_items, manifests))
+    counts = np.fromiter(map(len, per_parcel), i64, n)
+    items = list(chain.from_iterable(per_parcel))
+    k = len(items)
+    hs = np.fromiter(chain.from_iterable(map(_HS_IDS.__getitem__, map(_get_hs, items))), u,
+                     3 * k).reshape(k, 3)  # fmt: skip
+    item_o = _column(_O_ITEM, map(_get_item_origin, items), k)
+    item_value = np.fromiter(map(_get_value, items), np.float64, k)
+    item_start, usable, norm_ids = _items(counts, hs, item_value)
+    item_parcel = np.repeat(np.arange(n), counts)[usable]
+    io = item_o[usable]
+    io = np.where(io == 0, o_part[item_parcel], io)
+    # the attributes, in the manifest's order (a group's feature is its maximum)
+    attr_maps = list(map(_get_attributes, manifests))
+    attr_start = np.zeros(n + 1, dtype=i64)
+    attrs = np.zeros(0, dtype=u)
+    if any(attr_maps):
+        np.cumsum([len(a) if a else 0 for a in attr_maps], out=attr_start[1:])
+        attrs = np.fromiter(map(_ATTR_KV.__getitem__, chain.from_iterable(
+            a.items() for a in attr_maps if a)), u, int(attr_start[-1]))  # fmt: skip
     per_kg = np.log(np.maximum(value_usd, 0.01) / np.maximum(kg, 0.001))
     return KeyBatch(*_entries(
-        np.array(singles, dtype=u).reshape(n, len(SINGLES)), p[:, 0].copy(), p[:, 1].copy(),
-        v_ids, w_ids, np.array(item_start, dtype=i64), np.array(h2s, dtype=u),
-        np.array(h4s, dtype=u), np.array(h6s, dtype=u), np.array(ios, dtype=u),
-        np.array(attr_start, dtype=i64), np.array(attrs, dtype=u),
-    ), np.array(norms, dtype=u).reshape(n, 3), per_kg)  # fmt: skip
+        singles, o_part, d_part, v_ids, w_ids, item_start, hs[usable, 0].copy(),
+        hs[usable, 1].copy(), hs[usable, 2].copy(), io, attr_start, attrs,
+    ), norm_ids, per_kg)  # fmt: skip
+
+
+@njit(cache=True)
+def _fold(a: np.uint64, b: U64) -> U64:  # pragma: no cover
+    out = np.empty(b.shape[0], dtype=np.uint64)
+    for j in range(b.shape[0]):
+        out[j] = _mix(a, b[j])
+    return out
+
+
+@njit(cache=True)
+def _items(
+    counts: I64, hs: U64, value: F64
+) -> tuple[I64, npt.NDArray[np.bool_], U64]:  # pragma: no cover
+    """Per parcel the start of its usable items (an HS code of 4 digits or more), which
+    items are usable, and the HS6, HS4, HS2 ids of its main item (the first of the highest
+    value among the usable ones; 0: none)."""
+    n = counts.shape[0]
+    start = np.zeros(n + 1, dtype=np.int64)
+    usable = hs[:, 0] != 0
+    norm = np.zeros((n, 3), dtype=np.uint64)
+    j = 0
+    for p in range(n):
+        best, main = -1.0, -1
+        kept = 0
+        for _ in range(counts[p]):
+            if usable[j]:
+                kept += 1
+                if value[j] > best:
+                    best, main = value[j], j
+            j += 1
+        start[p + 1] = start[p] + kept
+        if main >= 0:
+            norm[p, 0], norm[p, 1], norm[p, 2] = hs[main, 2], hs[main, 1], hs[main, 0]
+    return start, usable, norm
 
 
 @njit(cache=True)
