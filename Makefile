@@ -21,13 +21,15 @@ system-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 # Test-only tools: promtool and a real Prometheus (alert rules, scrape test), stunnel (TLS
-# in front of the dev broker). Not needed to run the demo or the worker.
+# in front of the dev broker), PostgreSQL (the workbench's production case store) and
+# Chromium with its driver (the workbench's browser tests). Not needed to run the demo.
 test-deps:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
-	  && command -v stunnel4 >/dev/null 2>&1 || { \
-	  echo "installing prometheus and stunnel4 (apt-get)"; \
+	  && command -v stunnel4 >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+	  && command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing prometheus, stunnel4, postgresql, chromium and chromium-driver (apt-get)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends prometheus stunnel4 >/dev/null; }
+	    --no-install-recommends prometheus stunnel4 postgresql chromium chromium-driver >/dev/null; }
 
 setup: system-deps $(VENV)/.installed
 

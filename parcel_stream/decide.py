@@ -238,6 +238,7 @@ def build_outputs(
             probability=d.probability,
             selection_probability=d.selection_probability,
             learned_reasons=learned.get(i, []) if learned else [],
+            manifest=m,
         )
         out.holds.append((m.parcel_id.encode(), _ENC.encode(hold)))
     for rej in parsed.rejections:

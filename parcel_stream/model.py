@@ -211,6 +211,11 @@ class Hold(msgspec.Struct):
         list[LearnedReason],
         msgspec.Meta(description="the learned model's strongest contributions, strongest first"),
     ] = []
+    manifest: Annotated[
+        Manifest | None,
+        msgspec.Meta(description="the parcel's manifest as scored, for the officer who "
+                     "examines it (personal data: the consignee)"),
+    ] = None  # fmt: skip
     schema_version: Literal[1] = 1
 
 
@@ -308,4 +313,7 @@ class ExamResult(msgspec.Struct, forbid_unknown_fields=False):
     notes: Annotated[
         str, msgspec.Meta(max_length=2000, description="officer-facing; never logged")
     ] = ""
+    recovered_usd: Annotated[
+        float, msgspec.Meta(ge=0, description="duty or value recovered by the examination, USD")
+    ] = 0.0
     schema_version: Literal[1] = 1

@@ -144,6 +144,16 @@ class Settings:
     duty_free_threshold_usd: float | None = None
     review_score: float | None = None
     hold_score: float | None = None
+    # The officers' workbench (docs/workbench.md): its case store (sqlite:///FILE, or
+    # postgresql://USER:PASSWORD@HOST:PORT/DB shared by several instances), where it
+    # listens, its consumer group on the holds topic, the service-level time of a hold,
+    # and whether cookies are Secure (set true behind TLS).
+    workbench_db: str = field(default="sqlite:///.parcel-stream/workbench.db", repr=False)
+    workbench_host: str = "127.0.0.1"
+    workbench_port: int = 8080
+    workbench_group: str = "parcel-stream-workbench"
+    workbench_sla_minutes: float = 240.0
+    workbench_secure_cookies: bool = False
     # Operations
     # Metrics and health port: 0 = any free port (written to DATA_DIR/metrics.port), -1 = off
     metrics_port: int = 9464
@@ -156,7 +166,7 @@ class Settings:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "redis_url":
+            if f.name in ("redis_url", "workbench_db"):
                 value = _mask_url(value)
             elif f.name in SECRETS and value:
                 value = "***"
@@ -304,6 +314,13 @@ def _validate(s: Settings) -> None:
         "redis_url",
         "a cluster is reached over TCP: set a redis:// or rediss:// URL of one of its nodes",
     )
+    _require(
+        s.workbench_db.startswith(("sqlite:///", "postgresql://", "postgres://")),
+        "workbench_db",
+        "use sqlite:///path/to/file.db or postgresql://user:password@host:port/database",
+    )
+    _require(0 <= s.workbench_port <= 65535, "workbench_port", "must be 0..65535 (0: any free)")
+    _require(s.workbench_sla_minutes > 0, "workbench_sla_minutes", "must be > 0 minutes")
     _require(1 <= s.partitions <= 10_000, "partitions", "must be between 1 and 10000")
     _require(1 <= s.batch_max_records <= 100_000, "batch_max_records", "must be 1..100000")
     _require(0 < s.batch_within_s <= 60, "batch_within_s", "must be > 0 and <= 60 seconds")

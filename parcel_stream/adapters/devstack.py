@@ -255,6 +255,7 @@ def down(state_dir: str | Path = DEFAULT_DIR, grace_s: float = 5.0) -> list[int]
     state = Path(state_dir)
     stopped = []
     for name, markers in (("worker", ("parcel", "faust", "python")),
+                          ("workbench", ("parcel", "python")),
                           ("broker", ("tansu",)), ("redis", ("redis-server",))):  # fmt: skip
         pid_file = state / f"{name}.pid"
         if not pid_file.exists():

@@ -2,8 +2,8 @@
 
 One module per command group: ``ops_cmds`` (worker, dev, demo, schemas), ``kafka_cmds``
 (produce, record, replay), ``analyst_cmds`` (generate, backtest), ``rules_cmds`` (rules),
-``state_cmds`` (reputation, learner). Each command's options sit next to its handler;
-``errors`` turns the known failures into one line and an exit code.
+``state_cmds`` (reputation, learner), ``workbench_cmds`` (workbench). Each command's
+options sit next to its handler; ``errors`` turns the known failures into one line and an exit code.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from parcel_stream.cli import (
     ops_cmds,
     rules_cmds,
     state_cmds,
+    workbench_cmds,
 )
 from parcel_stream.cli.errors import Parser, UsageError, report_error
 from parcel_stream.settings import Settings
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules_cmds.add_rules(sub)
     state_cmds.add_reputation(sub)
     state_cmds.add_learner(sub)
+    workbench_cmds.add_workbench(sub)
     ops_cmds.add_schemas(sub)
     return p
 

@@ -152,7 +152,7 @@ def test_the_command_list() -> None:
     """The commands, in the order --help lists them (they are assembled from several modules)."""
     assert _subcommands() == [
         "worker", "dev", "demo", "generate", "produce", "record", "replay",
-        "backtest", "learn", "rules", "reputation", "learner", "schemas",
+        "backtest", "learn", "rules", "reputation", "learner", "workbench", "schemas",
     ]  # fmt: skip
 
 
