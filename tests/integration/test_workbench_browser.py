@@ -77,8 +77,10 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-def reload(driver: webdriver.Chrome) -> None:
+def reload(driver: webdriver.Chrome) -> bool:
+    """Reload the page; False (not ready yet) for ``wait``."""
     driver.refresh()
+    return False
 
 
 def text_of(driver: webdriver.Chrome, element_id: str) -> str | None:
