@@ -13,8 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from parcel_stream.adapters.metrics import WorkerMetrics
+from parcel_stream.adapters.workbench.cases import CaseStore
+from parcel_stream.adapters.workbench.db import connect, migrate
+from parcel_stream.adapters.workbench.metrics import WorkbenchMetrics
 from parcel_stream.decide import hold_reason_counts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,19 +64,30 @@ def test_prometheus_config_is_valid() -> None:
 def exported() -> tuple[dict[str, set[str]], dict[str, dict[str, set[str]]]]:
     """Sample names the worker exports, with each one's label names, and the label values
     of the pre-bound (enumerated) children."""
-    m = WorkerMetrics()
     names: dict[str, set[str]] = {}
     values: dict[str, dict[str, set[str]]] = {}
-    for collector, fam_names in m.registry._collector_to_names.items():  # noqa: SLF001
-        labels = set(getattr(collector, "_labelnames", ()))
-        for n in fam_names:
-            names[n] = labels | ({"le"} if n.endswith("_bucket") else set())
-    for family in m.registry.collect():
-        for sample in family.samples:
-            names.setdefault(sample.name, set()).update(sample.labels)
-            for k, v in sample.labels.items():
-                values.setdefault(sample.name, {}).setdefault(k, set()).add(v)
+    for registry in (WorkerMetrics().registry, workbench_registry()):
+        for collector, fam_names in registry._collector_to_names.items():  # noqa: SLF001
+            labels = set(getattr(collector, "_labelnames", ()))
+            for n in fam_names:
+                names[n] = labels | ({"le"} if n.endswith("_bucket") else set())
+        for family in registry.collect():
+            for sample in family.samples:
+                names.setdefault(sample.name, set()).update(sample.labels)
+                for k, v in sample.labels.items():
+                    values.setdefault(sample.name, {}).setdefault(k, set()).add(v)
     return names, values
+
+
+def workbench_registry() -> CollectorRegistry:
+    """The workbench's metrics, over a case store with one open hold (so that its
+    per-hub gauges have a sample)."""
+    engine = connect("sqlite://")
+    migrate(engine)
+    store = CaseStore(engine)
+    hold = json.loads((Path(__file__).parents[2] / "schemas/examples/hold.v1.json").read_text())
+    store.ingest([json.dumps(hold).encode()])
+    return WorkbenchMetrics(store).registry
 
 
 def queries() -> list[tuple[str, str]]:
