@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: setup system-deps test-deps test unit integration lint typecheck demo bench reliability clean dev-up dev-down
+.PHONY: setup system-deps test-deps test unit integration lint typecheck demo workbench bench reliability clean dev-up dev-down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ test: setup test-deps lint typecheck
 
 demo: setup
 	$(BIN)/parcel-stream demo
+
+# the officers' workbench on the dev stack, with a worker and a synthetic feed (Ctrl-C stops)
+workbench: setup
+	$(BIN)/parcel-stream workbench demo
 
 bench: setup
 	$(BIN)/python benchmarks/e2e_throughput.py

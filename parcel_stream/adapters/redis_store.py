@@ -78,6 +78,7 @@ from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS, EntityTable, Stored
 from parcel_stream.settings import Settings
 from parcel_stream.state import (
     ADDRESS_SHIPPERS,
+    ADDRESS_VIOLATIONS,
     EXAM,
     EXAMINABLE,
     LANES,
@@ -615,6 +616,19 @@ class RedisReputationStore:
 
     async def seller(self, seller: str) -> ShipperState | None:
         return await self._entity(self.seller_key(seller))
+
+    async def address_state(self, address: str, now_ms: float) -> tuple[int, float]:
+        """A consignee address's shippers seen sending to it, and the recent-weighted
+        violations found there as of ``now_ms`` (decayed, nothing added)."""
+        from parcel_stream.reputation import decay_add
+
+        base = self.address_key(address)
+        shippers = int(await self.client.scard(base + ADDRESS_SHIPPERS.suffix))
+        raw = await self.client.hgetall(base + ADDRESS_VIOLATIONS.suffix)
+        got = {_text(k): _text(v) for k, v in raw.items()}
+        t, rv = float(got.get("t", 0)), float(got.get("rv", 0))
+        _t, (recent,) = decay_add(t, (rv,), max(now_ms, t), (0.0,), self.half_life_ms)
+        return shippers, recent
 
     async def ttl(self, key: str) -> int:
         return int(await self.client.ttl(key))

@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
     _stores(settings)  # a bad database is one line, before anything starts
-    return serve(settings, args.state_dir)
+    return serve(settings, args.state_dir, streams=not args.no_streams)
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -108,6 +108,10 @@ def add_workbench(sub: Subcommands) -> None:
     serve = ws.add_parser("serve", help="serve the workbench (PARCEL_WORKBENCH_* settings)")
     serve.add_argument("--state-dir", default=os.environ.get("PARCEL_DATA_DIR", ""),
                        help="write the port listened on to STATE_DIR/workbench.port")  # fmt: skip
+    serve.add_argument("--no-streams", action="store_true",
+                       help="serve the pages only: another instance ingests holds and "
+                       "sends the exam results (outcomes recorded here wait in the case "
+                       "store for it)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
     user = ws.add_parser("user", help="add, disable, enable or list users")
     us = user.add_subparsers(dest="user_action", required=True, metavar="ACTION",

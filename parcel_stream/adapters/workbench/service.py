@@ -49,13 +49,17 @@ def state_history(settings: Settings) -> History:
 
     holder: dict[str, Any] = {}
 
-    async def history(shipper: str, seller: str, _address: str) -> dict[str, Any] | None:
+    async def history(shipper: str, seller: str, address: str) -> dict[str, Any] | None:
         store = holder.get("store")
         if store is None:
             store = holder["store"] = RedisReputationStore.from_settings(settings, 2.0)
         out = _entity_lines("shipper", await store.shipper(shipper))
         if seller:
             out.update(_entity_lines("seller", await store.seller(seller)))
+        if address:  # shown to every role: counts only, no address
+            shippers, violations = await store.address_state(address, time.time() * 1000)
+            out["consignee address"] = (f"{shippers:,} shippers send to it; recent violations "
+                                        f"found there {violations:.1f}")  # fmt: skip
         return out
 
     return history
@@ -79,12 +83,15 @@ def build(settings: Settings, with_streams: bool = True) -> tuple[Any, list[Any]
     return create_app(wb), threads, wb
 
 
-def serve(settings: Settings, state_dir: str | None = None) -> int:
+def serve(settings: Settings, state_dir: str | None = None, streams: bool = True) -> int:
     import uvicorn
 
-    app, threads, _wb = build(settings)
+    app, threads, _wb = build(settings, with_streams=streams)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: a response's headers and body are separate writes,
+    # and with Nagle the body would wait for the client's delayed ACK (40 ms a request)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((settings.workbench_host, settings.workbench_port))
     except OSError as exc:
