@@ -193,3 +193,64 @@ def test_roles_hubs_assignment_reopen_and_audit(served: tuple[int, CaseStore]) -
     assert status == 200
     assert 'parcel_stream_workbench_open_holds{hub="CVG"} 1.0' in metrics
     assert 'parcel_stream_workbench_outcomes_total{outcome="violation"} 2.0' in metrics
+
+
+def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "parcel_stream.cli", "workbench", *args],
+                          env={**os.environ, **env}, input=stdin, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_user_commands(tmp_path: Path) -> None:
+    env = {"PARCEL_WORKBENCH_DB": f"sqlite:///{tmp_path / 'wb.db'}"}
+    added = cli(env, "user", "add", "ann", "--role", "officer", "--hubs", "CVG,LEJ",
+                stdin=PASSWORD + "\n")  # fmt: skip
+    assert added.returncode == 0 and "added officer ann (CVG, LEJ)" in added.stdout, added.stderr
+    pw = tmp_path / "pw"
+    pw.write_text("supervisor password\n")
+    assert cli(env, "user", "add", "sue", "--role", "supervisor", "--password-file",
+               str(pw)).returncode == 0  # fmt: skip
+    for args, message in (
+        (("user", "add", "bob", "--role", "officer"), "an officer needs at least one hub"),
+        (("user", "add", "Bad Name!", "--role", "analyst"), "user name 'Bad Name!'"),
+        (("user", "add", "ann", "--role", "analyst"), "exists already"),
+        (("user", "disable", "nobody"), "no user 'nobody'"),
+        (
+            ("user", "add", "x1", "--role", "analyst", "--password-file", "/nonexistent"),
+            "--password-file /nonexistent",
+        ),
+    ):
+        got = cli(env, *args, stdin=PASSWORD + "\n")
+        assert got.returncode == 2 and message in got.stderr, (args, got.stderr)
+        assert "Traceback" not in got.stderr and len(got.stderr.strip().splitlines()) == 1
+    short = cli(env, "user", "add", "cy", "--role", "analyst", stdin="short\n")
+    assert short.returncode == 2 and "at least 10 characters" in short.stderr
+    assert cli(env, "user", "disable", "ann").returncode == 0
+    listed = cli(env, "user", "list").stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["ann", "sue"]
+    assert listed[0].split()[-1] == "disabled" and listed[1].split()[-1] == "active"
+    bad_db = cli({"PARCEL_WORKBENCH_DB": "mysql://x"}, "user", "list")
+    assert bad_db.returncode == 2 and "PARCEL_WORKBENCH_DB" in bad_db.stderr
+    assert "Traceback" not in bad_db.stderr
+
+
+def test_the_workbench_demo_starts_everything_and_stops_it(tmp_path: Path) -> None:
+    """`parcel-stream workbench demo` (what `make workbench` runs): the dev stack, a worker,
+    a feed and the workbench; it prints the URL and the accounts, and leaves nothing
+    running (here it stops by itself; Ctrl-C does the same)."""
+    state = tmp_path / "demo"
+    got = cli({}, "demo", "--parcels", "300", "--port", "0", "--state-dir", str(state),
+              "--stop-after", "3")  # fmt: skip
+    assert got.returncode == 0, got.stdout + got.stderr
+    url = re.search(r"workbench:\s+(http://127\.0\.0\.1:\d+/)", got.stdout)
+    officer = re.search(r"officer:\s+officer / (\S+)", got.stdout)
+    assert url and officer and "supervisor: supervisor / " in got.stdout, got.stdout
+    worker = re.search(r"worker \(pid (\d+)\)", got.stdout)
+    assert worker is not None
+    assert not Path(f"/proc/{worker.group(1)}").exists() or "zombie" in Path(
+        f"/proc/{worker.group(1)}/status").read_text().lower()  # fmt: skip
+    assert not list((state / "stack").glob("*.pid")), "a process of the demo was left running"
+    conn = http.client.HTTPConnection(url.group(1)[7:-1].split(":")[0],
+                                      int(url.group(1)[7:-1].split(":")[1]), timeout=2)  # fmt: skip
+    with pytest.raises(OSError):
+        conn.request("GET", "/healthz")
