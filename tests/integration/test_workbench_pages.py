@@ -36,6 +36,7 @@ class Browser:
     def __init__(self, port: int) -> None:
         self.port = port
         self.cookies: dict[str, str] = {}
+        self.set_cookies: list[str] = []  # as sent, with their attributes
 
     def go(self, method: str, path: str, form: dict[str, str] | None = None,
            raw: bytes | None = None, ctype: str = "") -> tuple[int, str]:  # fmt: skip
@@ -52,6 +53,7 @@ class Browser:
         text = resp.read().decode()
         for k, v in resp.getheaders():
             if k.lower() == "set-cookie":
+                self.set_cookies.append(v)
                 name, _, rest = v.partition("=")
                 self.cookies[name] = rest.split(";")[0]
         conn.close()
@@ -163,6 +165,12 @@ def test_roles_hubs_assignment_reopen_and_audit(served: tuple[int, CaseStore]) -
 
     ann = Browser(port)
     ann.sign_in("ann")
+    session = next(c for c in ann.set_cookies if c.startswith("ps_session="))
+    assert "HttpOnly" in session and "SameSite=lax" in session and "Secure" not in session
+    status, page = ann.go("GET", "/queue?lane=sideways")
+    assert status == 400 and "Unknown lane" in page
+    status, page = ann.go("GET", "/queue?lane=hold&selection=risk&reason=high_risk_hs")
+    assert status == 200 and "P1" in page and "P2" in page
     status, page = ann.go("GET", "/parcels/P2")
     assert "Alex Smith" in page
     viewed = [a for a in store.audit_log("P2") if a["action"] == "viewed personal data"]

@@ -98,7 +98,8 @@ def serve(settings: Settings, state_dir: str | None = None, streams: bool = True
         raise SystemExit(f"error: cannot listen on {settings.workbench_host}:"
                          f"{settings.workbench_port} ({exc.strerror}): set "
                          "PARCEL_WORKBENCH_PORT to a free port") from None  # fmt: skip
-    port = sock.getsockname()[1]
+    sock.listen(2048)  # before the port is reported: clients wait in the backlog until
+    port = sock.getsockname()[1]  # the server accepts, never "connection refused"
     if state_dir:
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         Path(state_dir, PORT_FILE).write_text(str(port))

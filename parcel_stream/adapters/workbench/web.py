@@ -113,23 +113,26 @@ def create_app(wb: Workbench) -> Starlette:
         return page("message.html", status, message=text, session=session,
                     back=back or "/queue")  # fmt: skip
 
-    def sign_in_page(error: str = "", status: int = 200) -> HTMLResponse:
+    def secure(request: Request) -> bool:
+        return wb.secure_cookies or request.url.scheme == "https"
+
+    def sign_in_page(request: Request, error: str = "", status: int = 200) -> HTMLResponse:
         token = secrets.token_urlsafe(24)
         resp = page("sign_in.html", status, error=error, csrf=token, session=None)
         resp.set_cookie(PRE_COOKIE, token, httponly=True, samesite="strict",
-                        secure=wb.secure_cookies, max_age=3600)  # fmt: skip
+                        secure=secure(request), max_age=3600)  # fmt: skip
         return resp
 
     async def sign_in_get(request: Request) -> Response:
         if await session_of(request) is not None:
             return RedirectResponse("/queue", 303)
-        return sign_in_page()
+        return sign_in_page(request)
 
     async def sign_in_post(request: Request) -> Response:
         form = await request.form()
         sent, cookie = form.get("csrf"), request.cookies.get(PRE_COOKIE)
         if not (isinstance(sent, str) and cookie and secrets.compare_digest(sent, cookie)):
-            return sign_in_page("This form expired or did not come from this page: "
+            return sign_in_page(request, "This form expired or did not come from this page: "
                                 "sign in again.", 403)  # fmt: skip
         username, password = str(form.get("username", "")), str(form.get("password", ""))
         client = request.client.host if request.client else "?"
@@ -138,10 +141,10 @@ def create_app(wb: Workbench) -> Starlette:
                                                      password, client)  # fmt: skip
         except AuthError as exc:
             wb.metrics.sign_in_failures.inc()
-            return sign_in_page(str(exc), 401)
+            return sign_in_page(request, str(exc), 401)
         await run_in_threadpool(wb.store.audit, session.user.username, "signed in")
         resp = RedirectResponse("/queue", 303)
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="lax", secure=wb.secure_cookies,
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="lax", secure=secure(request),
                         max_age=int((session.expires_ts_ms - now_ms()) / 1000))  # fmt: skip
         resp.delete_cookie(PRE_COOKIE)
         return resp
@@ -174,12 +177,15 @@ def create_app(wb: Workbench) -> Starlette:
         sort = q.get("sort", "risk")
         if sort not in SORTS:
             return message(request, f"Unknown sort {sort!r}: use risk or age.", 400, session)
+        lane = q.get("lane", "")
+        if lane and lane not in ("hold", "review"):
+            return message(request, f"Unknown lane {lane!r}: use hold or review.", 400, session)
         selection = q.get("selection", "")
         if selection and selection not in SELECTIONS:
             return message(request, f"Unknown selection {selection!r}: use one of "
                            f"{', '.join(SELECTIONS)}.", 400, session)  # fmt: skip
         statuses: tuple[Status, ...] = (status,) if status else OPEN
-        f = QueueFilter(hubs=hubs, statuses=statuses, lane=q.get("lane", ""),
+        f = QueueFilter(hubs=hubs, statuses=statuses, lane=lane,
                         reason=q.get("reason", "").strip().upper(), selection=selection,
                         shipper=q.get("shipper", "").strip(), sort=sort)  # fmt: skip
         try:
