@@ -104,7 +104,8 @@ def test_kubernetes_worker_configuration_is_valid(tmp_path: Path) -> None:
 def test_compose_wiring(tmp_path: Path) -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"kafka", "redis", "worker", "prometheus", "grafana"} <= services.keys()
+    assert {"kafka", "redis", "worker", "prometheus", "grafana", "workbench",
+            "postgres"} <= services.keys()  # fmt: skip
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
         for dep in svc.get("depends_on", {}):
@@ -129,10 +130,20 @@ def test_compose_wiring(tmp_path: Path) -> None:
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
     # Prometheus finds the workers under the compose service name and loads the rules
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    (job,) = prom["scrape_configs"]
-    assert job["job_name"] == "parcel-stream"
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    assert set(jobs) == {"parcel-stream", "parcel-stream-workbench"}
+    job = jobs["parcel-stream"]
     assert job["dns_sd_configs"][0]["names"] == ["worker"]
     assert job["dns_sd_configs"][0]["port"] == s.metrics_port
+    # and the workbench under its service name, on its port, with its case store
+    wb_env = {k: str(v) for k, v in services["worker"]["environment"].items()}
+    wb_env.update({k: str(v) for k, v in services["workbench"]["environment"].items()
+                   if not k.startswith("<")})  # fmt: skip
+    wb = settings_from(wb_env, tmp_path)
+    assert jobs["parcel-stream-workbench"]["dns_sd_configs"][0]["names"] == ["workbench"]
+    assert jobs["parcel-stream-workbench"]["dns_sd_configs"][0]["port"] == wb.workbench_port
+    assert wb.workbench_db.startswith("postgresql://") and "@postgres:" in wb.workbench_db
+    assert services["workbench"]["command"] == ["workbench", "serve"]
     mounted = [v.split(":")[1] for v in services["prometheus"]["volumes"]]
     assert "/etc/prometheus/alerts.yml" in mounted
 
