@@ -26,6 +26,8 @@ from parcel_stream.demo import isolated_settings
 from parcel_stream.settings import Settings
 from tests.unit.test_observability import NAME, PROM, queries
 
+WORKBENCH = "parcel_stream_workbench_"
+
 
 def api(port: int, path: str, **params: str) -> Any:
     url = f"http://127.0.0.1:{port}/api/v1/{path}"
@@ -139,7 +141,12 @@ def test_prometheus_scrapes_the_worker(run: Run) -> None:
         time.sleep(0.5)
         live = metrics(run.metrics_port)
     live_names = {k.split("{", 1)[0] for k in live}
-    wanted = {name for _where, expr in queries() for name, _m in NAME.findall(expr)}
+    wanted = {
+        name
+        for _where, expr in queries()
+        for name, _m in NAME.findall(expr)
+        if not name.startswith(WORKBENCH)
+    }  # the workbench's page: test_workbench_pages
     assert wanted - live_names == set()
     lag = [k for k in live if k.startswith("parcel_stream_consumer_lag_records{")]
     assert any(f'topic="{settings.topic_manifests}"' in k for k in lag), lag

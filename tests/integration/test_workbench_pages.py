@@ -20,6 +20,7 @@ import pytest
 from parcel_stream.adapters.workbench.cases import CaseStore
 from parcel_stream.adapters.workbench.service import PORT_FILE, open_store
 from parcel_stream.settings import Settings
+from tests.unit.test_observability import NAME, queries
 
 EXAMPLE = json.loads(Path("schemas/examples/hold.v1.json").read_text())
 PASSWORD = "correct horse battery"
@@ -199,6 +200,12 @@ def test_roles_hubs_assignment_reopen_and_audit(served: tuple[int, CaseStore]) -
 
     status, metrics = Browser(port).go("GET", "/metrics")
     assert status == 200
+    # every workbench series the dashboard and the alerts query is on the live page
+    live = {line.split("{", 1)[0].split(" ", 1)[0] for line in metrics.splitlines()
+            if line and not line.startswith("#")}  # fmt: skip
+    wanted = {name for _where, expr in queries() for name, _m in NAME.findall(expr)
+              if name.startswith("parcel_stream_workbench_")}  # fmt: skip
+    assert len(wanted) >= 5 and wanted - live == set()
     assert 'parcel_stream_workbench_open_holds{hub="CVG"} 1.0' in metrics
     assert 'parcel_stream_workbench_outcomes_total{outcome="violation"} 2.0' in metrics
 
