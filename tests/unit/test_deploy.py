@@ -26,10 +26,11 @@ K8S = DEPLOY / "k8s"
 KNOWN = {PREFIX + f.name.upper() for f in fields(Settings)}
 
 
-def k8s_docs() -> dict[str, dict[str, Any]]:
+def k8s_docs(workbench: bool = False) -> dict[str, dict[str, Any]]:
+    """The worker's manifests by kind (or the workbench's, ``workbench.yaml``)."""
     docs = {}
     for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
+        if path.name == "kustomization.yaml" or (path.name == "workbench.yaml") != workbench:
             continue
         for doc in yaml.safe_load_all(path.read_text()):
             docs[doc["kind"]] = doc
@@ -49,7 +50,7 @@ def settings_from(env: dict[str, str], tmp_path: Path) -> Settings:
 
 @pytest.mark.parametrize("version", ["1.28.0", "1.30.0", kubernetes_validate.latest_version()])
 def test_kubernetes_manifests_match_the_api_schemas(version: str) -> None:
-    for kind, doc in k8s_docs().items():
+    for kind, doc in [*k8s_docs().items(), *k8s_docs(workbench=True).items()]:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -99,6 +100,31 @@ def test_kubernetes_worker_configuration_is_valid(tmp_path: Path) -> None:
             dict(re.findall(r"(PARCEL_\w+)=(\S+)", (DEPLOY / "Dockerfile").read_text()))
         ).data_dir
     )
+
+
+def test_kubernetes_workbench_configuration_is_valid(tmp_path: Path) -> None:
+    docs, wb = k8s_docs(), k8s_docs(workbench=True)
+    cm, secret = docs["ConfigMap"], docs["Secret"]
+    deploy, svc = wb["Deployment"], wb["Service"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["workbench", "serve"]
+    env = dict(cm["data"])
+    for e in container["env"]:
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+            env[e["name"]] = secret["stringData"][ref["key"]]
+        else:
+            env[e["name"]] = e["value"]
+    s = settings_from(env, tmp_path)
+    assert s.workbench_db.startswith("postgresql://") and s.workbench_secure_cookies
+    assert container["ports"][0]["containerPort"] == s.workbench_port
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert svc["spec"]["ports"][0]["port"] == s.workbench_port
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    # the workers' metrics Service does not select the workbench's pods
+    assert not docs["Service"]["spec"]["selector"].items() <= labels.items()
 
 
 def test_compose_wiring(tmp_path: Path) -> None:
