@@ -257,26 +257,27 @@ class CaseStore:
         return where, args
 
     def counts(self, hubs: Sequence[str] | None, at_ms: int | None = None) -> list[HubCounts]:
-        """Per hub: cases by status, the oldest open hold and how many wait past their
-        service-level time."""
+        """Per hub with open cases: the open cases by status (new, claimed), the oldest
+        open hold and how many wait past their service-level time. One pass over the open
+        cases only (their partial indexes), however many closed cases accumulate."""
         at = now_ms() if at_ms is None else at_ms
-        where, args = ("", {}) if hubs is None else (
-            f"WHERE hub IN ({', '.join(':h' + str(i) for i in range(len(hubs)))})",
-            {f"h{i}": h for i, h in enumerate(hubs)})  # fmt: skip
         if hubs is not None and not hubs:
             return []
+        where = "status IN ('new', 'claimed')"
+        args: dict[str, Any] = {"at": at}
+        if hubs is not None:
+            where += f" AND hub IN ({', '.join(':h' + str(i) for i in range(len(hubs)))})"
+            args.update({f"h{i}": h for i, h in enumerate(hubs)})
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
-            for hub, status, n in conn.execute(
-                text(f"SELECT hub, status, count(*) FROM cases {where} GROUP BY hub, status"), args
-            ):
-                out.setdefault(hub, {"by": {}, "oldest": None, "late": 0})["by"][status] = int(n)
-            open_where = f"{where} {'AND' if where else 'WHERE'} status IN ('new', 'claimed')"
-            for hub, oldest, late in conn.execute(text(
-                f"SELECT hub, min(held_ts_ms), sum(CASE WHEN due_ts_ms < :at THEN 1 ELSE 0 END) "
-                f"FROM cases {open_where} GROUP BY hub"), {**args, "at": at}):  # fmt: skip
+            for hub, status, n, oldest, late in conn.execute(text(
+                "SELECT hub, status, count(*), min(held_ts_ms), "
+                "sum(CASE WHEN due_ts_ms < :at THEN 1 ELSE 0 END) "
+                f"FROM cases WHERE {where} GROUP BY hub, status"), args):  # fmt: skip
                 got = out.setdefault(hub, {"by": {}, "oldest": None, "late": 0})
-                got["oldest"], got["late"] = int(oldest), int(late or 0)
+                got["by"][status] = int(n)
+                got["oldest"] = min(int(oldest), got["oldest"] or int(oldest))
+                got["late"] += int(late or 0)
         return [HubCounts(h, v["by"], v["oldest"], v["late"]) for h, v in sorted(out.items())]
 
     def hubs(self) -> list[str]:
