@@ -198,6 +198,7 @@ def test_roles_hubs_assignment_reopen_and_audit(served: tuple[int, CaseStore]) -
     for done in ("assigned", "recorded outcome", "reopened"):
         assert done in actions
 
+    assert Browser(port).go("GET", "/readyz") == (200, "ready\n")
     status, metrics = Browser(port).go("GET", "/metrics")
     assert status == 200
     # every workbench series the dashboard and the alerts query is on the live page

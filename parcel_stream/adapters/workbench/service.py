@@ -71,14 +71,21 @@ def build(settings: Settings, with_streams: bool = True) -> tuple[Any, list[Any]
     metrics = WorkbenchMetrics(store)
     threads: list[Any] = []
     wake = lambda: None  # noqa: E731
+    ingester: HoldsIngester | None = None
     if with_streams:
         ingester = HoldsIngester(settings, store, metrics)
         sender = OutcomeSender(settings, store, metrics)
         threads = [ingester, sender]
         wake = sender.wake.set
+
+    def problem() -> str | None:
+        if ingester is not None and ingester.error is not None:
+            return f"the holds consumer stopped ({type(ingester.error).__name__})"
+        return None
+
     sla = settings.workbench_sla_minutes
     wb = Workbench(store, users, metrics, wake_sender=wake, history=state_history(settings),
-                   secure_cookies=settings.workbench_secure_cookies,
+                   secure_cookies=settings.workbench_secure_cookies, problem=problem,
                    sla_label=f"{sla / 60:g} h" if sla >= 60 else f"{sla:g} min")  # fmt: skip
     return create_app(wb), threads, wb
 

@@ -66,6 +66,8 @@ class Workbench:
     wake_sender: Callable[[], None] = lambda: None
     history: History | None = None
     secure_cookies: bool = False
+    # why the instance cannot serve its purpose now (None: ready), for /readyz
+    problem: Callable[[], str | None] = lambda: None
     sla_label: str = "4 h"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -301,6 +303,19 @@ def create_app(wb: Workbench) -> Starlette:
     async def health(_request: Request) -> Response:
         return Response("ok\n", media_type="text/plain")
 
+    async def ready(_request: Request) -> Response:
+        def check() -> str | None:
+            try:
+                wb.store.hubs()  # the case store answers
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                return f"case store unavailable ({type(exc).__name__})"
+            return wb.problem()
+
+        why = await run_in_threadpool(check)
+        if why:
+            return Response(f"not ready: {why}\n", status_code=503, media_type="text/plain")
+        return Response("ready\n", media_type="text/plain")
+
     async def home(_request: Request) -> Response:
         return RedirectResponse("/queue", 303)
 
@@ -326,6 +341,7 @@ def create_app(wb: Workbench) -> Starlette:
         Route("/parcels/{parcel_id:str}/{action:str}", action, methods=["POST"]),
         Route("/metrics", metrics),
         Route("/healthz", health),
+        Route("/readyz", ready),
     ]
     return Starlette(routes=routes, exception_handlers={
         404: not_found, 405: not_found, Exception: server_error})  # fmt: skip
