@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,11 @@ if TYPE_CHECKING:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import gc
+
+    if args.processes > 1:
+        from parcel_stream.adapters.supervisor import supervise
+
+        return supervise(settings, args.processes)
 
     import faust
 
@@ -92,8 +98,22 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def processes(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of processes from 1 to 256, "
+                                         f"e.g. {os.cpu_count() or 2} (one per core)")  # fmt: skip
+    return n
+
+
 def add_worker(sub: Subcommands) -> None:
     w = sub.add_parser("worker", help="run the scoring worker (Faust) until stopped")
+    w.add_argument("--processes", type=processes, default=1,
+                   help="worker processes in one consumer group, e.g. one per core "
+                   "(each with PARCEL_DATA_DIR/<i> and PARCEL_METRICS_PORT + i)")  # fmt: skip
     w.set_defaults(func=cmd_worker)
 
 
