@@ -5,6 +5,7 @@ supervisors assign and reopen; views of personal data are audited; metrics are s
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import re
@@ -217,15 +218,24 @@ def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Complete
                           timeout=120)  # fmt: skip
 
 
-def test_user_commands(tmp_path: Path) -> None:
-    env = {"PARCEL_WORKBENCH_DB": f"sqlite:///{tmp_path / 'wb.db'}"}
-    added = cli(env, "user", "add", "ann", "--role", "officer", "--hubs", "CVG,LEJ",
-                stdin=PASSWORD + "\n")  # fmt: skip
-    assert added.returncode == 0 and "added officer ann (CVG, LEJ)" in added.stdout, added.stderr
+def test_user_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The user commands, run in this process (as `parcel-stream workbench user ...`)."""
+    from parcel_stream.cli import main
+
+    def run(*args: str, stdin: str = PASSWORD + "\n") -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = main(["workbench", *args])
+        got = capsys.readouterr()
+        return code, got.out, got.err
+
+    monkeypatch.setenv("PARCEL_WORKBENCH_DB", f"sqlite:///{tmp_path / 'wb.db'}")
+    code, out, err = run("user", "add", "ann", "--role", "officer", "--hubs", "CVG,LEJ")
+    assert code == 0 and "added officer ann (CVG, LEJ)" in out, err
     pw = tmp_path / "pw"
     pw.write_text("supervisor password\n")
-    assert cli(env, "user", "add", "sue", "--role", "supervisor", "--password-file",
-               str(pw)).returncode == 0  # fmt: skip
+    assert run("user", "add", "sue", "--role", "supervisor", "--password-file", str(pw))[0] == 0
     for args, message in (
         (("user", "add", "bob", "--role", "officer"), "an officer needs at least one hub"),
         (("user", "add", "Bad Name!", "--role", "analyst"), "user name 'Bad Name!'"),
@@ -236,18 +246,21 @@ def test_user_commands(tmp_path: Path) -> None:
             "--password-file /nonexistent",
         ),
     ):
-        got = cli(env, *args, stdin=PASSWORD + "\n")
-        assert got.returncode == 2 and message in got.stderr, (args, got.stderr)
-        assert "Traceback" not in got.stderr and len(got.stderr.strip().splitlines()) == 1
-    short = cli(env, "user", "add", "cy", "--role", "analyst", stdin="short\n")
-    assert short.returncode == 2 and "at least 10 characters" in short.stderr
-    assert cli(env, "user", "disable", "ann").returncode == 0
-    listed = cli(env, "user", "list").stdout.splitlines()
+        code, _out, err = run(*args)
+        assert code == 2 and message in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _out, err = run("user", "add", "cy", "--role", "analyst", stdin="short\n")
+    assert code == 2 and "at least 10 characters" in err
+    assert run("user", "disable", "ann")[0] == 0
+    listed = run("user", "list")[1].splitlines()
     assert [line.split()[0] for line in listed] == ["ann", "sue"]
     assert listed[0].split()[-1] == "disabled" and listed[1].split()[-1] == "active"
-    bad_db = cli({"PARCEL_WORKBENCH_DB": "mysql://x"}, "user", "list")
-    assert bad_db.returncode == 2 and "PARCEL_WORKBENCH_DB" in bad_db.stderr
-    assert "Traceback" not in bad_db.stderr
+    monkeypatch.setenv("PARCEL_WORKBENCH_DB", "mysql://x")
+    code, _out, err = run("user", "list")
+    assert code == 2 and "PARCEL_WORKBENCH_DB" in err and "Traceback" not in err
+    # and the real command line (a process of its own), once
+    done = cli({"PARCEL_WORKBENCH_DB": f"sqlite:///{tmp_path / 'wb.db'}"}, "user", "list")
+    assert done.returncode == 0 and done.stdout.split()[0] == "ann"
 
 
 def test_the_workbench_demo_starts_everything_and_stops_it(tmp_path: Path) -> None:
