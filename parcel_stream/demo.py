@@ -63,6 +63,17 @@ def isolated_settings(info: devstack.StackInfo, tag: str, data_dir: str | Path) 
     return s
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM, wait up to ``grace_s`` for it to finish its work, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextmanager
 def running_worker(settings: Settings, state_dir: str | Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``parcel-stream worker`` in a child process; its pid file lets `dev down` stop it."""
@@ -81,13 +92,7 @@ def running_worker(settings: Settings, state_dir: str | Path) -> Iterator[subpro
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         log.close()
         (state / "worker.pid").unlink(missing_ok=True)
 

@@ -233,10 +233,10 @@ def key_batch(
     origin = list(map(_get_origin, manifests))
     transit = map(_get_transit, manifests)
     dep = [t[-1] if t else o for t, o in zip(transit, origin, strict=True)]
+    seller_of = list(map(_get_seller, manifests))
     if sellers is None:
-        sellers = [f"{s.id}@{s.marketplace}" if s is not None else None
-                   for s in map(_get_seller, manifests)]  # fmt: skip
-    markets = [s.marketplace if s is not None else None for s in map(_get_seller, manifests)]
+        sellers = [f"{s.id}@{s.marketplace}" if s is not None else None for s in seller_of]
+    markets = [s.marketplace if s is not None else None for s in seller_of]
     singles = np.empty((n, len(SINGLES)), dtype=u)
     for col, (name, values) in enumerate((
         ("origin", origin), ("departure", dep), ("carrier", map(_get_carrier, manifests)),

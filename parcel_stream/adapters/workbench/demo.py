@@ -12,11 +12,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels
 from parcel_stream.adapters.workbench.service import PORT_FILE, open_store
-from parcel_stream.demo import dev_settings, feed_lines, running_worker
+from parcel_stream.demo import dev_settings, feed_lines, running_worker, stop_process
 from parcel_stream.generate import HUBS
 from parcel_stream.settings import Settings
 
@@ -33,6 +34,7 @@ def run_workbench_demo(
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     wb_proc: subprocess.Popen[bytes] | None = None
+    wb_log: BinaryIO | None = None
     try:
         db = state / "workbench.db"
         db.unlink(missing_ok=True)
@@ -45,11 +47,11 @@ def run_workbench_demo(
         users.add("officer", accounts["officer"], "officer", list(HUBS))
         users.add("supervisor", accounts["supervisor"], "supervisor", [])
         with running_worker(settings, stack) as worker:
-            log = open(state / "workbench.log", "ab")  # noqa: SIM115 - closed below
+            wb_log = open(state / "workbench.log", "ab")  # noqa: SIM115 - closed below
             wb_proc = subprocess.Popen(
                 [sys.executable, "-m", "parcel_stream.cli", "workbench", "serve",
                  "--state-dir", str(state)],
-                env={**os.environ, **settings.as_env()}, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **settings.as_env()}, stdout=wb_log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
             (stack / "workbench.pid").write_text(f"{wb_proc.pid}\n")
@@ -87,11 +89,8 @@ def run_workbench_demo(
     finally:
         signal.signal(signal.SIGTERM, previous)
         print("\nstopping the workbench, the worker and the dev stack")
-        if wb_proc is not None and wb_proc.poll() is None:
-            wb_proc.send_signal(signal.SIGTERM)
-            try:
-                wb_proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                wb_proc.kill()
-                wb_proc.wait()
+        if wb_proc is not None:
+            stop_process(wb_proc)
+        if wb_log is not None:
+            wb_log.close()
         devstack.down(stack)
