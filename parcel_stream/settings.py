@@ -138,6 +138,9 @@ class Settings:
     # consumer sweeps every PARCEL_RISK_PRUNE_S)
     risk_evict_below: float = 0.25
     risk_prune_s: float = 3600.0
+    # each worker keeps a copy of the learned counts (brought up to date from their change
+    # log before every batch) of up to this many keys per shard; 0: read them each batch
+    risk_replica_keys: int = 1_000_000
     # Scoring: the rule-set file (empty = the built-in default). The threshold and lane
     # scores come from the rule set; set these only to override it.
     rules_file: str = ""
@@ -401,6 +404,11 @@ def _validate(s: Settings) -> None:
              "must be a number of days > 0 (e.g. 180)")  # fmt: skip
     _require(0 <= s.risk_evict_below < 1_000, "risk_evict_below",
              "must be a number of examinations >= 0 (e.g. 0.25)")  # fmt: skip
+    _require(
+        s.risk_replica_keys >= 0,
+        "risk_replica_keys",
+        "must be >= 0 (0: read the learned counts from Redis each batch)",
+    )
     _require(s.risk_prune_s > 0, "risk_prune_s", "must be a positive number of seconds")
     _require(
         s.log_level.lower() in {"debug", "info", "warning", "error"},

@@ -106,6 +106,18 @@ RISK_NAMES = StateKey(
     "the names of the learned keys with at least 5 examinations (field = key id)",
     "dropped with the key",
 )  # fmt: skip
+RISK_LOG = StateKey(
+    "risk", ":log", "", "stream",
+    "the learned keys whose counts changed, in order: entry id = the change's number (`N-0`), "
+    "field `k` = the keys' ids (8 bytes each). Workers keep a copy of the counts and read only "
+    "what changed since their last batch (`PARCEL_RISK_REPLICA_KEYS`)",
+    "the last 20,000 changes (trimmed as it grows)",
+)  # fmt: skip
+RISK_SEQ = StateKey(
+    "risk", ":seq", "", "string",
+    "the number of the last change to the learned counts (`risk:log`)",
+    "no expiry",
+)  # fmt: skip
 EXAM = StateKey("exam", "", "exam id", "string", "marks an applied examination result",
                 "`PARCEL_EXAM_TTL_DAYS` (180)")  # fmt: skip
 LEARNER = StateKey("learner", "", "", "hash", "the adaptive weights (version, JSON state)",
@@ -157,8 +169,8 @@ LOCKS = StateKey(
 
 STATE_KEYS: tuple[StateKey, ...] = (
     SHIPPER, SELLER, ADDRESS_SHIPPERS, ADDRESS_VIOLATIONS, PAIR, REMEMBERED, EXAMINABLE, EXAM,
-    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS, RISK, RISK_NAMES, LANES,
-    NORMS,
+    LEARNER, LEARNER_HISTORY, WATERMARK, OUTBOX, PREP, PREPDATA, LOCKS, RISK, RISK_NAMES, RISK_LOG,
+    RISK_SEQ, LANES, NORMS,
 )  # fmt: skip
 
 

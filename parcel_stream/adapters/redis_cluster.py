@@ -79,7 +79,9 @@ from parcel_stream.state import (
     PREPDATA,
     REMEMBERED,
     RISK,
+    RISK_LOG,
     RISK_NAMES,
+    RISK_SEQ,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -224,6 +226,12 @@ class RedisClusterStore(RedisReputationStore):
 
     def risk_names(self, shard: int) -> str:
         return RISK_NAMES.key(self.tags[shard])
+
+    def risk_log(self, shard: int) -> str:
+        return RISK_LOG.key(self.tags[shard])
+
+    def risk_seq(self, shard: int) -> str:
+        return RISK_SEQ.key(self.tags[shard])
 
     def risk_shard_count(self) -> int:
         return self.shards

@@ -18,7 +18,9 @@ from parcel_stream.state import (
     PREPDATA,
     REMEMBERED,
     RISK,
+    RISK_LOG,
     RISK_NAMES,
+    RISK_SEQ,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -135,10 +137,25 @@ end
 return table.concat(parts)
 """
 
+# Every change to the learned counts is logged (``state.RISK_LOG``): the change's number
+# (INCR of ``seq``) is its stream entry's id, the changed keys' ids its field ``k``. So a
+# worker that keeps a copy of the counts (``adapters/risk_replica.py``) reads only what
+# changed since the number it holds, and sees any gap (a trimmed log, a cleared store).
+RISK_LOG_LUA = """
+local function risk_log(log, seq, fields)
+  if #fields == 0 then return end
+  local n = redis.call('INCR', seq)
+  redis.call('XADD', log, 'MAXLEN', '~', 20000, n .. '-0', 'k', table.concat(fields))
+end
+"""
+
 # Drop the learned keys whose decayed examinations are under ARGV[3] at ARGV[4] (ms; half-
 # life ARGV[5] ms), scanning ARGV[6] fields of the counts hash ARGV[1] from cursor ARGV[7];
-# their names go from ARGV[2]. Returns {next cursor, keys dropped}.
-RISK_PRUNE_LUA = """
+# their names go from ARGV[2], and the drop is logged (log ARGV[8], number ARGV[9]).
+# Returns {next cursor, keys dropped}.
+RISK_PRUNE_LUA = (
+    RISK_LOG_LUA
+    + """
 local hash, names = ARGV[1], ARGV[2]
 local floor, now, hl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local res = redis.call('HSCAN', hash, ARGV[7], 'COUNT', tonumber(ARGV[6]))
@@ -152,19 +169,84 @@ end
 if #gone > 0 then
   redis.call('HDEL', hash, unpack(gone))
   redis.call('HDEL', names, unpack(gone))
+  risk_log(ARGV[8], ARGV[9], gone)
 end
 return {res[1], #gone}
+"""
+)
+
+# A worker's copy of the counts brought up to date (ARGV[1] the counts hash, ARGV[2] the
+# log, ARGV[3] the change number, ARGV[4] the number the copy holds, -1: none). Returns
+# {number} when nothing changed; {number, ids, rows} with the changed keys (8 bytes each)
+# and their counts now (3 doubles each, NaN: dropped); {number, 0} when the copy must be
+# loaded again (none yet, or changes missing from the log: trimmed, or the store cleared).
+RISK_SYNC_LUA = """
+local hash, log = ARGV[1], ARGV[2]
+local last = tonumber(ARGV[4])
+local now = tonumber(redis.call('GET', ARGV[3]) or '0')
+if last == now then return {now} end
+if last < 0 or last > now or now - last > 20000 then return {now, 0} end
+local got = redis.call('XRANGE', log, (last + 1) .. '-0', now .. '-0')
+if #got ~= now - last then return {now, 0} end
+local seen, fields = {}, {}
+for _, e in ipairs(got) do
+  local blob = e[2][2]
+  for j = 1, #blob, 8 do
+    local f = string.sub(blob, j, j + 7)
+    if not seen[f] then
+      seen[f] = true
+      fields[#fields + 1] = f
+    end
+  end
+end
+local none = string.rep(struct.pack('<d', 0 / 0), 3)
+local rows = {}
+for lo = 1, #fields, 7000 do
+  local part = {}
+  for j = lo, math.min(lo + 6999, #fields) do part[#part + 1] = fields[j] end
+  local vals = redis.call('HMGET', hash, unpack(part))
+  for k = 1, #part do rows[#rows + 1] = vals[k] or none end
+end
+return {now, table.concat(fields), table.concat(rows)}
+"""
+
+# Store learned keys' counts as they are (a warm start): ARGV[1] the counts hash, ARGV[2]
+# the names, ARGV[3] the log, ARGV[4] the change number, ARGV[5] the ids (8 bytes each),
+# ARGV[6] their counts (3 doubles each), then (id, name) pairs of the keys to name.
+RISK_WRITE_LUA = (
+    RISK_LOG_LUA
+    + """
+local hash, names, ids, rows = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
+local fields = {}
+for j = 1, #ids / 8 do
+  local f = string.sub(ids, 8 * j - 7, 8 * j)
+  redis.call('HSET', hash, f, string.sub(rows, 24 * j - 23, 24 * j))
+  fields[j] = f
+end
+for a = 7, #ARGV, 2 do redis.call('HSET', names, ARGV[a], ARGV[a + 1]) end
+risk_log(ARGV[3], ARGV[4], fields)
+return #fields
+"""
+)
+
+# Delete every learned key's counts, names and log (ARGV[1..3]); the change number
+# (ARGV[4]) moves on, so that every copy is loaded again.
+RISK_CLEAR_LUA = """
+redis.call('DEL', ARGV[1], ARGV[2], ARGV[3])
+return redis.call('INCR', ARGV[4])
 """
 
 # An examination result's count on its learned keys (``risk.py``): JSON [weight, half-life
 # ms, then per key its id in hex and its name]. Each key's counts in ``hash`` are brought up
 # to date (as decay_add does) and the weighted examination and violation added; a key with
 # at least 5 examinations keeps its name in ``names``.
-RISK_COUNT_LUA = """
+RISK_COUNT_LUA = (
+    RISK_LOG_LUA
+    + """
 local function unhex(h)
   return (h:gsub('..', function(c) return string.char(tonumber(c, 16)) end))
 end
-local function risk_count(hash, names, spec, v, at)
+local function risk_count(hash, names, spec, v, at, touched)
   if spec == '' then return end
   local r = cjson.decode(spec)
   local w, hl = tonumber(r[1]), tonumber(r[2])
@@ -182,10 +264,12 @@ local function risk_count(hash, names, spec, v, at)
       n, vv = n + w * g, vv + w * v * g
     end
     redis.call('HSET', hash, field, struct.pack('<ddd', n, vv, t))
+    touched[#touched + 1] = field
     if n >= 5 and r[j + 1] ~= '' then redis.call('HSET', names, field, r[j + 1]) end
   end
 end
 """
+)
 
 # Examination results: each applied once (SET NX on the exam id), then counted on the
 # shipper, the seller and the consignee address. With a learner state (ARGV[4] not
@@ -218,7 +302,7 @@ if learner ~= '' then
     if redis.call('EXISTS', prefix .. '@exam:' .. ARGV[a]) == 1 then return -1 end
   end
 end
-local out = {}
+local out, touched = {}, {}
 for a = first, #ARGV, 7 do
   local fresh = redis.call('SET', prefix .. '@exam:' .. ARGV[a], '1', 'NX', 'EX', ttl)
   if fresh then
@@ -237,12 +321,13 @@ for a = first, #ARGV, 7 do
       decay_add(akey, at, hl, {'rv'}, {1})
       redis.call('EXPIRE', akey, ttl)
     end
-    risk_count(prefix .. '@risk_counts', prefix .. '@risk_names', ARGV[a + 6], v, at)
+    risk_count(prefix .. '@risk_counts', prefix .. '@risk_names', ARGV[a + 6], v, at, touched)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
+risk_log(prefix .. '@risk_log', prefix .. '@risk_seq', touched)
 if learner ~= '' then
   store_learner(prefix .. '@learner', ARGV[6], learner, tonumber(ARGV[7]))
 end
@@ -392,6 +477,8 @@ LUA_KEYS = {
     "@ob:": f":{OUTBOX.segment}:",
     "@risk_counts": f":{RISK.segment}",
     "@risk_names": f":{RISK_NAMES.segment}{RISK_NAMES.suffix}",
+    "@risk_log": f":{RISK_LOG.segment}{RISK_LOG.suffix}",
+    "@risk_seq": f":{RISK_SEQ.segment}{RISK_SEQ.suffix}",
 }
 
 
@@ -527,13 +614,13 @@ local locks = tag .. '@locks'
 for _, it in ipairs(items) do
   if it[2] ~= 'a' and it[2] ~= 'r' and redis.call('HGET', locks, it[3]) then return -2 end
 end
-local out = {}
+local out, touched = {}, {}
 for i, it in ipairs(items) do
   local mark = tag .. '@exam:' .. it[1] .. ':' .. it[2]
   if redis.call('SET', mark, '1', 'NX', 'EX', ttl) then
     local key, v, at = it[3], it[4], it[5]
     if it[2] == 'r' then
-      risk_count(tag .. '@risk_counts', tag .. '@risk_names', key, v, at)
+      risk_count(tag .. '@risk_counts', tag .. '@risk_names', key, v, at, touched)
     elseif it[2] == 'a' then
       decay_add(key, at, hl, {'rv'}, {1})
       redis.call('EXPIRE', key, ttl)
@@ -548,6 +635,7 @@ for i, it in ipairs(items) do
     out[i] = 0
   end
 end
+risk_log(tag .. '@risk_log', tag .. '@risk_seq', touched)
 return out
 """
 )

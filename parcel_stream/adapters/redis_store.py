@@ -37,8 +37,11 @@ scripts build their keys from the prefix: for Redis Cluster use a prefix with a 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import struct
+import time
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -55,12 +58,16 @@ from parcel_stream.adapters.redis_lua import (
     EXAMS_LUA,
     PARCELS_LUA,
     READ_LUA,
+    RISK_CLEAR_LUA,
     RISK_PRUNE_LUA,
     RISK_READ_LUA,
+    RISK_SYNC_LUA,
+    RISK_WRITE_LUA,
     SELLER_WIDTH,
     SHIPPER_WIDTH,
     keys_in,
 )
+from parcel_stream.adapters.risk_replica import RiskReplica, unpack_ids, unpack_rows
 from parcel_stream.adapters.security import redis_options
 from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState, decode_state, encode_state
@@ -89,7 +96,9 @@ from parcel_stream.state import (
     PAIR,
     REMEMBERED,
     RISK,
+    RISK_LOG,
     RISK_NAMES,
+    RISK_SEQ,
     SELLER,
     SHIPPER,
     WATERMARK,
@@ -100,6 +109,7 @@ F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 
+log = logging.getLogger(__name__)
 _PACK = msgspec.msgpack.Encoder()
 _JSON = msgspec.json.Encoder()
 
@@ -213,8 +223,13 @@ class RedisReputationStore:
         parcel_ttl_s: int = 14 * 86_400,
         risk_evict_below: float = 0.25,
         risk_half_life_ms: float = 180.0 * 86_400_000,
+        risk_replica_keys: int = 1_000_000,
         **client_options: Any,
     ) -> None:
+        # a copy of the learned counts per shard, up to this many keys (0: none)
+        self.risk_replica_keys = risk_replica_keys
+        self._replicas: dict[int, RiskReplica] = {}
+        self._replica_lock = asyncio.Lock()
         self.parcel_ttl_s = parcel_ttl_s
         self.risk_evict_below = risk_evict_below
         self.risk_half_life_ms = risk_half_life_ms
@@ -235,6 +250,9 @@ class RedisReputationStore:
         self._parcels = self.client.register_script(keys_in(PARCELS_LUA))
         self._risk_read = self.client.register_script(RISK_READ_LUA)
         self._risk_prune = self.client.register_script(RISK_PRUNE_LUA)
+        self._risk_sync = self.client.register_script(RISK_SYNC_LUA)
+        self._risk_write = self.client.register_script(RISK_WRITE_LUA)
+        self._risk_clear = self.client.register_script(RISK_CLEAR_LUA)
 
     def _connect(self, url: str, socket_timeout_s: float, options: dict[str, Any]) -> Any:
         # No retries inside the client: the worker's own loop retries with backoff, counts
@@ -264,6 +282,7 @@ class RedisReputationStore:
             exam_ttl_s=round(settings.exam_ttl_days * 86_400),
             risk_evict_below=settings.risk_evict_below,
             risk_half_life_ms=settings.risk_half_life_days * 86_400_000.0,
+            risk_replica_keys=settings.risk_replica_keys,
             **redis_options(settings),
         )
         if settings.redis_cluster:
@@ -489,31 +508,105 @@ class RedisReputationStore:
     async def _risk_script(self, script: Any, calls: list[tuple[int, list[Any]]]) -> list[Any]:
         return [await script(keys=[], args=args) for _n, args in calls]
 
+    def risk_log(self, shard: int) -> str:
+        return RISK_LOG.key(self.prefix)
+
+    def risk_seq(self, shard: int) -> str:
+        return RISK_SEQ.key(self.prefix)
+
     async def read_risk(self, ids: U64) -> F64:
         """The learned model's counts of these key ids: [n, v, t] each, NaN when the key
-        has none (one call per shard)."""
+        has none: from the copy of each shard, brought up to date first (one call per
+        shard: ``risk_replica.py``), or read from Redis (one call per shard)."""
         out = np.full((len(ids), 3), np.nan)
         where = self.risk_shards(ids)
+        if self.risk_replica_keys > 0 and where:
+            replicas = await self._sync_replicas([n for n, _w in where])
+            direct = []
+            for n, w in where:
+                if replicas[n].too_big:
+                    direct.append((n, w))
+                else:
+                    out[w] = replicas[n].lookup(ids[w])
+            where = direct
         calls = [(n, [self.risk_hash(n), ids[w].astype(">u8").tobytes()]) for n, w in where]
         for (_n, w), packed in zip(where, await self._risk_script(self._risk_read, calls),
                                    strict=True):  # fmt: skip
             out[w] = risk_rows(packed, len(w))
         return out
 
+    async def _sync_replicas(self, shards: list[int]) -> dict[int, RiskReplica]:
+        """The copies of these shards, each brought to the shard's counts now (a shard
+        over the size limit has none: ``too_big``, read from Redis)."""
+        async with self._replica_lock:
+            reps = {n: self._replicas.setdefault(n, RiskReplica()) for n in shards}
+            now = time.monotonic()
+            for n in shards:
+                if reps[n].too_big and now >= reps[n].retry_at:
+                    reps[n].too_big, reps[n].seq = False, -1  # try a load again
+            shards = [n for n in shards if not reps[n].too_big]
+            for _attempt in range(5):
+                calls = [(n, [self.risk_hash(n), self.risk_log(n), self.risk_seq(n),
+                              str(reps[n].seq)]) for n in shards]  # fmt: skip
+                again = []
+                for n, reply in zip(shards, await self._risk_script(self._risk_sync, calls),
+                                    strict=True):  # fmt: skip
+                    seq = int(reply[0])
+                    if len(reply) == 3:
+                        reps[n].apply(unpack_ids(reply[1]), unpack_rows(reply[2]), seq)
+                        if len(reps[n]) > self.risk_replica_keys:
+                            self._drop_replica(n, reps[n])
+                    elif len(reply) == 2:  # load it whole, then the changes since
+                        if await self._load_replica(n, reps[n], seq):
+                            again.append(n)
+                    else:
+                        reps[n].seq = max(reps[n].seq, seq)
+                if not again:
+                    return reps
+                shards = again
+            raise RuntimeError("the learned counts changed under every load of their copy")
+
+    async def _load_replica(self, shard: int, rep: RiskReplica, seq: int) -> bool:
+        """Scan a shard's counts into its copy as of change ``seq`` (the changes during
+        the scan are applied next, from the log); False when the shard is over the size
+        limit: it then has no copy for ten minutes."""
+        fields: list[bytes] = []
+        values: list[bytes] = []
+        async for field, value in self.client.hscan_iter(self.risk_hash(shard), count=5000):
+            fields.append(field)
+            values.append(value)
+            if len(fields) > self.risk_replica_keys:
+                self._drop_replica(shard, rep)
+                return False
+        rep.load(unpack_ids(b"".join(fields)), unpack_rows(b"".join(values)), seq)
+        return True
+
+    def _drop_replica(self, shard: int, rep: RiskReplica) -> None:
+        """A shard over the size limit: no copy (read from Redis) for ten minutes."""
+        log.warning(
+            "learned counts: shard %d has over %d keys (PARCEL_RISK_REPLICA_KEYS): "
+            "read from Redis each batch",
+            shard,
+            self.risk_replica_keys,
+        )
+        rep.load(np.zeros(0, dtype=np.uint64), np.zeros((0, 3)), -1)
+        rep.too_big, rep.retry_at = True, time.monotonic() + 600.0
+
     async def write_risk(self, rows: dict[int, list[float]], names: dict[int, str]) -> None:
         """Store learned keys' counts as they are (a warm start: ``parcel-stream learn``),
-        with the names of those with at least 5 examinations; 5,000 keys a command."""
+        with the names of those with at least 5 examinations; 5,000 keys a call, each
+        logged as a change."""
         ids = np.fromiter(rows, np.uint64, len(rows))
         for n, w in self.risk_shards(ids):
             items = [(int(k), rows[int(k)]) for k in ids[w]]
             for lo in range(0, len(items), 5000):
                 chunk = items[lo : lo + 5000]
-                await self.client.hset(self.risk_hash(n), mapping={
-                    k.to_bytes(8, "big"): struct.pack("<ddd", *r) for k, r in chunk})  # fmt: skip
-                named = {k.to_bytes(8, "big"): names[k] for k, r in chunk
-                         if r[0] >= 5 and k in names}  # fmt: skip
-                if named:
-                    await self.client.hset(self.risk_names(n), mapping=named)
+                named = [x for k, r in chunk if r[0] >= 5 and k in names
+                         for x in (k.to_bytes(8, "big"), names[k])]  # fmt: skip
+                args = [self.risk_hash(n), self.risk_names(n), self.risk_log(n),
+                        self.risk_seq(n), b"".join(k.to_bytes(8, "big") for k, _r in chunk),
+                        b"".join(struct.pack("<ddd", *r) for _k, r in chunk), *named]  # fmt: skip
+                await self._risk_script(self._risk_write, [(n, args)])
 
     async def prune_risk(self, now_ms: float, count: int = 5000) -> int:
         """Drop the learned keys whose decayed examinations are under
@@ -524,7 +617,7 @@ class RedisReputationStore:
             while True:
                 floor, hl = repr(self.risk_evict_below), repr(float(self.risk_half_life_ms))
                 args = [self.risk_hash(n), self.risk_names(n), floor, repr(float(now_ms)), hl,
-                        count, cursor]  # fmt: skip
+                        count, cursor, self.risk_log(n), self.risk_seq(n)]  # fmt: skip
                 (reply,) = await self._risk_script(self._risk_prune, [(n, args)])
                 cursor, gone = reply
                 dropped += int(gone)
@@ -543,7 +636,10 @@ class RedisReputationStore:
     async def clear_risk(self) -> None:
         """Delete every learned key's counts and name (``learn --replace``)."""
         for n in range(self.risk_shard_count()):
-            await self.client.delete(self.risk_hash(n), self.risk_names(n))
+            await self._risk_script(
+                self._risk_clear,
+                [(n, [self.risk_hash(n), self.risk_names(n), self.risk_log(n), self.risk_seq(n)])],
+            )
 
     async def scan_risk(
         self, limit: int = 1_000_000
@@ -687,6 +783,12 @@ class BlockingRedisStore:
 
     def prune_risk(self, now_ms: float) -> int:
         return self._loop.run_until_complete(self._store.prune_risk(now_ms))
+
+    def write_risk(self, rows: dict[int, list[float]], names: dict[int, str]) -> None:
+        self._loop.run_until_complete(self._store.write_risk(rows, names))
+
+    def clear_risk(self) -> None:
+        self._loop.run_until_complete(self._store.clear_risk())
 
     def read_norms(self, wanted: dict[Partition, U64]) -> dict[Partition, F64]:
         return self._loop.run_until_complete(self._store.read_norms(wanted))

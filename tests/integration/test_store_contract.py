@@ -243,7 +243,14 @@ def test_every_key_written_is_declared(settings: Settings) -> None:
     raw_keys = {k.decode("latin-1"): k for k in client.scan_iter(f"{prefix}:*")}
     kinds = {k: declared(k, prefix) for k in raw_keys}
     assert None not in kinds.values(), [k for k, v in kinds.items() if v is None]
-    names = {"hash": "hash", "set": "set", "string": "string", "list": "list", "zset": "sorted set"}
+    names = {
+        "hash": "hash",
+        "set": "set",
+        "string": "string",
+        "list": "list",
+        "zset": "sorted set",
+        "stream": "stream",
+    }
     for key, kind in kinds.items():
         raw = client.type(raw_keys[key])
         type_name = raw.decode() if isinstance(raw, bytes) else str(raw)
