@@ -68,7 +68,7 @@ from parcel_stream.risk import (
     parcel_keys,
     track_capacity,
 )
-from parcel_stream.risk_keys import KeyBatch, key_batch
+from parcel_stream.risk_keys import Entities, KeyBatch, key_batch
 from parcel_stream.rules import RuleSet
 from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
 from parcel_stream.state import StateStore
@@ -175,8 +175,11 @@ def risk_keys(prep: Prepared) -> tuple[KeyBatch, F64]:
     n = len(manifests)
     value = np.fromiter(map(_DECLARED, manifests), np.float64, n) * np.fromiter(
         map(USD_PER_UNIT.__getitem__, map(_CURRENCY, manifests)), np.float64, n)  # fmt: skip
-    addresses = list(map(idx.addresses.__getitem__, idx.parcel_address.tolist()))
-    return key_batch(manifests, addresses, value), value
+    n_sellers = len(idx.parcel_seller) == n
+    entities = Entities(idx.ids, idx.parcel_shipper, idx.sellers if n_sellers else [],
+                        idx.parcel_seller if n_sellers else np.full(n, -1, dtype=np.int64),
+                        idx.addresses, idx.parcel_address)  # fmt: skip
+    return key_batch(manifests, None, value, entities=entities), value
 
 
 @dataclass(slots=True)
@@ -229,8 +232,7 @@ def _risk_outputs(
     if examinable:
         idx, manifests = prep.shippers, prep.parsed.manifests
         spans = [np.arange(risk.keys.start[i], risk.keys.start[i + 1]) for i in held]
-        at = np.searchsorted(risk.uniq, risk.keys.ids[np.concatenate(spans)]) if spans else (
-            np.zeros(0, dtype=np.int64))  # fmt: skip
+        at = risk.pos[np.concatenate(spans)] if spans else np.zeros(0, dtype=np.int64)
         rows = {int(risk.uniq[j]): risk.rows[j].tolist() for j in np.unique(at).tolist()
                 if not np.isnan(risk.rows[j, 0])}  # fmt: skip
         table = risk.state.table(rows, risk.cfg)

@@ -762,9 +762,15 @@ def explain(
     g_rate = table.global_rate(now_ms)
     parents = keys.parents()
 
+    known: dict[int, tuple[float, float]] = {}
+
     def rate_of(key: int) -> tuple[float, float]:
-        parent = parents.get(key, 0)
-        return table.rate(key, rate_of(parent)[0] if parent else g_rate, now_ms)
+        got = known.get(key)
+        if got is None:  # each key rated once, its parents' chain with it
+            parent = parents.get(key, 0)
+            got = known[key] = table.rate(key, rate_of(parent)[0] if parent else g_rate,
+                                          now_ms)  # fmt: skip
+        return got
 
     out = []
     for j, (pairs, id_pairs) in enumerate(zip(keys.groups, keys.ids, strict=True)):

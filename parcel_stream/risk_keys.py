@@ -207,9 +207,9 @@ class KeyBatch:
     log_usd_per_kg: F64 = field(default_factory=lambda: np.zeros(0))
 
     def unique(self) -> tuple[U64, I64]:
-        """The distinct key ids and, per entry, its position among them."""
-        uniq, pos = np.unique(self.ids, return_inverse=True)
-        return uniq, pos.astype(np.int64)
+        """The distinct key ids (in the order first met) and, per entry, its position
+        among them."""
+        return _unique_ids(self.ids)
 
 
 def _column(table: dict[Any, int], values: Iterable[Any], n: int) -> U64:
@@ -217,37 +217,79 @@ def _column(table: dict[Any, int], values: Iterable[Any], n: int) -> U64:
     return np.fromiter(map(table.__getitem__, values), np.uint64, n)
 
 
+@dataclass(frozen=True, slots=True)
+class Entities:
+    """A batch's distinct shippers, seller keys and address keys, and per parcel the
+    index of its own (-1: no seller), as the batch's index has them
+    (``features.ShipperIndex``): their part ids are then computed once per entity."""
+
+    shippers: Sequence[str]
+    parcel_shipper: I64
+    sellers: Sequence[str]
+    parcel_seller: I64
+    addresses: Sequence[str]
+    parcel_address: I64
+
+
+def _entity_ids(table: dict[Any, int], names: Sequence[str | None], at: I64) -> U64:
+    """Each parcel's part id from its entity's (``at``: -1, none: 0)."""
+    ids = np.append(_column(table, names, len(names)), np.uint64(0))
+    out: U64 = ids[at]  # -1 reads the 0 appended
+    return out
+
+
 def key_batch(
     manifests: Sequence[Manifest],
-    addresses: Sequence[str],
+    addresses: Sequence[str] | None,
     value_usd: F64,
     sellers: Sequence[str | None] | None = None,
+    entities: Entities | None = None,
 ) -> KeyBatch:
     """The keys of a batch of parcels (``addresses``: each parcel's consignee address key;
     ``value_usd``: its declared value in USD; ``sellers``: each parcel's seller key, when
-    the caller has them), read field by field in columns, the crosses composed in
-    compiled code."""
+    the caller has them; ``entities``: instead of both, the batch's index of its
+    entities), read field by field in columns, the crosses composed in compiled code."""
     n = len(manifests)
     u, i64 = np.uint64, np.int64
     sg = _SINGLE
     origin = list(map(_get_origin, manifests))
     transit = map(_get_transit, manifests)
     dep = [t[-1] if t else o for t, o in zip(transit, origin, strict=True)]
-    seller_of = list(map(_get_seller, manifests))
-    if sellers is None:
-        sellers = [f"{s.id}@{s.marketplace}" if s is not None else None for s in seller_of]
-    markets = [s.marketplace if s is not None else None for s in seller_of]
     singles = np.empty((n, len(SINGLES)), dtype=u)
-    for col, (name, values) in enumerate((
+    columns: list[tuple[str, Iterable[Any]]] = [
         ("origin", origin), ("departure", dep), ("carrier", map(_get_carrier, manifests)),
         ("hub", map(_get_hub, manifests)), ("declarant", map(_get_declarant, manifests)),
         ("entry_type", map(_get_entry, manifests)), ("transport_mode", map(_get_mode, manifests)),
-        ("shipper", map(_get_shipper, manifests)), ("seller", sellers),
-        ("marketplace", markets),
-    )):  # fmt: skip
+    ]  # fmt: skip
+    if entities is None:
+        seller_of = list(map(_get_seller, manifests))
+        if sellers is None:
+            sellers = [f"{s.id}@{s.marketplace}" if s is not None else None for s in seller_of]
+        markets = [s.marketplace if s is not None else None for s in seller_of]
+        columns += [("shipper", map(_get_shipper, manifests)), ("seller", sellers),
+                    ("marketplace", markets)]  # fmt: skip
+    for col, (name, values) in enumerate(columns):
         singles[:, col] = _column(sg[name], values, n)
-    addr = _address_ids(addresses)
-    singles[:, -1] = _column(sg["address"], addresses, n) if addr is None else addr
+    if entities is not None:  # once per entity
+        e = entities
+        singles[:, 7] = _entity_ids(sg["shipper"], e.shippers, e.parcel_shipper)
+        singles[:, 8] = _entity_ids(sg["seller"], e.sellers, e.parcel_seller)
+        # a seller's marketplace, from one of its parcels (none: no parcel reads it)
+        one = np.full(len(e.sellers), -1, dtype=i64)
+        has = np.flatnonzero(e.parcel_seller >= 0)
+        one[e.parcel_seller[has]] = has
+        sold = [manifests[i].seller if i >= 0 else None for i in one.tolist()]
+        markets = [x.marketplace if x is not None else None for x in sold]
+        singles[:, 9] = _entity_ids(sg["marketplace"], markets, e.parcel_seller)
+        addr = _address_ids(e.addresses)
+        if addr is None:
+            singles[:, -1] = _entity_ids(sg["address"], e.addresses, e.parcel_address)
+        else:
+            singles[:, -1] = np.append(addr, np.uint64(0))[e.parcel_address]
+    else:
+        assert addresses is not None
+        addr = _address_ids(addresses)
+        singles[:, -1] = _column(sg["address"], addresses, n) if addr is None else addr
     o_part, d_part = _column(_O, origin, n), _column(_D, dep, n)
     kg = np.fromiter(map(_get_kg, manifests), np.float64, n)
     v_ids, w_ids = _band_ids(_V, value_usd), _band_ids(_W, kg * 10)
@@ -277,6 +319,35 @@ def key_batch(
         singles, o_part, d_part, v_ids, w_ids, item_start, hs[usable, 0].copy(),
         hs[usable, 1].copy(), hs[usable, 2].copy(), io, attr_start, attrs,
     ), norm_ids, per_kg)  # fmt: skip
+
+
+@njit(cache=True)
+def _unique_ids(ids: U64) -> tuple[U64, I64]:  # pragma: no cover
+    """``np.unique(ids, return_inverse=True)`` without the sort (a hash table: a third of
+    the time), the distinct ids in the order first met."""
+    n = ids.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slot_of = np.full(size, -1, dtype=np.int64)
+    uniq = np.empty(n, dtype=np.uint64)
+    pos = np.empty(n, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        k = ids[i]
+        s = np.int64((k ^ (k >> np.uint64(29))) & mask)
+        while True:
+            j = slot_of[s]
+            if j < 0:
+                slot_of[s], uniq[m], pos[i] = m, k, m
+                m += 1
+                break
+            if uniq[j] == k:
+                pos[i] = j
+                break
+            s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+    return uniq[:m].copy(), pos
 
 
 @njit(cache=True)

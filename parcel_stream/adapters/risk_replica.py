@@ -16,15 +16,22 @@ was trimmed, or the store was cleared): the change number is read first, the has
 fixes whatever moved during the scan. Above ``max_keys`` keys a shard is not copied: its
 counts are read from Redis each batch as before (``PARCEL_RISK_REPLICA_KEYS``), and a
 load is tried again every ten minutes.
+
+The copy is an open-addressing hash table in compiled code (ids, a slot state, rows), so a
+change costs its own keys and a lookup about 20 ns a key, whatever the copy's size; it
+holds between 0.3 and 0.6 of its slots (33 bytes a slot).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
+I8 = npt.NDArray[np.int8]
+EMPTY, FULL, GONE = 0, 1, 2
 
 
 def unpack_ids(blob: bytes) -> U64:
@@ -37,36 +44,119 @@ def unpack_rows(blob: bytes) -> F64:
     return np.frombuffer(blob, dtype="<f8").reshape(-1, 3).copy()
 
 
-class RiskReplica:
-    """One shard's counts: key ids sorted, their rows beside them, and the number of the
-    last change they include (-1: not loaded)."""
+@njit(cache=True, inline="always")
+def _home(k: np.uint64, mask: np.uint64) -> np.int64:  # pragma: no cover
+    return np.int64((k ^ (k >> np.uint64(29))) & mask)
 
-    __slots__ = ("ids", "rows", "seq", "too_big", "retry_at")
+
+@njit(cache=True)
+def _find(keys: U64, state: I8, k: np.uint64) -> np.int64:  # pragma: no cover
+    mask = np.uint64(keys.shape[0] - 1)
+    s = _home(k, mask)
+    while True:
+        st = state[s]
+        if st == EMPTY:
+            return np.int64(-1)
+        if st == FULL and keys[s] == k:
+            return s
+        s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+
+
+@njit(cache=True)
+def _lookup(keys: U64, state: I8, rows: F64, ids: U64, out: F64) -> None:  # pragma: no cover
+    for i in range(ids.shape[0]):
+        s = _find(keys, state, ids[i])
+        if s >= 0:
+            out[i, 0], out[i, 1], out[i, 2] = rows[s, 0], rows[s, 1], rows[s, 2]
+
+
+@njit(cache=True)
+def _put(
+    keys: U64, state: I8, rows: F64, ids: U64, vals: F64
+) -> tuple[int, int]:  # pragma: no cover
+    """Set (or drop, NaN) each id's row; returns the change in full and in gone slots."""
+    mask = np.uint64(keys.shape[0] - 1)
+    full, gone = 0, 0
+    for i in range(ids.shape[0]):
+        k = ids[i]
+        drop = np.isnan(vals[i, 0])
+        s = _find(keys, state, k)
+        if s >= 0:
+            if drop:
+                state[s] = GONE
+                full -= 1
+                gone += 1
+            else:
+                rows[s, 0], rows[s, 1], rows[s, 2] = vals[i, 0], vals[i, 1], vals[i, 2]
+        elif not drop:
+            s = _home(k, mask)
+            while state[s] == FULL:
+                s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+            if state[s] == GONE:
+                gone -= 1
+            state[s], keys[s] = FULL, k
+            rows[s, 0], rows[s, 1], rows[s, 2] = vals[i, 0], vals[i, 1], vals[i, 2]
+            full += 1
+    return full, gone
+
+
+class RiskReplica:
+    """One shard's counts by key id, and the number of the last change they include (-1:
+    not loaded)."""
+
+    __slots__ = ("_keys", "_state", "_rows", "_full", "_gone", "seq", "too_big", "retry_at")
 
     def __init__(self) -> None:
-        self.ids: U64 = np.zeros(0, dtype=np.uint64)
-        self.rows: F64 = np.zeros((0, 3))
         self.seq = -1
         self.too_big = False  # over the limit at its last load: read from Redis instead
         self.retry_at = 0.0  # then, when to try loading it again (monotonic seconds)
+        self._clear(16)
+
+    def _clear(self, slots: int) -> None:
+        self._keys: U64 = np.zeros(slots, dtype=np.uint64)
+        self._state: I8 = np.zeros(slots, dtype=np.int8)
+        self._rows: F64 = np.zeros((slots, 3))
+        self._full = self._gone = 0
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self._full
+
+    def items(self) -> tuple[U64, F64]:
+        """Every key id held (ascending) and its row."""
+        at = np.flatnonzero(self._state == FULL)
+        order = np.argsort(self._keys[at])
+        return self._keys[at][order], self._rows[at][order]
 
     def lookup(self, ids: U64) -> F64:
         """[n, v, t] of each id, NaN when the shard has no counts for it."""
         out = np.full((len(ids), 3), np.nan)
-        if not len(self.ids) or not len(ids):
-            return out
-        at = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        hit = self.ids[at] == ids
-        out[hit] = self.rows[at[hit]]
+        if self._full and len(ids):
+            _lookup(self._keys, self._state, self._rows, np.ascontiguousarray(ids, np.uint64), out)
         return out
+
+    def _room(self, more: int) -> None:
+        """Rehash when the table would be over 0.6 full (gone slots included)."""
+        slots = len(self._keys)
+        if (self._full + self._gone + more) * 5 <= slots * 3:
+            return
+        ids, rows = self.items()
+        need = 16
+        while need * 3 < (self._full + more) * 5 * 2:  # about 0.3 full afterwards
+            need *= 2
+        self._clear(need)
+        self._put(ids, rows)
+
+    def _put(self, ids: U64, rows: F64) -> None:
+        full, gone = _put(self._keys, self._state, self._rows, ids, rows)
+        self._full += full
+        self._gone += gone
 
     def load(self, ids: U64, rows: F64, seq: int) -> None:
         """Replace the copy (a whole load, as of change ``seq``)."""
-        order = np.argsort(ids, kind="stable")
-        self.ids, self.rows, self.seq = ids[order], rows[order], seq
+        self._clear(16)
+        self._room(len(ids))
+        self._put(np.ascontiguousarray(ids, np.uint64), np.ascontiguousarray(rows, np.float64))
+        self.seq = seq
 
     def apply(self, ids: U64, rows: F64, seq: int) -> None:
         """Bring the copy to change ``seq``: these keys' counts now (NaN: dropped). Older
@@ -74,21 +164,7 @@ class RiskReplica:
         if seq <= self.seq:
             return
         self.seq = seq
-        if not len(ids):
-            return
-        order = np.argsort(ids, kind="stable")
-        ids, rows = ids[order], rows[order]
-        gone = np.isnan(rows[:, 0])
-        at = np.searchsorted(self.ids, ids)
-        hit = at < len(self.ids)
-        hit[hit] = self.ids[at[hit]] == ids[hit]
-        update = hit & ~gone
-        self.rows[at[update]] = rows[update]
-        drop, new = at[hit & gone], ~hit & ~gone
-        if not len(drop) and not new.any():
-            return
-        keep_ids = np.delete(self.ids, drop)
-        keep_rows = np.delete(self.rows, drop, axis=0)
-        where = np.searchsorted(keep_ids, ids[new])
-        self.ids = np.insert(keep_ids, where, ids[new])
-        self.rows = np.insert(keep_rows, where, rows[new], axis=0)
+        if len(ids):
+            self._room(len(ids))
+            self._put(np.ascontiguousarray(ids, np.uint64),
+                      np.ascontiguousarray(rows, np.float64))  # fmt: skip

@@ -9,12 +9,12 @@ import numpy as np
 import orjson
 
 from parcel_stream.currency import USD_PER_UNIT
-from parcel_stream.features import address_key
+from parcel_stream.features import address_key, index_shippers
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.hidden_risk import with_hidden_risk
 from parcel_stream.model import Manifest
 from parcel_stream.risk import RiskTable, features_batch, parcel_keys, to_entries
-from parcel_stream.risk_keys import KeyBatch, _mix, combine, key_batch, part_id
+from parcel_stream.risk_keys import Entities, KeyBatch, _mix, combine, key_batch, part_id
 
 T0 = 1_790_000_000_000
 
@@ -54,6 +54,12 @@ def test_keys_in_columns_are_the_named_keys() -> None:
     ms = manifests(1500, 3)
     addresses, value = columns(ms)
     kb = key_batch(ms, addresses, value)
+    idx = index_shippers(ms)  # the same keys from the batch's index of its entities
+    entities = Entities(idx.ids, idx.parcel_shipper, idx.sellers, idx.parcel_seller,
+                        idx.addresses, idx.parcel_address)  # fmt: skip
+    other = key_batch(ms, None, value, entities=entities)
+    for name in ("start", "group", "ids", "parent", "norm_ids", "log_usd_per_kg"):
+        assert np.array_equal(getattr(kb, name), getattr(other, name)), name
     named = [parcel_keys(m, a, v) for m, a, v in zip(ms, addresses, value.tolist(), strict=True)]
     ref = to_entries(named)
     assert len(kb.start) == len(ms) + 1
