@@ -172,6 +172,16 @@ def build_outputs(
     score_l = np.round(scores, 2).tolist()
     sel = selection if selection is not None else np.zeros(len(manifests), dtype=np.int8)
     sel_names = [SELECTIONS[x] for x in sel.tolist()]
+    n = len(manifests)
+    prob_l: list[float | None] = [None] * n
+    prop_l: list[float | None] = [None] * n
+    if probability is not None and propensity is not None:  # < 0: none
+        has = probability >= 0
+        prob_l = np.where(has, probability, np.nan).tolist()
+        prop_l = np.where(has, propensity, np.nan).tolist()
+        if not has.all():
+            prob_l = [None if p != p else p for p in prob_l]
+            prop_l = [None if p != p else p for p in prop_l]
     decisions = [
         Decision(
             parcel_id=m.parcel_id,
@@ -185,15 +195,21 @@ def build_outputs(
             source=src,
             selection=how,
             learner_version=learner_version,
+            probability=p,
+            selection_probability=q,
         )
-        for m, score, lane, mask, src, how in zip(
-            manifests, score_l, lane_names, masks_l, sources, sel_names, strict=True
-        )
+        for m, score, lane, mask, src, how, p, q in zip(
+            manifests,
+            score_l,
+            lane_names,
+            masks_l,
+            sources,
+            sel_names,
+            prob_l,
+            prop_l,
+            strict=True,
+        )  # fmt: skip
     ]
-    if probability is not None and propensity is not None:
-        for d, p, q in zip(decisions, probability.tolist(), propensity.tolist(), strict=True):
-            if p >= 0:
-                d.probability, d.selection_probability = p, q
     for i, mark in (marks or {}).items():
         d = decisions[i]
         if mark.kind == REPEAT_MARK:

@@ -559,6 +559,8 @@ def _remember(
     pair_l = idx.parcel_pair.tolist() if len(idx.parcel_pair) == n else [-1] * n
     codes_of: dict[int, list[str]] = {}
     version, expected, hashes = legend.version, classified.expected, prep.hashes
+    prob_l = scored.probability.tolist() if scored else []
+    prop_l = scored.propensity.tolist() if scored else []
     out = []
     for pid, i in latest.items():
         m, mask = parsed.manifests[i], mask_l[i]
@@ -570,7 +572,7 @@ def _remember(
             parsed.sources[i], score_l[i], lane_l[i], sel_l[i], codes, version, learner_version,
             now_ms, m.manifest_ts_ms, m.shipper.id, idx.sellers[seller] if seller >= 0 else "",
             idx.pairs[pair] if pair >= 0 else "", value_l[i], held_l[i],
-            *((float(scored.probability[i]), float(scored.propensity[i])) if scored else ()),
+            *((prob_l[i], prop_l[i]) if scored else ()),
         )  # fmt: skip
         out.append((pid, expected[pid], encode_remembered(hashes[i], rem)))
     return out
