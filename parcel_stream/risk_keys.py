@@ -172,6 +172,40 @@ _SINGLE = {
 _ATTR = _Parts("attr:")
 
 
+class _Routes(dict[tuple[Any, ...], int]):
+    """Per route (origin, departure, carrier, hub, declarant, entry type, transport mode)
+    its row in ``table()``: the part ids of those seven singles, then of ``o:`` origin and
+    ``d:`` departure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[int]] = []
+        self._table: U64 = np.zeros((0, 9), dtype=np.uint64)
+
+    def bound(self) -> None:
+        """Start afresh once over the cache's size: only between passes, as a pass holds
+        row numbers."""
+        if len(self) > _CACHE_MAX:
+            self.clear()
+            self.rows = []
+            self._table = np.zeros((0, 9), dtype=np.uint64)
+
+    def __missing__(self, route: tuple[Any, ...]) -> int:
+        names = SINGLES[:7]
+        row = [_SINGLE[name][v] for name, v in zip(names, route, strict=True)]
+        self.rows.append([*row, _O[route[0]], _D[route[1]]])
+        got = self[route] = len(self.rows) - 1
+        return got
+
+    def table(self) -> U64:
+        if len(self._table) != len(self.rows):
+            self._table = np.array(self.rows, dtype=np.uint64).reshape(-1, 9)
+        return self._table
+
+
+_ROUTES = _Routes()
+
+
 class _AttrParts(dict[tuple[str, str], int]):
     """Part ids of attributes by (key, value)."""
 
@@ -256,11 +290,18 @@ def key_batch(
     transit = map(_get_transit, manifests)
     dep = [t[-1] if t else o for t, o in zip(transit, origin, strict=True)]
     singles = np.empty((n, len(SINGLES)), dtype=u)
-    columns: list[tuple[str, Iterable[Any]]] = [
-        ("origin", origin), ("departure", dep), ("carrier", map(_get_carrier, manifests)),
-        ("hub", map(_get_hub, manifests)), ("declarant", map(_get_declarant, manifests)),
-        ("entry_type", map(_get_entry, manifests)), ("transport_mode", map(_get_mode, manifests)),
-    ]  # fmt: skip
+    # the parcel's route (origin, departure, carrier, hub, declarant, entry type, mode): few
+    # distinct ones, so their part ids are looked up once per route in one pass
+    _ROUTES.bound()
+    route = np.fromiter(map(_ROUTES.__getitem__, zip(
+        origin, dep, map(_get_carrier, manifests), map(_get_hub, manifests),
+        map(_get_declarant, manifests), map(_get_entry, manifests), map(_get_mode, manifests),
+        strict=True,
+    )), i64, n)  # fmt: skip
+    ids = _ROUTES.table()[route]
+    singles[:, :7] = ids[:, :7]
+    o_part, d_part = ids[:, 7].copy(), ids[:, 8].copy()
+    columns: list[tuple[str, Iterable[Any]]] = []
     if entities is None:
         seller_of = list(map(_get_seller, manifests))
         if sellers is None:
@@ -268,7 +309,7 @@ def key_batch(
         markets = [s.marketplace if s is not None else None for s in seller_of]
         columns += [("shipper", map(_get_shipper, manifests)), ("seller", sellers),
                     ("marketplace", markets)]  # fmt: skip
-    for col, (name, values) in enumerate(columns):
+    for col, (name, values) in enumerate(columns, 7):
         singles[:, col] = _column(sg[name], values, n)
     if entities is not None:  # once per entity
         e = entities
@@ -290,7 +331,6 @@ def key_batch(
         assert addresses is not None
         addr = _address_ids(addresses)
         singles[:, -1] = _column(sg["address"], addresses, n) if addr is None else addr
-    o_part, d_part = _column(_O, origin, n), _column(_D, dep, n)
     kg = np.fromiter(map(_get_kg, manifests), np.float64, n)
     v_ids, w_ids = _band_ids(_V, value_usd), _band_ids(_W, kg * 10)
     # the items, flattened: HS part ids, origin (0: the parcel's), value

@@ -124,3 +124,15 @@ def test_value_norms_in_columns_are_the_reference_norms() -> None:
     assert set(got_table.norms) == set(ref.norms)
     for k, row in ref.norms.items():
         np.testing.assert_allclose(got_table.norms[k], row, rtol=1e-9)
+
+
+def test_the_route_cache_starts_afresh_between_batches_only(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import parcel_stream.risk_keys as rk
+
+    ms = manifests(300, 4)
+    addresses, value = columns(ms)
+    want = key_batch(ms, addresses, value)
+    monkeypatch.setattr(rk, "_CACHE_MAX", 3)  # over it within the batch, and before the next
+    for _ in range(2):
+        got = key_batch(ms, addresses, value)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.group, want.group)
