@@ -18,11 +18,11 @@ from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.security import faust_credentials
 from parcel_stream.adapters.worker import Backoff, BatchProcessor, ExamProcessor, now_ms
 from parcel_stream.decide import encode_rejection
-from parcel_stream.kernels import warm_up
 from parcel_stream.model import Rejection
 from parcel_stream.parse import InRecord, chunk_records
 from parcel_stream.rules import RuleSet, default_ruleset
 from parcel_stream.settings import Settings
+from parcel_stream.step import warm_up_scoring
 
 log = logging.getLogger("parcel_stream.agents")
 CONTENT_TYPE = "content-type"
@@ -164,7 +164,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _startup() -> None:
-        warm_up(rules)
+        warm_up_scoring(rules, settings.risk_config())
         # Everything allocated so far lives as long as the worker: keep it out of the
         # collector's scans so per-batch collections stay cheap.
         gc.freeze()

@@ -200,3 +200,28 @@ def run_in_memory(
     config = StateConfig(store.window_ms, store.half_life_ms)
     return run_sync(records, store, ruleset, limits, now_ms, encode, adjust, learner_version,
                     config)  # fmt: skip
+
+
+def warm_up_scoring(ruleset: RuleSet, risk: RiskConfig | None = None) -> None:
+    """Compile (or load from the cache) every compiled function of the batch step before
+    the first batch arrives: a few generated parcels through the step against an
+    in-memory store, with the learned model when it scores, and its counts' copy. Loading
+    them lazily would cost the first batches about a second (``benchmarks/RESULTS.md``)."""
+    from parcel_stream.adapters.risk_replica import RiskReplica
+    from parcel_stream.generate import FeedConfig, generate
+    from parcel_stream.kernels import warm_up
+
+    warm_up(ruleset)
+    import orjson
+
+    docs = [orjson.dumps(d) for d, _ in generate(FeedConfig(parcels=8, seed=1))]
+    records = [InRecord(b"\n".join(docs), "warm-up", 0, 0, None, 0, b"application/x-ndjson")]
+    now = max(orjson.loads(d)["manifest_ts_ms"] for d in docs) + 1
+    model = (risk, RiskState()) if risk is not None and risk.scores else None
+    run_sync(records, InMemoryStore(), ruleset, Limits(), now, risk=model)
+    if model is not None:
+        replica = RiskReplica()
+        ids = np.array([3, 5], dtype=np.uint64)
+        replica.load(ids, np.ones((2, 3)), 0)
+        replica.apply(ids[:1], np.full((1, 3), np.nan), 1)
+        replica.lookup(ids)
