@@ -175,13 +175,12 @@ def build_outputs(
     n = len(manifests)
     prob_l: list[float | None] = [None] * n
     prop_l: list[float | None] = [None] * n
-    if probability is not None and propensity is not None:  # < 0: none
-        has = probability >= 0
-        prob_l = np.where(has, probability, np.nan).tolist()
-        prop_l = np.where(has, propensity, np.nan).tolist()
-        if not has.all():
-            prob_l = [None if p != p else p for p in prob_l]
-            prop_l = [None if p != p else p for p in prop_l]
+    if probability is not None and propensity is not None:
+        probs: list[float] = probability.tolist()
+        prob_l, prop_l = list(probs), propensity.tolist()
+        if not (probability >= 0).all():  # < 0 (or NaN): none
+            prob_l = [p if p >= 0 else None for p in probs]
+            prop_l = [q if p >= 0 else None for p, q in zip(probs, prop_l, strict=True)]
     decisions = [
         Decision(
             parcel_id=m.parcel_id,

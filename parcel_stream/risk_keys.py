@@ -361,6 +361,20 @@ def key_batch(
     ), norm_ids, per_kg)  # fmt: skip
 
 
+@njit(cache=True, inline="always")
+def home_slot(k: np.uint64, mask: np.uint64) -> np.int64:  # pragma: no cover
+    """A key id's first slot in an open-addressing table of ``mask + 1`` slots (the ids
+    are hashes already: their bits are mixed once more), shared with the counts' copy
+    (``adapters/risk_replica.py``)."""
+    return np.int64((k ^ (k >> np.uint64(29))) & mask)
+
+
+@njit(cache=True, inline="always")
+def next_slot(s: np.int64, mask: np.uint64) -> np.int64:  # pragma: no cover
+    """The slot probed after ``s`` (linear probing)."""
+    return np.int64((np.uint64(s) + np.uint64(1)) & mask)
+
+
 @njit(cache=True)
 def _unique_ids(ids: U64) -> tuple[U64, I64]:  # pragma: no cover
     """``np.unique(ids, return_inverse=True)`` without the sort (a hash table: a third of
@@ -376,7 +390,7 @@ def _unique_ids(ids: U64) -> tuple[U64, I64]:  # pragma: no cover
     m = 0
     for i in range(n):
         k = ids[i]
-        s = np.int64((k ^ (k >> np.uint64(29))) & mask)
+        s = home_slot(k, mask)
         while True:
             j = slot_of[s]
             if j < 0:
@@ -386,7 +400,7 @@ def _unique_ids(ids: U64) -> tuple[U64, I64]:  # pragma: no cover
             if uniq[j] == k:
                 pos[i] = j
                 break
-            s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+            s = next_slot(s, mask)
     return uniq[:m].copy(), pos
 
 

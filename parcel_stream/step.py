@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import orjson
 
 from parcel_stream.decide import Outputs
 from parcel_stream.features import Combos
@@ -206,14 +207,12 @@ def warm_up_scoring(ruleset: RuleSet, risk: RiskConfig | None = None) -> None:
     """Compile (or load from the cache) every compiled function of the batch step before
     the first batch arrives: a few generated parcels through the step against an
     in-memory store, with the learned model when it scores, and its counts' copy. Loading
-    them lazily would cost the first batches about a second (``benchmarks/RESULTS.md``)."""
+    them lazily cost the first batches about 0.4 s (``benchmarks/RESULTS.md``)."""
     from parcel_stream.adapters.risk_replica import RiskReplica
     from parcel_stream.generate import FeedConfig, generate
     from parcel_stream.kernels import warm_up
 
     warm_up(ruleset)
-    import orjson
-
     docs = [orjson.dumps(d) for d, _ in generate(FeedConfig(parcels=8, seed=1))]
     records = [InRecord(b"\n".join(docs), "warm-up", 0, 0, None, 0, b"application/x-ndjson")]
     now = max(orjson.loads(d)["manifest_ts_ms"] for d in docs) + 1

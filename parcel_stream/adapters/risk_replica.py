@@ -28,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from parcel_stream.risk_keys import home_slot, next_slot
+
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
@@ -44,22 +46,17 @@ def unpack_rows(blob: bytes) -> F64:
     return np.frombuffer(blob, dtype="<f8").reshape(-1, 3).copy()
 
 
-@njit(cache=True, inline="always")
-def _home(k: np.uint64, mask: np.uint64) -> np.int64:  # pragma: no cover
-    return np.int64((k ^ (k >> np.uint64(29))) & mask)
-
-
 @njit(cache=True)
 def _find(keys: U64, state: I8, k: np.uint64) -> np.int64:  # pragma: no cover
     mask = np.uint64(keys.shape[0] - 1)
-    s = _home(k, mask)
+    s = home_slot(k, mask)
     while True:
         st = state[s]
         if st == EMPTY:
             return np.int64(-1)
         if st == FULL and keys[s] == k:
             return s
-        s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+        s = next_slot(s, mask)
 
 
 @njit(cache=True)
@@ -89,9 +86,9 @@ def _put(
             else:
                 rows[s, 0], rows[s, 1], rows[s, 2] = vals[i, 0], vals[i, 1], vals[i, 2]
         elif not drop:
-            s = _home(k, mask)
+            s = home_slot(k, mask)
             while state[s] == FULL:
-                s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+                s = next_slot(s, mask)
             if state[s] == GONE:
                 gone -= 1
             state[s], keys[s] = FULL, k
