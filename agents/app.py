@@ -63,7 +63,11 @@ def make_faust_app(settings: Settings) -> faust.App:
 
 
 def _in_record(event: Any) -> InRecord:
-    msg = event.message
+    return _record_of(event.message)
+
+
+def _record_of(msg: Any) -> InRecord:
+    """A consumed Kafka message (Faust's ``Message``) as the core's input record."""
     content_type = None
     for name, value in msg.headers or ():
         if name == CONTENT_TYPE:
@@ -113,7 +117,8 @@ def consumer_lag(
 
 
 def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
-    """The worker app: one scoring agent over the manifests topic, batches via take_events."""
+    """The worker app: one scoring agent over the manifests topic, which takes its records
+    a fetch at a time (``PARCEL_CONSUME=batches``) or as Faust events (``events``)."""
     rules = ruleset or default_ruleset(settings)
     app = make_faust_app(settings)
     manifests = raw_topic(app, settings.topic_manifests, settings.partitions)
@@ -200,10 +205,28 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     async def _lag() -> None:
         metrics.set_lag(consumer_lag(app, {**processor.positions, **exam_processor.positions}))
 
+    sink = None
+    if settings.consume == "batches":
+        # the consumer leaves the manifests' records here a fetch at a time, not as events
+        sink = faust_transport.BatchSink(2 * settings.batch_max_records, app.flow_control)
+        app.parcel_batch_sinks = {settings.topic_manifests: sink}  # type: ignore[attr-defined]
+
     # Concurrency stays 1: with more, offset commits can skip in-flight events.
     @app.agent(manifests, concurrency=1)
     async def score(stream: Any) -> None:
         batch_max, within = settings.batch_max_records, settings.batch_within_s
+        if sink is not None:
+            # The agent's stream stays empty: its records come from the sink. Each is
+            # acked once its batch is done, and Faust commits the acked offsets.
+            ack = app.consumer.ack
+            while True:
+                messages = await sink.take(batch_max)
+                processor.maybe_reload()
+                records = [_record_of(m) for m in messages]
+                for chunk in chunk_records(records, settings.chunk_max_bytes):
+                    await processor.handle(chunk)
+                for m in messages:
+                    ack(m)
         async for events in stream.take_events(batch_max, within=within):
             processor.maybe_reload()  # a new rule set applies from a batch boundary on
             records = [_in_record(e) for e in events]

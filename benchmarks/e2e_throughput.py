@@ -1,7 +1,8 @@
 """End-to-end worker throughput on the dev broker, next to its peers in the same run.
 
 Measures parcels/s of the parcel-stream worker for NDJSON batch records and for one parcel
-per record, and the events/s of (a) a bare Faust agent that does nothing and (b) a plain
+per record (taken a fetch at a time, the default, and through Faust's events,
+``PARCEL_CONSUME=events``), and the events/s of (a) a bare Faust agent that does nothing and (b) a plain
 aiokafka getmany loop, all on the same broker and machine. Records are produced before
 each consumer starts; rates count from the first to the last record processed, so group
 join and start-up are excluded (they are printed separately).
@@ -212,6 +213,7 @@ def main() -> None:
         bare = run_bare(info, tmp, singles)
         getmany = run_getmany(info, tmp, singles)
         single = run_worker(info, tmp, singles, batch_size=1)
+        events = run_worker(info, tmp, singles, batch_size=1, consume="events")
         batch = run_worker(info, tmp, batched, batch_size=args.batch_size)
     finally:
         devstack.down(tmp / "stack")
@@ -219,6 +221,7 @@ def main() -> None:
         ("bare Faust agent (no work), single records", bare["rate"], "events/s"),
         ("plain aiokafka getmany loop, single records", getmany["rate"], "records/s"),
         ("parcel-stream worker, one parcel per record", single["rate"], "parcels/s"),
+        ("  the same through Faust's events (PARCEL_CONSUME=events)", events["rate"], "parcels/s"),
         (
             f"parcel-stream worker, {args.batch_size}-parcel batch records",
             batch["rate"],
@@ -229,7 +232,8 @@ def main() -> None:
     for name, rate, unit in rows:
         print(f"{name:<52} {rate:>12,.0f} {unit}")
     print()
-    print(f"single records: worker / bare Faust agent = {single['rate'] / bare['rate']:.2f}")
+    print(f"single records: worker / bare Faust agent = {single['rate'] / bare['rate']:.2f} "
+          f"(through Faust's events {events['rate'] / bare['rate']:.2f})")  # fmt: skip
     print(f"batch records:  worker / bare Faust agent = {batch['rate'] / bare['rate']:.2f}")
     print(
         f"worker start-up to first decision: {single['startup_s']:.1f}s (single run), "

@@ -26,6 +26,7 @@ OTHER_VARIABLES = {"PARCEL_BROKER_BIN", "PARCEL_FUZZ_EXAMPLES"}
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
+CONSUME_MODES = ("batches", "events")
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,10 @@ class Settings:
     # Batching: Kafka records per agent batch and the longest wait to fill one.
     batch_max_records: int = 200
     batch_within_s: float = 0.01
+    # batches: the consumer hands the scoring agent each fetch's records as one list
+    # (agents/faust_transport.py); events: one Faust event per record, batched by
+    # take_events (batch_within_s), Faust's own path
+    consume: str = "batches"
     # Input limits: larger records or batch records are rejected, not processed.
     max_record_bytes: int = 1024 * 1024
     max_parcels_per_record: int = 5_000
@@ -327,6 +332,7 @@ def _validate(s: Settings) -> None:
     _require(1 <= s.partitions <= 10_000, "partitions", "must be between 1 and 10000")
     _require(1 <= s.batch_max_records <= 100_000, "batch_max_records", "must be 1..100000")
     _require(0 < s.batch_within_s <= 60, "batch_within_s", "must be > 0 and <= 60 seconds")
+    _require(s.consume in CONSUME_MODES, "consume", "must be batches or events")
     _require(s.max_record_bytes >= 1024, "max_record_bytes", "must be at least 1024")
     _require(s.max_parcels_per_record >= 1, "max_parcels_per_record", "must be at least 1")
     _require(s.chunk_max_bytes >= 1024, "chunk_max_bytes", "must be at least 1024")

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -68,25 +69,32 @@ def scenario(name: str, parcels: int, rate: float, outage_s: float, broker_pause
     worker = Worker(s, work / f"worker-{name}.log")
     worker.start()
     pid = worker.proc.pid if worker.proc else 0
-    sender = pace(s, feed, rate)
-    wait_for_decisions(s.metrics_port, 500)
+    # a quarter of the feed first; the rest is sent once the fault has begun
+    go = threading.Event()
+    sender = pace(s, feed, rate, gate=(parcels // 4, go))
+    wait_for_decisions(s.metrics_port, min(500, parcels // 4))
     t_fault = time.monotonic()
     if name == "redis-down":
         redis.kill()
+        go.set()
         time.sleep(outage_s)
         redis.start()
     elif name == "redis-empty":
         redis.kill()
+        go.set()
         time.sleep(outage_s)
         redis.start(empty=True)
     elif name == "redis-paused":
         redis.pause()
+        go.set()
         time.sleep(outage_s)
         redis.resume()
     else:
         os.kill(info.broker_pid, signal.SIGSTOP)  # type: ignore[attr-defined]
+        go.set()
         time.sleep(broker_pause_s)
         os.kill(info.broker_pid, signal.SIGCONT)  # type: ignore[attr-defined]
+    go.set()
     fault_s = time.monotonic() - t_fault
     sender.join()
     out = collect(s, feed, timeout_s=600, progress=False)

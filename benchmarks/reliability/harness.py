@@ -257,8 +257,11 @@ def make_feed(parcels: int, seed: int = 3, batch_share: float = 0.5, batch_size:
 
 
 def pace(settings: Settings, feed: Feed, parcels_per_s: float,
-         stop: threading.Event | None = None) -> threading.Thread:  # fmt: skip
-    """Produce the feed at about ``parcels_per_s`` in a background thread."""
+         stop: threading.Event | None = None,
+         gate: tuple[int, threading.Event] | None = None) -> threading.Thread:  # fmt: skip
+    """Produce the feed at about ``parcels_per_s`` in a background thread. ``gate`` =
+    (n, go): after the first n parcels, wait for ``go`` before the rest (a fault is then
+    sure to meet parcels still arriving, however fast the worker drains the first)."""
 
     def run() -> None:
         producer = make_producer(
@@ -269,6 +272,10 @@ def pace(settings: Settings, feed: Feed, parcels_per_s: float,
         for key, value in feed.values:
             if stop is not None and stop.is_set():
                 break
+            if gate is not None and sent >= gate[0] and not gate[1].is_set():
+                producer.flush()
+                gate[1].wait()
+                t0, sent = time.monotonic(), 0
             producer.send(settings.topic_manifests, key=key, value=value)
             sent += value.count(b"\n") + 1
             ahead = sent / parcels_per_s - (time.monotonic() - t0)

@@ -1,6 +1,6 @@
 """The crash suite at CI size (benchmarks/reliability/crash.py runs the full one): the
-worker is killed with SIGKILL three times at random moments while a paced feed of batch
-and single records arrives; every parcel is decided or rejected, duplicates are
+worker is killed with SIGKILL three times, each at a random moment after it has started
+deciding, while a paced feed of batch and single records arrives; every parcel is decided or rejected, duplicates are
 identical to the first decision, reputation counts are exact."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import random
 import time
 from pathlib import Path
 
+from benchmarks.reliability.faults import wait_for_decisions
 from benchmarks.reliability.harness import (
     Worker,
     account,
@@ -24,11 +25,13 @@ def test_sigkill_at_random_moments_loses_nothing(settings: Settings, tmp_path: P
     rng = random.Random(5)
     feed = make_feed(12_000, seed=5)
     worker = Worker(settings, tmp_path / "worker.log")
-    sender = pace(settings, feed, 1500.0)
+    sender = pace(settings, feed, 500.0)
     try:
         for _ in range(3):
             worker.start()
-            time.sleep(rng.uniform(3.0, 8.0))
+            # once this worker decides: amid the backlog of its restart, or mid-batch
+            wait_for_decisions(worker.metrics_port, 1)
+            time.sleep(rng.uniform(0.0, 1.5))
             worker.kill()
         worker.start()
         sender.join()

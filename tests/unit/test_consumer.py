@@ -18,6 +18,7 @@ from aiokafka.record.default_records import DefaultRecordBase, DefaultRecordBatc
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
+from faust.types import TP
 
 from agents import faust_transport
 from parcel_stream.adapters import kafka_io
@@ -150,3 +151,102 @@ def test_the_tools_consume_with_the_configured_isolation_level(
         "read_committed", "read_committed", "read_uncommitted",
         "read_committed", "read_uncommitted",
     ]  # fmt: skip
+
+
+# Faust's fetch loop as of the pinned faust-streaming: the batch-native override
+# (faust_transport._Consumer._drain_messages) mirrors it, so a faust-streaming that
+# changes it must be read again before the pin moves.
+DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+
+def test_the_batch_native_fetch_loop_mirrors_the_pinned_faust() -> None:
+    import hashlib
+    import inspect
+
+    from faust.transport.consumer import Consumer
+
+    src = inspect.getsource(Consumer._drain_messages)
+    assert hashlib.sha256(src.encode()).hexdigest() == DRAIN_MESSAGES_SHA256
+
+
+def _message(topic: str, partition: int, offset: int) -> Any:
+    from faust.types import Message
+
+    return Message(topic, partition, offset, 1.7e9, 0, [], b"k", b"v%d" % offset, None)
+
+
+def test_batch_native_topics_reach_their_sink_as_one_list_per_fetch(tmp_path: Path) -> None:
+    """One fetch of records of a batch-native topic and of another: the first go to the
+    sink as one list in fetch order, tracked (not acked) so a rebalance waits for them,
+    with the skipped offsets recorded as a gap that commits may pass; the other topic's
+    records take Faust's per-record path."""
+    from agents.app import make_faust_app
+
+    async def run() -> tuple[list[Any], list[Any], Any]:
+        app = make_faust_app(Settings(data_dir=str(tmp_path)))
+        sink = faust_transport.BatchSink(100, app.flow_control)
+        app.parcel_batch_sinks = {"manifests": sink}  # type: ignore[attr-defined]
+        topics: Any = app.topics
+        topics._acking_topics.add("manifests")  # as subscribing to it does
+        consumer: Any = app.consumer
+        fetched = [_message("manifests", 0, 5), _message("exams", 0, 1),
+                   _message("manifests", 0, 6), _message("manifests", 0, 9),
+                   _message("manifests", 1, 0)]  # fmt: skip
+        consumer._read_offset[TP("manifests", 0)] = 4
+        fetcher = type("Fetcher", (), {"_stopped": asyncio.Event()})()
+        per_record: list[Any] = []
+
+        async def getmany(timeout: float) -> Any:
+            for m in fetched:
+                yield m.tp, m
+            fetcher._stopped.set()  # one fetch
+
+        async def callback(message: Any) -> None:
+            per_record.append(message)
+
+        consumer.getmany = getmany
+        consumer.callback = callback
+        await consumer._drain_messages(fetcher)
+        got = await sink.take(100)
+        return got, per_record, consumer
+
+    got, per_record, consumer = asyncio.run(run())
+    assert [(m.partition, m.offset) for m in got] == [(0, 5), (0, 6), (0, 9), (1, 0)]
+    assert [m.topic for m in per_record] == ["exams"]
+    assert set(consumer._unacked_messages) == set(got)
+    assert not any(m.acked for m in got)
+    # Faust's gap for offsets 7 and 8, as its own loop records it ([7, 10): 9 is acked too)
+    assert [(g.begin, g.end) for g in consumer._gap[TP("manifests", 0)]] == [(7, 10)]
+    assert consumer._read_offset[TP("manifests", 0)] == 9
+
+
+def test_the_batch_sink_is_bounded_by_records_and_cleared_by_a_rebalance() -> None:
+    from mode.utils.queues import FlowControlEvent
+
+    async def run() -> None:
+        flow, suspended = FlowControlEvent(), asyncio.Event()
+        sink = faust_transport.BatchSink(4, flow)
+        a: Any = ["a1", "a2"]
+        b: Any = ["b1", "b2", "b3"]
+        c: Any = ["c1"] * 9
+        assert await sink.put(a, suspended)
+        blocked = asyncio.ensure_future(sink.put(b, suspended))
+        await asyncio.sleep(0)
+        assert not blocked.done() and len(sink) == 2  # 2 + 3 > 4: waits for room
+        assert await sink.take(10) == a  # room: b goes in
+        assert await blocked and len(sink) == 3
+        assert await sink.take(10) == b
+        assert await sink.put(c, suspended)  # empty: any size
+        blocked = asyncio.ensure_future(sink.put(a, suspended))
+        await asyncio.sleep(0)
+        suspended.set()  # a rebalance: Faust suspends the flow, then clears its buffers
+        flow.clear()
+        assert await blocked is False and len(sink) == 0
+        taker = asyncio.ensure_future(sink.take(10))
+        await asyncio.sleep(0)
+        assert not taker.done()  # nothing left to take
+        suspended.clear()
+        assert await sink.put(a, suspended)
+        assert await taker == a
+
+    asyncio.run(run())
