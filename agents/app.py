@@ -208,7 +208,9 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
     sink = None
     if settings.consume == "batches":
         # the consumer leaves the manifests' records here a fetch at a time, not as events
-        sink = faust_transport.BatchSink(2 * settings.batch_max_records, app.flow_control)
+        # (at most two batches' records, and two chunks' bytes, waiting)
+        sink = faust_transport.BatchSink(2 * settings.batch_max_records, app.flow_control,
+                                         2 * settings.chunk_max_bytes)  # fmt: skip
         app.parcel_batch_sinks = {settings.topic_manifests: sink}  # type: ignore[attr-defined]
 
     # Concurrency stays 1: with more, offset commits can skip in-flight events.

@@ -194,16 +194,17 @@ def _log_failure(fut: Future[None]) -> None:
 
 class BatchSink:
     """Where the consumer leaves a batch-native topic's records, a list per fetch, for
-    the app's agent to take in batches (:meth:`take`). Bounded by records: a fetch waits
-    while the sink holds ``max_records`` (but an empty sink takes any list). Registered
-    with the app's flow control like Faust's own buffers, so a rebalance clears it: the
-    records it held were never acked, and are fetched again from the committed offsets
-    by whoever owns their partition next."""
+    the app's agent to take in batches (:meth:`take`). Bounded: a fetch waits while the
+    sink holds ``max_records`` records or ``max_bytes`` of values (but an empty sink
+    takes any list). Registered with the app's flow control like Faust's own buffers, so
+    a rebalance clears it: the records it held were never acked, and are fetched again
+    from the committed offsets by whoever owns their partition next."""
 
-    def __init__(self, max_records: int, flow_control: Any) -> None:
-        self.max_records = max_records
-        self._lists: collections.deque[list[Message]] = collections.deque()
+    def __init__(self, max_records: int, flow_control: Any, max_bytes: int = 1 << 62) -> None:
+        self.max_records, self.max_bytes = max_records, max_bytes
+        self._lists: collections.deque[tuple[list[Message], int]] = collections.deque()
         self._held = 0
+        self._bytes = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -214,7 +215,7 @@ class BatchSink:
 
     def clear(self) -> None:
         self._lists.clear()
-        self._held = 0
+        self._held = self._bytes = 0
         self._ready.clear()
         self._room.set()
 
@@ -222,15 +223,18 @@ class BatchSink:
         """Leave a fetch's records, once there is room; False (not left) when the
         consumer's flow is suspended first: a rebalance began, and clearing the sink
         wakes this wait."""
-        while self._held and self._held + len(messages) > self.max_records:
+        size = sum(len(m.value) for m in messages if m.value is not None)
+        while self._held and (self._held + len(messages) > self.max_records
+                              or self._bytes + size > self.max_bytes):  # fmt: skip
             if suspended.is_set():
                 return False
             self._room.clear()
             await self._room.wait()
         if suspended.is_set():
             return False
-        self._lists.append(messages)
+        self._lists.append((messages, size))
         self._held += len(messages)
+        self._bytes += size
         self._ready.set()
         return True
 
@@ -240,10 +244,12 @@ class BatchSink:
         while not self._lists:
             self._ready.clear()
             await self._ready.wait()
-        out = self._lists.popleft()
-        while self._lists and len(out) + len(self._lists[0]) <= max_records:
-            out = out + self._lists.popleft()
+        out, size = self._lists.popleft()
+        while self._lists and len(out) + len(self._lists[0][0]) <= max_records:
+            more, more_size = self._lists.popleft()
+            out, size = out + more, size + more_size
         self._held -= len(out)
+        self._bytes -= size
         self._room.set()
         return out
 

@@ -89,7 +89,7 @@ class Settings:
     max_record_bytes: int = 1024 * 1024
     max_parcels_per_record: int = 5_000
     # A batch is scored in chunks of at most this many input bytes (bounds worker memory).
-    chunk_max_bytes: int = 8 * 1024 * 1024
+    chunk_max_bytes: int = 4 * 1024 * 1024
     # Redis reputation store
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_key_prefix: str = "ps"

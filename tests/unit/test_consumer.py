@@ -220,15 +220,15 @@ def test_batch_native_topics_reach_their_sink_as_one_list_per_fetch(tmp_path: Pa
     assert consumer._read_offset[TP("manifests", 0)] == 9
 
 
-def test_the_batch_sink_is_bounded_by_records_and_cleared_by_a_rebalance() -> None:
+def test_the_batch_sink_is_bounded_by_records_and_bytes_and_cleared_by_a_rebalance() -> None:
     from mode.utils.queues import FlowControlEvent
 
     async def run() -> None:
         flow, suspended = FlowControlEvent(), asyncio.Event()
-        sink = faust_transport.BatchSink(4, flow)
-        a: Any = ["a1", "a2"]
-        b: Any = ["b1", "b2", "b3"]
-        c: Any = ["c1"] * 9
+        sink = faust_transport.BatchSink(4, flow, max_bytes=100)
+        a: Any = [_message("m", 0, 1), _message("m", 0, 2)]
+        b: Any = [_message("m", 0, n) for n in (3, 4, 5)]
+        c: Any = [_message("m", 0, 6)] * 9
         assert await sink.put(a, suspended)
         blocked = asyncio.ensure_future(sink.put(b, suspended))
         await asyncio.sleep(0)
@@ -248,5 +248,13 @@ def test_the_batch_sink_is_bounded_by_records_and_cleared_by_a_rebalance() -> No
         suspended.clear()
         assert await sink.put(a, suspended)
         assert await taker == a
+        big: Any = [_message("m", 1, 0)]
+        big[0].value = b"x" * 99
+        assert await sink.put(big, suspended)
+        blocked = asyncio.ensure_future(sink.put(a, suspended))
+        await asyncio.sleep(0)
+        assert not blocked.done()  # 2 records, but 99 + 4 bytes > 100
+        assert await sink.take(10) == big
+        assert await blocked and await sink.take(10) == a
 
     asyncio.run(run())
