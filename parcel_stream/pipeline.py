@@ -68,7 +68,7 @@ from parcel_stream.risk import (
     parcel_keys,
     track_capacity,
 )
-from parcel_stream.risk_keys import Entities, KeyBatch, key_batch
+from parcel_stream.risk_keys import Entities, KeyBatch, distinct_spans, key_batch
 from parcel_stream.rules import RuleSet
 from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
 from parcel_stream.state import StateStore
@@ -227,24 +227,27 @@ def _risk_outputs(
     prop[lanes == 0] = ruleset.random_rate
     theta = risk.state.model(risk.cfg).theta
     learned, refs = {}, {}
-    examinable = np.flatnonzero(lanes >= 1).tolist()
-    held = [i for i in examinable if lanes[i] == LANE_HOLD]
+    ex = np.flatnonzero(lanes >= 1)
+    examinable, lane_l = ex.tolist(), lanes.tolist()
+    held = [i for i in examinable if lane_l[i] == LANE_HOLD]
     if examinable:
-        idx, manifests = prep.shippers, prep.parsed.manifests
-        spans = [np.arange(risk.keys.start[i], risk.keys.start[i + 1]) for i in held]
+        idx, manifests, start = prep.shippers, prep.parsed.manifests, risk.keys.start
+        # each examinable parcel's distinct key ids, its features and selection probability
+        flat, at_ids = distinct_spans(risk.keys.ids, start[ex], start[ex + 1])
+        flat_l, at_l = flat.tolist(), at_ids.tolist()
+        x_l, prop_l = x[ex].tolist(), prop[ex].tolist()
+        spans = [np.arange(start[i], start[i + 1]) for i in held]
         at = risk.pos[np.concatenate(spans)] if spans else np.zeros(0, dtype=np.int64)
         rows = {int(risk.uniq[j]): risk.rows[j].tolist() for j in np.unique(at).tolist()
                 if not np.isnan(risk.rows[j, 0])}  # fmt: skip
         table = risk.state.table(rows, risk.cfg)
-        for i in examinable:
-            if lanes[i] != LANE_HOLD:  # review: the key ids (named once a hold names them)
-                ids = dict.fromkeys(risk.keys.ids[risk.keys.start[i] : risk.keys.start[i + 1]]
-                                    .tolist())  # fmt: skip
-                refs[i] = RiskRef([], x[i].tolist(), float(prop[i]), list(ids))
+        for k, i in enumerate(examinable):
+            if lane_l[i] != LANE_HOLD:  # review: the key ids (named once a hold names them)
+                refs[i] = RiskRef([], x_l[k], prop_l[k], flat_l[at_l[k] : at_l[k + 1]])
                 continue
             m = manifests[i]
             keys = parcel_keys(m, idx.addresses[idx.parcel_address[i]], float(risk.value_usd[i]))
-            refs[i] = RiskRef.of(keys, x[i].tolist(), float(prop[i]))
+            refs[i] = RiskRef.of(keys, x_l[k], prop_l[k])
             why = explain(table, keys, x[i], theta, float(m.manifest_ts_ms), risk.cfg.reasons)
             learned[i] = [LearnedReason(k, t, r, e, c) for k, t, r, e, c in why]
     return Scored(np.round(prob, 6), prop, learned, refs)

@@ -405,6 +405,33 @@ def _unique_ids(ids: U64) -> tuple[U64, I64]:  # pragma: no cover
 
 
 @njit(cache=True)
+def distinct_spans(ids: U64, lo: I64, hi: I64) -> tuple[U64, I64]:  # pragma: no cover
+    """For each span ``ids[lo[k]:hi[k]]`` (a parcel's entries) its distinct ids in the order
+    first met, all in one array: span k's are ``out[at[k]:at[k + 1]]``."""
+    k = lo.shape[0]
+    total = 0
+    for j in range(k):
+        total += hi[j] - lo[j]
+    out = np.empty(total, dtype=np.uint64)
+    at = np.zeros(k + 1, dtype=np.int64)
+    m = 0
+    for j in range(k):
+        first = m
+        for e in range(lo[j], hi[j]):
+            x = ids[e]
+            seen = False
+            for q in range(first, m):  # a parcel has a few dozen keys: a scan is enough
+                if out[q] == x:
+                    seen = True
+                    break
+            if not seen:
+                out[m] = x
+                m += 1
+        at[j + 1] = m
+    return out[:m].copy(), at
+
+
+@njit(cache=True)
 def _fold(a: np.uint64, b: U64) -> U64:  # pragma: no cover
     out = np.empty(b.shape[0], dtype=np.uint64)
     for j in range(b.shape[0]):

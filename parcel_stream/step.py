@@ -43,6 +43,7 @@ from parcel_stream.pipeline import (
 )
 from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
 from parcel_stream.risk import RiskConfig, RiskState, norm_slots
+from parcel_stream.risk_keys import distinct_spans
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
 
@@ -224,3 +225,4 @@ def warm_up_scoring(ruleset: RuleSet, risk: RiskConfig | None = None) -> None:
         replica.load(ids, np.ones((2, 3)), 0)
         replica.apply(ids[:1], np.full((1, 3), np.nan), 1)
         replica.lookup(ids)
+        distinct_spans(ids, np.zeros(1, dtype=np.int64), np.full(1, 2, dtype=np.int64))

@@ -14,7 +14,15 @@ from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.hidden_risk import with_hidden_risk
 from parcel_stream.model import Manifest
 from parcel_stream.risk import RiskTable, features_batch, parcel_keys, to_entries
-from parcel_stream.risk_keys import Entities, KeyBatch, _mix, combine, key_batch, part_id
+from parcel_stream.risk_keys import (
+    Entities,
+    KeyBatch,
+    _mix,
+    combine,
+    distinct_spans,
+    key_batch,
+    part_id,
+)
 
 T0 = 1_790_000_000_000
 
@@ -136,3 +144,18 @@ def test_the_route_cache_starts_afresh_between_batches_only(monkeypatch) -> None
     for _ in range(2):
         got = key_batch(ms, addresses, value)
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.group, want.group)
+
+
+def test_distinct_spans_are_each_spans_first_met_ids() -> None:
+    rng = np.random.default_rng(4)
+    ids = rng.integers(1, 12, size=400).astype(np.uint64)  # many repeats within a span
+    cuts = np.sort(rng.choice(np.arange(1, 400), size=60, replace=False))
+    lo = np.concatenate([[0], cuts]).astype(np.int64)
+    hi = np.concatenate([cuts, [400]]).astype(np.int64)
+    pick = rng.permutation(len(lo))[:40]  # some spans, in any order, one empty
+    lo, hi = lo[pick], hi[pick]
+    hi[0] = lo[0]
+    flat, at = distinct_spans(ids, lo, hi)
+    for k in range(len(lo)):
+        want = list(dict.fromkeys(ids[lo[k] : hi[k]].tolist()))
+        assert flat[at[k] : at[k + 1]].tolist() == want
