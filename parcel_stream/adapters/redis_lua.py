@@ -385,7 +385,7 @@ local function write(u, blobs)
     local row = {'v', e[2] + 1}
     for j = 1, #fields do
       row[#row + 1] = fields[j]
-      row[#row + 1] = num(vals[j])
+      row[#row + 1] = vals[j]  -- text already (the worker's repr)
     end
     if e[4] > 0 then
       row[#row + 1] = 'dn'

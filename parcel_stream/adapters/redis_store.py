@@ -189,6 +189,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def num_text(v: float) -> str:
+    """A state field as stored: a whole number without a point (``int()`` and ``HINCRBY``
+    read it), any other in its shortest form that reads back as the same double."""
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
 def risk_rows(packed: bytes, n: int) -> F64:
     """[n, v, t] per key from the read script's packed doubles (NaN: not stored)."""
     out = np.frombuffer(packed, dtype="<f8").reshape(n, 3) if n else np.zeros((0, 3))
@@ -372,12 +378,13 @@ class RedisReputationStore:
         def key(kind: StateKey, ident: str) -> str:
             return kind.key(prefix, ident)
 
+        # the fields as text here: formatting them in the script cost Redis 1.3 us a field
         ents = [
-            [key(SHIPPER, w.entity_id), w.expected_ver, list(w.vals), w.newest_day,
+            [key(SHIPPER, w.entity_id), w.expected_ver, list(map(num_text, w.vals)), w.newest_day,
              encode_days(w.newest_day, w.days)]
             for w in update.shippers
         ] + [
-            [key(SELLER, w.entity_id), w.expected_ver, list(w.vals), 0, ""]
+            [key(SELLER, w.entity_id), w.expected_ver, list(map(num_text, w.vals)), 0, ""]
             for w in update.sellers
         ]  # fmt: skip
         blobs: list[bytes] = []

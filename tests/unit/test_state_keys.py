@@ -29,3 +29,17 @@ def test_keys_are_recognised_by_their_declared_kind() -> None:
         assert kind is not None and kind.pattern() == pattern, key
     assert declared("ps:nothing:1", "ps") is None and declared("other:shipper:1", "ps") is None
     assert len({k.pattern() for k in STATE_KEYS}) == len(STATE_KEYS)
+
+
+def test_state_fields_are_written_as_text_that_reads_back_exactly() -> None:
+    import math
+    import random
+
+    from parcel_stream.adapters.redis_store import num_text
+
+    assert [num_text(v) for v in (58.0, 0.0, 1.7e12, -3.0)] == ["58", "0", "1700000000000", "-3"]
+    rng = random.Random(3)
+    for v in [rng.uniform(-1e6, 1e6) for _ in range(2000)] + [0.1, 1e-300, 2.5e15 + 0.5]:
+        assert float(num_text(v)) == v
+        assert ("." in num_text(v)) or ("e" in num_text(v))  # never read as an integer
+    assert math.isinf(float(num_text(math.inf))) and math.isnan(float(num_text(math.nan)))
