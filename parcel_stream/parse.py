@@ -211,12 +211,32 @@ def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedB
             detail = f"{len(lines)} lines; the limit is {limits.max_parcels_per_record} parcels"
             rejections.append(_reject("too_many_parcels", "$", detail, base, value, now_ms))
             continue
+        try:  # valid UTF-8 as a whole: so is every line (a newline never splits a character)
+            stripped.decode("utf-8")
+        except UnicodeDecodeError:
+            _parse_lines(out, lines, base, index, now_ms)
+            continue
+        manifests, sources, record_index = out.manifests, out.sources, out.record_index
         for line_no, line in enumerate(lines):
-            if not line.strip():
+            try:  # the common case first; anything else takes parse_one's whole path
+                m = _DECODER.decode(line)
+            except (msgspec.MsgspecError, RecursionError):
+                _parse_lines(out, [line], base, index, now_ms, line_no)
                 continue
-            src = f"{base}/{line_no}"
-            out.add(parse_one(line, src, now_ms), src, index)
+            manifests.append(m)
+            sources.append(f"{base}/{line_no}")
+            record_index.append(index)
     return out
+
+
+def _parse_lines(out: ParsedBatch, lines: list[bytes], base: str, index: int, now_ms: int,
+                 first: int = 0) -> None:  # fmt: skip
+    """Lines of a batch record, each through :func:`parse_one` (blank lines skipped)."""
+    for line_no, line in enumerate(lines, first):
+        if not line.strip():
+            continue
+        src = f"{base}/{line_no}"
+        out.add(parse_one(line, src, now_ms), src, index)
 
 
 def chunk_records(records: list[InRecord], max_bytes: int) -> list[list[InRecord]]:

@@ -179,3 +179,27 @@ def test_oversize_record_lists_its_parcel_ids() -> None:
     assert rej.reason == "oversize_record"
     assert rej.parcel_ids == [f"big-{i}" for i in range(40)]
     assert "PARCEL_MAX_RECORD_BYTES" in rej.detail
+
+
+def test_a_batch_record_parses_as_its_lines_one_by_one() -> None:
+    """The batch path decodes the lines of a valid UTF-8 record directly and hands any
+    other line to parse_one: the result is the one parse_one gives line by line."""
+    from parcel_stream.parse import parse_one
+
+    good = line()
+    bad_value = line(declared_value=-1)
+    deep = b"[" * 5000 + b"]" * 5000
+    lines = [good, b"", b"  ", bad_value, BOM + good, b"{not json", b" " + good + b" \t", deep,
+             b'{"parcel_id": "X"}', good.replace(b"{", b"\x0b{", 1)]  # fmt: skip
+    for body in (b"\n".join(lines), b"\n".join([*lines, b'{"parcel_id": "\xff"}'])):
+        got = parse_batch([InRecord(body, "m", 1, 7, content_type=b"application/x-ndjson")],
+                          Limits(), 5)  # fmt: skip
+        want_ok: list[tuple[str, object]] = []
+        want_bad: list[tuple[str, object]] = []
+        for n, raw in enumerate(body.strip().split(b"\n")):
+            if raw.strip():
+                r = parse_one(raw, f"m/1/7/{n}", 5)
+                (want_ok if isinstance(r, Manifest) else want_bad).append((f"m/1/7/{n}", r))
+        assert list(zip(got.sources, got.manifests, strict=True)) == want_ok
+        assert got.rejections == [r for _, r in want_bad]
+        assert got.record_index == [0] * len(want_ok)
