@@ -127,9 +127,10 @@ class Norms:
 def partition_index(prep: Prepared) -> I64:
     """Per parsed parcel the index of its input partition in ``prep.partitions``."""
     at = {p: i for i, p in enumerate(prep.partitions)}
-    recs = prep.records
-    return np.fromiter((at[(recs[r].topic, recs[r].partition)] for r in prep.parsed.record_index),
-                       np.int64, len(prep.parsed.record_index))  # fmt: skip
+    per_record = np.fromiter((at[(r.topic, r.partition)] for r in prep.records), np.int64,
+                             len(prep.records))  # fmt: skip
+    out: I64 = per_record[np.asarray(prep.parsed.record_index, dtype=np.int64)]
+    return out
 
 
 _LANES_ENC = msgspec.msgpack.Encoder(order="sorted")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 import orjson
+import pytest
 
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels, read_all
 from parcel_stream.adapters.redis_store import RedisReputationStore
@@ -61,10 +62,13 @@ def metric(port: int, name: str) -> dict[str, float]:
     return out
 
 
+@pytest.mark.parametrize("consume", ["batches", "events"])
 def test_every_parcel_gets_exactly_one_decision_or_rejection(
-    settings: Settings, tmp_path: Path
+    consume: str, settings: Settings, tmp_path: Path
 ) -> None:
-    s = settings
+    """Both ways the agent takes records: a fetch at a time (the default) and as Faust
+    events (``PARCEL_CONSUME=events``)."""
+    s = settings.replace(consume=consume)
     singles = feed(300, seed=1)
     batched = feed(3000, seed=2)
     # one batch record that mixes good parcels and malformed lines
