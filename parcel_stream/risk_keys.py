@@ -142,23 +142,41 @@ def _band_ids(parts: _Parts, x: F64) -> U64:
     return out
 
 
-class _HS(dict[str, tuple[int, int, int]]):
-    """(hs2, hs4, hs6 or 0) part ids by raw HS code; (0, 0, 0) when under 4 digits."""
+class _HSRows(dict[str, int]):
+    """Per raw HS code its row in ``table()``: the (hs2, hs4, hs6 or 0) part ids; (0, 0,
+    0) when under 4 digits. Few distinct codes, so a column of codes is looked up as row
+    numbers and the ids taken from the table in one step."""
 
-    def __missing__(self, code: str) -> tuple[int, int, int]:
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, int, int]] = []
+        self._table: U64 = np.zeros((0, 3), dtype=np.uint64)
+
+    def bound(self) -> None:
+        """Start afresh once over the cache's size: only between passes (see _Routes)."""
         if len(self) > _CACHE_MAX:
             self.clear()
+            self.rows = []
+            self._table = np.zeros((0, 3), dtype=np.uint64)
+
+    def __missing__(self, code: str) -> int:
         d = hs_digits(code)
         if len(d) < 4:
-            got = (0, 0, 0)
+            ids = (0, 0, 0)
         else:
-            got = (part_id(f"hs2:{d[:2]}"), part_id(f"hs4:{d[:4]}"),
+            ids = (part_id(f"hs2:{d[:2]}"), part_id(f"hs4:{d[:4]}"),
                    part_id(f"hs6:{d[:6]}") if len(d) >= 6 else 0)  # fmt: skip
-        self[code] = got
+        self.rows.append(ids)
+        got = self[code] = len(self.rows) - 1
         return got
 
+    def table(self) -> U64:
+        if len(self._table) != len(self.rows):
+            self._table = np.array(self.rows, dtype=np.uint64).reshape(-1, 3)
+        return self._table
 
-_HS_IDS = _HS()
+
+_HS_ROWS = _HSRows()
 _O, _D = _Parts("o:"), _Parts("d:")
 _O_ITEM = _Parts("o:", optional=True)  # an item's own origin, if it names one
 _V, _W = _Parts("v:"), _Parts("w:")
@@ -338,8 +356,9 @@ def key_batch(
     counts = np.fromiter(map(len, per_parcel), i64, n)
     items = list(chain.from_iterable(per_parcel))
     k = len(items)
-    hs = np.fromiter(chain.from_iterable(map(_HS_IDS.__getitem__, map(_get_hs, items))), u,
-                     3 * k).reshape(k, 3)  # fmt: skip
+    _HS_ROWS.bound()
+    hs_row = np.fromiter(map(_HS_ROWS.__getitem__, map(_get_hs, items)), i64, k)
+    hs = _HS_ROWS.table()[hs_row]  # after the lookups: they add the rows of new codes
     item_o = _column(_O_ITEM, map(_get_item_origin, items), k)
     item_value = np.fromiter(map(_get_value, items), np.float64, k)
     item_start, usable, norm_ids = _items(counts, hs, item_value)

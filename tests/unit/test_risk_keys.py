@@ -134,7 +134,7 @@ def test_value_norms_in_columns_are_the_reference_norms() -> None:
         np.testing.assert_allclose(got_table.norms[k], row, rtol=1e-9)
 
 
-def test_the_route_cache_starts_afresh_between_batches_only(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_route_and_hs_caches_start_afresh_between_batches_only(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import parcel_stream.risk_keys as rk
 
     ms = manifests(300, 4)
