@@ -142,38 +142,51 @@ def _band_ids(parts: _Parts, x: F64) -> U64:
     return out
 
 
-class _HSRows(dict[str, int]):
-    """Per raw HS code its row in ``table()``: the (hs2, hs4, hs6 or 0) part ids; (0, 0,
-    0) when under 4 digits. Few distinct codes, so a column of codes is looked up as row
-    numbers and the ids taken from the table in one step."""
+class _RowCache(dict[Any, int]):
+    """Per value its row in ``table()`` (``width`` part ids a row, from ``ids_of``): few
+    distinct values, so a column of values is looked up as row numbers and the ids taken
+    from the table in one step."""
+
+    width = 1
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[tuple[int, int, int]] = []
-        self._table: U64 = np.zeros((0, 3), dtype=np.uint64)
+        self.rows: list[tuple[int, ...]] = []
+        self._table: U64 = np.zeros((0, self.width), dtype=np.uint64)
+
+    def ids_of(self, value: Any) -> tuple[int, ...]:
+        raise NotImplementedError
 
     def bound(self) -> None:
-        """Start afresh once over the cache's size: only between passes (see _Routes)."""
+        """Start afresh once over the cache's size: only between passes, as a pass holds
+        row numbers."""
         if len(self) > _CACHE_MAX:
             self.clear()
             self.rows = []
-            self._table = np.zeros((0, 3), dtype=np.uint64)
+            self._table = np.zeros((0, self.width), dtype=np.uint64)
 
-    def __missing__(self, code: str) -> int:
-        d = hs_digits(code)
-        if len(d) < 4:
-            ids = (0, 0, 0)
-        else:
-            ids = (part_id(f"hs2:{d[:2]}"), part_id(f"hs4:{d[:4]}"),
-                   part_id(f"hs6:{d[:6]}") if len(d) >= 6 else 0)  # fmt: skip
-        self.rows.append(ids)
-        got = self[code] = len(self.rows) - 1
+    def __missing__(self, value: Any) -> int:
+        self.rows.append(self.ids_of(value))
+        got = self[value] = len(self.rows) - 1
         return got
 
     def table(self) -> U64:
         if len(self._table) != len(self.rows):
-            self._table = np.array(self.rows, dtype=np.uint64).reshape(-1, 3)
+            self._table = np.array(self.rows, dtype=np.uint64).reshape(-1, self.width)
         return self._table
+
+
+class _HSRows(_RowCache):
+    """Per raw HS code: the (hs2, hs4, hs6 or 0) part ids; (0, 0, 0) under 4 digits."""
+
+    width = 3
+
+    def ids_of(self, code: str) -> tuple[int, ...]:
+        d = hs_digits(code)
+        if len(d) < 4:
+            return (0, 0, 0)
+        return (part_id(f"hs2:{d[:2]}"), part_id(f"hs4:{d[:4]}"),
+                part_id(f"hs6:{d[:6]}") if len(d) >= 6 else 0)  # fmt: skip
 
 
 _HS_ROWS = _HSRows()
@@ -190,35 +203,15 @@ _SINGLE = {
 _ATTR = _Parts("attr:")
 
 
-class _Routes(dict[tuple[Any, ...], int]):
-    """Per route (origin, departure, carrier, hub, declarant, entry type, transport mode)
-    its row in ``table()``: the part ids of those seven singles, then of ``o:`` origin and
-    ``d:`` departure."""
+class _Routes(_RowCache):
+    """Per route (origin, departure, carrier, hub, declarant, entry type, transport mode):
+    the part ids of those seven singles, then of ``o:`` origin and ``d:`` departure."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[list[int]] = []
-        self._table: U64 = np.zeros((0, 9), dtype=np.uint64)
+    width = 9
 
-    def bound(self) -> None:
-        """Start afresh once over the cache's size: only between passes, as a pass holds
-        row numbers."""
-        if len(self) > _CACHE_MAX:
-            self.clear()
-            self.rows = []
-            self._table = np.zeros((0, 9), dtype=np.uint64)
-
-    def __missing__(self, route: tuple[Any, ...]) -> int:
-        names = SINGLES[:7]
-        row = [_SINGLE[name][v] for name, v in zip(names, route, strict=True)]
-        self.rows.append([*row, _O[route[0]], _D[route[1]]])
-        got = self[route] = len(self.rows) - 1
-        return got
-
-    def table(self) -> U64:
-        if len(self._table) != len(self.rows):
-            self._table = np.array(self.rows, dtype=np.uint64).reshape(-1, 9)
-        return self._table
+    def ids_of(self, route: tuple[Any, ...]) -> tuple[int, ...]:
+        row = [_SINGLE[name][v] for name, v in zip(SINGLES[:7], route, strict=True)]
+        return (*row, _O[route[0]], _D[route[1]])
 
 
 _ROUTES = _Routes()
