@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from itertools import chain, repeat
+from itertools import repeat
 from operator import attrgetter
 
 import numpy as np
 import numpy.typing as npt
 
+from parcel_stream.columns import Columns
 from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
@@ -371,13 +372,7 @@ def _seller_features(idx: ShipperIndex, view: ReputationView, n: int) -> dict[st
     }
 
 
-_CURRENCY, _DECLARED = attrgetter("currency"), attrgetter("declared_value")
-_WEIGHT, _ORIGIN, _ITEMS = (
-    attrgetter("gross_weight_kg"),
-    attrgetter("origin_country"),
-    attrgetter("items"),
-)
-_HS_CODE, _VALUE, _QUANTITY = attrgetter("hs_code"), attrgetter("value"), attrgetter("quantity")
+_QUANTITY = attrgetter("quantity")
 
 
 def build_features(
@@ -388,26 +383,25 @@ def build_features(
     now_ms: int,
     usd_per_unit: dict[str, float] = USD_PER_UNIT,
     window_ms: float = 72 * 3_600_000.0,
+    columns: Columns | None = None,
 ) -> Features:
-    """Fill the feature matrix for one batch (one generator pass per column). With
-    ``view`` None the history rows stay 0: the batch step's sequence kernel fills them."""
+    """Fill the feature matrix for one batch (one pass per column). With ``view`` None the
+    history rows stay 0: the batch step's sequence kernel fills them. ``columns``: the
+    batch's shared columns (``columns.py``), when the caller has them, read with
+    ``usd_per_unit``."""
     n = len(manifests)
     f64, i64 = np.float64, np.int64
-    # each column in one pass in C (map over an attribute getter), not a generator
-    rates = np.fromiter(map(usd_per_unit.__getitem__, map(_CURRENCY, manifests)), f64, n)
-    declared = np.fromiter(map(_DECLARED, manifests), f64, n)
-    value_usd = declared * rates
-    weight_kg = np.fromiter(map(_WEIGHT, manifests), f64, n)
+    cols = columns if columns is not None else Columns.of(manifests, usd_per_unit)
+    rates, declared, value_usd = cols.rates, cols.declared, cols.value_usd
+    weight_kg = cols.weight_kg
     cidx = _COUNTRY_INDEX
-    origin_idx = np.fromiter(map(cidx.get, map(_ORIGIN, manifests), repeat(-1)), i64, n)
-    per_parcel = list(map(_ITEMS, manifests))
-    item_count = np.fromiter(map(len, per_parcel), i64, n)
-    items = list(chain.from_iterable(per_parcel))
+    origin_idx = np.fromiter(map(cidx.get, cols.origin, repeat(-1)), i64, n)
+    item_count, items = cols.item_count, cols.items
     n_items = len(items)
-    item_heading = np.fromiter(map(_heading, map(_HS_CODE, items)), i64, n_items)
-    item_value = np.fromiter(map(_VALUE, items), f64, n_items)
+    item_heading = np.fromiter(map(_heading, cols.hs_codes), i64, n_items)
+    # each column in one pass in C (map over an attribute getter), not a generator
     item_qty = np.fromiter(map(_QUANTITY, items), f64, n_items)
-    item_value *= np.repeat(rates, item_count)
+    item_value = cols.item_value * np.repeat(rates, item_count)
     owner = np.repeat(np.arange(n), item_count)
     coded = item_heading >= 0
     safe_heading = np.where(coded, item_heading, 0)

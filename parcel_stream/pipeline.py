@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from operator import attrgetter
 from time import perf_counter
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.currency import USD_PER_UNIT
+from parcel_stream.columns import Columns
 from parcel_stream.decide import (
     AMEND_MARK,
     LANE_HOLD,
@@ -166,21 +165,17 @@ def capacity_lanes(
     return hold, [(part, _LANES_ENC.encode(hubs)) for part, hubs in state.items()]
 
 
-_DECLARED, _CURRENCY = attrgetter("declared_value"), attrgetter("currency")
-
-
 def risk_keys(prep: Prepared) -> tuple[KeyBatch, F64]:
     """The learned model's keys of every parsed parcel (in columns), and each parcel's
     declared value in USD."""
     idx, manifests = prep.shippers, prep.parsed.manifests
     n = len(manifests)
-    value = np.fromiter(map(_DECLARED, manifests), np.float64, n) * np.fromiter(
-        map(USD_PER_UNIT.__getitem__, map(_CURRENCY, manifests)), np.float64, n)  # fmt: skip
+    value = prep.columns.value_usd
     n_sellers = len(idx.parcel_seller) == n
     entities = Entities(idx.ids, idx.parcel_shipper, idx.sellers if n_sellers else [],
                         idx.parcel_seller if n_sellers else np.full(n, -1, dtype=np.int64),
                         idx.addresses, idx.parcel_address)  # fmt: skip
-    return key_batch(manifests, None, value, entities=entities), value
+    return key_batch(manifests, None, value, entities=entities, columns=prep.columns), value
 
 
 @dataclass(slots=True)
@@ -263,6 +258,7 @@ class Prepared:
     shippers: ShipperIndex
     partitions: list[Partition]
     hashes: list[str]
+    columns: Columns
     parse_s: float = 0.0
 
     @property
@@ -305,6 +301,7 @@ def prepare(
         shippers=index_shippers(parsed.manifests, split_min_usd),
         partitions=batch_partitions(records),
         hashes=[content_hash(m) for m in parsed.manifests],
+        columns=Columns.of(parsed.manifests),
         parse_s=perf_counter() - t0,
     )
 
@@ -381,7 +378,8 @@ def score_prepared(
     parsed, idx = prep.parsed, prep.shippers
     n = len(parsed)
     t0 = perf_counter()
-    feats = build_features(parsed.manifests, idx, None, ruleset, now_ms)  # history: below
+    feats = build_features(parsed.manifests, idx, None, ruleset, now_ms,  # history: below
+                           columns=prep.columns)  # fmt: skip
     t1 = perf_counter()
     _stored_contributions(idx, classified)
     known = ruleset.known_shippers

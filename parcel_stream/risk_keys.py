@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from parcel_stream.columns import Columns
 from parcel_stream.model import Manifest
 
 U64 = npt.NDArray[np.uint64]
@@ -232,7 +233,6 @@ _get_origin, _get_transit = attrgetter("origin_country"), attrgetter("transit_co
 _get_seller, _get_carrier, _get_hub = attrgetter("seller"), attrgetter("carrier"), attrgetter("hub")
 _get_declarant, _get_entry = attrgetter("declarant"), attrgetter("entry_type")
 _get_mode, _get_shipper = attrgetter("transport_mode"), attrgetter("shipper.id")
-_get_kg, _get_items = attrgetter("gross_weight_kg"), attrgetter("items")
 _get_attributes, _get_hs = attrgetter("attributes"), attrgetter("hs_code")
 _get_item_origin, _get_value = attrgetter("origin_country"), attrgetter("value")
 
@@ -289,15 +289,18 @@ def key_batch(
     value_usd: F64,
     sellers: Sequence[str | None] | None = None,
     entities: Entities | None = None,
+    columns: Columns | None = None,
 ) -> KeyBatch:
     """The keys of a batch of parcels (``addresses``: each parcel's consignee address key;
     ``value_usd``: its declared value in USD; ``sellers``: each parcel's seller key, when
     the caller has them; ``entities``: instead of both, the batch's index of its
-    entities), read field by field in columns, the crosses composed in compiled code."""
+    entities; ``columns``: the batch's shared columns), read field by field in columns, the
+    crosses composed in compiled code."""
     n = len(manifests)
+    cols = columns if columns is not None else Columns.of(manifests)
     u, i64 = np.uint64, np.int64
     sg = _SINGLE
-    origin = list(map(_get_origin, manifests))
+    origin = cols.origin
     transit = map(_get_transit, manifests)
     dep = [t[-1] if t else o for t, o in zip(transit, origin, strict=True)]
     singles = np.empty((n, len(SINGLES)), dtype=u)
@@ -312,15 +315,15 @@ def key_batch(
     ids = _ROUTES.table()[route]
     singles[:, :7] = ids[:, :7]
     o_part, d_part = ids[:, 7].copy(), ids[:, 8].copy()
-    columns: list[tuple[str, Iterable[Any]]] = []
+    by_name: list[tuple[str, Iterable[Any]]] = []
     if entities is None:
         seller_of = list(map(_get_seller, manifests))
         if sellers is None:
             sellers = [f"{s.id}@{s.marketplace}" if s is not None else None for s in seller_of]
         markets = [s.marketplace if s is not None else None for s in seller_of]
-        columns += [("shipper", map(_get_shipper, manifests)), ("seller", sellers),
+        by_name += [("shipper", map(_get_shipper, manifests)), ("seller", sellers),
                     ("marketplace", markets)]  # fmt: skip
-    for col, (name, values) in enumerate(columns, 7):
+    for col, (name, values) in enumerate(by_name, 7):
         singles[:, col] = _column(sg[name], values, n)
     if entities is not None:  # once per entity
         e = entities
@@ -342,18 +345,16 @@ def key_batch(
         assert addresses is not None
         addr = _address_ids(addresses)
         singles[:, -1] = _column(sg["address"], addresses, n) if addr is None else addr
-    kg = np.fromiter(map(_get_kg, manifests), np.float64, n)
+    kg = cols.weight_kg
     v_ids, w_ids = _band_ids(_V, value_usd), _band_ids(_W, kg * 10)
     # the items, flattened: HS part ids, origin (0: the parcel's), value
-    per_parcel = list(map(_get_items, manifests))
-    counts = np.fromiter(map(len, per_parcel), i64, n)
-    items = list(chain.from_iterable(per_parcel))
+    counts, items = cols.item_count, cols.items
     k = len(items)
     _HS_ROWS.bound()
-    hs_row = np.fromiter(map(_HS_ROWS.__getitem__, map(_get_hs, items)), i64, k)
+    hs_row = np.fromiter(map(_HS_ROWS.__getitem__, cols.hs_codes), i64, k)
     hs = _HS_ROWS.table()[hs_row]  # after the lookups: they add the rows of new codes
     item_o = _column(_O_ITEM, map(_get_item_origin, items), k)
-    item_value = np.fromiter(map(_get_value, items), np.float64, k)
+    item_value = cols.item_value
     item_start, usable, norm_ids = _items(counts, hs, item_value)
     item_parcel = np.repeat(np.arange(n), counts)[usable]
     io = item_o[usable]

@@ -1,0 +1,67 @@
+"""The columns of a parsed batch that more than one stage reads.
+
+The rule features (``features.build_features``) and the learned model's keys
+(``risk_keys.key_batch``) read the same fields of every parcel: its value, weight, origin,
+items, their HS codes and values. Each such pass over the decoded manifests is Python (a
+``map`` over an attribute getter, a C loop but a Python object per value), so each column
+is read once per batch, here, and both stages take it from the batch (``Prepared``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
+
+import numpy as np
+import numpy.typing as npt
+
+from parcel_stream.currency import USD_PER_UNIT
+from parcel_stream.model import Item, Manifest
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+_CURRENCY, _DECLARED = attrgetter("currency"), attrgetter("declared_value")
+_WEIGHT, _ORIGIN, _ITEMS = (
+    attrgetter("gross_weight_kg"),
+    attrgetter("origin_country"),
+    attrgetter("items"),
+)
+_HS_CODE, _VALUE = attrgetter("hs_code"), attrgetter("value")
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Per parcel: its currency's USD rate, declared value (in its currency and in USD),
+    gross weight, origin and item count; the items of all parcels in order, with their
+    HS codes and values (in the parcel's currency). Shared by the stages, so never changed
+    in place: a stage that needs a changed column makes its own. (Not flagged read-only:
+    compiled kernels would need a variant for read-only arrays.)"""
+
+    rates: F64
+    declared: F64
+    value_usd: F64
+    weight_kg: F64
+    origin: list[str]
+    item_count: I64
+    items: list[Item]
+    hs_codes: list[str]
+    item_value: F64
+
+    @classmethod
+    def of(cls, manifests: Sequence[Manifest], usd_per_unit: dict[str, float] = USD_PER_UNIT
+           ) -> Columns:  # fmt: skip
+        n = len(manifests)
+        f64 = np.float64
+        rates = np.fromiter(map(usd_per_unit.__getitem__, map(_CURRENCY, manifests)), f64, n)
+        declared = np.fromiter(map(_DECLARED, manifests), f64, n)
+        per_parcel = list(map(_ITEMS, manifests))
+        items = list(chain.from_iterable(per_parcel))
+        k = len(items)
+        return cls(
+            rates, declared, declared * rates, np.fromiter(map(_WEIGHT, manifests), f64, n),
+            list(map(_ORIGIN, manifests)), np.fromiter(map(len, per_parcel), np.int64, n),
+            items, list(map(_HS_CODE, items)), np.fromiter(map(_VALUE, items), f64, k),
+        )  # fmt: skip
