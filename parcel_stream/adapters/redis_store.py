@@ -408,7 +408,7 @@ class RedisReputationStore:
              for a, ids in update.addresses],
             [[key(REMEMBERED, pid), expected, *blob(raw)] for pid, expected, raw in update.parcels],
             [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
-              repr(ref.static_score), encode_ref(ref.risk) if ref.risk else ""]
+              repr(ref.static_score), *(blob(encode_ref(ref.risk)) if ref.risk else (0, 0))]
              for pid, ref in update.examinable],
             [[f"{t}:{p}", offset, *blob(digest)] for (t, p), offset, digest in update.outbox],
             [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],

@@ -18,8 +18,11 @@ from parcel_stream.risk import (
     FIRST_GROUP,
     GROUPS,
     OnlineModel,
+    RiskRef,
     RiskTable,
     _logit,
+    decode_ref,
+    encode_ref,
     parcel_keys,
 )
 from parcel_stream.risk_keys import part_id
@@ -226,3 +229,21 @@ def test_exploration_where_the_model_is_least_certain_records_its_probabilities(
     # the most uncertain (scores near 0.5) are far likelier than the near-certain
     assert prob[500] > 20 * prob[1] and prob[1] > 0
     assert 30 <= sum(1 for i in rest if chosen[i] == 2) <= 70
+
+
+def test_refs_round_trip_exactly_and_refs_stored_as_json_still_read() -> None:
+    """A parcel's ref (what its exam result trains on) reads back bit for bit: the ids
+    over the whole 64 bits, the features as scored. Refs stored as JSON by earlier
+    versions still read."""
+    rng = random.Random(5)
+    keys = parcel_keys(parcel(), "a" * 16, 42.0)
+    x = [rng.uniform(-3, 3) for _ in FEATURE_NAMES]
+    for ref in (RiskRef.of(keys, x, 0.05),
+                RiskRef([], x, 1.0, [rng.getrandbits(64) for _ in range(30)] + [2**64 - 1])):  # fmt: skip
+        raw = encode_ref(ref)
+        assert raw[:1] != b"["
+        assert decode_ref(raw) == ref
+        legacy = msgspec.json.encode(ref)
+        assert decode_ref(legacy) == ref
+        assert decode_ref(legacy.decode()) == ref
+    assert decode_ref(b"") is None and decode_ref(None) is None
