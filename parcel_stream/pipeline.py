@@ -234,8 +234,9 @@ def _risk_outputs(
         x_l, prop_l = x[ex].tolist(), prop[ex].tolist()
         spans = [np.arange(start[i], start[i + 1]) for i in held]
         at = risk.pos[np.concatenate(spans)] if spans else np.zeros(0, dtype=np.int64)
-        rows = {int(risk.uniq[j]): risk.rows[j].tolist() for j in np.unique(at).tolist()
-                if not np.isnan(risk.rows[j, 0])}  # fmt: skip
+        at = np.unique(at)
+        at = at[~np.isnan(risk.rows[at, 0])]
+        rows = dict(zip(risk.uniq[at].tolist(), risk.rows[at].tolist(), strict=True))
         table = risk.state.table(rows, risk.cfg)
         for k, i in enumerate(examinable):
             if lane_l[i] != LANE_HOLD:  # review: the key ids (named once a hold names them)

@@ -169,6 +169,7 @@ def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
     }
     groups: list[tuple[tuple[str, str], ...]] = []
     ids: list[tuple[tuple[int, int], ...]] = []
+    one_item = len(m.items) == 1  # its HS and cross pairs are distinct
     for g in GROUPS:
         if g == "hs":
             pairs, id_pairs = hs, hs_ids
@@ -179,7 +180,13 @@ def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
             id_pairs = [(part_id(k), 0) for k, _ in pairs]
         else:
             key = singles[g]
-            pairs, id_pairs = ([(key, "")], [(part_id(key), 0)]) if key else ([], [])
+            groups.append(((key, ""),) if key else ())
+            ids.append(((part_id(key), 0),) if key else ())
+            continue
+        if one_item or g == "attribute":  # (attribute keys are distinct)
+            groups.append(tuple(pairs))
+            ids.append(tuple(id_pairs))
+            continue
         keep = dict(zip(pairs, id_pairs, strict=True))  # each pair once, in order
         groups.append(tuple(keep))
         ids.append(tuple(keep.values()))
@@ -786,10 +793,11 @@ def explain(
             continue
         rated = [(rate_of(kid), name) for (name, _), (kid, _) in zip(pairs, id_pairs, strict=True)]
         (rate, exams), key = max(rated, key=lambda r: r[0][0])
-        text = f"{key_text(key)}: {rate:.0%} violations in {_examinations(exams)}"
-        out.append((key, text, round(rate, 4), round(exams, 1), round(c, 3)))
+        out.append((key, "", round(rate, 4), round(exams, 1), round(c, 3)))
     if x[-2] > 0 and theta[-2] * x[-2] > 0.005:
         out.append(("undervalued", f"value per kg {x[-2]:.1f} standard deviations under its "
                     "HS peers", 0.0, 0.0, round(float(theta[-2] * x[-2]), 3)))  # fmt: skip
     out.sort(key=lambda r: -r[4])
-    return out[:n]
+    # the words only for the reasons shown
+    return [(key, text or f"{key_text(key)}: {rate:.0%} violations in {_examinations(exams)}",
+             rate, exams, c) for key, text, rate, exams, c in out[:n]]  # fmt: skip
