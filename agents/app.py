@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -221,14 +222,32 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
             # The agent's stream stays empty: its records come from the sink. Each is
             # acked once its batch is done, and Faust commits the acked offsets.
             ack = app.consumer.ack
-            while True:
-                messages = await sink.take(batch_max)
-                processor.maybe_reload()
-                records = [_record_of(m) for m in messages]
-                for chunk in chunk_records(records, settings.chunk_max_bytes):
-                    await processor.handle(chunk)
+
+            async def acked(sent: Awaitable[object], messages: list[Any]) -> None:
+                await sent
                 for m in messages:
                     ack(m)
+
+            # One batch's outputs may wait for the broker while the next batch is scored
+            # (its state is applied first); batches are acked in order, each once its
+            # outputs are acknowledged.
+            last: asyncio.Future[None] | None = None
+            try:
+                while True:
+                    messages = await sink.take(batch_max)
+                    processor.maybe_reload()
+                    records = [_record_of(m) for m in messages]
+                    chunks = chunk_records(records, settings.chunk_max_bytes)
+                    for k, chunk in enumerate(chunks):
+                        sent = await processor.start(chunk)
+                        if last is not None:
+                            await last
+                        last = asyncio.ensure_future(
+                            acked(sent, messages if k == len(chunks) - 1 else [])
+                        )
+            finally:  # stopping: a batch not acked is fetched again and its outputs resent
+                if last is not None:
+                    last.cancel()
         async for events in stream.take_events(batch_max, within=within):
             processor.maybe_reload()  # a new rule set applies from a batch boundary on
             records = [_in_record(e) for e in events]

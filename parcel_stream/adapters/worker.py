@@ -69,7 +69,7 @@ class BatchProcessor:
         self.ruleset = ruleset
         self.store = store
         self.send = send
-        self.sinks = output_sinks(settings, send)
+        self.sinks = output_sinks(settings)
         self.metrics = metrics
         self.limits = Limits(settings.max_record_bytes, settings.max_parcels_per_record)
         self.watcher = RuleSetWatcher(settings, ruleset)
@@ -157,35 +157,61 @@ class BatchProcessor:
             "redis %s failed (%s); retrying, not consuming meanwhile", op, type(exc).__name__
         )
 
-    async def _produce(self, out: Outputs) -> None:
-        for sink in self.sinks:
-            sink.add(out)
+    async def _send(self, out: Outputs) -> list[Awaitable[object]] | None:
+        """Hand a batch's outputs to the producer, in order; their acknowledgements to
+        wait for (None: handing them over failed, :meth:`_acked` sends them again)."""
+        try:
+            return [await self.send(sink.topic, key, value)
+                    for sink in self.sinks for key, value in sink.pick(out)]  # fmt: skip
+        except Exception as exc:
+            self.metrics.produce_errors.inc()
+            log.warning("producing outputs failed (%s); resending", type(exc).__name__)
+            return None
+
+    async def _acked(self, out: Outputs, acks: list[Awaitable[object]] | None) -> None:
+        """Wait until the broker acknowledged every output of the batch; on any failure
+        send the whole batch again (repeats are identical)."""
         backoff = Backoff()
         while True:
-            try:
-                for sink in self.sinks:
-                    await sink.flush()
-                return
-            except Exception as exc:  # any producer failure: resend the whole batch
+            if acks is not None:
+                got = await asyncio.gather(*acks, return_exceptions=True)
+                failed = [x for x in got if isinstance(x, BaseException)]
+                if not failed:
+                    return
+                # any producer failure: resend the whole batch
                 self.metrics.produce_errors.inc()
-                log.warning("producing outputs failed (%s); resending", type(exc).__name__)
-                await backoff.wait()
+                log.warning("producing outputs failed (%s); resending", type(failed[0]).__name__)
+            await backoff.wait()
+            acks = await self._send(out)
 
     async def handle(self, records: list[InRecord]) -> BatchResult | None:
-        """Process one batch completely; returns only when it is safe to ack it.
+        """Process one batch completely; returns only when it is safe to ack it."""
+        return await (await self.start(records))
+
+    async def start(self, records: list[InRecord]) -> Awaitable[BatchResult | None]:
+        """Process one batch up to its outputs handed to the producer; returns what to
+        await before the batch may be acked: the broker's acknowledgement of its outputs.
 
         The batch step (``step.py``) reads the state, scores, and applies the reputation
         update together with the records' decision digests (one atomic write); then the
         outputs are produced. A crash anywhere leaves each redelivered record either
         unapplied (scored as new) or applied with its digest (its outputs resent
-        identically). Each store call is retried with backoff while Redis fails."""
+        identically). Each store call is retried with backoff while Redis fails.
+
+        The next batch may start while this one's outputs wait for the broker (its state
+        is applied, so the next batch reads it): the wait for ``acks=all`` overlaps the
+        next batch's work instead of adding to every batch. Outputs keep their order:
+        the producer sends them in the order handed over."""
         t0 = time.perf_counter()
         await self.refresh_learner()
         rs, cfg, state = self.ruleset, self.learner_cfg, self.learner.state
         adjust = state.adjustments(cfg, [r.code for r in rs.rules]) if cfg.adjusts else None
         risk = (self.risk_cfg, state.risk or RiskState()) if self.risk_cfg.scores else None
+        # the digests of outputs acknowledged so far go with this batch's update; those
+        # of batches acknowledged meanwhile, with the next
+        prune, self.pending_prune = self.pending_prune, {}
         step = batch_step(records, rs, self.limits, now_ms(), True, adjust, state.version,
-                          self.state_config, self.pending_prune, risk)  # fmt: skip
+                          self.state_config, prune, risk)  # fmt: skip
         conflicts = Backoff(first_s=0.005, max_s=1.0)
         t_apply = 0.0
         try:
@@ -215,13 +241,23 @@ class BatchProcessor:
             log.info("redelivered records: %d resent from their digests, %d already "
                      "acknowledged", out.resent, out.skipped)  # fmt: skip
         t2 = time.perf_counter()
-        self.pending_prune = {}
-        await self._produce(out.outputs)
-        for r in records:  # acknowledged: their digests can go with the next update
+        acks = await self._send(out.outputs)
+        return self._finish(records, out, acks, (t0, t2, t_apply))
+
+    async def _finish(
+        self, records: list[InRecord], out: StepResult, acks: list[Awaitable[object]] | None,
+        times: tuple[float, float, float],
+    ) -> BatchResult | None:  # fmt: skip
+        t0, t2, t_apply = times
+        await self._acked(out.outputs, acks)
+        last: dict[Partition, int] = {}
+        for r in records:
             part = (r.topic, r.partition)
-            self.pending_prune[part] = max(self.pending_prune.get(part, -1), r.offset)
-        for part, last in self.pending_prune.items():  # this batch's partitions only
-            self.positions[part] = last + 1
+            last[part] = max(last.get(part, -1), r.offset)
+        # acknowledged: their digests can go with the next update
+        for part, offset in last.items():
+            self.pending_prune[part] = max(self.pending_prune.get(part, -1), offset)
+            self.positions[part] = offset + 1
         oldest_ms = min((r.timestamp_ms for r in records if r.timestamp_ms > 0), default=0)
         m = self.metrics
         if oldest_ms:

@@ -145,3 +145,71 @@ def test_state_the_store_lost_is_counted() -> None:
     assert worker.metrics.state_lost._value.get() == records[half - 1].offset + 1
     asyncio.run(worker.handle([]))
     assert worker.metrics.state_lost._value.get() == records[half - 1].offset + 1  # once
+
+
+def decided(sent: Sent) -> list[tuple[str, str, float]]:
+    """(parcel id, lane, score) of every decision, in the order sent."""
+    out = []
+    for topic, _key, value in sent:
+        if topic == SETTINGS.topic_decisions:
+            for line in value.split(b"\n"):
+                d = orjson.loads(line)
+                out.append((d["parcel_id"], d["lane"], d["score"]))
+    return out
+
+
+def test_the_next_batch_starts_while_outputs_wait_for_the_broker_and_failures_resend() -> None:
+    """Pipelined as the agent runs it: a batch's state is applied and its outputs handed
+    over; the next batch is scored while the broker has not yet acknowledged them. The
+    decisions are those of batch after batch; a batch whose outputs failed is sent again
+    whole, and only then counts as done."""
+    records = feed(43, 600)
+    k = len(records) // 3
+    thirds = [records[:k], records[k : 2 * k], records[2 * k :]]
+    expected: list[Sent] = []
+    one = processor(AsyncTwin(InMemoryStore()), [])
+    for part in thirds:
+        expected.append([])
+        one.send = processor(AsyncTwin(InMemoryStore()), expected[-1]).send
+        asyncio.run(one.handle(part))
+
+    async def pipelined() -> tuple[Sent, int, list[bool]]:
+        sent: Sent = []
+        acks: list[asyncio.Future[object]] = []
+
+        async def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[object]:
+            sent.append((topic, key, value))
+            ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            acks.append(ack)
+            return ack
+
+        worker = BatchProcessor(SETTINGS, RS, AsyncTwin(InMemoryStore()), send,
+                                WorkerMetrics(CollectorRegistry()))  # fmt: skip
+        first = asyncio.ensure_future(await worker.start(thirds[0]))
+        handed = len(sent)
+        second = asyncio.ensure_future(await worker.start(thirds[1]))  # nothing acked yet
+        await asyncio.sleep(0)
+        done_before = [first.done(), second.done()]
+        for ack in acks[:handed]:  # the first batch's outputs fail
+            ack.set_exception(OSError("broker away"))
+        for ack in acks[handed:]:
+            ack.set_result(None)
+        while not first.done():  # its resend: acknowledged
+            for ack in acks:
+                if not ack.done():
+                    ack.set_result(None)
+            await asyncio.sleep(0.01)
+        await second
+        third = asyncio.ensure_future(await worker.start(thirds[2]))
+        for ack in acks:
+            if not ack.done():
+                ack.set_result(None)
+        await third
+        return sent, int(worker.metrics.produce_errors._value.get()), done_before
+
+    sent, failed, done_before = asyncio.run(pipelined())
+    assert done_before == [False, False]
+    assert failed == 1
+    e1, e2, e3 = (decided(e) for e in expected)
+    assert e1 and e2 and e3
+    assert decided(sent) == e1 + e2 + e1 + e3
