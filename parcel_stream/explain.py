@@ -8,7 +8,7 @@ points it adds.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
@@ -96,13 +96,14 @@ def feature_values(features: Features, i: int) -> dict[str, float]:
 
 def render_learned(
     m: Manifest, rule_score: float, state: RiskState, rows: dict[int, list[float]],
-    cfg: RiskConfig, now_ms: int, address: str,
+    cfg: RiskConfig, now_ms: int, address: str, fired: Sequence[str] = (),
 ) -> str:  # fmt: skip
     """The learned part of a parcel's explanation: its probability, what each feature
-    group adds to the log-odds, and its strongest learned reasons in words."""
+    group adds to the log-odds, and its strongest learned reasons in words (``fired``:
+    the codes of the rules that fired for it)."""
     from parcel_stream.currency import USD_PER_UNIT
 
-    keys = parcel_keys(m, address, m.declared_value * USD_PER_UNIT[m.currency])
+    keys = parcel_keys(m, address, m.declared_value * USD_PER_UNIT[m.currency], fired)
     table = state.table(rows, cfg)
     x = table.features(keys, rule_score, float(now_ms))
     model = state.model(cfg)

@@ -67,7 +67,7 @@ from parcel_stream.risk import (
     parcel_keys,
     track_capacity,
 )
-from parcel_stream.risk_keys import Entities, KeyBatch, distinct_spans, key_batch
+from parcel_stream.risk_keys import Entities, KeyBatch, distinct_spans, key_batch, with_rules
 from parcel_stream.rules import RuleSet
 from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
 from parcel_stream.state import StateStore
@@ -102,6 +102,9 @@ class RiskInput:
     # lanes by capacity: each partition's stored thresholds (msgpack: hub -> log-odds)
     lanes: dict[Partition, bytes] = field(default_factory=dict)
     norms: Norms | None = None
+    # the rules' key ids (``risk_keys.rule_ids``), whose counts are the last rows of
+    # ``uniq`` and ``rows``: which rules fired is known once the batch is scored
+    rules: U64 = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +214,7 @@ def _risk_score(
 
 def _risk_outputs(
     risk: RiskInput, x: F64, prob: F64, lanes: I8, selection: I8, ruleset: RuleSet,
-    prep: Prepared,
+    prep: Prepared, masks: I64,
 ) -> Scored:  # fmt: skip
     """Selection probabilities: 1 for the risk lanes (hold, review), the sampling rate for
     a random audit or exploration hold; for a released parcel the chance it had of a
@@ -243,7 +246,10 @@ def _risk_outputs(
                 refs[i] = RiskRef([], x_l[k], prop_l[k], flat_l[at_l[k] : at_l[k + 1]])
                 continue
             m = manifests[i]
-            keys = parcel_keys(m, idx.addresses[idx.parcel_address[i]], float(risk.value_usd[i]))
+            mask = int(masks[i])
+            fired = [r.code for b, r in enumerate(ruleset.rules) if mask >> b & 1]
+            keys = parcel_keys(m, idx.addresses[idx.parcel_address[i]], float(risk.value_usd[i]),
+                               fired)  # fmt: skip
             refs[i] = RiskRef.of(keys, x_l[k], prop_l[k])
             why = explain(table, keys, x[i], theta, float(m.manifest_ts_ms), risk.cfg.reasons)
             learned[i] = [LearnedReason(k, t, r, e, c) for k, t, r, e, c in why]
@@ -400,6 +406,9 @@ def score_prepared(
     norm_rows: list[tuple[Partition, U64, F64]] = []
     if risk is not None:
         ts = np.fromiter((m.manifest_ts_ms for m in parsed.manifests), np.float64, n)
+        keys, pos = with_rules(risk.keys, risk.pos, seq.masks, risk.rules,
+                               len(risk.uniq) - len(risk.rules))  # fmt: skip
+        risk = replace(risk, keys=keys, pos=pos)
         x, prob, norm_rows = _risk_score(risk, seq.static, ts,
                                          classified.contrib.status == REPEAT)  # fmt: skip
         if risk.cfg.decides and risk.state.trained > 0:  # an untrained model decides nothing
@@ -417,7 +426,7 @@ def score_prepared(
                     forced = (seq.masks & mask) != 0
                     risk_lanes[forced] = np.maximum(risk_lanes[forced], lane)
     lanes, selection = sample(pids, risk_lanes, ruleset.random_rate, ruleset.exploration_rate)
-    scored = (_risk_outputs(risk, x, prob, lanes, selection, ruleset, prep)
+    scored = (_risk_outputs(risk, x, prob, lanes, selection, ruleset, prep, seq.masks)
               if risk is not None else None)  # fmt: skip
     scores, masks = seq.scores, seq.masks
     legend = Legend(ruleset, adjust)

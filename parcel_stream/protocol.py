@@ -224,10 +224,12 @@ def run_protocol(
         manifests = parsed.manifests
         if [m.parcel_id for m in manifests] != result.parcel_ids:
             raise RuntimeError("the protocol's parse and the batch step disagree")
+        codes = [r.code for r in ruleset.rules]
         keys = [
             parcel_keys(m, address_key(m.consignee.address),
-                        m.declared_value * USD_PER_UNIT[m.currency])
-            for m in manifests
+                        m.declared_value * USD_PER_UNIT[m.currency],
+                        [c for b, c in enumerate(codes) if mask >> b & 1])
+            for m, mask in zip(manifests, result.masks.tolist(), strict=True)
         ]  # fmt: skip
         x = _features(table, keys, manifests, result.scores)
         xs = list(x)

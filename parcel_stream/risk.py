@@ -45,7 +45,7 @@ import numpy.typing as npt
 from numba import njit
 
 from parcel_stream.model import Manifest
-from parcel_stream.risk_keys import KeyBatch, band, combine, hs_digits, part_id
+from parcel_stream.risk_keys import RULE, KeyBatch, band, combine, hs_digits, part_id
 
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
@@ -55,14 +55,21 @@ DAY_MS = 86_400_000
 GROUPS: tuple[str, ...] = (
     "hs", "hs6_origin", "hs6_origin_departure", "origin_hs4", "hs6_value", "hs6_weight",
     "origin", "departure", "carrier", "hub", "declarant", "entry_type", "transport_mode",
-    "shipper", "seller", "marketplace", "address", "attribute",
+    "shipper", "seller", "marketplace", "address", "attribute", "rule",
 )  # fmt: skip
+RULE_GROUP = GROUPS.index("rule")  # the rules that fired, each a key ("rule:CODE")
+assert RULE_GROUP == RULE  # the worker's column of them (``risk_keys.with_rules``)
 N_FEATURES = 2 + len(GROUPS) + 2  # intercept, global log-odds, groups, undervalued, rules
 # The rule score's starting weight: 100 points of rules are 4 log-odds (x 55) before any
 # outcome is known; the outcomes then set it.
 RULE_PRIOR = 4.0
 FEATURE_NAMES: tuple[str, ...] = ("intercept", "global", *GROUPS, "undervalued", "rule_score")
 FIRST_GROUP = 2
+
+
+def rule_key(code: str) -> str:
+    """The learned key of a rule that fired."""
+    return f"rule:{code}"
 
 
 def _logit(p: float) -> float:
@@ -108,10 +115,14 @@ class ParcelKeys:
         return out
 
 
-def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
+def parcel_keys(
+    m: Manifest, address: str, value_usd: float, rules: Sequence[str] = ()
+) -> ParcelKeys:
     """The parcel's keys by group (``GROUPS``), named and as ids; an HS key's parent is
     the next coarser HS level, a cross's parent its HS6 key (so unseen crosses read as
-    their HS6). The worker builds the same ids in columns (``risk_keys.key_batch``)."""
+    their HS6); ``rules``: the codes of the rules that fired for it, each a key of its own
+    (so the model learns each rule's violation rate from outcomes). The worker builds the
+    same ids in columns (``risk_keys.key_batch``, ``risk_keys.with_rules``)."""
     origin = m.origin_country
     departure = m.transit_countries[-1] if m.transit_countries else origin
     vband, wband = band(value_usd), band(m.gross_weight_kg * 10)
@@ -178,6 +189,12 @@ def parcel_keys(m: Manifest, address: str, value_usd: float) -> ParcelKeys:
         elif g == "attribute":
             pairs = [(f"attr:{k}={v}", "") for k, v in sorted(m.attributes.items())]
             id_pairs = [(part_id(k), 0) for k, _ in pairs]
+        elif g == "rule":
+            pairs = [(rule_key(code), "") for code in dict.fromkeys(rules)]
+            id_pairs = [(part_id(k), 0) for k, _ in pairs]
+            groups.append(tuple(pairs))
+            ids.append(tuple(id_pairs))
+            continue
         else:
             key = singles[g]
             groups.append(((key, ""),) if key else ())
@@ -646,6 +663,8 @@ class RiskState(msgspec.Struct, frozen=True):
 
     def model(self, cfg: RiskConfig) -> OnlineModel:
         theta = np.array(self.theta, dtype=np.float64)
+        if theta.shape == (N_FEATURES - 1,):  # learned before the rule group: its prior
+            theta = np.insert(theta, FIRST_GROUP + RULE_GROUP, 1.0 / len(GROUPS))
         if theta.shape != (N_FEATURES,):  # none yet, or from a model with other features
             theta = np.zeros(N_FEATURES)
         return OnlineModel(cfg.learning_rate, cfg.l2, theta, self.trained)
@@ -755,6 +774,8 @@ def key_text(key: str) -> str:
             parts.append(f"transport mode {val}")
         elif kind == "market":
             parts.append(f"marketplace {val}")
+        elif kind == "rule":
+            parts.append(f"rule {val}")
         else:
             parts.append(f"{kind} {val}")
     return " ".join(parts)

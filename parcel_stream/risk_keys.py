@@ -43,6 +43,7 @@ SINGLES = ("origin", "departure", "carrier", "hub", "declarant", "entry_type", "
            "shipper", "seller", "marketplace", "address")  # fmt: skip
 FIRST_SINGLE = 6  # GROUPS: hs, 5 crosses, then the singles, then the attributes
 ATTRIBUTE = FIRST_SINGLE + len(SINGLES)
+RULE = ATTRIBUTE + 1  # the rules that fired (``with_rules``)
 
 _PARTS: dict[str, int] = {}
 ADDRESS = "addr:"  # an address key is a 16-hex-digit hash already (``features.address_key``)
@@ -372,6 +373,42 @@ def key_batch(
         singles, o_part, d_part, v_ids, w_ids, item_start, hs[usable, 0].copy(),
         hs[usable, 1].copy(), hs[usable, 2].copy(), io, attr_start, attrs,
     ), norm_ids, per_kg)  # fmt: skip
+
+
+def rule_ids(codes: Sequence[str]) -> U64:
+    """The key ids of rules (by their codes, in rule-set order)."""
+    return np.array([part_id(f"rule:{c}") for c in codes], dtype=np.uint64)
+
+
+def with_rules(kb: KeyBatch, pos: I64, masks: I64, ids: U64, row0: int) -> tuple[KeyBatch, I64]:
+    """The batch's keys with, at the end of each parcel's, one entry per rule that fired
+    for it (``masks``: bit ``b`` for rule ``b``; ``ids``: the rules' key ids), and per
+    entry its row: ``pos`` for the others, ``row0 + b`` for rule ``b``'s (its counts read
+    after the batch's distinct keys). The rules are known only once the batch is scored,
+    after its keys' counts were read."""
+    n, r = len(kb.start) - 1, len(ids)
+    fired = ((masks.astype(np.uint64)[:, None] >> np.arange(r, dtype=np.uint64))
+             & np.uint64(1)).astype(np.bool_)  # fmt: skip
+    counts = fired.sum(axis=1)
+    if not counts.any():
+        return kb, pos
+    own = np.diff(kb.start)
+    start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(own + counts, out=start[1:])
+    shift = start[:-1] - kb.start[:-1]
+    moved = np.arange(len(kb.ids)) + np.repeat(shift, own)
+    total = int(start[-1])
+    out_ids = np.zeros(total, dtype=np.uint64)
+    group = np.full(total, RULE, dtype=np.int64)
+    parent = np.full(total, -1, dtype=np.int64)
+    rows = np.empty(total, dtype=np.int64)
+    out_ids[moved], group[moved], rows[moved] = kb.ids, kb.group, pos
+    parent[moved] = np.where(kb.parent >= 0, kb.parent + np.repeat(shift, own), -1)
+    p, b = np.nonzero(fired)  # by parcel, then in rule order
+    first = np.cumsum(counts) - counts
+    at = start[p] + own[p] + (np.arange(len(p)) - first[p])
+    out_ids[at], rows[at] = ids[b], row0 + b
+    return KeyBatch(start, group, out_ids, parent, kb.norm_ids, kb.log_usd_per_kg), rows
 
 
 @njit(cache=True, inline="always")

@@ -43,7 +43,7 @@ from parcel_stream.pipeline import (
 )
 from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
 from parcel_stream.risk import RiskConfig, RiskState, norm_slots
-from parcel_stream.risk_keys import distinct_spans
+from parcel_stream.risk_keys import distinct_spans, rule_ids
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
 
@@ -118,6 +118,8 @@ def batch_step(
         if risk is not None and risk[0].scores:
             keys, value_usd = risk_keys(batch.prep)
             uniq, pos = keys.unique()
+            rules = rule_ids([r.code for r in ruleset.rules])  # their counts too, read last
+            uniq = np.concatenate([uniq, rules])
             rows = yield Call("read_risk", (uniq,))
             slots, per_part = norm_slots(keys.norm_ids, partition_index(batch.prep))
             learned_norms = {batch.prep.partitions[p]: ids for p, ids in per_part}
@@ -128,7 +130,8 @@ def batch_step(
             lanes = {}
             if risk[0].decides and risk[0].capacity_pct > 0:
                 lanes = yield Call("read_lanes", (batch.prep.partitions,))
-            risk_in = RiskInput(risk[0], risk[1], keys, uniq, pos, rows, value_usd, lanes, norms)
+            risk_in = RiskInput(risk[0], risk[1], keys, uniq, pos, rows, value_usd, lanes, norms,
+                                rules)  # fmt: skip
         result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config,
                                 risk_in)  # fmt: skip
         update = result.update

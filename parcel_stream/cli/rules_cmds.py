@@ -89,13 +89,16 @@ def explain_parcel(
     text = render(results, rs, feature_values(feats, 0))
     if args.learned:
         score = min(max(sum(r.points for r in results), 0.0), 100.0)
-        text += learned_part(parsed, score, now, settings or Settings.from_env())
+        fired = [r.code for r in results if r.active and r.fired]
+        text += learned_part(parsed, score, now, settings or Settings.from_env(), fired)
     return text
 
 
-def learned_part(m: Any, score: float, now: int, settings: Settings) -> str:
+def learned_part(
+    m: Any, score: float, now: int, settings: Settings, fired: list[str] | None = None
+) -> str:
     """The learned model's part, from the learner state and the learned keys' counts in
-    the store the settings name."""
+    the store the settings name (``fired``: the codes of the rules that fired)."""
     import asyncio
 
     import numpy as np
@@ -114,7 +117,8 @@ def learned_part(m: Any, score: float, now: int, settings: Settings) -> str:
         try:
             state = (await store.read_learner()).risk or RiskState()
             address = address_key(m.consignee.address)
-            keys = parcel_keys(m, address, m.declared_value * USD_PER_UNIT[m.currency])
+            keys = parcel_keys(m, address, m.declared_value * USD_PER_UNIT[m.currency],
+                               fired or ())  # fmt: skip
             ids = keys.all_ids()
             got = await store.read_risk(np.array(ids, dtype=np.uint64))
             rows = {k: r.tolist() for k, r in zip(ids, got, strict=True) if not np.isnan(r[0])}
@@ -122,7 +126,7 @@ def learned_part(m: Any, score: float, now: int, settings: Settings) -> str:
             raise redis_unreachable(exc) from None
         finally:
             await store.close()
-        return render_learned(m, score, state, rows, cfg, now, address)
+        return render_learned(m, score, state, rows, cfg, now, address, fired or ())
 
     return asyncio.run(read())
 

@@ -247,3 +247,16 @@ def test_refs_round_trip_exactly_and_refs_stored_as_json_still_read() -> None:
         assert decode_ref(legacy) == ref
         assert decode_ref(legacy.decode()) == ref
     assert decode_ref(b"") is None and decode_ref(None) is None
+
+
+def test_a_model_learned_before_the_rule_group_keeps_its_weights() -> None:
+    """A learner state stored before the rules became keys has one weight fewer: its
+    weights are kept, the rule group's starts at its prior."""
+    from parcel_stream.risk import N_FEATURES, RULE_GROUP, RiskConfig, RiskState
+
+    old = [float(k) for k in range(N_FEATURES - 1)]
+    theta = RiskState(theta=old).model(RiskConfig(mode="shadow")).theta.tolist()
+    at = FIRST_GROUP + RULE_GROUP
+    assert len(theta) == N_FEATURES and theta[at] == 1.0 / len(GROUPS)
+    assert theta[:at] + theta[at + 1 :] == old
+    assert FEATURE_NAMES[at] == "rule"

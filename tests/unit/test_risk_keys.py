@@ -13,7 +13,7 @@ from parcel_stream.features import address_key, index_shippers
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.hidden_risk import with_hidden_risk
 from parcel_stream.model import Manifest
-from parcel_stream.risk import RiskTable, features_batch, parcel_keys, to_entries
+from parcel_stream.risk import RULE_GROUP, RiskTable, features_batch, parcel_keys, to_entries
 from parcel_stream.risk_keys import (
     Entities,
     KeyBatch,
@@ -22,6 +22,8 @@ from parcel_stream.risk_keys import (
     distinct_spans,
     key_batch,
     part_id,
+    rule_ids,
+    with_rules,
 )
 
 T0 = 1_790_000_000_000
@@ -159,3 +161,49 @@ def test_distinct_spans_are_each_spans_first_met_ids() -> None:
     for k in range(len(lo)):
         want = list(dict.fromkeys(ids[lo[k] : hi[k]].tolist()))
         assert flat[at[k] : at[k + 1]].tolist() == want
+
+
+def test_the_rules_that_fired_are_keys_in_columns_with_the_reference_features() -> None:
+    """The rules that fired for a parcel are keys of a group of their own ("rule:CODE"),
+    added to the batch's keys once the batch is scored (``with_rules``): the same keys and
+    the same features as the named keys of one parcel at a time."""
+    ms = manifests(2500, 11)
+    addresses, value = columns(ms)
+    rng = np.random.default_rng(4)
+    masks = np.zeros(len(ms), dtype=np.int64)
+    for b in (0, 3, 7, 39):  # some parcels none, some several, bit 39 included
+        masks |= (rng.random(len(ms)) < 0.3).astype(np.int64) << b
+    masks[-1] = -(2**63)  # the top bit of the mask: rule 63 (of 64)
+    codes64 = [f"R{b}" for b in range(64)]
+    named = [parcel_keys(m, a, v, [c for b, c in enumerate(codes64) if int(mk) >> b & 1])
+             for m, a, v, mk in zip(ms, addresses, value.tolist(), masks.tolist(), strict=True)]  # fmt: skip
+    assert "rule:R63" in named[-1].all_keys() and "rule:R3" not in named[-1].all_keys()
+    table = RiskTable()
+    for k, m in zip(named[:1500], ms[:1500], strict=True):
+        keys = k.named()
+        table.update(list(keys.values()), bool(rng.random() < 0.25), 1.0,
+                     float(m.manifest_ts_ms), list(keys))  # fmt: skip
+    table.track_scores = False
+    table.score_mean = 30.0
+    later = np.array([float(m.manifest_ts_ms) + 86_400_000 for m in ms])
+    scores = rng.uniform(0, 100, len(ms))
+    want = np.array([table.features(k, s, t)
+                     for k, s, t in zip(named, scores.tolist(), later.tolist(), strict=True)])  # fmt: skip
+    kb = key_batch(ms, addresses, value)
+    uniq, pos = kb.unique()
+    ids = rule_ids(codes64)
+    uniq = np.concatenate([uniq, ids])  # the rules' counts read after the batch's keys
+    merged, rows_at = with_rules(kb, pos, masks, ids, len(uniq) - len(ids))
+    for p in (0, 1, len(ms) - 1):
+        got_ids = set(merged.ids[merged.start[p] : merged.start[p + 1]].tolist())
+        assert got_ids == set(named[p].all_ids())
+        for e in range(merged.start[p], merged.start[p + 1]):
+            assert merged.parent[e] < e and uniq[rows_at[e]] == merged.ids[e]
+    got = features_batch(merged, rows_at, table.rows(uniq), table.total, later, scores,
+                         np.full(len(ms), 30.0), np.zeros(len(ms)), table.half_life_ms,
+                         table.prior)  # fmt: skip
+    assert np.abs(want[:, 2 + RULE_GROUP]).max() > 0.1
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    # no rule fired: the keys as they were
+    same, same_pos = with_rules(kb, pos, np.zeros(len(ms), dtype=np.int64), ids, len(uniq))
+    assert same is kb and same_pos is pos
