@@ -386,29 +386,50 @@ def with_rules(kb: KeyBatch, pos: I64, masks: I64, ids: U64, row0: int) -> tuple
     entry its row: ``pos`` for the others, ``row0 + b`` for rule ``b``'s (its counts read
     after the batch's distinct keys). The rules are known only once the batch is scored,
     after its keys' counts were read."""
-    n, r = len(kb.start) - 1, len(ids)
-    fired = ((masks.astype(np.uint64)[:, None] >> np.arange(r, dtype=np.uint64))
-             & np.uint64(1)).astype(np.bool_)  # fmt: skip
-    counts = fired.sum(axis=1)
-    if not counts.any():
+    bits = masks.astype(np.uint64)
+    if not len(ids) or not (bits & np.uint64((1 << min(len(ids), 64)) - 1)).any():
         return kb, pos
-    own = np.diff(kb.start)
-    start = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(own + counts, out=start[1:])
-    shift = start[:-1] - kb.start[:-1]
-    moved = np.arange(len(kb.ids)) + np.repeat(shift, own)
-    total = int(start[-1])
-    out_ids = np.zeros(total, dtype=np.uint64)
-    group = np.full(total, RULE, dtype=np.int64)
-    parent = np.full(total, -1, dtype=np.int64)
-    rows = np.empty(total, dtype=np.int64)
-    out_ids[moved], group[moved], rows[moved] = kb.ids, kb.group, pos
-    parent[moved] = np.where(kb.parent >= 0, kb.parent + np.repeat(shift, own), -1)
-    p, b = np.nonzero(fired)  # by parcel, then in rule order
-    first = np.cumsum(counts) - counts
-    at = start[p] + own[p] + (np.arange(len(p)) - first[p])
-    out_ids[at], rows[at] = ids[b], row0 + b
+    start, group, out_ids, parent, rows = _with_rules(
+        kb.start, kb.group, kb.ids, kb.parent, pos, bits, ids, row0, RULE
+    )
     return KeyBatch(start, group, out_ids, parent, kb.norm_ids, kb.log_usd_per_kg), rows
+
+
+@njit(cache=True)
+def _with_rules(
+    start: I64, group: I64, ids: U64, parent: I64, pos: I64, masks: U64, rule_ids: U64,
+    row0: int, rule_group: int,
+) -> tuple[I64, I64, U64, I64, I64]:  # pragma: no cover  # fmt: skip
+    n, r = start.shape[0] - 1, min(rule_ids.shape[0], 64)
+    one = np.uint64(1)
+    new_start = np.zeros(n + 1, dtype=np.int64)
+    for p in range(n):
+        c = 0
+        for b in range(r):
+            if (masks[p] >> np.uint64(b)) & one:
+                c += 1
+        new_start[p + 1] = new_start[p] + (start[p + 1] - start[p]) + c
+    total = new_start[n]
+    out_ids = np.empty(total, dtype=np.uint64)
+    out_group = np.empty(total, dtype=np.int64)
+    out_parent = np.empty(total, dtype=np.int64)
+    rows = np.empty(total, dtype=np.int64)
+    for p in range(n):
+        shift = new_start[p] - start[p]
+        for e in range(start[p], start[p + 1]):
+            out_ids[e + shift], out_group[e + shift], rows[e + shift] = ids[e], group[e], pos[e]
+            out_parent[e + shift] = parent[e] + shift if parent[e] >= 0 else -1
+        k = start[p + 1] + shift
+        for b in range(r):
+            if (masks[p] >> np.uint64(b)) & one:
+                out_ids[k], out_group[k], out_parent[k], rows[k] = (
+                    rule_ids[b],
+                    rule_group,
+                    -1,
+                    row0 + b,
+                )
+                k += 1
+    return new_start, out_group, out_ids, out_parent, rows
 
 
 @njit(cache=True, inline="always")

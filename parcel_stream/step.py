@@ -43,7 +43,7 @@ from parcel_stream.pipeline import (
 )
 from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
 from parcel_stream.risk import RiskConfig, RiskState, norm_slots
-from parcel_stream.risk_keys import distinct_spans, rule_ids
+from parcel_stream.risk_keys import KeyBatch, distinct_spans, rule_ids, with_rules
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
 
@@ -229,3 +229,7 @@ def warm_up_scoring(ruleset: RuleSet, risk: RiskConfig | None = None) -> None:
         replica.apply(ids[:1], np.full((1, 3), np.nan), 1)
         replica.lookup(ids)
         distinct_spans(ids, np.zeros(1, dtype=np.int64), np.full(1, 2, dtype=np.int64))
+        one = np.zeros(2, dtype=np.int64)
+        kb = KeyBatch(np.array([0, 2]), one, ids, np.full(2, -1), np.zeros((1, 3), np.uint64),
+                      np.zeros(1))  # fmt: skip
+        with_rules(kb, one, np.ones(1, dtype=np.int64), ids, 2)
