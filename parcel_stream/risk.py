@@ -45,7 +45,15 @@ import numpy.typing as npt
 from numba import njit
 
 from parcel_stream.model import Manifest
-from parcel_stream.risk_keys import RULE, KeyBatch, band, combine, hs_digits, part_id
+from parcel_stream.risk_keys import (
+    RULE,
+    KeyBatch,
+    band,
+    combine,
+    hs_digits,
+    part_id,
+    rule_key,
+)
 
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
@@ -65,11 +73,6 @@ N_FEATURES = 2 + len(GROUPS) + 2  # intercept, global log-odds, groups, underval
 RULE_PRIOR = 4.0
 FEATURE_NAMES: tuple[str, ...] = ("intercept", "global", *GROUPS, "undervalued", "rule_score")
 FIRST_GROUP = 2
-
-
-def rule_key(code: str) -> str:
-    """The learned key of a rule that fired."""
-    return f"rule:{code}"
 
 
 def _logit(p: float) -> float:

@@ -375,9 +375,14 @@ def key_batch(
     ), norm_ids, per_kg)  # fmt: skip
 
 
+def rule_key(code: str) -> str:
+    """The learned key of a rule that fired."""
+    return f"rule:{code}"
+
+
 def rule_ids(codes: Sequence[str]) -> U64:
     """The key ids of rules (by their codes, in rule-set order)."""
-    return np.array([part_id(f"rule:{c}") for c in codes], dtype=np.uint64)
+    return np.array([part_id(rule_key(c)) for c in codes], dtype=np.uint64)
 
 
 def with_rules(kb: KeyBatch, pos: I64, masks: I64, ids: U64, row0: int) -> tuple[KeyBatch, I64]:
