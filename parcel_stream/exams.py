@@ -16,7 +16,7 @@ from parcel_stream.learner import Example, LearnerConfig, LearnerState, train
 from parcel_stream.model import ExamResult, Rejection
 from parcel_stream.parse import InRecord, _reject, classify_validation_error
 from parcel_stream.reputation import ExamDelta, ParcelRef
-from parcel_stream.risk import RiskConfig, RiskState, train_state, weight
+from parcel_stream.risk import RiskConfig, RiskState, as_ref, train_state, weight
 
 _DEC = msgspec.json.Decoder(ExamResult)
 
@@ -64,7 +64,7 @@ def trace(
         deltas.append(
             ExamDelta(res.exam_id, res.parcel_id, ref.shipper_id, ref.address,
                       res.outcome in ("violation", "seized"), res.examined_ts_ms, ref.seller,
-                      ref.rules, ref.static_score, ref.risk)
+                      ref.rules, ref.static_score, as_ref(ref.risk))
         )  # fmt: skip
     return deltas, unknown
 

@@ -61,6 +61,7 @@ from parcel_stream.risk import (
     RiskConfig,
     RiskRef,
     RiskState,
+    encode_refs,
     explain,
     features_batch,
     norms_batch,
@@ -190,7 +191,7 @@ class Scored:
     probability: F64
     propensity: F64
     learned: dict[int, list[LearnedReason]]
-    refs: dict[int, RiskRef]
+    refs: dict[int, RiskRef | bytes]  # bytes: encoded already (``risk.encode_refs``)
 
 
 def _risk_score(
@@ -212,6 +213,13 @@ def _risk_score(
     return x, prob, norms
 
 
+def _ranges(starts: I64, ends: I64) -> I64:
+    """The concatenation of ``arange(starts[j], ends[j])`` over j, in one pass."""
+    lens = ends - starts
+    out: I64 = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+    return out
+
+
 def _risk_outputs(
     risk: RiskInput, x: F64, prob: F64, lanes: I8, selection: I8, ruleset: RuleSet,
     prep: Prepared, masks: I64,
@@ -225,29 +233,31 @@ def _risk_outputs(
     prop[selection == 2] = ruleset.exploration_rate
     prop[lanes == 0] = ruleset.random_rate
     theta = risk.state.model(risk.cfg).theta
-    learned, refs = {}, {}
+    learned: dict[int, list[LearnedReason]] = {}
+    refs: dict[int, RiskRef | bytes] = {}
     ex = np.flatnonzero(lanes >= 1)
-    examinable, lane_l = ex.tolist(), lanes.tolist()
-    held = [i for i in examinable if lane_l[i] == LANE_HOLD]
-    if examinable:
-        idx, manifests, start = prep.shippers, prep.parsed.manifests, risk.keys.start
-        # each examinable parcel's distinct key ids, its features and selection probability
-        flat, at_ids = distinct_spans(risk.keys.ids, start[ex], start[ex + 1])
-        flat_l, at_l = flat.tolist(), at_ids.tolist()
-        x_l, prop_l = x[ex].tolist(), prop[ex].tolist()
-        spans = [np.arange(start[i], start[i + 1]) for i in held]
-        at = risk.pos[np.concatenate(spans)] if spans else np.zeros(0, dtype=np.int64)
-        at = np.unique(at)
+    held = ex[lanes[ex] == LANE_HOLD]
+    review = ex[lanes[ex] != LANE_HOLD]
+    start = risk.keys.start
+    if len(review):  # the key ids (named once a hold names them), encoded in one pass
+        flat, at_ids = distinct_spans(risk.keys.ids, start[review], start[review + 1])
+        refs.update(zip(review.tolist(), encode_refs(x[review], prop[review], flat, at_ids),
+                        strict=True))  # fmt: skip
+    if len(held):  # named keys, and the learned reasons
+        idx, manifests = prep.shippers, prep.parsed.manifests
+        at = np.unique(risk.pos[_ranges(start[held], start[held + 1])])
         at = at[~np.isnan(risk.rows[at, 0])]
         rows = dict(zip(risk.uniq[at].tolist(), risk.rows[at].tolist(), strict=True))
         table = risk.state.table(rows, risk.cfg)
-        for k, i in enumerate(examinable):
-            if lane_l[i] != LANE_HOLD:  # review: the key ids (named once a hold names them)
-                refs[i] = RiskRef([], x_l[k], prop_l[k], flat_l[at_l[k] : at_l[k + 1]])
-                continue
+        codes = [r.code for r in ruleset.rules]
+        fired_of: dict[int, list[str]] = {}  # the codes that fired, per distinct mask
+        x_l, prop_l = x[held].tolist(), prop[held].tolist()
+        for k, i in enumerate(held.tolist()):
             m = manifests[i]
             mask = int(masks[i])
-            fired = [r.code for b, r in enumerate(ruleset.rules) if mask >> b & 1]
+            fired = fired_of.get(mask)
+            if fired is None:
+                fired = fired_of[mask] = [c for b, c in enumerate(codes) if mask >> b & 1]
             keys = parcel_keys(m, idx.addresses[idx.parcel_address[i]], float(risk.value_usd[i]),
                                fired)  # fmt: skip
             refs[i] = RiskRef.of(keys, x_l[k], prop_l[k])

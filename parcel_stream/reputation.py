@@ -12,7 +12,7 @@ update, so a batch redelivered after a crash changes nothing twice. The Redis st
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,7 @@ from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState
 from parcel_stream.parse import InRecord
 from parcel_stream.repeats import HASH_CHARS
-from parcel_stream.risk import RiskRef, RiskTable
+from parcel_stream.risk import RiskRef, RiskTable, as_ref
 from parcel_stream.sequence import ENTITY_FIELDS, PAIR_FIELDS, EntityTable, Sequenced, StoredState
 
 F64 = npt.NDArray[np.float64]
@@ -91,7 +91,9 @@ class ParcelRef:
     seller: str = ""  # seller key, "" when the manifest named none
     rules: tuple[str, ...] = ()
     static_score: float = 0.0
-    risk: RiskRef | None = None  # the learned model's keys and features as scored
+    # the learned model's keys and features as scored (bytes: encoded, ``risk.encode_refs``;
+    # a store decodes them)
+    risk: RiskRef | bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +240,7 @@ def examinable_refs(
     masks: npt.NDArray[np.int64],
     rule_codes: Sequence[str],
     static_scores: F64,
-    risk: dict[int, RiskRef] | None = None,
+    risk: dict[int, RiskRef | bytes] | None = None,
 ) -> list[tuple[str, ParcelRef]]:
     """Parcels sent to review or hold (final lanes), remembered for their exam results with
     the rules that fired and the rule-set score."""
@@ -460,6 +462,8 @@ class InMemoryStore:
         for address, shipper_ids in update.addresses:
             self.addresses.setdefault(address, set()).update(shipper_ids)
         for parcel_id, ref in update.examinable:
+            if isinstance(ref.risk, bytes):
+                ref = replace(ref, risk=as_ref(ref.risk))
             self.parcels[parcel_id] = ref
         for p in update.pairs:
             self.pairs[p.pair] = [p.start_ms, p.value_usd, p.parcels, float(p.expected_ver + 1)]

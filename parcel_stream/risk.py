@@ -702,8 +702,78 @@ _REF_DEC = msgspec.msgpack.Decoder(RiskRef)
 _REF_DEC_JSON = msgspec.json.Decoder(RiskRef)
 
 
-def encode_ref(ref: RiskRef) -> bytes:
-    return _REF_ENC.encode(ref)
+def encode_ref(ref: RiskRef | bytes) -> bytes:
+    """A ref's stored form (bytes: encoded already, ``encode_refs``)."""
+    return ref if isinstance(ref, bytes) else _REF_ENC.encode(ref)
+
+
+def encode_refs(x: F64, propensity: F64, ids: U64, at: npt.NDArray[np.int64]) -> list[bytes]:
+    """The encoded refs (``encode_ref``) of parcels whose keys go by id only (a review's):
+    per row ``r``, its features ``x[r]``, ``propensity[r]`` and the key ids
+    ``ids[at[r]:at[r + 1]]``, written as MessagePack in one compiled pass over the batch
+    rather than a struct per parcel. ``decode_ref`` reads them back as those values, bit
+    for bit (``tests/unit/test_risk.py``)."""
+    if not len(propensity):
+        return []
+    bits = np.ascontiguousarray(x, dtype=np.float64).view(np.uint64)
+    buf, off = _pack_refs(bits, np.ascontiguousarray(propensity, np.float64).view(np.uint64),
+                          np.ascontiguousarray(ids, np.uint64), at)  # fmt: skip
+    raw, o = buf.tobytes(), off.tolist()
+    return [raw[a:b] for a, b in zip(o, o[1:], strict=False)]
+
+
+@njit(cache=True, inline="always")
+def _be64(buf: npt.NDArray[np.uint8], o: int, v: np.uint64) -> None:  # pragma: no cover
+    for k in range(8):
+        buf[o + k] = (v >> np.uint64(56 - 8 * k)) & np.uint64(0xFF)
+
+
+@njit(cache=True, inline="always")
+def _array_header(buf: npt.NDArray[np.uint8], o: int, m: int) -> int:  # pragma: no cover
+    if m < 16:
+        buf[o] = 0x90 | m
+        return o + 1
+    if m < 65536:
+        buf[o], buf[o + 1], buf[o + 2] = 0xDC, m >> 8, m & 0xFF
+        return o + 3
+    buf[o] = 0xDD
+    for k in range(4):
+        buf[o + 1 + k] = (m >> (24 - 8 * k)) & 0xFF
+    return o + 5
+
+
+@njit(cache=True)
+def _pack_refs(
+    bits: U64, pbits: U64, ids: U64, at: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:  # pragma: no cover
+    rows, nf = bits.shape
+    off = np.zeros(rows + 1, dtype=np.int64)
+    for r in range(rows):
+        m = at[r + 1] - at[r]
+        head = 1 if m < 16 else (3 if m < 65536 else 5)
+        off[r + 1] = off[r] + 2 + (1 if nf < 16 else 3) + 9 * nf + 9 + head + 9 * m
+    buf = np.empty(off[rows], dtype=np.uint8)
+    for r in range(rows):
+        o = off[r]
+        buf[o], buf[o + 1] = 0x94, 0x90  # [keys: [], x, propensity, ids]
+        o = _array_header(buf, o + 2, nf)
+        for k in range(nf):
+            buf[o] = 0xCB  # float 64
+            _be64(buf, o + 1, bits[r, k])
+            o += 9
+        buf[o] = 0xCB
+        _be64(buf, o + 1, pbits[r])
+        o = _array_header(buf, o + 9, at[r + 1] - at[r])
+        for j in range(at[r], at[r + 1]):
+            buf[o] = 0xCF  # uint 64
+            _be64(buf, o + 1, ids[j])
+            o += 9
+    return buf, off
+
+
+def as_ref(ref: RiskRef | bytes | None) -> RiskRef | None:
+    """A ref, decoded when it is still encoded."""
+    return decode_ref(ref) if isinstance(ref, bytes) else ref
 
 
 def decode_ref(raw: str | bytes | None) -> RiskRef | None:

@@ -42,7 +42,7 @@ from parcel_stream.pipeline import (
     score_prepared,
 )
 from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
-from parcel_stream.risk import RiskConfig, RiskState, norm_slots
+from parcel_stream.risk import RiskConfig, RiskState, encode_refs, norm_slots
 from parcel_stream.risk_keys import KeyBatch, distinct_spans, rule_ids, with_rules
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
@@ -233,3 +233,4 @@ def warm_up_scoring(ruleset: RuleSet, risk: RiskConfig | None = None) -> None:
         kb = KeyBatch(np.array([0, 2]), one, ids, np.full(2, -1), np.zeros((1, 3), np.uint64),
                       np.zeros(1))  # fmt: skip
         with_rules(kb, one, np.ones(1, dtype=np.int64), ids, 2)
+        encode_refs(np.zeros((1, 2)), np.ones(1), ids, np.array([0, 2], dtype=np.int64))

@@ -249,6 +249,29 @@ def test_refs_round_trip_exactly_and_refs_stored_as_json_still_read() -> None:
     assert decode_ref(b"") is None and decode_ref(None) is None
 
 
+def test_refs_encoded_in_columns_read_as_the_refs_they_stand_for() -> None:
+    """A batch's review refs, written as MessagePack in one pass (``encode_refs``), read
+    back as the struct would: every bit of the features and the propensity, ids over 64
+    bits, id lists short and long (the MessagePack array headers)."""
+    from parcel_stream.risk import encode_refs
+
+    gen = np.random.default_rng(3)
+    x = gen.normal(size=(5, len(FEATURE_NAMES)))
+    x[0, 0], x[1, 1], x[2, 2] = -0.0, 1e300, 5e-324
+    prop = np.array([1.0, 0.02, 0.5, 1e-9, 1.0])
+    lens = [0, 3, 15, 16, 70_000]
+    at = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    ids = gen.integers(0, 2**63, size=int(at[-1]), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    ids[0] = np.uint64(2**64 - 1)
+    raw = encode_refs(x, prop, ids, at)
+    assert len(raw) == 5
+    for r, got in enumerate(raw):
+        want = RiskRef([], x[r].tolist(), float(prop[r]), ids[at[r] : at[r + 1]].tolist())
+        assert decode_ref(got) == want
+        assert encode_ref(got) == got and encode_ref(want) == got  # what the struct writes
+    assert encode_refs(np.zeros((0, len(FEATURE_NAMES))), np.zeros(0), ids[:0], at[:1]) == []
+
+
 def test_a_model_learned_before_the_rule_group_keeps_its_weights() -> None:
     """A learner state stored before the rules became keys has one weight fewer: its
     weights are kept, the rule group's starts at its prior."""

@@ -24,7 +24,7 @@ from parcel_stream.model import Decision, ExamResult, Hold, Manifest
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import BatchResult
 from parcel_stream.reputation import InMemoryStore
-from parcel_stream.risk import FEATURE_NAMES, RiskConfig, RiskState, train_state
+from parcel_stream.risk import FEATURE_NAMES, RiskConfig, RiskState, as_ref, train_state
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
 from parcel_stream.state import AsyncTwin
@@ -113,7 +113,7 @@ def test_an_outcome_trains_on_the_features_its_parcel_had_when_it_was_scored() -
     held = [pid for pid, _ref in late.update.examinable]
     assert len(held) > 5
     pid = held[0]
-    as_scored = dict(late.update.examinable)[pid].risk
+    as_scored = as_ref(dict(late.update.examinable)[pid].risk)
     assert as_scored is not None and len(as_scored.x) == len(FEATURE_NAMES)
     # meanwhile other outcomes move the counts of its keys
     others = held[1:]
