@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,10 +61,19 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user and system), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_decisions(
-    s: Settings, parcels: int, worker: subprocess.Popen[bytes], timeout_s: float
-) -> tuple[float, float]:
-    """Read the decisions topic until every parcel is there; return first/last decision times."""
+    s: Settings, parcels: int, worker: subprocess.Popen[bytes], timeout_s: float,
+    cpu: list[tuple[int, float]] | None = None,
+) -> tuple[float, float]:  # fmt: skip
+    """Read the decisions topic until every parcel is there; return first/last decision times.
+    ``cpu``: gets (decisions read, the worker's CPU seconds) when the first decisions are
+    read and at the end, so start-up is left out of its CPU per parcel."""
     c = KafkaConsumer(
         bootstrap_servers=s.kafka_bootstrap,
         enable_auto_commit=False,
@@ -78,7 +88,10 @@ def wait_decisions(
     while n < parcels and time.monotonic() < deadline:
         if worker.poll() is not None:
             raise SystemExit("worker exited during the benchmark")
-        for msgs in c.poll(timeout_ms=200, max_records=100_000).values():
+        got = c.poll(timeout_ms=200, max_records=100_000)
+        if got and cpu is not None and not cpu:
+            cpu.append((n, cpu_s(worker.pid)))
+        for msgs in got.values():
             for m in msgs:
                 n += m.value.count(b"\n") + 1
                 # decision_ts_ms = when scoring started; record timestamp = when it was sent
@@ -89,6 +102,8 @@ def wait_decisions(
     c.close()
     if n < parcels:
         raise SystemExit(f"only {n}/{parcels} decisions within {timeout_s}s")
+    if cpu is not None:
+        cpu.append((n, cpu_s(worker.pid)))
     return first, last
 
 
@@ -110,10 +125,13 @@ def run_worker(info: devstack.StackInfo, tmp: Path, pairs, batch_size: int,  # t
     produce_parcels(p, s.topic_manifests, pairs, batch_size=batch_size)
     p.close()
     t0 = time.time()
+    cpu: list[tuple[int, float]] = []
     with running_worker(s, tmp) as w:
-        first, last = wait_decisions(s, len(pairs), w, timeout_s=600)
+        first, last = wait_decisions(s, len(pairs), w, timeout_s=600, cpu=cpu)
         rss = peak_rss_mb(w.pid)
-    return {"rate": len(pairs) / (last - first), "startup_s": first - t0, "peak_rss_mb": rss}
+    (n0, c0), (n1, c1) = cpu
+    return {"rate": len(pairs) / (last - first), "startup_s": first - t0, "peak_rss_mb": rss,
+            "cpu_us": (c1 - c0) / max(n1 - n0, 1) * 1e6}  # fmt: skip
 
 
 def run_bare(info: devstack.StackInfo, tmp: Path, pairs) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -257,14 +275,17 @@ def risk_model(args: argparse.Namespace) -> None:
     info = devstack.up(Settings(), tmp / "stack")
     rates: dict[str, list[float]] = {"off": [], "shadow": []}
     rss: dict[str, list[float]] = {"off": [], "shadow": []}
+    cpu: dict[str, list[float]] = {"off": [], "shadow": []}
     try:
         for _ in range(args.repeats):
             for mode in ("off", "shadow"):
                 r = run_worker(info, tmp, batched, args.batch_size, history, risk_model=mode)
                 rates[mode].append(r["rate"])
                 rss[mode].append(r["peak_rss_mb"])
+                cpu[mode].append(r["cpu_us"])
                 print(f"PARCEL_RISK_MODEL={mode:<7} {r['rate']:>10,.0f} parcels/s, "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB, worker CPU {r['cpu_us']:.1f} µs a "
+                      "parcel", flush=True)  # fmt: skip
     finally:
         devstack.down(tmp / "stack")
     off, shadow = sum(rates["off"]) / args.repeats, sum(rates["shadow"]) / args.repeats
@@ -272,6 +293,13 @@ def risk_model(args: argparse.Namespace) -> None:
           f"{args.repeats} runs each, alternating")  # fmt: skip
     print(f"mean: off {off:,.0f} parcels/s, shadow {shadow:,.0f} parcels/s; "
           f"shadow / off = {shadow / off:.2f}")  # fmt: skip
+    pairs = [s / o for o, s in zip(rates["off"], rates["shadow"], strict=True)]
+    print("per pair, shadow / off: " + ", ".join(f"{r:.2f}" for r in pairs)
+          + f"; median {statistics.median(pairs):.2f}")  # fmt: skip
+    c_off, c_sh = statistics.median(cpu["off"]), statistics.median(cpu["shadow"])
+    print(f"worker CPU a parcel, median: off {c_off:.1f} µs, shadow {c_sh:.1f} µs; "
+          f"off / shadow = {c_off / c_sh:.2f} (the throughput ratio of a worker that has a "
+          "core to itself)")  # fmt: skip
 
 
 if __name__ == "__main__":
