@@ -115,6 +115,9 @@ def main() -> int:
     ap.add_argument("--days", type=float, default=21.0)
     ap.add_argument("--shippers", type=int, default=2000, help="distinct shippers per feed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8])
+    ap.add_argument("--runs", nargs="+", metavar="RUN",
+                    help="only these runs (by name, for example 'model'); the rules alone "
+                         "always run")  # fmt: skip
     args = ap.parse_args()
     print(f"{platform.machine()}, Python {platform.python_version()}; {args.parcels:,} "
           f"parcels over {args.days:g} days from {args.shippers:,} shippers per seed, "
@@ -130,6 +133,8 @@ def main() -> int:
         ("all", "rules alone", dataclasses.replace(base, model=False, feedback="all")),
         ("all", "model", dataclasses.replace(base, feedback="all")),
     ]
+    if args.runs:
+        variants = [v for v in variants if v[1] == "rules alone" or v[1] in args.runs]
     print("\n| seed | violations | feedback | run | hit rate, last third | × rules alone |")
     print("| ---: | ---: | --- | --- | ---: | ---: |")
     last_run = None

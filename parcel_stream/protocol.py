@@ -5,7 +5,8 @@ period every parcel is scored with what was known when it arrived: the rule set,
 reputation state, and the learned risk (``risk.py``) trained on the outcomes that had
 arrived by the period's start. Then, per hub, the examination capacity is spent: the
 riskiest parcels (by the model's probability, or by the rule score when the model is
-off), and a share of it (``exploration``) on parcels drawn at random from the rest. Each
+off), and a share of it (``exploration``) on parcels drawn from the rest: where the model
+is least certain, or at random (``explore_by``). Each
 selection's probability is recorded. Outcomes come back ``outcome_delay_ms`` after the
 parcel's manifest time: in the ``selected`` loop only for the examined parcels (weighted
 by their inverse selection probability, clipped at ``ipw_clip``), in ``all`` for every

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from parcel_stream.cli.errors import UsageError
 from parcel_stream.settings import Settings
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+EXPLORE_LABEL = {"random": "random exploration", "uncertain": "exploring where least certain"}
 
 
 def duration_ms(text: str) -> int:
@@ -84,7 +85,8 @@ def add_protocol_args(bt: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument(
         "--explore-by", choices=["uncertain", "random"], default="uncertain",
-        help="explore where the model is least certain (p (1 - p)), or at random",
+        help="explore where the model is least certain (in proportion to p (1 - p)), or at "
+             "random",
     )  # fmt: skip
     g.add_argument(
         "--ipw-clip", type=clip, default=5.0,
@@ -142,6 +144,8 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
         label="model" if args.model == "on" else "rules alone",
     )  # fmt: skip
     variants = [base]
+    # the other way of exploring: random against where least certain, and the reverse
+    other: Literal["uncertain", "random"] = "uncertain" if args.explore_by == "random" else "random"
     if args.compare_model:
         variants = [
             dataclasses.replace(base, model=False, label="rules alone"),
@@ -149,8 +153,8 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
             dataclasses.replace(base, model=True, ipw=False, label="model, no IPW weights"),
             dataclasses.replace(base, model=True, exploration=0.0, label="model, no exploration"),
             dataclasses.replace(
-                base, model=True, explore_by="random", label="model, random exploration"
-            ),
+                base, model=True, explore_by=other, label=f"model, {EXPLORE_LABEL[other]}"
+            ),  # fmt: skip
         ]
     runs = [run_protocol(feed, rs, labels, cfg) for cfg in variants]
     unknown = len(set(labels) - set(runs[0].parcel_ids))
