@@ -82,6 +82,8 @@ def record_digests(
         by_record[r].append(i)
     out = []
     scores_l, masks_l = scores.tolist(), masks.tolist()
+    prob_l = scored.probability.tolist() if scored is not None else []
+    prop_l = scored.propensity.tolist() if scored is not None else []
     lanes_b, sel_b = lanes.astype(np.int8), selection.astype(np.int8)
     for rec, idx in zip(records, by_record, strict=True):
         part = (rec.topic, rec.partition)
@@ -101,8 +103,8 @@ def record_digests(
             marks={k: marks[i] for k, i in enumerate(idx) if i in marks} if marks else {},
         )
         if scored is not None:
-            digest.probability = [float(scored.probability[i]) for i in idx]
-            digest.propensity = [float(scored.propensity[i]) for i in idx]
+            digest.probability = [prob_l[i] for i in idx]
+            digest.propensity = [prop_l[i] for i in idx]
             digest.learned = {k: scored.learned[i] for k, i in enumerate(idx)
                               if i in scored.learned}  # fmt: skip
         out.append((part, rec.offset, _ENC.encode(digest)))
