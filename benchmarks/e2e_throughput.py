@@ -61,12 +61,6 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_s(pid: int) -> float:
-    """A process's CPU time so far (user and system), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wait_decisions(
     s: Settings, parcels: int, worker: subprocess.Popen[bytes], timeout_s: float,
     cpu: list[tuple[int, float]] | None = None,
@@ -90,7 +84,7 @@ def wait_decisions(
             raise SystemExit("worker exited during the benchmark")
         got = c.poll(timeout_ms=200, max_records=100_000)
         if got and cpu is not None and not cpu:
-            cpu.append((n, cpu_s(worker.pid)))
+            cpu.append((n, devstack.cpu_seconds(worker.pid)))
         for msgs in got.values():
             for m in msgs:
                 n += m.value.count(b"\n") + 1
@@ -103,7 +97,7 @@ def wait_decisions(
     if n < parcels:
         raise SystemExit(f"only {n}/{parcels} decisions within {timeout_s}s")
     if cpu is not None:
-        cpu.append((n, cpu_s(worker.pid)))
+        cpu.append((n, devstack.cpu_seconds(worker.pid)))
     return first, last
 
 

@@ -222,7 +222,7 @@ def _ranges(starts: I64, ends: I64) -> I64:
 
 def _risk_outputs(
     risk: RiskInput, x: F64, prob: F64, lanes: I8, selection: I8, ruleset: RuleSet,
-    prep: Prepared, masks: I64,
+    prep: Prepared, masks: I64, legend: Legend,
 ) -> Scored:  # fmt: skip
     """Selection probabilities: 1 for the risk lanes (hold, review), the sampling rate for
     a random audit or exploration hold; for a released parcel the chance it had of a
@@ -249,15 +249,10 @@ def _risk_outputs(
         at = at[~np.isnan(risk.rows[at, 0])]
         rows = dict(zip(risk.uniq[at].tolist(), risk.rows[at].tolist(), strict=True))
         table = risk.state.table(rows, risk.cfg)
-        codes = [r.code for r in ruleset.rules]
-        fired_of: dict[int, list[str]] = {}  # the codes that fired, per distinct mask
         x_l, prop_l = x[held].tolist(), prop[held].tolist()
         for k, i in enumerate(held.tolist()):
             m = manifests[i]
-            mask = int(masks[i])
-            fired = fired_of.get(mask)
-            if fired is None:
-                fired = fired_of[mask] = [c for b, c in enumerate(codes) if mask >> b & 1]
+            fired = [r.code for r in legend.reasons(int(masks[i]))]
             keys = parcel_keys(m, idx.addresses[idx.parcel_address[i]], float(risk.value_usd[i]),
                                fired)  # fmt: skip
             refs[i] = RiskRef.of(keys, x_l[k], prop_l[k])
@@ -436,10 +431,10 @@ def score_prepared(
                     forced = (seq.masks & mask) != 0
                     risk_lanes[forced] = np.maximum(risk_lanes[forced], lane)
     lanes, selection = sample(pids, risk_lanes, ruleset.random_rate, ruleset.exploration_rate)
-    scored = (_risk_outputs(risk, x, prob, lanes, selection, ruleset, prep, seq.masks)
+    legend = Legend(ruleset, adjust)
+    scored = (_risk_outputs(risk, x, prob, lanes, selection, ruleset, prep, seq.masks, legend)
               if risk is not None else None)  # fmt: skip
     scores, masks = seq.scores, seq.masks
-    legend = Legend(ruleset, adjust)
     marks = _marks(prep, classified, scores, masks, lanes, selection, legend, learner_version,
                    now_ms, scored)  # fmt: skip
     t2 = perf_counter()

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from parcel_stream.currency import USD_PER_UNIT
+from parcel_stream.decide import Legend
 from parcel_stream.features import address_key
 from parcel_stream.feed import RawRecord
 from parcel_stream.model import Manifest
@@ -208,6 +209,7 @@ def run_protocol(
     if keep_features:
         run.features, run.trained = {}, []
     pending: list[_Pending] = []
+    legend = Legend(ruleset)  # the rules that fired, per distinct mask
     seq = 0
     offset = 0
     for period, raw in enumerate(_periods(records, config.period_ms)):
@@ -225,11 +227,10 @@ def run_protocol(
         manifests = parsed.manifests
         if [m.parcel_id for m in manifests] != result.parcel_ids:
             raise RuntimeError("the protocol's parse and the batch step disagree")
-        codes = [r.code for r in ruleset.rules]
         keys = [
             parcel_keys(m, address_key(m.consignee.address),
                         m.declared_value * USD_PER_UNIT[m.currency],
-                        [c for b, c in enumerate(codes) if mask >> b & 1])
+                        [r.code for r in legend.reasons(mask)])
             for m, mask in zip(manifests, result.masks.tolist(), strict=True)
         ]  # fmt: skip
         x = _features(table, keys, manifests, result.scores)

@@ -172,8 +172,7 @@ class Worker:
     def cpu_seconds(self) -> float:
         """User + system CPU time the worker has used so far."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return devstack.cpu_seconds(self.proc.pid)
 
     def kill(self) -> None:
         assert self.proc is not None

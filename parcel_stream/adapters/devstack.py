@@ -181,6 +181,13 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, in seconds (Linux ``/proc``; the
+    benchmarks' and the reliability suites' measure of a worker's cost)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def up(
     settings: Settings, state_dir: str | Path = DEFAULT_DIR, timeout_s: float = 30.0
 ) -> StackInfo:
