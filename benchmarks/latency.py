@@ -4,24 +4,35 @@ Starts the dev stack and a worker, waits until the worker answers, then offers
 ``--rate`` parcels/s as single records for ``--seconds``. Latency of a parcel = timestamp
 of its decision record (set by the worker's producer when it sent it) minus timestamp of
 its manifest record (set by the load generator when it sent it); both clocks are this
-machine's. Prints p50/p95/p99 for all decisions and for holds.
+machine's. Prints p50/p95/p99 for all decisions and for holds, and the worker's own
+breakdown of a batch (its metrics).
 
-    python benchmarks/latency.py [--rate 1000] [--seconds 30]
+The peer, measured first in the same run on the same broker: a bare consumer (aiokafka,
+the worker's fetch wait, its own process) that does nothing with the records, offered the
+same load the same way; its latency is when it received a record minus when the record was
+sent. It is the floor that the broker, the clients and this machine set.
+
+    python benchmarks/latency.py [--rate 1000] [--seconds 30] [--no-peer]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 import orjson
+from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer
@@ -46,6 +57,104 @@ def read_topic(bootstrap: str, topic: str, partitions: int, want: int, timeout_s
     return out
 
 
+def worker_breakdown(port: int) -> list[str]:
+    """Per batch, from the worker's own metrics: parcels, wall time, each stage and Redis
+    round trip, and the age of its oldest record (means over the run)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    sums: dict[tuple[str, str], float] = {}
+    for fam in text_string_to_metric_families(text.decode()):
+        for sample in fam.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                label = sample.labels.get("stage") or sample.labels.get("op") or ""
+                sums[(sample.name, label)] = sample.value
+
+    def mean(name: str, label: str = "") -> float:
+        count = sums.get((f"{name}_count", label), 0.0)
+        return sums.get((f"{name}_sum", label), 0.0) / count if count else float("nan")
+
+    batches = sums.get(("parcel_stream_batch_parcels_count", ""), 0.0)
+    lines = [f"worker: {batches:.0f} batches, {mean('parcel_stream_batch_parcels'):.1f} parcels "
+             f"a batch, {1e3 * mean('parcel_stream_batch_duration_seconds'):.1f} ms a batch; "
+             f"oldest record's age at the end of a batch "
+             f"{1e3 * mean('parcel_stream_record_age_seconds'):.0f} ms"]  # fmt: skip
+    for metric, kind in (("parcel_stream_stage_duration_seconds", "stage"),
+                         ("parcel_stream_redis_roundtrip_seconds", "redis")):  # fmt: skip
+        parts = sorted(label for name, label in sums if name == f"{metric}_count" and label)
+        lines.append(f"  {kind}, ms a batch: " + ", ".join(
+            f"{label} {1e3 * mean(metric, label):.1f}" for label in parts))  # fmt: skip
+    return lines
+
+
+def offer(producer, topic: str, docs: list[dict], rate: int) -> tuple[dict[str, object], float]:  # type: ignore[no-untyped-def]
+    """Send each manifest as a single record at ``rate`` a second; the send futures by
+    parcel id, and the seconds it took."""
+    sent: dict[str, object] = {}
+    t0 = time.monotonic()
+    for i, d in enumerate(docs):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        key, value = d["shipper"]["id"].encode(), orjson.dumps(d)
+        sent[d["parcel_id"]] = producer.send(topic, key=key, value=value)
+    producer.flush()
+    return sent, time.monotonic() - t0
+
+
+def _bare_consumer(bootstrap: str, topic: str, want: int, wait_ms: int, conn) -> None:  # type: ignore[no-untyped-def]
+    """The peer (in its own process): receive ``want`` records, send back each one's
+    latency (received minus sent, ms)."""
+
+    async def consume() -> list[float]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, fetch_max_wait_ms=wait_ms,
+                             auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+        await c.start()
+        conn.send("ready")
+        lat: list[float] = []
+        try:
+            while len(lat) < want:
+                got = await c.getmany(timeout_ms=1000)
+                now = time.time() * 1000
+                for msgs in got.values():
+                    lat.extend(now - m.timestamp for m in msgs)
+        finally:
+            await c.stop()
+        return lat
+
+    conn.send(asyncio.run(consume()))
+
+
+def bare_consumer_latency(info: devstack.StackInfo, s: Settings, docs: list[dict], rate: int
+                          ) -> list[float]:  # fmt: skip
+    mp = multiprocessing.get_context("spawn")
+    here, there = mp.Pipe()
+    proc = mp.Process(target=_bare_consumer, args=(info.bootstrap, s.topic_manifests, len(docs),
+                                                   s.fetch_max_wait_ms, there))  # fmt: skip
+    proc.start()
+    try:
+        if not here.poll(60):
+            raise SystemExit("the bare consumer did not start")
+        here.recv()
+        producer = make_producer(info.bootstrap, linger_ms=0)
+        offer(producer, s.topic_manifests, docs, rate)
+        producer.close()
+        deadline = time.monotonic() + 120
+        while not here.poll(0.5):
+            if not proc.is_alive() or time.monotonic() > deadline:
+                raise SystemExit("the bare consumer died or did not receive every record")
+        lat: list[float] = here.recv()
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    return lat
+
+
+def report(name: str, lat: list[float]) -> None:
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    print(f"{name:<22} produce-to-output latency  p50 {p50:.0f} ms  p95 {p95:.0f} ms  "
+          f"p99 {p99:.0f} ms  max {max(lat):.0f} ms")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=int, default=1000, help="offered parcels/s")
@@ -53,6 +162,7 @@ def main() -> None:
     ap.add_argument(
         "--set", action="append", help="worker setting override, e.g. batch_within_s=0.02"
     )
+    ap.add_argument("--no-peer", action="store_true", help="skip the bare consumer")
     args = ap.parse_args()
     n = int(args.rate * args.seconds)
     docs = [d for d, _ in generate(FeedConfig(parcels=n + 200, seed=31))]
@@ -63,6 +173,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-lat-"))
     info = devstack.up(Settings(), tmp / "stack")
     try:
+        peer: list[float] = []
+        if not args.no_peer:
+            bare = isolated_settings(info, uuid.uuid4().hex[:6], tmp / "bare")
+            peer = bare_consumer_latency(info, bare, docs[200:], args.rate)
         s = isolated_settings(info, uuid.uuid4().hex[:6], tmp / "data").replace(log_level="warning")
         for kv in args.set or []:
             k, v = kv.split("=", 1)
@@ -70,29 +184,15 @@ def main() -> None:
         producer = make_producer(info.bootstrap, linger_ms=0)
         with running_worker(s, tmp) as worker:
             # warm-up: the worker has joined and scored something before we measure
-            for d in docs[:200]:
-                producer.send(
-                    s.topic_manifests, key=d["shipper"]["id"].encode(), value=orjson.dumps(d)
-                )
-            producer.flush()
+            offer(producer, s.topic_manifests, docs[:200], args.rate)
             read_topic(info.bootstrap, s.topic_decisions, s.partitions, 200, 120)
-            sent_ts: dict[str, int] = {}
-            t0 = time.monotonic()
-            for i, d in enumerate(docs[200:]):
-                due = t0 + i / args.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                fut = producer.send(
-                    s.topic_manifests, key=d["shipper"]["id"].encode(), value=orjson.dumps(d)
-                )
-                sent_ts[d["parcel_id"]] = fut
-            producer.flush()
-            offered_s = time.monotonic() - t0
+            sent_ts, offered_s = offer(producer, s.topic_manifests, docs[200:], args.rate)
             decisions = read_topic(info.bootstrap, s.topic_decisions, s.partitions, n + 200, 120)
             holds = read_topic(info.bootstrap, s.topic_holds, s.partitions, 1, 10)
-            assert worker.poll() is None
-        produced = {pid: fut.get().timestamp for pid, fut in sent_ts.items()}
+            if worker.poll() is not None:
+                raise SystemExit("the worker exited during the run")
+            breakdown = worker_breakdown(s.metrics_port)
+        produced = {pid: fut.get().timestamp for pid, fut in sent_ts.items()}  # type: ignore[attr-defined]
     finally:
         devstack.down(tmp / "stack")
     lat_all, lat_hold = [], []
@@ -109,13 +209,15 @@ def main() -> None:
         f"offered {n} parcels in {offered_s:.1f}s ({n / offered_s:,.0f}/s); "
         f"decisions measured {len(lat_all)}, holds {len(lat_hold)}"
     )
-    for name, lat in (("all decisions", lat_all), ("holds", lat_hold)):
+    if peer:
+        report("bare consumer (peer)", peer)
+    for name, lat in (("worker, all decisions", lat_all), ("worker, holds", lat_hold)):
         if lat:
-            p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-            print(
-                f"{name:<14} produce-to-output latency  p50 {p50:.0f} ms  p95 {p95:.0f} ms  "
-                f"p99 {p99:.0f} ms  max {max(lat):.0f} ms"
-            )
+            report(name, lat)
+    if peer and lat_all:
+        ratio = np.percentile(lat_all, 99) / np.percentile(peer, 99)
+        print(f"worker p99 / bare consumer p99 = {ratio:.2f}")
+    print("\n".join(breakdown))
 
 
 if __name__ == "__main__":
