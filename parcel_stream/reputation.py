@@ -11,7 +11,7 @@ update, so a batch redelivered after a crash changes nothing twice. The Redis st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -22,7 +22,14 @@ from parcel_stream.learner import LearnerState
 from parcel_stream.parse import InRecord
 from parcel_stream.repeats import HASH_CHARS
 from parcel_stream.risk import RiskRef, RiskTable, as_ref
-from parcel_stream.sequence import ENTITY_FIELDS, PAIR_FIELDS, EntityTable, Sequenced, StoredState
+from parcel_stream.sequence import (
+    DAY_SLOTS,
+    ENTITY_FIELDS,
+    PAIR_FIELDS,
+    EntityTable,
+    Sequenced,
+    StoredState,
+)
 
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
@@ -69,6 +76,85 @@ class EntityWrite:
     days: tuple[tuple[int, int], ...] = ()  # live (Unix day, parcels) after the batch
 
 
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class EntityWrites(Sequence[EntityWrite]):
+    """A batch's shipper (or seller) writes in columns, as the batch step builds them: one
+    row each, so that a store formats them over the batch rather than one object at a
+    time (a sequence of :class:`EntityWrite` to whoever reads them one by one).
+    ``day_counts[k]``: the parcels of the ``DAY_SLOTS`` days up to ``newest_day[k]``,
+    oldest first (a count taken back to 0 stays 0, so that a store deletes it);
+    ``newest_day`` 0: no day counts (sellers)."""
+
+    ids: list[str]
+    expected_ver: I64
+    vals: F64  # [k, len(ENTITY_FIELDS)]
+    newest_day: I64
+    day_counts: I64  # [k, DAY_SLOTS]
+
+    @classmethod
+    def of(cls, writes: Iterable[EntityWrite]) -> EntityWrites:
+        ws = list(writes)
+        counts = np.zeros((len(ws), DAY_SLOTS), dtype=np.int64)
+        for k, w in enumerate(ws):
+            first = w.newest_day - DAY_SLOTS + 1
+            for day, count in w.days:
+                if first <= day <= w.newest_day:
+                    counts[k, day - first] = count
+        vals = np.array([w.vals for w in ws], dtype=np.float64).reshape(len(ws), -1) if ws \
+            else np.zeros((0, len(ENTITY_FIELDS)))  # fmt: skip
+        return cls([w.entity_id for w in ws], np.array([w.expected_ver for w in ws], np.int64),
+                   vals, np.array([w.newest_day for w in ws], np.int64), counts)  # fmt: skip
+
+    @classmethod
+    def of_table(cls, ids: list[str], before: EntityTable, after: EntityTable, rows: I64,
+                 days: bool) -> EntityWrites:  # fmt: skip
+        """Rows ``rows`` of a batch's entity table after the batch, with their stored
+        versions before it (``days``: with their day counts)."""
+        k = len(rows)
+        counts = np.zeros((k, DAY_SLOTS), dtype=np.int64)
+        newest = after.newest_day[rows] if days else np.zeros(k, dtype=np.int64)
+        if days and k:
+            slot_day = after.slot_day[rows]
+            at = slot_day - (newest - (DAY_SLOTS - 1))[:, None]
+            live = (slot_day >= 0) & (at >= 0) & (at < DAY_SLOTS)
+            r, c = np.nonzero(live)
+            counts[r, at[r, c]] = np.rint(after.slot_count[rows][r, c])
+        return cls([ids[j] for j in rows.tolist()], before.ver[rows], after.vals[rows], newest,
+                   counts)  # fmt: skip
+
+    @classmethod
+    def none(cls) -> EntityWrites:
+        return cls.of(())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int) -> EntityWrite:  # type: ignore[override]
+        if not -len(self.ids) <= k < len(self.ids):
+            raise IndexError(k)
+        newest = int(self.newest_day[k])
+        first = newest - DAY_SLOTS + 1
+        days = tuple((first + j, c) for j, c in enumerate(self.day_counts[k].tolist()) if c)
+        return EntityWrite(self.ids[k], int(self.expected_ver[k]), tuple(self.vals[k].tolist()),
+                           newest, days if newest else ())  # fmt: skip
+
+    def __iter__(self) -> Iterator[EntityWrite]:
+        return (self[k] for k in range(len(self.ids)))
+
+    def take(self, rows: Sequence[int]) -> EntityWrites:
+        at = np.asarray(rows, dtype=np.int64)
+        return EntityWrites([self.ids[j] for j in rows], self.expected_ver[at], self.vals[at],
+                            self.newest_day[at], self.day_counts[at])  # fmt: skip
+
+
+def entity_columns(writes: Sequence[EntityWrite]) -> EntityWrites:
+    """``writes`` in columns (as they are when the batch step made them)."""
+    return writes if isinstance(writes, EntityWrites) else EntityWrites.of(writes)
+
+
 @dataclass(frozen=True, slots=True)
 class PairWrite:
     """A shipper-address pair's open split window after a batch (compare-and-set)."""
@@ -103,12 +189,12 @@ class ReputationUpdate:
     (with the content hash each id is expected to have, "" = none)."""
 
     watermarks: dict[Partition, tuple[int, int]]  # partition -> (expected, new)
-    shippers: list[EntityWrite] = field(default_factory=list)
+    shippers: Sequence[EntityWrite] = field(default_factory=EntityWrites.none)
     addresses: list[tuple[str, list[str]]] = field(default_factory=list)  # key, new shipper ids
     pairs: list[PairWrite] = field(default_factory=list)
     # parcels sent to review or hold, by parcel id
     examinable: list[tuple[str, ParcelRef]] = field(default_factory=list)
-    sellers: list[EntityWrite] = field(default_factory=list)
+    sellers: Sequence[EntityWrite] = field(default_factory=EntityWrites.none)
     # decision digests of the batch's input records, stored with the update: (partition,
     # offset, digest); see outbox.py
     outbox: list[tuple[Partition, int, bytes]] = field(default_factory=list)
@@ -198,23 +284,13 @@ def batch_partitions(records: list[InRecord]) -> list[Partition]:
 def _entity_writes(
     ids: list[str], before: EntityTable, after: EntityTable, touched: npt.NDArray[np.bool_],
     days: bool,
-) -> list[EntityWrite]:  # fmt: skip
-    vals = after.vals.tolist()
-    return [
-        EntityWrite(
-            ids[j],
-            int(before.ver[j]),
-            tuple(vals[j]),
-            int(after.newest_day[j]) if days else 0,
-            tuple(sorted(after.days(j).items())) if days else (),
-        )  # fmt: skip
-        for j in np.flatnonzero(touched).tolist()
-    ]
+) -> EntityWrites:  # fmt: skip
+    return EntityWrites.of_table(ids, before, after, np.flatnonzero(touched), days)
 
 
 def state_writes(
     idx: ShipperIndex, combos: Combos, stored: StoredState, seq: Sequenced
-) -> tuple[list[EntityWrite], list[EntityWrite], list[PairWrite], list[tuple[str, list[str]]]]:
+) -> tuple[EntityWrites, EntityWrites, list[PairWrite], list[tuple[str, list[str]]]]:
     """The entity, pair and address writes of a scored batch."""
     after = seq.state
     shippers = _entity_writes(idx.ids, stored.shippers, after.shippers, seq.touched_ship, True)
@@ -432,9 +508,10 @@ class InMemoryStore:
             if self.watermarks.get(part, -1) != expected:
                 return True
         for table, writes in ((self.shippers, update.shippers), (self.sellers, update.sellers)):
-            for w in writes:
-                st = table.get(w.entity_id)
-                if (st.ver if st is not None else 0) != w.expected_ver:
+            ws = entity_columns(writes)
+            for eid, expected in zip(ws.ids, ws.expected_ver.tolist(), strict=True):
+                st = table.get(eid)
+                if (st.ver if st is not None else 0) != expected:
                     return True
         for p in update.pairs:
             row = self.pairs.get(p.pair)
@@ -452,13 +529,17 @@ class InMemoryStore:
         if self._conflict(update):
             return False
         for table, writes in ((self.shippers, update.shippers), (self.sellers, update.sellers)):
-            for w in writes:
-                st = table.setdefault(w.entity_id, ShipperState())
-                st.set_row(w.vals)
-                st.ver = w.expected_ver + 1
-                if w.newest_day:
-                    st.newest_day = w.newest_day
-                    st.days = {d: c for d, c in w.days if c}
+            ws = entity_columns(writes)
+            vals, newest = ws.vals.tolist(), ws.newest_day.tolist()
+            for k, (eid, expected) in enumerate(zip(ws.ids, ws.expected_ver.tolist(),
+                                                    strict=True)):  # fmt: skip
+                st = table.setdefault(eid, ShipperState())
+                st.set_row(vals[k])
+                st.ver = expected + 1
+                if newest[k]:
+                    first = newest[k] - DAY_SLOTS + 1
+                    st.newest_day = newest[k]
+                    st.days = {first + j: c for j, c in enumerate(ws.day_counts[k].tolist()) if c}
         for address, shipper_ids in update.addresses:
             self.addresses.setdefault(address, set()).update(shipper_ids)
         for parcel_id, ref in update.examinable:

@@ -66,7 +66,7 @@ from parcel_stream.adapters.redis_store import (
 )
 from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState, encode_state
-from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate
+from parcel_stream.reputation import ExamDelta, Partition, ReputationUpdate, entity_columns
 from parcel_stream.sequence import EntityTable, StoredState
 from parcel_stream.state import (
     ADDRESS_SHIPPERS,
@@ -383,10 +383,13 @@ class RedisClusterStore(RedisReputationStore):
     def split(self, update: ReputationUpdate) -> dict[int, ReputationUpdate]:
         """The update's part in each shard it touches (every partition's home included)."""
         parts: dict[int, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-        for w in update.shippers:
-            parts[self.shard_of(w.entity_id)]["shippers"].append(w)
-        for w in update.sellers:
-            parts[self.shard_of(w.entity_id)]["sellers"].append(w)
+        for kind, writes in (("shippers", update.shippers), ("sellers", update.sellers)):
+            ws = entity_columns(writes)
+            rows: dict[int, list[int]] = defaultdict(list)
+            for j, eid in enumerate(ws.ids):
+                rows[self.shard_of(eid)].append(j)
+            for n, at in rows.items():
+                parts[n][kind] = ws.take(at)  # type: ignore[assignment]
         for a, ids in update.addresses:
             parts[self.shard_of(a)]["addresses"].append((a, ids))
         for p in update.pairs:

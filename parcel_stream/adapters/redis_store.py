@@ -74,11 +74,13 @@ from parcel_stream.learner import LearnerState, decode_state, encode_state
 from parcel_stream.outbox import decode_digest
 from parcel_stream.reputation import (
     DEFAULT_HALF_LIFE_MS,
+    EntityWrites,
     ExamDelta,
     ParcelRef,
     Partition,
     ReputationUpdate,
     ShipperState,
+    entity_columns,
 )
 from parcel_stream.risk import decode_ref, encode_ref
 from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS, EntityTable, StoredState
@@ -187,6 +189,40 @@ def decode_days(newest: int, raw: bytes | str | None) -> dict[int, int]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def num_texts(vals: F64) -> list[list[str]]:
+    """:func:`num_text` of every value of a matrix, row by row (formatted in columns)."""
+    whole = np.isfinite(vals) & (np.floor(vals) == vals) & (np.abs(vals) < 2.0**62)
+    out = np.empty(vals.shape, dtype=object)
+    out[whole] = list(map(str, vals[whole].astype(np.int64).tolist()))
+    rest = ~whole
+    out[rest] = list(map(num_text, vals[rest].tolist()))
+    rows: list[list[str]] = out.tolist()
+    return rows
+
+
+_SMALL = [str(i) for i in range(4096)]
+
+
+def days_texts(counts: I64) -> list[str]:
+    """Each row of day counts as :func:`encode_days` writes it."""
+    rows = counts.tolist()
+    if counts.size and not 0 <= counts.min() <= counts.max() < len(_SMALL):
+        return [",".join(map(str, row)) for row in rows]
+    return [",".join(map(_SMALL.__getitem__, row)) for row in rows]
+
+
+def entity_args(kind: StateKey, ws: EntityWrites, prefix: str, days: bool) -> list[list[Any]]:
+    """The apply script's entity rows: key, expected version, the fields as text (formatted
+    here: formatting them in the script cost Redis 1.3 us a field), newest day and the day
+    counts (shippers; 0 and "" for sellers)."""
+    keys = [kind.key(prefix, eid) for eid in ws.ids]
+    vers, texts = ws.expected_ver.tolist(), num_texts(ws.vals)
+    if not days:
+        return [[k, v, t, 0, ""] for k, v, t in zip(keys, vers, texts, strict=True)]
+    return [list(row) for row in zip(keys, vers, texts, ws.newest_day.tolist(),
+                                     days_texts(ws.day_counts), strict=True)]  # fmt: skip
 
 
 def num_text(v: float) -> str:
@@ -378,15 +414,8 @@ class RedisReputationStore:
         def key(kind: StateKey, ident: str) -> str:
             return kind.key(prefix, ident)
 
-        # the fields as text here: formatting them in the script cost Redis 1.3 us a field
-        ents = [
-            [key(SHIPPER, w.entity_id), w.expected_ver, list(map(num_text, w.vals)), w.newest_day,
-             encode_days(w.newest_day, w.days)]
-            for w in update.shippers
-        ] + [
-            [key(SELLER, w.entity_id), w.expected_ver, list(map(num_text, w.vals)), 0, ""]
-            for w in update.sellers
-        ]  # fmt: skip
+        ents = entity_args(SHIPPER, entity_columns(update.shippers), prefix, True) + \
+            entity_args(SELLER, entity_columns(update.sellers), prefix, False)  # fmt: skip
         blobs: list[bytes] = []
         size = 0
 

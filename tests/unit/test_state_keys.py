@@ -43,3 +43,51 @@ def test_state_fields_are_written_as_text_that_reads_back_exactly() -> None:
         assert float(num_text(v)) == v
         assert ("." in num_text(v)) or ("e" in num_text(v))  # never read as an integer
     assert math.isinf(float(num_text(math.inf))) and math.isnan(float(num_text(math.nan)))
+
+
+def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
+    """The batch's entity writes are formatted in columns (``entity_args``): the same text
+    as :func:`num_text` and :func:`encode_days` give one write at a time, for whole numbers
+    of any size, fractions, -0.0, infinities and NaN; and back to the same writes."""
+    import math
+    import random
+
+    import numpy as np
+
+    from parcel_stream.adapters.redis_store import encode_days, entity_args, num_text
+    from parcel_stream.reputation import EntityWrite, EntityWrites
+    from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS
+    from parcel_stream.state import SELLER, SHIPPER
+
+    rng = random.Random(5)
+    special = [0.0, -0.0, 3.0, -7.0, 2.0**62, 2.0**63, 1e20, -1e300, 0.5, math.inf, -math.inf,
+               math.nan, 1.7e12, 1e-300]  # fmt: skip
+    pool = special + [rng.uniform(-1e6, 1e6) for _ in range(200)] + [float(rng.randrange(10**6))
+                                                                      for _ in range(200)]  # fmt: skip
+    nf = len(ENTITY_FIELDS)
+    writes = []
+    for k in range(60):
+        newest = 20_700 + k
+        days = tuple(sorted({newest - rng.randrange(DAY_SLOTS + 4): rng.randrange(0, 9)
+                             for _ in range(rng.randrange(0, 6))}.items()))  # fmt: skip
+        writes.append(EntityWrite(f"S{k}", rng.randrange(5), tuple(rng.choice(pool)
+                                  for _ in range(nf)), newest, days))  # fmt: skip
+    ws = EntityWrites.of(writes)
+    rows = entity_args(SHIPPER, ws, "ps", True)
+    for w, row in zip(writes, rows, strict=True):
+        assert row[:2] == [SHIPPER.key("ps", w.entity_id), w.expected_ver]
+        assert row[2] == [num_text(v) for v in w.vals]
+        assert row[3:] == [w.newest_day, encode_days(w.newest_day, w.days)]
+    sellers = entity_args(SELLER, ws, "ps", False)
+    assert [r[3:] for r in sellers] == [[0, ""]] * len(writes)
+    # read one at a time, the columns give the writes back (days outside the window gone)
+    for w, again in zip(writes, ws, strict=True):
+        assert (again.entity_id, again.expected_ver, again.newest_day) == (
+            w.entity_id, w.expected_ver, w.newest_day)  # fmt: skip
+        assert np.array_equal(again.vals, w.vals, equal_nan=True)
+        live = {d: c for d, c in w.days if c and d > w.newest_day - DAY_SLOTS}
+        assert dict(again.days) == live
+    assert [w.entity_id for w in ws.take([3, 1])] == ["S3", "S1"] and len(EntityWrites.none()) == 0
+    big = EntityWrite("B", 1, (1.0,) * nf, 20_800, ((20_799, 70_000), (20_800, 3)))
+    assert entity_args(SHIPPER, EntityWrites.of([big]), "ps", True)[0][4] == encode_days(
+        big.newest_day, big.days)  # fmt: skip
