@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import repeat
 from operator import attrgetter
 
@@ -19,7 +19,7 @@ from parcel_stream.columns import Columns
 from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
-from parcel_stream.model import Address, Manifest, Seller
+from parcel_stream.model import Address, Item, Manifest, Seller
 from parcel_stream.rules import RuleSet, country_index, normalise_name, trigrams
 
 F64 = npt.NDArray[np.float64]
@@ -264,36 +264,46 @@ def _transit_risk(manifests: list[Manifest], rs: RuleSet, n: int) -> F64:
     return out
 
 
-def _placeholders(manifests: list[Manifest], rs: RuleSet) -> F64:
-    """Party names that are placeholders (test, n/a, xxx, ...) or under 3 characters."""
-    bad = rs.placeholder_names
-    out = np.zeros(len(manifests), dtype=np.float64)
-    for i, m in enumerate(manifests):
-        for name in (m.shipper.name, m.consignee.name):
-            norm = _words(name)
-            if len(norm) < 3 or norm in bad:
-                out[i] += 1
-    return out
+_SHIPPER_NAME, _CONSIGNEE_NAME = attrgetter("shipper.name"), attrgetter("consignee.name")
+_DESCRIPTION = attrgetter("description")
 
 
-def _text_features(manifests: list[Manifest], rs: RuleSet, n: int) -> tuple[F64, F64, F64, F64]:
-    """Vague descriptions, description/HS contradictions and watchlist similarity."""
-    vague = np.zeros(n, dtype=np.float64)
-    mismatch = np.zeros(n, dtype=np.float64)
-    ship_watch = np.zeros(n, dtype=np.float64)
-    cons_watch = np.zeros(n, dtype=np.float64)
-    watchlist = rs.watchlist
-    for i, m in enumerate(manifests):
-        for it in m.items:
-            v, x = _description_flags(rs, it.description, it.hs_code)
-            if v:
-                vague[i] += 1
-            if x:
-                mismatch[i] += 1
-        if watchlist:
-            ship_watch[i] = watchlist_similarity(rs, m.shipper.name)
-            cons_watch[i] = watchlist_similarity(rs, m.consignee.name)
-    return vague, mismatch, ship_watch, cons_watch
+def _name_flags(rs: RuleSet, name: str) -> tuple[float, bool]:
+    """(watchlist similarity, a placeholder: test, n/a, xxx, ... or under 3 characters) of
+    a party name, memoised per rule set (shipper names repeat; a consignee's may)."""
+    key = ("\0name", name)
+    hit = rs.memo.get(key)
+    if hit is not None:
+        return hit[0], hit[1]
+    norm = _words(name)
+    watch = watchlist_similarity(rs, name) if rs.watchlist else 0.0
+    flags = (watch, len(norm) < 3 or norm in rs.placeholder_names)
+    if len(rs.memo) > 200_000:
+        rs.memo.clear()
+    rs.memo[key] = flags
+    return flags
+
+
+def _name_features(manifests: list[Manifest], rs: RuleSet, n: int) -> tuple[F64, F64, F64]:
+    """Watchlist similarity of the shipper's and the consignee's names, and how many of
+    the two are placeholders: each distinct name of the batch looked at once."""
+    shipper = list(map(_SHIPPER_NAME, manifests))
+    consignee = list(map(_CONSIGNEE_NAME, manifests))
+    flags = {name: _name_flags(rs, name) for name in {*shipper, *consignee}}
+    ship = np.array([flags[x] for x in shipper], dtype=np.float64).reshape(n, 2)
+    cons = np.array([flags[x] for x in consignee], dtype=np.float64).reshape(n, 2)
+    return ship[:, 0], cons[:, 0], ship[:, 1] + cons[:, 1]
+
+
+def _item_flags(items: list[Item], hs_codes: list[str], rs: RuleSet, owner: I64, n: int
+                ) -> tuple[F64, F64]:  # fmt: skip
+    """Per parcel, its vague item descriptions and the descriptions that contradict their
+    HS chapter, over the batch's items in one pass."""
+    flags = np.array(list(map(partial(_description_flags, rs), map(_DESCRIPTION, items),
+                              hs_codes)), dtype=np.float64).reshape(len(items), 2)  # fmt: skip
+    vague = np.bincount(owner, weights=flags[:, 0], minlength=n).astype(np.float64, copy=False)
+    mismatch = np.bincount(owner, weights=flags[:, 1], minlength=n).astype(np.float64, copy=False)
+    return vague, mismatch
 
 
 def _address_features(
@@ -419,8 +429,8 @@ def build_features(
     threshold = ruleset.threshold_usd
     to_threshold = value_usd / threshold if threshold > 0 else np.full(n, -1.0)
     diff = np.abs(item_sum - value_usd)
-    vague, mismatch, ship_watch, cons_watch = _text_features(manifests, ruleset, n)
-    placeholders = _placeholders(manifests, ruleset)
+    vague, mismatch = _item_flags(items, cols.hs_codes, ruleset, owner, n)
+    ship_watch, cons_watch, placeholders = _name_features(manifests, ruleset, n)
     rows = {
         "value_usd": value_usd,
         "value_to_threshold": to_threshold,
