@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -35,6 +36,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels
+from parcel_stream.adapters.metrics import worker_breakdown
 from parcel_stream.demo import isolated_settings, running_worker
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
@@ -63,11 +65,11 @@ def peak_rss_mb(pid: int) -> float:
 
 def wait_decisions(
     s: Settings, parcels: int, worker: subprocess.Popen[bytes], timeout_s: float,
-    cpu: list[tuple[int, float]] | None = None,
+    cpu: list[tuple[int, float, float]] | None = None, redis_pid: int = 0,
 ) -> tuple[float, float]:  # fmt: skip
     """Read the decisions topic until every parcel is there; return first/last decision times.
-    ``cpu``: gets (decisions read, the worker's CPU seconds) when the first decisions are
-    read and at the end, so start-up is left out of its CPU per parcel."""
+    ``cpu``: gets (decisions read, the worker's and Redis's CPU seconds) when the first
+    decisions are read and at the end, so start-up is left out of the CPU per parcel."""
     c = KafkaConsumer(
         bootstrap_servers=s.kafka_bootstrap,
         enable_auto_commit=False,
@@ -84,7 +86,7 @@ def wait_decisions(
             raise SystemExit("worker exited during the benchmark")
         got = c.poll(timeout_ms=200, max_records=100_000)
         if got and cpu is not None and not cpu:
-            cpu.append((n, devstack.cpu_seconds(worker.pid)))
+            cpu.append((n, devstack.cpu_seconds(worker.pid), devstack.cpu_seconds(redis_pid)))
         for msgs in got.values():
             for m in msgs:
                 n += m.value.count(b"\n") + 1
@@ -97,7 +99,7 @@ def wait_decisions(
     if n < parcels:
         raise SystemExit(f"only {n}/{parcels} decisions within {timeout_s}s")
     if cpu is not None:
-        cpu.append((n, devstack.cpu_seconds(worker.pid)))
+        cpu.append((n, devstack.cpu_seconds(worker.pid), devstack.cpu_seconds(redis_pid)))
     return first, last
 
 
@@ -111,7 +113,7 @@ def warm_start(s: Settings, history: tuple[Path, Path]) -> None:
 
 
 def run_worker(info: devstack.StackInfo, tmp: Path, pairs, batch_size: int,  # type: ignore[no-untyped-def]
-               history: tuple[Path, Path] | None = None, **settings: object) -> dict[str, float]:  # fmt: skip
+               history: tuple[Path, Path] | None = None, **settings: object) -> dict[str, Any]:  # fmt: skip
     s = fresh(info, tmp).replace(**settings)
     if history is not None:
         warm_start(s, history)
@@ -119,13 +121,17 @@ def run_worker(info: devstack.StackInfo, tmp: Path, pairs, batch_size: int,  # t
     produce_parcels(p, s.topic_manifests, pairs, batch_size=batch_size)
     p.close()
     t0 = time.time()
-    cpu: list[tuple[int, float]] = []
+    cpu: list[tuple[int, float, float]] = []
     with running_worker(s, tmp) as w:
-        first, last = wait_decisions(s, len(pairs), w, timeout_s=600, cpu=cpu)
+        first, last = wait_decisions(s, len(pairs), w, timeout_s=600, cpu=cpu,
+                                     redis_pid=info.redis_pid)  # fmt: skip
         rss = peak_rss_mb(w.pid)
-    (n0, c0), (n1, c1) = cpu
+        breakdown = worker_breakdown(s.metrics_port)
+    (n0, c0, r0), (n1, c1, r1) = cpu
+    per = 1e6 / max(n1 - n0, 1)
     return {"rate": len(pairs) / (last - first), "startup_s": first - t0, "peak_rss_mb": rss,
-            "cpu_us": (c1 - c0) / max(n1 - n0, 1) * 1e6}  # fmt: skip
+            "cpu_us": (c1 - c0) * per, "redis_cpu_us": (r1 - r0) * per,
+            "breakdown": breakdown}  # fmt: skip
 
 
 def run_bare(info: devstack.StackInfo, tmp: Path, pairs) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -254,6 +260,10 @@ def main() -> None:
     print(
         f"worker peak RSS: {single['peak_rss_mb']:.0f} MB (single), {batch['peak_rss_mb']:.0f} MB (batch)"
     )
+    for name, run in (("single records", single), ("batch records", batch)):
+        print(f"\n{name}: CPU a parcel, worker {run['cpu_us']:.1f} µs, Redis "
+              f"{run['redis_cpu_us']:.1f} µs")  # fmt: skip
+        print("\n".join(run["breakdown"]))
 
 
 def risk_model(args: argparse.Namespace) -> None:
@@ -270,6 +280,7 @@ def risk_model(args: argparse.Namespace) -> None:
     rates: dict[str, list[float]] = {"off": [], "shadow": []}
     rss: dict[str, list[float]] = {"off": [], "shadow": []}
     cpu: dict[str, list[float]] = {"off": [], "shadow": []}
+    redis_cpu: dict[str, list[float]] = {"off": [], "shadow": []}
     try:
         for _ in range(args.repeats):
             for mode in ("off", "shadow"):
@@ -277,6 +288,7 @@ def risk_model(args: argparse.Namespace) -> None:
                 rates[mode].append(r["rate"])
                 rss[mode].append(r["peak_rss_mb"])
                 cpu[mode].append(r["cpu_us"])
+                redis_cpu[mode].append(r["redis_cpu_us"])
                 print(f"PARCEL_RISK_MODEL={mode:<7} {r['rate']:>10,.0f} parcels/s, "
                       f"peak RSS {r['peak_rss_mb']:.0f} MB, worker CPU {r['cpu_us']:.1f} µs a "
                       "parcel", flush=True)  # fmt: skip
@@ -290,6 +302,8 @@ def risk_model(args: argparse.Namespace) -> None:
     pairs = [s / o for o, s in zip(rates["off"], rates["shadow"], strict=True)]
     print("per pair, shadow / off: " + ", ".join(f"{r:.2f}" for r in pairs)
           + f"; median {statistics.median(pairs):.2f}")  # fmt: skip
+    r_off, r_sh = statistics.median(redis_cpu["off"]), statistics.median(redis_cpu["shadow"])
+    print(f"Redis CPU a parcel, median: off {r_off:.1f} µs, shadow {r_sh:.1f} µs")
     c_off, c_sh = statistics.median(cpu["off"]), statistics.median(cpu["shadow"])
     print(f"worker CPU a parcel, median: off {c_off:.1f} µs, shadow {c_sh:.1f} µs; "
           f"off / shadow = {c_off / c_sh:.2f} (the throughput ratio of a worker that has a "

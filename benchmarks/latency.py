@@ -24,7 +24,6 @@ import os
 import platform
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -32,10 +31,10 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer
+from parcel_stream.adapters.metrics import worker_breakdown
 from parcel_stream.demo import isolated_settings, running_worker
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
@@ -55,34 +54,6 @@ def read_topic(bootstrap: str, topic: str, partitions: int, want: int, timeout_s
             break
     c.close()
     return out
-
-
-def worker_breakdown(port: int) -> list[str]:
-    """Per batch, from the worker's own metrics: parcels, wall time, each stage and Redis
-    round trip, and the age of its oldest record (means over the run)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    sums: dict[tuple[str, str], float] = {}
-    for fam in text_string_to_metric_families(text.decode()):
-        for sample in fam.samples:
-            if sample.name.endswith(("_sum", "_count")):
-                label = sample.labels.get("stage") or sample.labels.get("op") or ""
-                sums[(sample.name, label)] = sample.value
-
-    def mean(name: str, label: str = "") -> float:
-        count = sums.get((f"{name}_count", label), 0.0)
-        return sums.get((f"{name}_sum", label), 0.0) / count if count else float("nan")
-
-    batches = sums.get(("parcel_stream_batch_parcels_count", ""), 0.0)
-    lines = [f"worker: {batches:.0f} batches, {mean('parcel_stream_batch_parcels'):.1f} parcels "
-             f"a batch, {1e3 * mean('parcel_stream_batch_duration_seconds'):.1f} ms a batch; "
-             f"oldest record's age at the end of a batch "
-             f"{1e3 * mean('parcel_stream_record_age_seconds'):.0f} ms"]  # fmt: skip
-    for metric, kind in (("parcel_stream_stage_duration_seconds", "stage"),
-                         ("parcel_stream_redis_roundtrip_seconds", "redis")):  # fmt: skip
-        parts = sorted(label for name, label in sums if name == f"{metric}_count" and label)
-        lines.append(f"  {kind}, ms a batch: " + ", ".join(
-            f"{label} {1e3 * mean(metric, label):.1f}" for label in parts))  # fmt: skip
-    return lines
 
 
 def offer(producer, topic: str, docs: list[dict], rate: int) -> tuple[dict[str, object], float]:  # type: ignore[no-untyped-def]
