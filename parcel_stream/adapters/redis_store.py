@@ -542,7 +542,14 @@ class RedisReputationStore:
         return [(0, np.arange(len(ids)))] if len(ids) else []
 
     async def _risk_script(self, script: Any, calls: list[tuple[int, list[Any]]]) -> list[Any]:
-        return [await script(keys=[], args=args) for _n, args in calls]
+        """One call of ``script`` per (shard, args), in one round trip (a pipeline: the
+        value norms are read with a call per partition)."""
+        if len(calls) <= 1:
+            return [await script(keys=[], args=args) for _n, args in calls]
+        pipe = self.client.pipeline(transaction=False)
+        for _n, args in calls:
+            await script(keys=[], args=args, client=pipe)
+        return list(await pipe.execute())
 
     def risk_log(self, shard: int) -> str:
         return RISK_LOG.key(self.prefix)
