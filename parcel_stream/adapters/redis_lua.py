@@ -412,8 +412,12 @@ local function write(u, blobs)
   end
   for _, x in ipairs(exam) do
     local key = prefix .. '@parcel:' .. x[1]
-    redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
-    if x[8] > 0 then redis.call('HSET', key, 'k', string.sub(blobs, x[7], x[8])) end
+    if x[8] > 0 then  -- with the learned model's ref
+      redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6], 'k',
+        string.sub(blobs, x[7], x[8]))
+    else
+      redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
+    end
     redis.call('EXPIRE', key, exam_ttl)
   end
   -- decision digests of this batch's records, and those of outputs since acknowledged
