@@ -16,8 +16,6 @@ if TYPE_CHECKING:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    import gc
-
     if args.processes > 1:
         from parcel_stream.adapters.supervisor import supervise
 
@@ -26,10 +24,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from agents.app import create_app
-
-    # A batch allocates ~10 objects per parcel that live until the batch ends; with the
-    # default thresholds the collector rescans them over and over (half the parse time).
-    gc.set_threshold(50_000, 20, 100)
     from parcel_stream.logjson import logging_config
 
     app = create_app(settings)
