@@ -300,12 +300,19 @@ def state_writes(
         PairWrite(idx.pairs[j], int(stored.pair_ver[j]), *pv[j])
         for j in np.flatnonzero(seq.touched_pair).tolist()
     ]
-    new_members = np.flatnonzero(after.member & ~stored.member).tolist()
-    by_address: dict[str, list[str]] = {}
-    for c in new_members:
-        a, s = combos.pairs_of(c)
-        by_address.setdefault(idx.addresses[a], []).append(idx.ids[s])
-    return shippers, sellers, pairs, sorted(by_address.items())
+    # new (address, shipper) members: codes are address-major and sorted, so each
+    # address's new shippers are one run, in shipper order
+    codes = combos.codes[np.flatnonzero(after.member & ~stored.member)]
+    if not len(codes):
+        return shippers, sellers, pairs, []
+    address = codes // combos.n_ship
+    ids = idx.ids
+    names = [ids[j] for j in (codes % combos.n_ship).tolist()]
+    cut = (np.flatnonzero(np.diff(address)) + 1).tolist()
+    firsts = address[[0, *cut]].tolist()
+    runs = zip(firsts, [0, *cut], [*cut, len(names)], strict=True)
+    members = sorted((idx.addresses[a], names[lo:hi]) for a, lo, hi in runs)
+    return shippers, sellers, pairs, members
 
 
 def examinable_refs(
