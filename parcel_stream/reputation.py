@@ -537,7 +537,7 @@ class InMemoryStore:
             return False
         for table, writes in ((self.shippers, update.shippers), (self.sellers, update.sellers)):
             ws = entity_columns(writes)
-            vals, newest = ws.vals.tolist(), ws.newest_day.tolist()
+            vals, newest, counts = ws.vals.tolist(), ws.newest_day.tolist(), ws.day_counts.tolist()
             for k, (eid, expected) in enumerate(zip(ws.ids, ws.expected_ver.tolist(),
                                                     strict=True)):  # fmt: skip
                 st = table.setdefault(eid, ShipperState())
@@ -546,7 +546,7 @@ class InMemoryStore:
                 if newest[k]:
                     first = newest[k] - DAY_SLOTS + 1
                     st.newest_day = newest[k]
-                    st.days = {first + j: c for j, c in enumerate(ws.day_counts[k].tolist()) if c}
+                    st.days = {first + j: c for j, c in enumerate(counts[k]) if c}
         for address, shipper_ids in update.addresses:
             self.addresses.setdefault(address, set()).update(shipper_ids)
         for parcel_id, ref in update.examinable:
