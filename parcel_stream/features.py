@@ -236,21 +236,16 @@ def _description_flags(rs: RuleSet, description: str, hs_code: str) -> tuple[boo
 
 def watchlist_similarity(rs: RuleSet, name: str) -> float:
     """1.0 for an exact match of the normalised name, else the best trigram Jaccard
-    similarity to a watchlist entry (memoised per rule set: names repeat)."""
+    similarity to a watchlist entry."""
     norm = _words(name)
     if norm in rs.watchlist:
         return 1.0
-    key = ("\0watch", norm)
-    hit = rs.memo.get(key)
-    if hit is not None:
-        return float(hit[0])
     grams = trigrams(norm)
     best = 0.0
     for entry in rs.watch_trigrams:
         union = len(grams | entry)
         if union:
             best = max(best, len(grams & entry) / union)
-    rs.memo[key] = (best, False)
     return best
 
 
@@ -270,7 +265,7 @@ _DESCRIPTION = attrgetter("description")
 
 def _name_flags(rs: RuleSet, name: str) -> tuple[float, bool]:
     """(watchlist similarity, a placeholder: test, n/a, xxx, ... or under 3 characters) of
-    a party name, memoised per rule set (shipper names repeat; a consignee's may)."""
+    a party name, memoised per rule set (names repeat: a shipper's on every parcel)."""
     key = ("\0name", name)
     hit = rs.memo.get(key)
     if hit is not None:

@@ -33,6 +33,7 @@ from parcel_stream.sequence import (
 
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
+I64 = npt.NDArray[np.int64]
 LANE_HOLD = 2
 DAY_MS = 86_400_000
 DEFAULT_HALF_LIFE_MS = 90 * DAY_MS
@@ -74,9 +75,6 @@ class EntityWrite:
     vals: tuple[float, ...]
     newest_day: int = 0
     days: tuple[tuple[int, int], ...] = ()  # live (Unix day, parcels) after the batch
-
-
-I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
