@@ -241,11 +241,11 @@ def watchlist_similarity(rs: RuleSet, name: str) -> float:
     if norm in rs.watchlist:
         return 1.0
     grams = trigrams(norm)
-    best = 0.0
+    best, size = 0.0, len(grams)
     for entry in rs.watch_trigrams:
-        union = len(grams | entry)
-        if union:
-            best = max(best, len(grams & entry) / union)
+        shared = len(grams & entry)
+        if shared:  # |A ∪ B| = |A| + |B| - |A ∩ B|: no union set built
+            best = max(best, shared / (size + len(entry) - shared))
     return best
 
 

@@ -331,3 +331,28 @@ def test_errors_in_a_file_name_the_file(tmp_path: Path) -> None:
         RuleSetError, match=rf"^{re.escape(str(path))}: rule NEAR_THRESHOLD: weight:"
     ):
         load_ruleset(path)
+
+
+def test_watchlist_similarity_is_the_trigram_jaccard_index() -> None:
+    """The best |A ∩ B| / |A ∪ B| over the watchlist's entries (computed without building
+    the union), 1.0 for an exact match of the normalised name."""
+    import random
+    import string
+
+    from parcel_stream.features import watchlist_similarity
+    from parcel_stream.rules import default_ruleset, normalise_name, trigrams
+    from parcel_stream.settings import Settings
+
+    rs = default_ruleset(Settings())
+    assert rs.watch_trigrams
+    rng = random.Random(7)
+    entries = sorted(rs.watchlist)
+    names = [rng.choice(entries).upper() + " Ltd." for _ in range(20)]  # near misses
+    names += ["".join(rng.choice(string.ascii_letters + " .,-") for _ in range(rng.randrange(3, 30)))
+              for _ in range(300)]  # fmt: skip
+    for name in names:
+        grams = trigrams(normalise_name(name))
+        want = max(len(grams & e) / len(grams | e) for e in rs.watch_trigrams)
+        assert watchlist_similarity(rs, name) == want, name
+    assert watchlist_similarity(rs, entries[0].upper()) == 1.0
+    assert any(0.6 <= watchlist_similarity(rs, n) < 1 for n in names[:20])
