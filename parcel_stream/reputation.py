@@ -279,20 +279,15 @@ def batch_partitions(records: list[InRecord]) -> list[Partition]:
     return sorted({(r.topic, r.partition) for r in records})
 
 
-def _entity_writes(
-    ids: list[str], before: EntityTable, after: EntityTable, touched: npt.NDArray[np.bool_],
-    days: bool,
-) -> EntityWrites:  # fmt: skip
-    return EntityWrites.of_table(ids, before, after, np.flatnonzero(touched), days)
-
-
 def state_writes(
     idx: ShipperIndex, combos: Combos, stored: StoredState, seq: Sequenced
 ) -> tuple[EntityWrites, EntityWrites, list[PairWrite], list[tuple[str, list[str]]]]:
     """The entity, pair and address writes of a scored batch."""
     after = seq.state
-    shippers = _entity_writes(idx.ids, stored.shippers, after.shippers, seq.touched_ship, True)
-    sellers = _entity_writes(idx.sellers, stored.sellers, after.sellers, seq.touched_sell, False)
+    shippers = EntityWrites.of_table(idx.ids, stored.shippers, after.shippers,
+                                     np.flatnonzero(seq.touched_ship), True)  # fmt: skip
+    sellers = EntityWrites.of_table(idx.sellers, stored.sellers, after.sellers,
+                                    np.flatnonzero(seq.touched_sell), False)  # fmt: skip
     pv = after.pairs.tolist()
     pairs = [
         PairWrite(idx.pairs[j], int(stored.pair_ver[j]), *pv[j])

@@ -83,7 +83,7 @@ from parcel_stream.reputation import (
     entity_columns,
 )
 from parcel_stream.risk import decode_ref, encode_ref
-from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS, EntityTable, StoredState
+from parcel_stream.sequence import ENTITY_FIELDS, EntityTable, StoredState
 from parcel_stream.settings import Settings
 from parcel_stream.state import (
     ADDRESS_SHIPPERS,
@@ -168,17 +168,6 @@ def parse_read(
     return state, wm
 
 
-def encode_days(newest: int, days: tuple[tuple[int, int], ...]) -> str:
-    """A shipper's day counts as one field: the counts of the ``DAY_SLOTS`` days up to
-    ``newest``, comma-separated (older days are gone)."""
-    first = newest - DAY_SLOTS + 1
-    counts = [0] * DAY_SLOTS
-    for day, count in days:
-        if first <= day <= newest:
-            counts[day - first] = count
-    return ",".join(map(str, counts))
-
-
 def decode_days(newest: int, raw: bytes | str | None) -> dict[int, int]:
     if not raw:
         return {}
@@ -206,7 +195,9 @@ _SMALL = [str(i) for i in range(4096)]
 
 
 def days_texts(counts: I64) -> list[str]:
-    """Each row of day counts as :func:`encode_days` writes it."""
+    """Each row of day counts as its shipper's one field: the counts of the ``DAY_SLOTS``
+    days up to its newest, comma-separated (older days are gone; ``decode_days`` reads
+    it back)."""
     rows = counts.tolist()
     if counts.size and not 0 <= counts.min() <= counts.max() < len(_SMALL):
         return [",".join(map(str, row)) for row in rows]

@@ -47,17 +47,26 @@ def test_state_fields_are_written_as_text_that_reads_back_exactly() -> None:
 
 def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
     """The batch's entity writes are formatted in columns (``entity_args``): the same text
-    as :func:`num_text` and :func:`encode_days` give one write at a time, for whole numbers
+    as :func:`num_text` and the day counts' field give one write at a time, for whole numbers
     of any size, fractions, -0.0, infinities and NaN; and back to the same writes."""
     import math
     import random
 
     import numpy as np
 
-    from parcel_stream.adapters.redis_store import encode_days, entity_args, num_text
+    from parcel_stream.adapters.redis_store import entity_args, num_text
     from parcel_stream.reputation import EntityWrite, EntityWrites
     from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS
     from parcel_stream.state import SELLER, SHIPPER
+
+    def encode_days(newest: int, days: tuple[tuple[int, int], ...]) -> str:
+        # one write at a time, as the write script's field was made before the columns
+        first = newest - DAY_SLOTS + 1
+        counts = [0] * DAY_SLOTS
+        for day, count in days:
+            if first <= day <= newest:
+                counts[day - first] = count
+        return ",".join(map(str, counts))
 
     rng = random.Random(5)
     special = [0.0, -0.0, 3.0, -7.0, 2.0**62, 2.0**63, 1e20, -1e300, 0.5, math.inf, -math.inf,
