@@ -52,8 +52,10 @@ class StateKey:
 _ENTITY = ", ".join(f"`{f}`" for f in ENTITY_FIELDS)
 SHIPPER = StateKey(
     "shipper", "", "id", "hash",
-    f"{_ENTITY} (lifetime counts, first and last manifest time, recent-weighted parcels, "
-    "holds, exams and violations brought up to date at `t`); lifetime `exams`, `violations`; "
+    f"`p`: {_ENTITY} packed as little-endian doubles (lifetime counts, first and last "
+    "manifest time, recent-weighted parcels, holds, exams and violations brought up to date "
+    "at `t`; earlier versions kept one field each, packed when next read); lifetime `exams`, "
+    "`violations`; "
     "`dn` newest manifest day and `dd` the parcel counts of the 16 days up to it; `v` version "
     "(compare-and-set)",
     "`PARCEL_ENTITY_TTL_DAYS` (400) after the last update",

@@ -129,19 +129,18 @@ def _col(values: list[Any]) -> F64:
 
 
 def _fill_entities(table: EntityTable, flat: list[Any], width: int, days: bool) -> None:
-    """Entity rows from the read script's reply (``width`` values per entity)."""
+    """Entity rows from the read script's reply (``width`` values per entity: the packed
+    values, the version, and for shippers the newest day and the day counts)."""
     n = len(table.ver)
     if not n:
         return
-    rows = [flat[j * width : (j + 1) * width] for j in range(n)]
-    nf = len(ENTITY_FIELDS)
-    table.vals[:] = _col([v for r in rows for v in r[:nf]]).reshape(n, nf)
-    table.ver[:] = [int(r[nf]) if r[nf] is not None else 0 for r in rows]
+    table.vals[:] = unpack_entities(flat[0::width], n)
+    table.ver[:] = [int(v) if v is not None else 0 for v in flat[1::width]]
     if days:
-        for j, r in enumerate(rows):
-            newest = int(r[nf + 1]) if r[nf + 1] is not None else 0
+        for j, (dn, dd) in enumerate(zip(flat[2::width], flat[3::width], strict=True)):
+            newest = int(dn) if dn is not None else 0
             if newest:
-                table.set_days(j, newest, decode_days(newest, r[nf + 2]))
+                table.set_days(j, newest, decode_days(newest, dd))
 
 
 def parse_read(
@@ -180,17 +179,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def num_texts(vals: F64) -> list[list[str]]:
-    """:func:`num_text` of every value of a matrix, row by row (formatted in columns)."""
-    whole = np.isfinite(vals) & (np.floor(vals) == vals) & (np.abs(vals) < 2.0**62)
-    out = np.empty(vals.shape, dtype=object)
-    out[whole] = list(map(str, vals[whole].astype(np.int64).tolist()))
-    rest = ~whole
-    out[rest] = list(map(num_text, vals[rest].tolist()))
-    rows: list[list[str]] = out.tolist()
-    return rows
-
-
 _SMALL = [str(i) for i in range(4096)]
 
 
@@ -204,16 +192,42 @@ def days_texts(counts: I64) -> list[str]:
     return [",".join(map(_SMALL.__getitem__, row)) for row in rows]
 
 
-def entity_args(kind: StateKey, ws: EntityWrites, prefix: str, days: bool) -> list[list[Any]]:
-    """The apply script's entity rows: key, expected version, the fields as text (formatted
-    here: formatting them in the script cost Redis 1.3 us a field), newest day and the day
-    counts (shippers; 0 and "" for sellers)."""
+def entity_args(kind: StateKey, ws: EntityWrites, prefix: str, days: bool, at: int
+                ) -> list[list[Any]]:  # fmt: skip
+    """The apply script's entity rows: key, expected version, the first byte (Lua counts
+    from 1) of its packed values (``pack_entities``: the batch's, at byte ``at`` of the
+    script's binary argument), and for shippers the newest day and the day counts (0 and
+    "" for sellers)."""
     keys = [kind.key(prefix, eid) for eid in ws.ids]
-    vers, texts = ws.expected_ver.tolist(), num_texts(ws.vals)
+    vers = ws.expected_ver.tolist()
+    width = ENTITY_BYTES
+    firsts = range(at, at + width * len(keys), width)
     if not days:
-        return [[k, v, t, 0, ""] for k, v, t in zip(keys, vers, texts, strict=True)]
-    return [list(row) for row in zip(keys, vers, texts, ws.newest_day.tolist(),
+        return [[k, v, f, 0, ""] for k, v, f in zip(keys, vers, firsts, strict=True)]
+    return [list(row) for row in zip(keys, vers, firsts, ws.newest_day.tolist(),
                                      days_texts(ws.day_counts), strict=True)]  # fmt: skip
+
+
+ENTITY_BYTES = 8 * len(ENTITY_FIELDS)
+_ZERO_ENTITY = bytes(ENTITY_BYTES)
+
+
+def pack_entities(vals: F64) -> bytes:
+    """Entity values as stored (field ``p``): ``ENTITY_FIELDS`` in order, little-endian
+    doubles, so they read back bit for bit."""
+    return np.ascontiguousarray(vals, dtype="<f8").tobytes()
+
+
+def unpack_entities(packed: list[Any], n: int) -> F64:
+    """The values of ``n`` entities from their stored ``p`` fields (None: absent, zeros)."""
+    if not n:
+        return np.zeros((0, len(ENTITY_FIELDS)))
+    none = _ZERO_ENTITY
+    raw = b"".join(x if x is not None else none for x in packed)
+    if len(raw) != n * ENTITY_BYTES:  # some stored before fields were added: those read 0
+        raw = b"".join((x or b"").ljust(ENTITY_BYTES, b"\0") for x in packed)
+    out: F64 = np.frombuffer(raw, dtype="<f8").reshape(n, len(ENTITY_FIELDS)).astype(np.float64)
+    return out
 
 
 def num_text(v: float) -> str:
@@ -405,8 +419,6 @@ class RedisReputationStore:
         def key(kind: StateKey, ident: str) -> str:
             return kind.key(prefix, ident)
 
-        ents = entity_args(SHIPPER, entity_columns(update.shippers), prefix, True) + \
-            entity_args(SELLER, entity_columns(update.sellers), prefix, False)  # fmt: skip
         blobs: list[bytes] = []
         size = 0
 
@@ -415,6 +427,12 @@ class RedisReputationStore:
             blobs.append(raw)
             size += len(raw)
             return size - len(raw) + 1, size  # first and last byte in ARGV[2] (Lua counts)
+
+        ships, sells = entity_columns(update.shippers), entity_columns(update.sellers)
+        ents = [
+            *entity_args(SHIPPER, ships, prefix, True, blob(pack_entities(ships.vals))[0]),
+            *entity_args(SELLER, sells, prefix, False, blob(pack_entities(sells.vals))[0]),
+        ]
 
         payload = [
             prefix, self.ttl_s, self.address_ttl_s, self.exam_ttl_s, float(self.window_ms),
@@ -722,7 +740,11 @@ class RedisReputationStore:
         raw = await self.client.hgetall(key)
         if not raw:
             return None
+        packed = raw.pop(b"p", None)
         get = {_text(k): _text(v) for k, v in raw.items()}
+        if packed is not None:  # else one field per value, as earlier versions kept them
+            vals = map(num_text, unpack_entities([packed], 1)[0].tolist())
+            get.update(zip(ENTITY_FIELDS, vals, strict=True))
         return ShipperState(
             seen=int(get.get("seen", 0)),
             value_usd=float(get.get("value_usd", 0)),

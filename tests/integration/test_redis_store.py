@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,3 +131,78 @@ def test_stale_updates_are_refused(request: pytest.FixtureRequest, kind: str) ->
         assert Combos.of(prep.shippers).codes.size > 0
         if isinstance(store, BlockingRedisStore):
             store.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_entities_kept_as_earlier_versions_did_are_read_examined_and_packed_in_place(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """Shippers and sellers stored by earlier versions (one text field per value) read as
+    the packed layout does, take examination results the same way, and are packed in
+    place the first time they are read; a batch prepared before an upgrade (its entity
+    values as text fields) is still written."""
+    import dataclasses
+
+    import msgspec
+
+    from parcel_stream.adapters.redis_store import num_text
+    from parcel_stream.reputation import ExamDelta
+    from parcel_stream.sequence import ENTITY_FIELDS
+    from tests.integration.test_store_contract import PART, VALS, index, update
+
+    idx = index()
+    now, old = redis_store(request, kind, "now"), redis_store(request, kind, "old")
+    inner = old._store
+    client = inner.client
+    keys = [inner.shipper_key("S1"), inner.seller_key("L1@shop")]
+
+    def run(coro: Any) -> Any:
+        return old._loop.run_until_complete(coro)
+
+    def as_before(key: str) -> None:  # rewrite a stored entity as earlier versions kept it
+        got = run(client.hgetall(key))
+        vals = np.frombuffer(got.pop(b"p"), dtype="<f8").tolist()
+        run(client.delete(key))
+        run(client.hset(key, mapping={**got, **dict(zip(ENTITY_FIELDS, map(num_text, vals),
+                                                        strict=True))}))  # fmt: skip
+
+    def fields(key: str) -> set[bytes]:
+        return set(run(client.hkeys(key)))
+
+    try:
+        for store in (now, old):
+            assert store.apply(update())
+        for key in keys:
+            as_before(key)
+            assert b"p" not in fields(key) and b"seen" in fields(key)
+        delta = ExamDelta("E1", "P1", "S1", "A1", True, 1_790_000_600_000, "L1@shop")
+        for store in (now, old):  # the old layout's examined before it is read
+            assert store.apply_exams([delta]) == [True]
+        shipper = now._loop.run_until_complete(now._store.shipper("S1"))
+        assert shipper is not None and shipper.recent_violations > 0.99
+        # a tool reads either layout alike (packed now by the exam)
+        assert run(inner.shipper("S1")) == shipper
+        a, marks_a = now.read(idx, [PART], Combos.of(idx))
+        b, marks_b = old.read(idx, [PART], Combos.of(idx))
+        same_state(a, b)
+        assert a.shippers.vals.tolist() == b.shippers.vals.tolist()
+        assert a.sellers.vals.tolist() == b.sellers.vals.tolist() and b.sellers.ver.tolist() == [2]
+        assert b.shippers.vals[0, 9] > 0.99 and marks_a == marks_b == {PART: 10}
+        for key in keys:  # packed in place by the read
+            assert b"p" in fields(key) and not fields(key) & {f.encode() for f in ENTITY_FIELDS}
+        # the next batch, prepared by an earlier version (entity values as text fields)
+        nxt = update(expect_ver=2, wm=(10, 11), remembered="0123456789abcdef")
+        nxt = dataclasses.replace(nxt, pairs=[])  # its version did not move: 1
+        u = msgspec.msgpack.decode(inner.apply_args(nxt, inner.prefix)[0])
+        u[7] = [[k, v, [num_text(x) for x in VALS], dn, dd] for k, v, _at, dn, dd in u[7]]
+        if kind == "redis":
+            args = [msgspec.msgpack.encode(u), inner.apply_args(nxt, inner.prefix)[1]]
+            assert run(inner._apply(keys=[], args=args)) == 1
+            assert now.apply(nxt)
+            a, _ = now.read(idx, [PART], Combos.of(idx))
+            b, _ = old.read(idx, [PART], Combos.of(idx))
+            same_state(a, b)
+            assert b.shippers.vals[0].tolist() == list(VALS)
+    finally:
+        now.close()
+        old.close()

@@ -46,15 +46,21 @@ def test_state_fields_are_written_as_text_that_reads_back_exactly() -> None:
 
 
 def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
-    """The batch's entity writes are formatted in columns (``entity_args``): the same text
-    as :func:`num_text` and the day counts' field give one write at a time, for whole numbers
+    """The batch's entity writes are formatted in columns (``entity_args``): per entity its
+    key, expected version, where its packed values start, and the day counts' field as
+    one write at a time gave it; the packed values read back bit for bit, for whole numbers
     of any size, fractions, -0.0, infinities and NaN; and back to the same writes."""
     import math
     import random
 
     import numpy as np
 
-    from parcel_stream.adapters.redis_store import entity_args, num_text
+    from parcel_stream.adapters.redis_store import (
+        ENTITY_BYTES,
+        entity_args,
+        pack_entities,
+        unpack_entities,
+    )
     from parcel_stream.reputation import EntityWrite, EntityWrites
     from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS
     from parcel_stream.state import SELLER, SHIPPER
@@ -82,13 +88,23 @@ def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
         writes.append(EntityWrite(f"S{k}", rng.randrange(5), tuple(rng.choice(pool)
                                   for _ in range(nf)), newest, days))  # fmt: skip
     ws = EntityWrites.of(writes)
-    rows = entity_args(SHIPPER, ws, "ps", True)
-    for w, row in zip(writes, rows, strict=True):
-        assert row[:2] == [SHIPPER.key("ps", w.entity_id), w.expected_ver]
-        assert row[2] == [num_text(v) for v in w.vals]
-        assert row[3:] == [w.newest_day, encode_days(w.newest_day, w.days)]
-    sellers = entity_args(SELLER, ws, "ps", False)
-    assert [r[3:] for r in sellers] == [[0, ""]] * len(writes)
+    rows = entity_args(SHIPPER, ws, "ps", True, 7)
+    packed = pack_entities(ws.vals)
+    assert len(packed) == ENTITY_BYTES * len(writes) == 8 * nf * len(writes)
+    for j, (w, row) in enumerate(zip(writes, rows, strict=True)):
+        first = 7 + j * ENTITY_BYTES  # in the script's binary argument, from byte 7 on
+        assert row == [SHIPPER.key("ps", w.entity_id), w.expected_ver, first, w.newest_day,
+                       encode_days(w.newest_day, w.days)]  # fmt: skip
+        one = packed[first - 7 : first - 7 + ENTITY_BYTES]
+        back = unpack_entities([one], 1)[0]
+        assert [math.copysign(1, v) for v in back] == [math.copysign(1, v) for v in w.vals]
+        assert np.array_equal(back, w.vals, equal_nan=True)
+    sellers = entity_args(SELLER, ws, "ps", False, 1)
+    assert [r[2:] for r in sellers] == [[1 + j * ENTITY_BYTES, 0, ""] for j in range(len(writes))]
+    assert unpack_entities([None, packed[:ENTITY_BYTES]], 2)[0].tolist() == [0.0] * nf
+    # packed before the last field was added: it reads 0, the others as stored
+    short = unpack_entities([packed[: ENTITY_BYTES - 8], packed[:ENTITY_BYTES]], 2)
+    assert short[0, -1] == 0.0 and np.array_equal(short[0, :-1], short[1, :-1], equal_nan=True)
     # read one at a time, the columns give the writes back (days outside the window gone)
     for w, again in zip(writes, ws, strict=True):
         assert (again.entity_id, again.expected_ver, again.newest_day) == (
@@ -98,5 +114,5 @@ def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
         assert dict(again.days) == live
     assert [w.entity_id for w in ws.take([3, 1])] == ["S3", "S1"] and len(EntityWrites.none()) == 0
     big = EntityWrite("B", 1, (1.0,) * nf, 20_800, ((20_799, 70_000), (20_800, 3)))
-    assert entity_args(SHIPPER, EntityWrites.of([big]), "ps", True)[0][4] == encode_days(
+    assert entity_args(SHIPPER, EntityWrites.of([big]), "ps", True, 1)[0][4] == encode_days(
         big.newest_day, big.days)  # fmt: skip
