@@ -52,7 +52,8 @@ class StateKey:
 _ENTITY = ", ".join(f"`{f}`" for f in ENTITY_FIELDS)
 SHIPPER = StateKey(
     "shipper", "", "id", "hash",
-    f"`p`: {_ENTITY} packed as little-endian doubles (lifetime counts, first and last "
+    f"`p0`, `p1`: {_ENTITY} packed as little-endian doubles, 64 bytes a field at most "
+    "(lifetime counts, first and last "
     "manifest time, recent-weighted parcels, holds, exams and violations brought up to date "
     "at `t`; earlier versions kept one field each, packed when next read); lifetime `exams`, "
     "`violations`; "

@@ -55,31 +55,52 @@ local function decay_add(key, at, hl, fields, deltas)
 end
 """
 
-# Shippers and sellers: a hash with the version ``v``, the entity's values packed in one
-# field ``p`` (``ENTITY_FIELDS`` in order, little-endian doubles: one field to read and
-# write rather than ten, which cost Redis about 7 us more an entity each way), the
-# lifetime ``exams`` and ``violations`` counts, and for shippers the newest day ``dn`` and
-# day counts ``dd``. Earlier versions kept one text field per value: such a hash is packed
-# in place the first time a batch or an examination reads it (values and version kept).
-ENTITY_LUA = """
+# Shippers and sellers: a hash with the version ``v``, the entity's values packed
+# (``ENTITY_FIELDS`` in order, little-endian doubles) in fields ``p0``, ``p1``, ... of at
+# most 64 bytes each (longer values would turn the hash from Redis's compact listpack into a
+# hash table: 1.5 x the memory), the lifetime ``exams`` and ``violations`` counts, and for
+# shippers the newest day ``dn`` and day counts ``dd``. Two fields to read and write rather
+# than ten, which cost Redis about 7 us more an entity each way. Earlier versions kept one
+# text field per value: such a hash is packed in place the first time a batch or an
+# examination result reads it (values and version kept).
+PACKED_PART_BYTES = 64
+PACKED_PARTS = tuple(f"p{k}" for k in range(-(-8 * len(ENTITY_FIELDS) // PACKED_PART_BYTES)))
+ENTITY_LUA = (
+    """
 local ENTITY_FIELDS = {ENTITY_FIELDS}
+local PARTS = {PARTS}
 local PACKED = '<' .. string.rep('d', #ENTITY_FIELDS)
 local PACKED_BYTES = 8 * #ENTITY_FIELDS
+-- the values from a reply whose first #PARTS entries are the parts (false: absent)
+local function joined(row)
+  if not row[1] then return false end
+  local p = row[1]
+  for k = 2, #PARTS do p = p .. (row[k] or '') end
+  return p
+end
+-- HSET arguments for packed values p (appended to row)
+local function parts_args(row, p)
+  for k = 1, #PARTS do
+    row[#row + 1] = PARTS[k]
+    row[#row + 1] = string.sub(p, {PART} * (k - 1) + 1, {PART} * k)
+  end
+  return row
+end
 local function entity_packed(key)
   local row = redis.call('HMGET', key, unpack(ENTITY_FIELDS))
   local x = {}
   for j = 1, #ENTITY_FIELDS do x[j] = tonumber(row[j]) or 0 end
   local p = struct.pack(PACKED, unpack(x))
-  redis.call('HSET', key, 'p', p)
+  redis.call('HSET', key, unpack(parts_args({}, p)))
   redis.call('HDEL', key, unpack(ENTITY_FIELDS))
   return p
 end
 -- an examination's result: recent examinations and violations brought up to date and
 -- added (as decay_add does for the fields t, rs, rh, re, rv)
 local function entity_exam(key, at, hl, v)
-  local p = redis.call('HGET', key, 'p') or entity_packed(key)
+  local p = joined(redis.call('HMGET', key, unpack(PARTS))) or entity_packed(key)
   -- stored before fields were added at the end: those are 0
-  if #p < PACKED_BYTES then p = p .. string.rep('\0', PACKED_BYTES - #p) end
+  if #p < PACKED_BYTES then p = p .. string.rep('\\0', PACKED_BYTES - #p) end
   local x = {struct.unpack(PACKED, p)}
   local t = x[6]
   if t <= 0 then t = at end
@@ -93,9 +114,13 @@ local function entity_exam(key, at, hl, v)
     x[6] = t
     for i = 1, 4 do x[6 + i] = x[6 + i] + deltas[i] * g end
   end
-  redis.call('HSET', key, 'p', struct.pack(PACKED, unpack(x, 1, #ENTITY_FIELDS)))
+  p = struct.pack(PACKED, unpack(x, 1, #ENTITY_FIELDS))
+  redis.call('HSET', key, unpack(parts_args({}, p)))
 end
 """.replace("{ENTITY_FIELDS}", "{" + ", ".join(f"'{f}'" for f in ENTITY_FIELDS) + "}")
+    .replace("{PARTS}", "{" + ", ".join(f"'{f}'" for f in PACKED_PARTS) + "}")
+    .replace("{PART}", str(PACKED_PART_BYTES))
+)
 _T = ENTITY_FIELDS.index("t") + 1
 assert ENTITY_FIELDS[_T - 1 : _T + 4] == ("t", "rs", "rh", "re", "rv")  # as entity_exam reads
 
@@ -105,8 +130,10 @@ assert ENTITY_FIELDS[_T - 1 : _T + 4] == ("t", "rs", "rh", "re", "rv")  # as ent
 # fields and version; per address the distinct shippers stored and its recent violations;
 # per pair the open window and its version; per (address, shipper) combination whether it
 # is stored; the watermarks.
-SHIPPER_WIDTH = 4  # p, v, dn, dd
-SELLER_WIDTH = 2  # p, v
+SHIPPER_WIDTH = 4  # the packed values, v, dn, dd
+SELLER_WIDTH = 2  # the packed values, v
+PARTS = ", ".join(f"'{f}'" for f in PACKED_PARTS)
+N_PARTS = len(PACKED_PARTS)
 READ_LUA = (
     ENTITY_LUA
     + f"""
@@ -117,15 +144,19 @@ local out = {{}}
 local n = 0
 for _, id in ipairs(shippers) do
   local key = prefix .. '@shipper:' .. id
-  local row = redis.call('HMGET', key, 'p', 'v', 'dn', 'dd')
-  if not row[1] and row[2] then row[1] = entity_packed(key) end
-  for j = 1, {SHIPPER_WIDTH} do n = n + 1; out[n] = row[j] end
+  local row = redis.call('HMGET', key, {PARTS}, 'v', 'dn', 'dd')
+  local p = joined(row)
+  if not p and row[{N_PARTS} + 1] then p = entity_packed(key) end
+  n = n + 1; out[n] = p
+  for j = {N_PARTS} + 1, {N_PARTS} + 3 do n = n + 1; out[n] = row[j] end
 end
 for _, id in ipairs(sellers) do
   local key = prefix .. '@seller:' .. id
-  local row = redis.call('HMGET', key, 'p', 'v')
-  if not row[1] and row[2] then row[1] = entity_packed(key) end
-  for j = 1, {SELLER_WIDTH} do n = n + 1; out[n] = row[j] end
+  local row = redis.call('HMGET', key, {PARTS}, 'v')
+  local p = joined(row)
+  if not p and row[{N_PARTS} + 1] then p = entity_packed(key) end
+  n = n + 1; out[n] = p
+  n = n + 1; out[n] = row[{N_PARTS} + 1]
 end
 for _, id in ipairs(addresses) do
   local key = prefix .. '@addr:' .. id
@@ -393,7 +424,9 @@ return out
 # one: a cluster shard other than the partition's home); ``write`` writes the batch's
 # resulting state. The single-node script does both in one call; the cluster store
 # (``redis_cluster.py``) prepares and commits them per shard.
-APPLY_LIB = """
+APPLY_LIB = (
+    ENTITY_LUA
+    + """
 local num = function(x) return string.format('%.17g', x) end
 local function check(u)
   for _, w in ipairs(u[7]) do
@@ -440,9 +473,9 @@ local function write(u, blobs)
         row[#row + 1] = fields[j]
         row[#row + 1] = vals[j]
       end
-      redis.call('HDEL', key, 'p')
+      redis.call('HDEL', key, unpack(PARTS))
     else  -- the values packed, at byte e[3] of ARGV[2]
-      row = {'v', e[2] + 1, 'p', string.sub(blobs, vals, vals + 8 * #fields - 1)}
+      row = parts_args({'v', e[2] + 1}, string.sub(blobs, vals, vals + 8 * #fields - 1))
     end
     if e[4] > 0 then
       row[#row + 1] = 'dn'
@@ -505,6 +538,7 @@ local function write(u, blobs)
   for _, w in ipairs(wm) do redis.call('SET', w[1], w[3]) end
 end
 """.replace("{ENTITY_FIELDS}", "{" + ", ".join(f"'{f}'" for f in ENTITY_FIELDS) + "}")
+)
 
 # Single node: check and write in one call (0: refused, nothing written).
 APPLY_LUA = (

@@ -56,6 +56,7 @@ from redis.backoff import NoBackoff
 from parcel_stream.adapters.redis_lua import (
     APPLY_LUA,
     EXAMS_LUA,
+    PACKED_PARTS,
     PARCELS_LUA,
     READ_LUA,
     RISK_CLEAR_LUA,
@@ -740,7 +741,8 @@ class RedisReputationStore:
         raw = await self.client.hgetall(key)
         if not raw:
             return None
-        packed = raw.pop(b"p", None)
+        parts = [raw.pop(name.encode(), None) for name in PACKED_PARTS]
+        packed = b"".join(x or b"" for x in parts) if parts[0] is not None else None
         get = {_text(k): _text(v) for k, v in raw.items()}
         if packed is not None:  # else one field per value, as earlier versions kept them
             vals = map(num_text, unpack_entities([packed], 1)[0].tolist())
