@@ -239,7 +239,10 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
                     records = [_record_of(m) for m in messages]
                     chunks = chunk_records(records, settings.chunk_max_bytes)
                     for k, chunk in enumerate(chunks):
-                        sent = await processor.start(chunk)
+                        # the next chunk is parsed while Redis applies this one
+                        ahead = settings.parse_ahead and k + 1 < len(chunks)
+                        upcoming = chunks[k + 1] if ahead else None
+                        sent = await processor.start(chunk, upcoming)
                         if last is not None:
                             await last
                         last = asyncio.ensure_future(

@@ -50,6 +50,19 @@ class ParsedBatch:
     def __len__(self) -> int:
         return len(self.manifests)
 
+    @classmethod
+    def joined(cls, parts: list[ParsedBatch]) -> ParsedBatch:
+        """One batch from the parses of consecutive records, in order (``record_index``
+        counted across them): what ``parse_batch`` gives for all the records at once."""
+        out = cls()
+        for part in parts:
+            out.manifests += part.manifests
+            out.sources += part.sources
+            out.record_index += [out.records + i for i in part.record_index]
+            out.rejections += part.rejections
+            out.records += part.records
+        return out
+
     def add(self, parsed: Manifest | Rejection, source: str, record_index: int) -> None:
         if isinstance(parsed, Manifest):
             self.manifests.append(parsed)

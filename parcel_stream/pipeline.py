@@ -303,10 +303,13 @@ DEFAULT_STATE = StateConfig()
 
 
 def prepare(
-    records: list[InRecord], limits: Limits, now_ms: int, split_min_usd: float | None = None
-) -> Prepared:
+    records: list[InRecord], limits: Limits, now_ms: int, split_min_usd: float | None = None,
+    parsed: ParsedBatch | None = None,
+) -> Prepared:  # fmt: skip
+    """The batch parsed (``parsed``: already, as ``parse_batch`` gives it) and indexed:
+    what the state read needs, and the columns the stages share."""
     t0 = perf_counter()
-    parsed = parse_batch(records, limits, now_ms)
+    parsed = parsed if parsed is not None else parse_batch(records, limits, now_ms)
     return Prepared(
         records=records,
         parsed=parsed,

@@ -90,6 +90,8 @@ class Settings:
     max_parcels_per_record: int = 5_000
     # A batch is scored in chunks of at most this many input bytes (bounds worker memory).
     chunk_max_bytes: int = 4 * 1024 * 1024
+    # Parse the next chunk of a batch while Redis applies this one (one chunk more in memory)
+    parse_ahead: bool = True
     # Redis reputation store
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_key_prefix: str = "ps"

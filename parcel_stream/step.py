@@ -90,15 +90,19 @@ def batch_step(
     config: StateConfig = DEFAULT_STATE,
     prune: dict[Partition, int] | None = None,
     risk: tuple[RiskConfig, RiskState] | None = None,
+    prepared: Prepared | None = None,
 ) -> Step:
     """One batch, start to end (see the module's docstring). ``prune``: outputs produced
     up to these offsets, whose digests go with this batch's update. ``risk``: the learned
     model's config and state (from the learner state), when it is not off: the batch's
-    keys' counts are read after its state, and its parcels scored with them."""
+    keys' counts are read after its state, and its parcels scored with them.
+    ``prepared``: these records already parsed (:func:`prepare`, a pure function of the
+    records, the limits, ``now_ms`` and the split threshold), for the first attempt."""
     attempt = 0
     while True:
         attempt += 1
-        prep = prepare(records, limits, now_ms, ruleset.split_min_usd)
+        prep = prepared if prepared is not None and attempt == 1 else prepare(
+            records, limits, now_ms, ruleset.split_min_usd)  # fmt: skip
         batch = yield from _read(prep)
         marks = batch.watermarks
 

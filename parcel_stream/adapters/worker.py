@@ -25,8 +25,8 @@ from parcel_stream.decide import LANES, Outputs, encode_rejection, hold_reason_c
 from parcel_stream.exams import applied_flags, exam_step, parse_exam_records, trace, trains
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache
-from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import BatchResult
+from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
+from parcel_stream.pipeline import BatchResult, Prepared, prepare
 from parcel_stream.reputation import ExamDelta, Partition
 from parcel_stream.risk import RiskState
 from parcel_stream.rules import RuleSet, RuleSetError
@@ -83,6 +83,9 @@ class BatchProcessor:
         # per input partition: the next offset to process (for the lag metric)
         self.positions: dict[Partition, int] = {}
         self.applied: dict[Partition, int] = {}  # last offset applied, per partition
+        # the next batch, parsed while Redis applied the one before: (its records, their
+        # parse, its decision time, the split threshold it was parsed with)
+        self._ahead: tuple[list[InRecord], Prepared, int, float | None] | None = None
         metrics.learner_applied.set(int(self.learner_cfg.adjusts))
 
     async def refresh_learner(self) -> None:
@@ -188,7 +191,9 @@ class BatchProcessor:
         """Process one batch completely; returns only when it is safe to ack it."""
         return await (await self.start(records))
 
-    async def start(self, records: list[InRecord]) -> Awaitable[BatchResult | None]:
+    async def start(
+        self, records: list[InRecord], upcoming: list[InRecord] | None = None
+    ) -> Awaitable[BatchResult | None]:
         """Process one batch up to its outputs handed to the producer; returns what to
         await before the batch may be acked: the broker's acknowledgement of its outputs.
 
@@ -201,7 +206,12 @@ class BatchProcessor:
         The next batch may start while this one's outputs wait for the broker (its state
         is applied, so the next batch reads it): the wait for ``acks=all`` overlaps the
         next batch's work instead of adding to every batch. Outputs keep their order:
-        the producer sends them in the order handed over."""
+        the producer sends them in the order handed over.
+
+        ``upcoming``: the batch that will come next, when the caller knows it. It is parsed
+        (decoded, validated, hashed: no state involved) while Redis applies this one, so
+        that the two processes work at the same time; its turn then starts from its state
+        read. Its decision time is when that parse began."""
         t0 = time.perf_counter()
         await self.refresh_learner()
         rs, cfg, state = self.ruleset, self.learner_cfg, self.learner.state
@@ -210,8 +220,12 @@ class BatchProcessor:
         # the digests of outputs acknowledged so far go with this batch's update; those
         # of batches acknowledged meanwhile, with the next
         prune, self.pending_prune = self.pending_prune, {}
-        step = batch_step(records, rs, self.limits, now_ms(), True, adjust, state.version,
-                          self.state_config, prune, risk)  # fmt: skip
+        decided_ms, prepared = now_ms(), None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is records and ahead[3] == rs.split_min_usd:
+            prepared, decided_ms = ahead[1], ahead[2]
+        step = batch_step(records, rs, self.limits, decided_ms, True, adjust, state.version,
+                          self.state_config, prune, risk, prepared)  # fmt: skip
         conflicts = Backoff(first_s=0.005, max_s=1.0)
         t_apply = 0.0
         try:
@@ -222,13 +236,25 @@ class BatchProcessor:
                     log.info("state moved meanwhile; starting the batch over")
                     await conflicts.wait()
                 else:
-                    t1 = time.perf_counter()
-                    reply = await self._redis(call.op, partial(getattr(self.store, call.op),
-                                                               *call.args))  # fmt: skip
+                    waited_from = time.perf_counter()
+                    pending: Awaitable[Any] = self._redis(
+                        call.op, partial(getattr(self.store, call.op), *call.args))  # fmt: skip
+                    if call.op == "apply" and upcoming:
+                        # the next batch is parsed while Redis applies this one
+                        task = asyncio.ensure_future(pending)
+                        try:
+                            self._ahead = await self._prepare_ahead(upcoming, rs.split_min_usd)
+                        except BaseException:  # stopping: the apply goes with it
+                            task.cancel()
+                            raise
+                        upcoming = None
+                        pending = task
+                        waited_from = time.perf_counter()  # the wait for the apply: from here
+                    reply = await pending
                     if call.op == "read":
                         self._check_kept(reply[1], call.args[1])
                     elif call.op == "apply":
-                        t_apply += time.perf_counter() - t1
+                        t_apply += time.perf_counter() - waited_from
                         if reply:
                             for part, (_old, new) in call.args[0].watermarks.items():
                                 self.applied[part] = max(self.applied.get(part, -1), new)
@@ -243,6 +269,20 @@ class BatchProcessor:
         t2 = time.perf_counter()
         acks = await self._send(out.outputs)
         return self._finish(records, out, acks, (t0, t2, t_apply))
+
+    async def _prepare_ahead(
+        self, records: list[InRecord], split: float | None
+    ) -> tuple[list[InRecord], Prepared, int, float | None]:
+        """``prepare`` of the next batch, yielding to the event loop before each record's
+        parse: the loop then sends the rest of the apply script's arguments (a large update
+        does not fit the socket's buffer at once), so that Redis works on it meanwhile."""
+        at = now_ms()
+        parts = []
+        for record in records:
+            await asyncio.sleep(0)
+            parts.append(parse_batch([record], self.limits, at))
+        prep = prepare(records, self.limits, at, split, ParsedBatch.joined(parts))
+        return records, prep, at, split
 
     async def _finish(
         self, records: list[InRecord], out: StepResult, acks: list[Awaitable[object]] | None,

@@ -213,3 +213,33 @@ def test_the_next_batch_starts_while_outputs_wait_for_the_broker_and_failures_re
     e1, e2, e3 = (decided(e) for e in expected)
     assert e1 and e2 and e3
     assert decided(sent) == e1 + e2 + e1 + e3
+
+
+def test_the_next_batch_parsed_while_the_state_is_applied_decides_the_same() -> None:
+    """The agent names the next chunk (``upcoming``): it is parsed while the store applies
+    this one, and its turn starts from its state read. The decisions are those of batch
+    after batch; a parse of other records than the next batch's is not used."""
+    records = feed(44, 600)
+    k = len(records) // 3
+    thirds = [records[:k], records[k : 2 * k], records[2 * k :]]
+    expected: Sent = []
+    one = processor(AsyncTwin(InMemoryStore()), expected)
+    for part in thirds:
+        asyncio.run(one.handle(part))
+
+    async def ahead(upcoming: list[list[InRecord] | None]) -> tuple[Sent, list[bool]]:
+        sent: Sent = []
+        worker = processor(AsyncTwin(InMemoryStore()), sent)
+        used = []
+        for part, nxt in zip(thirds, upcoming, strict=True):
+            before = worker._ahead
+            await (await worker.start(part, nxt))
+            used.append(before is not None and before[0] is part)
+        return sent, used
+
+    sent, used = asyncio.run(ahead([thirds[1], thirds[2], None]))
+    assert used == [False, True, True]
+    assert decided(sent) == decided(expected) != []
+    sent, used = asyncio.run(ahead([thirds[2], None, None]))  # not the next: parsed again
+    assert used == [False, False, False]
+    assert decided(sent) == decided(expected)

@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from parcel_stream.model import Manifest
-from parcel_stream.parse import BOM, InRecord, Limits, parse_batch
+from parcel_stream.parse import BOM, InRecord, Limits, ParsedBatch, parse_batch
 from tests.unit.samples import BASE, line, manifest
 
 NOW = 1_790_000_100_000
@@ -48,6 +48,20 @@ def _without(path: list[str]) -> bytes:
         target = target[p]
     del target[path[-1]]
     return orjson.dumps(doc)
+
+
+def test_records_parsed_one_by_one_join_into_the_batch_parse() -> None:
+    """``ParsedBatch.joined`` of each record's parse is the parse of all at once (the
+    worker parses the next batch a record at a time while Redis applies the one before)."""
+    lines = [line(parcel_id="A"), b'{"parcel_id": "B", ', line(parcel_id="C", currency="XYZ")]
+    records = [rec(b"\n".join(lines), offset=5), rec(line(parcel_id="D"), offset=6),
+               rec(b"", offset=7), rec(b"\n".join([line(parcel_id="E"), line(parcel_id="F")]),
+                                       offset=8)]  # fmt: skip
+    whole = parse_batch(records, Limits(), NOW)
+    joined = ParsedBatch.joined([parse_batch([r], Limits(), NOW) for r in records])
+    assert joined == whole and joined.record_index == [0, 1, 3, 3]
+    assert [m.parcel_id for m in joined.manifests] == ["A", "D", "E", "F"]
+    assert len(joined.rejections) == 3 and joined.records == 4
 
 
 @pytest.mark.parametrize(
