@@ -272,8 +272,6 @@ class Prepared:
     hashes: list[str]
     columns: Columns
     parse_s: float = 0.0
-    # the learned model's keys (``risk_keys``), when built ahead with the parse
-    keys: tuple[KeyBatch, F64] | None = None
 
     @property
     def parcel_ids(self) -> list[str]:
@@ -336,7 +334,7 @@ def recognise(prep: Prepared, remembered: dict[str, bytes]) -> tuple[Prepared, C
     if olds:
         idx = extend_index(prep.shippers, [r.shipper_id for r in olds],
                            [r.seller for r in olds], [r.pair for r in olds])  # fmt: skip
-        prep = replace(prep, shippers=idx, keys=None)  # keys from the index: built again
+        prep = replace(prep, shippers=idx)
     return prep, classified
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from parcel_stream.exams import applied_flags, exam_step, parse_exam_records, tr
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
-from parcel_stream.pipeline import BatchResult, Prepared, prepare, risk_keys
+from parcel_stream.pipeline import BatchResult, Prepared, prepare
 from parcel_stream.reputation import ExamDelta, Partition
 from parcel_stream.risk import RiskState
 from parcel_stream.rules import RuleSet, RuleSetError
@@ -273,18 +273,15 @@ class BatchProcessor:
     async def _prepare_ahead(
         self, records: list[InRecord], split: float | None
     ) -> tuple[list[InRecord], Prepared, int, float | None]:
-        """``prepare`` of the next batch (and the learned model's keys, when it scores),
-        yielding to the event loop before each record's parse: the loop then sends the rest
-        of the apply script's arguments (a large update does not fit the socket's buffer at
-        once), so that Redis works on it meanwhile."""
+        """``prepare`` of the next batch, yielding to the event loop before each record's
+        parse: the loop then sends the rest of the apply script's arguments (a large update
+        does not fit the socket's buffer at once), so that Redis works on it meanwhile."""
         at = now_ms()
         parts = []
         for record in records:
             await asyncio.sleep(0)
             parts.append(parse_batch([record], self.limits, at))
         prep = prepare(records, self.limits, at, split, ParsedBatch.joined(parts))
-        if self.risk_cfg.scores:  # the learned model's keys too: they read no state
-            prep = replace(prep, keys=risk_keys(prep))
         return records, prep, at, split
 
     async def _finish(
