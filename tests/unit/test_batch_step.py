@@ -215,31 +215,50 @@ def test_the_next_batch_starts_while_outputs_wait_for_the_broker_and_failures_re
     assert decided(sent) == e1 + e2 + e1 + e3
 
 
-def test_the_next_batch_parsed_while_the_state_is_applied_decides_the_same() -> None:
+@pytest.mark.parametrize("mode", ["off", "shadow"])
+def test_the_next_batch_parsed_while_the_state_is_applied_decides_the_same(mode: str) -> None:
     """The agent names the next chunk (``upcoming``): it is parsed while the store applies
-    this one, and its turn starts from its state read. The decisions are those of batch
-    after batch; a parse of other records than the next batch's is not used."""
+    this one, and its turn starts from its state read. The decisions and probabilities are those of batch after batch; a
+    parse of other records than the next batch's is not used."""
+    settings = SETTINGS.replace(risk_model=mode)
     records = feed(44, 600)
     k = len(records) // 3
     thirds = [records[:k], records[k : 2 * k], records[2 * k :]]
+
+    def worker(sent: Sent) -> BatchProcessor:
+        async def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[object]:
+            sent.append((topic, key, value))
+            done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+        return BatchProcessor(settings, RS, AsyncTwin(InMemoryStore()), send,
+                              WorkerMetrics(CollectorRegistry()))  # fmt: skip
+
+    def decisions(sent: Sent) -> list[tuple[str, str, float, float | None]]:
+        return [(d["parcel_id"], d["lane"], d["score"], d.get("probability"))
+                for t, _k, v in sent if t == settings.topic_decisions
+                for d in map(orjson.loads, v.split(b"\n"))]  # fmt: skip
+
     expected: Sent = []
-    one = processor(AsyncTwin(InMemoryStore()), expected)
+    one = worker(expected)
     for part in thirds:
         asyncio.run(one.handle(part))
 
     async def ahead(upcoming: list[list[InRecord] | None]) -> tuple[Sent, list[bool]]:
         sent: Sent = []
-        worker = processor(AsyncTwin(InMemoryStore()), sent)
+        w = worker(sent)
         used = []
         for part, nxt in zip(thirds, upcoming, strict=True):
-            before = worker._ahead
-            await (await worker.start(part, nxt))
+            before = w._ahead
+            await (await w.start(part, nxt))
             used.append(before is not None and before[0] is part)
         return sent, used
 
     sent, used = asyncio.run(ahead([thirds[1], thirds[2], None]))
     assert used == [False, True, True]
-    assert decided(sent) == decided(expected) != []
+    assert decisions(sent) == decisions(expected) != []
+    assert all((p is not None) == (mode == "shadow") for *_, p in decisions(sent))
     sent, used = asyncio.run(ahead([thirds[2], None, None]))  # not the next: parsed again
     assert used == [False, False, False]
-    assert decided(sent) == decided(expected)
+    assert decisions(sent) == decisions(expected)
