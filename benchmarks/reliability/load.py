@@ -271,14 +271,13 @@ def redis_seen(s: Settings) -> int:
     import redis
 
     from parcel_stream.adapters.redis_lua import PACKED_PARTS
-    from parcel_stream.adapters.redis_store import unpack_entities
+    from parcel_stream.adapters.redis_store import joined_parts, unpack_entities
     from parcel_stream.sequence import SEEN
 
     client = redis.Redis.from_url(s.redis_url)
     total = 0
     for key in client.scan_iter(f"{s.redis_key_prefix}:shipper:*", count=1000):
-        parts = client.hmget(key, PACKED_PARTS)
-        packed = b"".join(x or b"" for x in parts) if parts[0] is not None else None
+        packed = joined_parts(client.hmget(key, PACKED_PARTS))
         total += int(unpack_entities([packed], 1)[0, SEEN])
     return total
 

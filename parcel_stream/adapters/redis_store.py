@@ -214,13 +214,18 @@ _ZERO_ENTITY = bytes(ENTITY_BYTES)
 
 
 def pack_entities(vals: F64) -> bytes:
-    """Entity values as stored (field ``p``): ``ENTITY_FIELDS`` in order, little-endian
-    doubles, so they read back bit for bit."""
+    """Entity values as stored (fields ``PACKED_PARTS`` joined): ``ENTITY_FIELDS`` in
+    order, little-endian doubles, so they read back bit for bit."""
     return np.ascontiguousarray(vals, dtype="<f8").tobytes()
 
 
+def joined_parts(parts: list[bytes | None]) -> bytes | None:
+    """An entity's packed values from its ``PACKED_PARTS`` fields, as read (None: none)."""
+    return b"".join(x or b"" for x in parts) if parts and parts[0] is not None else None
+
+
 def unpack_entities(packed: list[Any], n: int) -> F64:
-    """The values of ``n`` entities from their stored ``p`` fields (None: absent, zeros)."""
+    """The values of ``n`` entities from their packed values (None: absent, zeros)."""
     if not n:
         return np.zeros((0, len(ENTITY_FIELDS)))
     none = _ZERO_ENTITY
@@ -741,8 +746,7 @@ class RedisReputationStore:
         raw = await self.client.hgetall(key)
         if not raw:
             return None
-        parts = [raw.pop(name.encode(), None) for name in PACKED_PARTS]
-        packed = b"".join(x or b"" for x in parts) if parts[0] is not None else None
+        packed = joined_parts([raw.pop(name.encode(), None) for name in PACKED_PARTS])
         get = {_text(k): _text(v) for k, v in raw.items()}
         if packed is not None:  # else one field per value, as earlier versions kept them
             vals = map(num_text, unpack_entities([packed], 1)[0].tolist())
