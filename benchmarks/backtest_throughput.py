@@ -3,6 +3,8 @@
 Generates a feed, then times (process CPU time, one thread) the backtest over:
   (a) a plain manifests file (lines grouped into NDJSON batch records), and
   (b) a recorded feed of single-parcel records (gzip),
+  (c) the manifests file again, writing the columnar cache (``feedcache.py``), and
+  (d) the manifests file from that cache (the key, a hash of the whole file, included),
 next to peers measured in the same run on the same lines (each result dropped at once):
 orjson.loads alone, and the validating msgspec decode into the manifest types alone.
 
@@ -15,6 +17,7 @@ import argparse
 import gc
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +25,13 @@ from pathlib import Path
 import msgspec
 import orjson
 
-from parcel_stream.backtest import run_backtest
+from parcel_stream.backtest import CHUNK_BYTES, run_backtest
 from parcel_stream.feed import RawRecord, read_feed, write_feed
+from parcel_stream.feedcache import CacheEntry, FeedCache
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.kernels import warm_up
 from parcel_stream.model import Manifest
+from parcel_stream.parse import Limits
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
 
@@ -59,6 +64,10 @@ def main() -> None:
     del docs
     rs = default_ruleset(Settings())
     warm_up(rs)
+
+    def entry() -> CacheEntry:  # the key (a hash of the whole file) is timed with the run
+        return FeedCache(tmp / "cache", manifests, Limits(), CHUNK_BYTES, 1000).entry()
+
     n = len(lines)
     dec = msgspec.json.Decoder(Manifest)
     rows = [
@@ -68,6 +77,10 @@ def main() -> None:
          cpu(lambda: run_backtest(read_feed(manifests, group_lines=1000), rs))),
         ("backtest, recorded feed of single records (gzip)",
          cpu(lambda: run_backtest(read_feed(feed), rs))),
+        ("backtest, manifests file, writing the columnar cache",
+         cpu(lambda: run_backtest(read_feed(manifests, group_lines=1000), rs, cache=entry()))),
+        ("backtest, from the columnar cache",
+         cpu(lambda: run_backtest(read_feed(manifests, group_lines=1000), rs, cache=entry()))),
     ]  # fmt: skip
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
@@ -79,6 +92,14 @@ def main() -> None:
     base = rows[1][1]
     print()
     print(f"backtest (manifests) / validating decode alone = {base / rows[2][1]:.2f}")
+    print(f"backtest (columnar cache) / validating decode alone = {base / rows[5][1]:.2f}")
+    print(f"backtest (columnar cache) / backtest (manifests) = {rows[2][1] / rows[5][1]:.2f}")
+    print(f"first backtest, writing the cache / backtest (manifests) = "
+          f"{rows[2][1] / rows[4][1]:.2f}")  # fmt: skip
+    size = sum(p.stat().st_size for p in (tmp / "cache").iterdir())
+    print(f"cache entry: {size / 2**20:.1f} MiB ({size / n:.0f} bytes a parcel); manifests "
+          f"file: {manifests.stat().st_size / 2**20:.1f} MiB")  # fmt: skip
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,10 +21,11 @@ import numpy.typing as npt
 from parcel_stream.decide import LANES, Outputs
 from parcel_stream.exams import apply_exam_batch, trace
 from parcel_stream.feed import RawRecord
+from parcel_stream.feedcache import CacheEntry, CacheWriter
 from parcel_stream.learner import LearnerConfig, LearnerState
 from parcel_stream.model import ExamResult
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import DEFAULT_STATE, StateConfig
+from parcel_stream.pipeline import DEFAULT_STATE, Prepared, StateConfig, prepare
 from parcel_stream.reputation import (
     InMemoryStore,
 )
@@ -33,6 +35,7 @@ from parcel_stream.state import StateStore
 from parcel_stream.step import run_sync
 
 F64 = npt.NDArray[np.float64]
+CHUNK_BYTES = 4 << 20  # the batch step's chunks, as the worker's (PARCEL_CHUNK_BYTES default)
 CAPACITIES_PCT = (1.0, 2.0, 5.0, 10.0)
 
 
@@ -77,15 +80,20 @@ def run_backtest(
     ruleset: RuleSet,
     store: StateStore | None = None,
     limits: Limits | None = None,
-    chunk_bytes: int = 4 << 20,
+    chunk_bytes: int = CHUNK_BYTES,
     exam_outcomes: dict[str, str | None] | None = None,
     label: str | None = None,
     learner: LearnerConfig | None = None,
     state_config: StateConfig = DEFAULT_STATE,
     encode: bool = False,
     risk: RiskConfig | None = None,
+    cache: CacheEntry | None = None,
 ) -> BacktestRun:
     """Score a feed in order; decision time is each record's own timestamp.
+
+    ``cache``: the feed's entry in the columnar cache (``feedcache.py``). If it exists,
+    the parsed chunks are read from it and ``records`` is not read; otherwise the feed is
+    parsed and the entry written as it goes (made visible only when the run completes).
 
     With ``exam_outcomes`` (parcel id -> violation label or None), every held parcel is
     "examined" after its chunk: the outcome (violation when labelled, else clean) is fed
@@ -98,19 +106,55 @@ def run_backtest(
     limits = limits or Limits()
     run = BacktestRun(label or ruleset.version)
     cfg = learner if learner is not None else LearnerConfig(mode="off")
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    split = ruleset.split_min_usd
+    writer = cache.writer() if cache is not None and not cache.exists else None
+    batches: Iterable[tuple[list[InRecord], Prepared | None]]
+    if cache is not None and writer is None:  # the records' bytes: only where a path needs them
+        full = encode or not isinstance(store, InMemoryStore)
+        batches = ((p.records, p) for p in cache.read(limits, split, with_values=full))
+    else:
+        batches = ((chunk, None) for chunk in _chunks(records, chunk_bytes))
+    with writer if writer is not None else nullcontext():
+        run = _run(batches, writer, store, ruleset, limits, run, encode, exam_outcomes, cfg, risk,
+                   state_config)  # fmt: skip
+        if writer is not None:
+            writer.commit()
+    run.wall_s = time.perf_counter() - t_wall
+    run.cpu_s = time.process_time() - t_cpu
+    return run
+
+
+def _run(
+    batches: Iterable[tuple[list[InRecord], Prepared | None]],
+    writer: CacheWriter | None,
+    store: StateStore,
+    ruleset: RuleSet,
+    limits: Limits,
+    run: BacktestRun,
+    encode: bool,
+    exam_outcomes: dict[str, str | None] | None,
+    cfg: LearnerConfig,
+    risk: RiskConfig | None,
+    state_config: StateConfig,
+) -> BacktestRun:
     codes = [r.code for r in ruleset.rules]
     adjust: F64 | None = None
     learner_version = 0
-    t_wall, t_cpu = time.perf_counter(), time.process_time()
     scores_model = risk is not None and risk.scores
-    for chunk in _chunks(records, chunk_bytes):
+    for chunk, cached in batches:
         now_ms = max(r.timestamp_ms for r in chunk)
+        prep = cached
+        if prep is None:
+            prep = prepare(chunk, limits, now_ms, ruleset.split_min_usd)
+            if writer is not None:
+                writer.add(prep)
         model: tuple[RiskConfig, RiskState] | None = None
         if risk is not None and scores_model:
             state = store.read_learner()
             model, learner_version = (risk, state.risk or RiskState()), state.version
         result = run_sync(chunk, store, ruleset, limits, now_ms, encode, adjust,
-                          learner_version, state_config, model)  # fmt: skip
+                          learner_version, state_config, model, prep)  # fmt: skip
         parcel_ids = result.parcel_ids
         if exam_outcomes is not None:
             held = [
@@ -140,8 +184,6 @@ def run_backtest(
         run.rejections.update(result.rejection_counts)
     if cfg.trains or scores_model:
         run.learner = store.read_learner()
-    run.wall_s = time.perf_counter() - t_wall
-    run.cpu_s = time.process_time() - t_cpu
     return run
 
 

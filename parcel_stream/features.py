@@ -7,10 +7,10 @@ no dict-per-parcel hop. The features are named in :mod:`parcel_stream.feature_ca
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from itertools import repeat
-from operator import attrgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,7 @@ from parcel_stream.columns import Columns
 from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
-from parcel_stream.model import Address, Item, Manifest, Seller
+from parcel_stream.model import Address, Manifest, Seller
 from parcel_stream.rules import RuleSet, country_index, normalise_name, trigrams
 
 F64 = npt.NDArray[np.float64]
@@ -114,7 +114,7 @@ def _address_key(lines: tuple[str, ...], postal_code: str, country: str) -> str:
 
 
 def index_shippers(
-    manifests: list[Manifest],
+    manifests: Sequence[Manifest],
     split_min_usd: float | None = None,
     usd_per_unit: dict[str, float] = USD_PER_UNIT,
 ) -> ShipperIndex:
@@ -125,27 +125,47 @@ def index_shippers(
     n = len(manifests)
     shippers: dict[str, int] = {}
     addresses: dict[str, int] = {}
-    pairs: dict[str, int] = {}
     sellers: dict[str, int] = {}
     s_idx = np.empty(n, dtype=np.int64)
     a_idx = np.empty(n, dtype=np.int64)
-    p_idx = np.full(n, -1, dtype=np.int64)
     l_idx = np.full(n, -1, dtype=np.int64)
     for i, m in enumerate(manifests):
-        sid = m.shipper.id
-        s_idx[i] = shippers.setdefault(sid, len(shippers))
+        s_idx[i] = shippers.setdefault(m.shipper.id, len(shippers))
         if m.seller is not None:
             l_idx[i] = sellers.setdefault(seller_key(m.seller), len(sellers))
-        addr = address_key(m.consignee.address)
-        a_idx[i] = addresses.setdefault(addr, len(addresses))
-        if (
-            split_min_usd is not None
-            and m.declared_value * usd_per_unit[m.currency] >= split_min_usd
-        ):
-            p_idx[i] = pairs.setdefault(f"{addr}:{sid}", len(pairs))
+        a_idx[i] = addresses.setdefault(address_key(m.consignee.address), len(addresses))
     latest = max((m.manifest_ts_ms for m in manifests), default=0)
-    return ShipperIndex(list(shippers), s_idx, list(addresses), a_idx, list(pairs), p_idx,
-                        latest // DAY_MS, list(sellers), l_idx, latest)  # fmt: skip
+    idx = ShipperIndex(list(shippers), s_idx, list(addresses), a_idx, [],
+                       np.full(n, -1, dtype=np.int64), latest // DAY_MS, list(sellers), l_idx,
+                       latest)  # fmt: skip
+    if split_min_usd is None:
+        return idx
+    value_usd = np.fromiter((m.declared_value * usd_per_unit[m.currency] for m in manifests),
+                            np.float64, n)  # fmt: skip
+    return with_pairs(idx, value_usd, split_min_usd)
+
+
+def with_pairs(idx: ShipperIndex, value_usd: F64, split_min_usd: float | None) -> ShipperIndex:
+    """The index with its shipper-address pairs: those of the parcels worth at least
+    ``split_min_usd`` (None: none), keyed "{address key}:{shipper id}", in the order of
+    their first parcel."""
+    n = len(idx.parcel_shipper)
+    p_idx = np.full(n, -1, dtype=np.int64)
+    if split_min_usd is None or not n:
+        return replace(idx, pairs=[], parcel_pair=p_idx)
+    kept = np.flatnonzero(value_usd >= split_min_usd)
+    code = idx.parcel_address[kept] * max(len(idx.ids), 1) + idx.parcel_shipper[kept]
+    uniq, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # numbered by first parcel, as a dict would
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    p_idx[kept] = rank[inverse.reshape(-1)]
+    at = kept[first[order]]
+    addrs, ids = idx.addresses, idx.ids
+    pairs = [f"{addrs[a]}:{ids[s]}" for a, s in zip(idx.parcel_address[at].tolist(),
+                                                     idx.parcel_shipper[at].tolist(),
+                                                     strict=True)]  # fmt: skip
+    return replace(idx, pairs=pairs, parcel_pair=p_idx)
 
 
 def seller_key(seller: Seller) -> str:
@@ -249,18 +269,14 @@ def watchlist_similarity(rs: RuleSet, name: str) -> float:
     return best
 
 
-def _transit_risk(manifests: list[Manifest], rs: RuleSet, n: int) -> F64:
+def _transit_risk(transit: list[list[str]], rs: RuleSet, n: int) -> F64:
     """Highest transit-table risk of the countries a parcel transits (0 when none)."""
     out = np.zeros(n, dtype=np.float64)
     table, cidx = rs.transit_risk, _COUNTRY_INDEX
-    for i, m in enumerate(manifests):
-        for c in m.transit_countries:
+    for i, countries in enumerate(transit):
+        for c in countries:
             out[i] = max(out[i], table[cidx[c]])
     return out
-
-
-_SHIPPER_NAME, _CONSIGNEE_NAME = attrgetter("shipper.name"), attrgetter("consignee.name")
-_DESCRIPTION = attrgetter("description")
 
 
 def _name_flags(rs: RuleSet, name: str) -> tuple[float, bool]:
@@ -279,30 +295,29 @@ def _name_flags(rs: RuleSet, name: str) -> tuple[float, bool]:
     return flags
 
 
-def _name_features(manifests: list[Manifest], rs: RuleSet, n: int) -> tuple[F64, F64, F64]:
+def _name_features(shipper: list[str], consignee: list[str], rs: RuleSet, n: int
+                   ) -> tuple[F64, F64, F64]:  # fmt: skip
     """Watchlist similarity of the shipper's and the consignee's names, and how many of
     the two are placeholders: each distinct name of the batch looked at once."""
-    shipper = list(map(_SHIPPER_NAME, manifests))
-    consignee = list(map(_CONSIGNEE_NAME, manifests))
     flags = {name: _name_flags(rs, name) for name in {*shipper, *consignee}}
     ship = np.array([flags[x] for x in shipper], dtype=np.float64).reshape(n, 2)
     cons = np.array([flags[x] for x in consignee], dtype=np.float64).reshape(n, 2)
     return ship[:, 0], cons[:, 0], ship[:, 1] + cons[:, 1]
 
 
-def _item_flags(items: list[Item], hs_codes: list[str], rs: RuleSet, owner: I64, n: int
+def _item_flags(descriptions: list[str], hs_codes: list[str], rs: RuleSet, owner: I64, n: int
                 ) -> tuple[F64, F64]:  # fmt: skip
     """Per parcel, its vague item descriptions and the descriptions that contradict their
     HS chapter, over the batch's items in one pass."""
-    flags = np.array(list(map(partial(_description_flags, rs), map(_DESCRIPTION, items),
-                              hs_codes)), dtype=np.float64).reshape(len(items), 2)  # fmt: skip
+    flags = np.array(list(map(partial(_description_flags, rs), descriptions, hs_codes)),
+                     dtype=np.float64).reshape(len(descriptions), 2)  # fmt: skip
     vague = np.bincount(owner, weights=flags[:, 0], minlength=n).astype(np.float64, copy=False)
     mismatch = np.bincount(owner, weights=flags[:, 1], minlength=n).astype(np.float64, copy=False)
     return vague, mismatch
 
 
 def _address_features(
-    manifests: list[Manifest],
+    manifests: Sequence[Manifest],
     idx: ShipperIndex,
     view: ReputationView,
     value_usd: F64,
@@ -377,11 +392,8 @@ def _seller_features(idx: ShipperIndex, view: ReputationView, n: int) -> dict[st
     }
 
 
-_QUANTITY = attrgetter("quantity")
-
-
 def build_features(
-    manifests: list[Manifest],
+    manifests: Sequence[Manifest],
     shippers: ShipperIndex,
     view: ReputationView | None,
     ruleset: RuleSet,
@@ -401,11 +413,9 @@ def build_features(
     weight_kg = cols.weight_kg
     cidx = _COUNTRY_INDEX
     origin_idx = np.fromiter(map(cidx.get, cols.origin, repeat(-1)), i64, n)
-    item_count, items = cols.item_count, cols.items
-    n_items = len(items)
+    item_count, item_qty = cols.item_count, cols.item_qty
+    n_items = len(item_qty)
     item_heading = np.fromiter(map(_heading, cols.hs_codes), i64, n_items)
-    # each column in one pass in C (map over an attribute getter), not a generator
-    item_qty = np.fromiter(map(_QUANTITY, items), f64, n_items)
     item_value = cols.item_value * np.repeat(rates, item_count)
     owner = np.repeat(np.arange(n), item_count)
     coded = item_heading >= 0
@@ -424,8 +434,10 @@ def build_features(
     threshold = ruleset.threshold_usd
     to_threshold = value_usd / threshold if threshold > 0 else np.full(n, -1.0)
     diff = np.abs(item_sum - value_usd)
-    vague, mismatch = _item_flags(items, cols.hs_codes, ruleset, owner, n)
-    ship_watch, cons_watch, placeholders = _name_features(manifests, ruleset, n)
+    vague, mismatch = _item_flags(cols.descriptions, cols.hs_codes, ruleset, owner, n)
+    ship_watch, cons_watch, placeholders = _name_features(
+        cols.shipper_names, cols.consignee_names, ruleset, n
+    )
     rows = {
         "value_usd": value_usd,
         "value_to_threshold": to_threshold,
@@ -434,7 +446,7 @@ def build_features(
         "usd_per_kg_to_norm": to_norm,
         "hs_risk": hs_risk,
         "origin_risk": np.where(origin_idx >= 0, ruleset.origin_risk[origin_idx], 0.0),
-        "transit_risk": _transit_risk(manifests, ruleset, n),
+        "transit_risk": _transit_risk(cols.transit, ruleset, n),
         "value_mismatch": diff / np.maximum(value_usd, 1.0),
         "value_mismatch_usd": diff,
         "items_missing_hs": missing_hs,
@@ -459,7 +471,7 @@ def build_features(
 
 
 def _stateful_rows(
-    manifests: list[Manifest],
+    manifests: Sequence[Manifest],
     shippers: ShipperIndex,
     view: ReputationView,
     ruleset: RuleSet,

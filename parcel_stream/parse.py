@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast, overload
 
 import msgspec
 
@@ -37,11 +39,48 @@ class InRecord:
     content_type: bytes | None = None
 
 
+class LazyManifests(Sequence[Manifest]):
+    """The manifests of a batch whose columns came from elsewhere (the backtest's cache,
+    ``feedcache.py``): decoded by ``load`` the first time a stage reads one, so a stage
+    that reads only the columns costs no decoding."""
+
+    __slots__ = ("_n", "_load", "_items")
+
+    def __init__(self, n: int, load: Callable[[], Sequence[Manifest]]) -> None:
+        self._n, self._load = n, load
+        self._items: Sequence[Manifest] | None = None
+
+    def _all(self) -> Sequence[Manifest]:
+        if self._items is None:
+            items = self._load()
+            if len(items) != self._n:
+                raise RuntimeError(f"{len(items)} manifests decoded where {self._n} were kept")
+            self._items = items
+        return self._items
+
+    @property
+    def decoded(self) -> bool:
+        return self._items is not None
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Manifest: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Manifest]: ...
+    def __getitem__(self, i: int | slice) -> Manifest | Sequence[Manifest]:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[Manifest]:
+        return iter(self._all())
+
+
 @dataclass(slots=True)
 class ParsedBatch:
     """The good parcels of a batch, in input order, plus the rejections."""
 
-    manifests: list[Manifest] = field(default_factory=list)
+    manifests: Sequence[Manifest] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     record_index: list[int] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
@@ -54,9 +93,10 @@ class ParsedBatch:
     def joined(cls, parts: list[ParsedBatch]) -> ParsedBatch:
         """One batch from the parses of consecutive records, in order (``record_index``
         counted across them): what ``parse_batch`` gives for all the records at once."""
-        out = cls()
+        out, manifests = cls(), cast(list[Manifest], [])
+        out.manifests = manifests
         for part in parts:
-            out.manifests += part.manifests
+            manifests += part.manifests
             out.sources += part.sources
             out.record_index += [out.records + i for i in part.record_index]
             out.rejections += part.rejections
@@ -65,7 +105,7 @@ class ParsedBatch:
 
     def add(self, parsed: Manifest | Rejection, source: str, record_index: int) -> None:
         if isinstance(parsed, Manifest):
-            self.manifests.append(parsed)
+            cast(list[Manifest], self.manifests).append(parsed)
             self.sources.append(source)
             self.record_index.append(record_index)
         else:
@@ -229,7 +269,8 @@ def parse_batch(records: list[InRecord], limits: Limits, now_ms: int) -> ParsedB
         except UnicodeDecodeError:
             _parse_lines(out, lines, base, index, now_ms)
             continue
-        manifests, sources, record_index = out.manifests, out.sources, out.record_index
+        manifests = cast(list[Manifest], out.manifests)
+        sources, record_index = out.sources, out.record_index
         for line_no, line in enumerate(lines):
             try:  # the common case first; anything else takes parse_one's whole path
                 m = _DECODER.decode(line)

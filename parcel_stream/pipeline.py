@@ -36,6 +36,7 @@ from parcel_stream.features import (
     build_features,
     extend_index,
     index_shippers,
+    with_pairs,
 )
 from parcel_stream.model import LearnedReason
 from parcel_stream.outbox import record_digests
@@ -275,7 +276,7 @@ class Prepared:
 
     @property
     def parcel_ids(self) -> list[str]:
-        return [m.parcel_id for m in self.parsed.manifests]
+        return self.columns.parcel_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,13 +311,14 @@ def prepare(
     what the state read needs, and the columns the stages share."""
     t0 = perf_counter()
     parsed = parsed if parsed is not None else parse_batch(records, limits, now_ms)
+    columns = Columns.of(parsed.manifests)
     return Prepared(
         records=records,
         parsed=parsed,
-        shippers=index_shippers(parsed.manifests, split_min_usd),
+        shippers=with_pairs(index_shippers(parsed.manifests), columns.value_usd, split_min_usd),
         partitions=batch_partitions(records),
         hashes=[content_hash(m) for m in parsed.manifests],
-        columns=Columns.of(parsed.manifests),
+        columns=columns,
         parse_s=perf_counter() - t0,
     )
 
@@ -358,7 +360,7 @@ def _keys(prep: Prepared, combos: Combos, value_usd: F64) -> Keys:
     idx, n = prep.shippers, len(prep.parsed)
     sell = idx.parcel_seller if len(idx.parcel_seller) == n else np.full(n, -1, dtype=np.int64)
     pair = idx.parcel_pair if len(idx.parcel_pair) == n else np.full(n, -1, dtype=np.int64)
-    ts = np.fromiter((m.manifest_ts_ms for m in prep.parsed.manifests), np.float64, n)
+    ts = prep.columns.ts
     return Keys(idx.parcel_shipper, sell, idx.parcel_address, combos.parcel_combo, pair, ts,
                 value_usd)  # fmt: skip
 
@@ -413,7 +415,7 @@ def score_prepared(
     lane_state: list[tuple[Partition, bytes]] = []
     norm_rows: list[tuple[Partition, U64, F64]] = []
     if risk is not None:
-        ts = np.fromiter((m.manifest_ts_ms for m in parsed.manifests), np.float64, n)
+        ts = prep.columns.ts
         keys, pos = with_rules(risk.keys, risk.pos, seq.masks, risk.rules,
                                len(risk.uniq) - len(risk.rules))  # fmt: skip
         risk = replace(risk, keys=keys, pos=pos)
@@ -581,16 +583,17 @@ def _remember(
     version, expected, hashes = legend.version, classified.expected, prep.hashes
     prob_l = scored.probability.tolist() if scored else []
     prop_l = scored.propensity.tolist() if scored else []
+    ts_l, ship_l, ship_ids = prep.columns.ts_ms.tolist(), idx.parcel_shipper.tolist(), idx.ids
     out = []
     for pid, i in latest.items():
-        m, mask = parsed.manifests[i], mask_l[i]
+        mask = mask_l[i]
         codes = codes_of.get(mask)
         if codes is None:
             codes = codes_of[mask] = [r.code for r in legend.reasons(mask)]
         seller, pair = seller_l[i], pair_l[i]
         rem = Remembered(
             parsed.sources[i], score_l[i], lane_l[i], sel_l[i], codes, version, learner_version,
-            now_ms, m.manifest_ts_ms, m.shipper.id, idx.sellers[seller] if seller >= 0 else "",
+            now_ms, ts_l[i], ship_ids[ship_l[i]], idx.sellers[seller] if seller >= 0 else "",
             idx.pairs[pair] if pair >= 0 else "", value_l[i], held_l[i],
             *((prob_l[i], prop_l[i]) if scored else ()),
         )  # fmt: skip

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -268,7 +268,7 @@ def run_protocol(
 
 
 def _features(
-    table: RiskTable, keys: list[ParcelKeys], manifests: list[Manifest], scores: F64
+    table: RiskTable, keys: list[ParcelKeys], manifests: Sequence[Manifest], scores: F64
 ) -> F64:
     """The period's feature vectors, each parcel as of its manifest time and in feed order:
     its value against the norms learned so far (then it joins them), its rule score

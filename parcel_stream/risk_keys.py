@@ -302,8 +302,7 @@ def key_batch(
     u, i64 = np.uint64, np.int64
     sg = _SINGLE
     origin = cols.origin
-    transit = map(_get_transit, manifests)
-    dep = [t[-1] if t else o for t, o in zip(transit, origin, strict=True)]
+    dep = [t[-1] if t else o for t, o in zip(cols.transit, origin, strict=True)]
     singles = np.empty((n, len(SINGLES)), dtype=u)
     # the parcel's route (origin, departure, carrier, hub, declarant, entry type, mode): few
     # distinct ones, so their part ids are looked up once per route in one pass
@@ -349,12 +348,12 @@ def key_batch(
     kg = cols.weight_kg
     v_ids, w_ids = _band_ids(_V, value_usd), _band_ids(_W, kg * 10)
     # the items, flattened: HS part ids, origin (0: the parcel's), value
-    counts, items = cols.item_count, cols.items
-    k = len(items)
+    counts = cols.item_count
+    k = len(cols.hs_codes)
     _HS_ROWS.bound()
     hs_row = np.fromiter(map(_HS_ROWS.__getitem__, cols.hs_codes), i64, k)
     hs = _HS_ROWS.table()[hs_row]  # after the lookups: they add the rows of new codes
-    item_o = _column(_O_ITEM, map(_get_item_origin, items), k)
+    item_o = _column(_O_ITEM, cols.item_origin, k)
     item_value = cols.item_value
     item_start, usable, norm_ids = _items(counts, hs, item_value)
     item_parcel = np.repeat(np.arange(n), counts)[usable]

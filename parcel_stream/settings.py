@@ -92,6 +92,8 @@ class Settings:
     chunk_max_bytes: int = 4 * 1024 * 1024
     # Parse the next chunk of a batch while Redis applies this one (one chunk more in memory)
     parse_ahead: bool = True
+    # The backtest's columnar cache of parsed feeds ("": ~/.cache/parcel-stream/backtest)
+    backtest_cache_dir: str = ""
     # Redis reputation store
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_key_prefix: str = "ps"

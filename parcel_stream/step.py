@@ -97,11 +97,11 @@ def batch_step(
     model's config and state (from the learner state), when it is not off: the batch's
     keys' counts are read after its state, and its parcels scored with them.
     ``prepared``: these records already parsed (:func:`prepare`, a pure function of the
-    records, the limits, ``now_ms`` and the split threshold), for the first attempt."""
+    records, the limits, ``now_ms`` and the split threshold), for every attempt."""
     attempt = 0
     while True:
         attempt += 1
-        prep = prepared if prepared is not None and attempt == 1 else prepare(
+        prep = prepared if prepared is not None else prepare(
             records, limits, now_ms, ruleset.split_min_usd)  # fmt: skip
         batch = yield from _read(prep)
         marks = batch.watermarks
@@ -187,11 +187,13 @@ def run_sync(
     learner_version: int = 0,
     config: StateConfig = DEFAULT_STATE,
     risk: tuple[RiskConfig, RiskState] | None = None,
+    prepared: Prepared | None = None,
 ) -> BatchResult:
     """The batch step against a synchronous store (tests, backtests); the outputs include
-    those of records applied before (from their digests)."""
+    those of records applied before (from their digests). ``prepared``: as for
+    :func:`batch_step`."""
     step = batch_step(records, ruleset, limits, now_ms, encode, adjust, learner_version, config,
-                      risk=risk)  # fmt: skip
+                      risk=risk, prepared=prepared)  # fmt: skip
     return run_step(step, store).result
 
 

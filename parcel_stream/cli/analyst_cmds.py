@@ -170,6 +170,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         ]  # fmt: skip
     if args.learner != "off" and not any(p[2] for p in plans):
         raise UsageError("--learner trains on exam outcomes: add --exam-feedback and --labels")
+    cache = _cache_entry(args, limits, settings.backtest_cache_dir)
     runs, reports = [], []
     for rs, name, feedback, learner in plans:
         store: StateStore = InMemoryStore(half_life_ms=settings.half_life_ms)
@@ -183,21 +184,25 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         progress = Progress(f"backtest {name}", unit="records")
 
         def counted(path: str = args.feed, progress: Progress = progress) -> Any:
-            for rec in read_feed(path, group_lines=1000):
+            for rec in read_feed(path, group_lines=GROUP_LINES):
                 progress.update()
                 yield rec
 
+        cached = cache is not None and cache.exists
         try:
             run = run_backtest(counted(), rs, store=store, limits=limits,
                                exam_outcomes=labels if feedback else None, label=name,
                                learner=learner, state_config=settings.state_config(),
-                               risk=settings.risk_config())  # fmt: skip
+                               risk=settings.risk_config(), cache=cache)  # fmt: skip
         except FeedError as exc:
             raise UsageError(str(exc)) from None
         finally:
             progress.close()
             if close is not None:
                 close()
+        if cache is not None:
+            how = "read from" if cached else "written to"
+            print(f"backtest {name}: parsed chunks {how} the cache {cache.path}", file=sys.stderr)
         runs.append(run)
         reports.append(evaluate(run, labels, rs, args.capacity_pct))
     text = render_markdown(reports)
@@ -253,6 +258,30 @@ def add_generate(sub: Subcommands) -> None:
     g.set_defaults(func=cmd_generate)
 
 
+GROUP_LINES = 1000  # a manifests file's lines, grouped into batch records of this many
+
+
+def _cache_entry(args: argparse.Namespace, limits: Any, setting: str) -> Any:
+    """The feed's entry in the columnar cache (None: --no-cache)."""
+    if args.no_cache:
+        return None
+    from parcel_stream.backtest import CHUNK_BYTES
+    from parcel_stream.feedcache import FeedCache, default_dir
+
+    root = Path(args.cache_dir) if args.cache_dir else default_dir(setting)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"{root}: cannot write the backtest cache there ({exc.strerror}); give "
+            "--cache-dir DIR (or PARCEL_BACKTEST_CACHE_DIR) or --no-cache"
+        ) from None
+    return FeedCache(root, Path(args.feed), limits, CHUNK_BYTES, GROUP_LINES).entry()
+
+
 def add_backtest(sub: Subcommands) -> None:
     bt = sub.add_parser(
         "backtest", help="score a feed offline with the worker's code; report against labels"
@@ -295,5 +324,15 @@ def add_backtest(sub: Subcommands) -> None:
     bt.add_argument(
         "--store", choices=["memory", "redis"], default="memory", help="reputation store"
     )
+    bt.add_argument(
+        "--cache-dir",
+        help="the columnar cache of parsed feeds: the first backtest of a feed writes it, "
+        "later ones skip JSON (default: PARCEL_BACKTEST_CACHE_DIR, else "
+        "~/.cache/parcel-stream/backtest)",
+    )
+    bt.add_argument(
+        "--no-cache", action="store_true", help="parse the feed, neither reading nor writing "
+        "the cache"
+    )  # fmt: skip
     add_protocol_args(bt)
     bt.set_defaults(func=cmd_backtest)

@@ -1,0 +1,269 @@
+"""The backtest's columnar cache: a feed's parsed batches, so that the next backtest of
+the same feed skips JSON.
+
+The first backtest of a feed parses it as the worker does (decode, validation, content
+hashes, the index of its entities, the columns) and writes what that gave, chunk by
+chunk, to one cache file. A later backtest of the same feed, with any rule set, learner
+or model settings, reads the chunks back instead: numbers as arrays, text as lists, no
+JSON and no per-parcel objects. Decisions are identical (``tests/unit/test_feedcache.py``).
+
+What a chunk keeps, per parcel: its source, content hash, the columns of
+``columns.Columns`` and its entities' positions in the chunk's index; per record: topic,
+partition, offset and time; the rejections as the parse made them; and the records'
+bytes, read only if a stage asks for the decoded manifests (the learned model's keys,
+encoded outputs). The shipper-address pairs are not kept: they depend on the rule set's
+split threshold and are rebuilt from the index (``features.with_pairs``).
+
+The cache is keyed by the feed file's content (BLAKE2b of its bytes), the input limits,
+the chunking, this format's version and the source of the modules whose code decides
+what a parse gives. Any change to one of them makes a new entry; nothing stale is read.
+An entry is written to a temporary file and renamed when complete, so an interrupted
+backtest leaves no partial entry. The directory is ``PARCEL_BACKTEST_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/parcel-stream/backtest`` or ``~/.cache/parcel-stream/backtest``);
+deleting it is always safe.
+
+File layout: frames of ``u64 length (little-endian) + MessagePack``; per chunk, the
+columns frame then the records' bytes frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+import parcel_stream
+from parcel_stream.columns import Columns
+from parcel_stream.features import ShipperIndex, with_pairs
+from parcel_stream.model import Manifest, Rejection
+from parcel_stream.parse import InRecord, LazyManifests, Limits, ParsedBatch, parse_batch
+from parcel_stream.pipeline import Prepared
+
+FORMAT = 1
+# the modules whose code decides what a parse gives (a change to one: a new cache entry)
+_CODE = ("parse", "model", "columns", "features", "repeats", "currency", "countries",
+         "pipeline", "feed", "feedcache")  # fmt: skip
+_LEN = struct.Struct("<Q")
+
+
+def default_dir(setting: str = "") -> Path:
+    """``setting`` (``PARCEL_BACKTEST_CACHE_DIR``) if given, else the user's cache."""
+    if setting:
+        return Path(setting)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "parcel-stream" / "backtest"
+
+
+def _code_digest() -> str:
+    h = hashlib.blake2b(digest_size=16)
+    root = Path(parcel_stream.__file__).parent
+    for name in _CODE:
+        h.update((root / f"{name}.py").read_bytes())
+    return h.hexdigest()
+
+
+def feed_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+class _Chunk(msgspec.Struct, array_like=True):
+    """One parsed chunk (``Prepared`` without its records' bytes and pairs). Arrays are
+    little-endian bytes: float64 unless named otherwise."""
+
+    topics: list[str]
+    keys: list[bytes | None]
+    content_types: list[bytes | None]
+    partitions: bytes  # int64
+    offsets: bytes  # int64
+    timestamps: bytes  # int64
+    sources: list[str]
+    record_index: bytes  # int64
+    rejections: list[Rejection]
+    hashes: list[str]
+    rates: bytes
+    declared: bytes
+    weight_kg: bytes
+    origin: list[str]
+    item_count: bytes  # int64
+    hs_codes: list[str]
+    item_value: bytes
+    parcel_ids: list[str]
+    ts_ms: bytes  # int64
+    transit: list[list[str]]
+    shipper_names: list[str]
+    consignee_names: list[str]
+    item_qty: bytes
+    descriptions: list[str]
+    item_origin: list[str | None]
+    shippers: list[str]
+    parcel_shipper: bytes  # int64
+    addresses: list[str]
+    parcel_address: bytes  # int64
+    sellers: list[str]
+    parcel_seller: bytes  # int64
+    today: int
+    now_ms: int
+    values_bytes: int  # the length of the records' bytes frame that follows
+
+
+_ENC = msgspec.msgpack.Encoder()
+_CHUNK = msgspec.msgpack.Decoder(_Chunk)
+_VALUES = msgspec.msgpack.Decoder(list[bytes])
+
+
+def _b(a: npt.NDArray[np.generic]) -> bytes:
+    return np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _f64(b: bytes) -> npt.NDArray[np.float64]:
+    return np.frombuffer(b, dtype="<f8").astype(np.float64)
+
+
+def _i64(b: bytes) -> npt.NDArray[np.int64]:
+    return np.frombuffer(b, dtype="<i8").astype(np.int64)
+
+
+def _frame(f: BinaryIO, payload: bytes) -> None:
+    f.write(_LEN.pack(len(payload)))
+    f.write(payload)
+
+
+@dataclass(frozen=True)
+class FeedCache:
+    """The cache entry of one feed under ``root``, for these limits and this chunking."""
+
+    root: Path
+    feed: Path
+    limits: Limits
+    chunk_bytes: int
+    group_lines: int
+
+    @property
+    def key(self) -> str:
+        parts = [str(FORMAT), _code_digest(), feed_digest(self.feed), str(self.chunk_bytes),
+                 str(self.group_lines), str(self.limits.max_record_bytes),
+                 str(self.limits.max_parcels_per_record)]  # fmt: skip
+        return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
+
+    def entry(self) -> CacheEntry:
+        """The entry for the feed as it is now (hashes the whole file once)."""
+        return CacheEntry(self.root / f"{self.key}.cache")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def writer(self) -> CacheWriter:
+        return CacheWriter(self.path)
+
+    def read(self, limits: Limits, split_min_usd: float | None, with_values: bool = False
+             ) -> Iterator[Prepared]:  # fmt: skip
+        """The chunks in feed order. ``with_values``: the records' bytes loaded at once
+        (for encoded outputs); else only if a stage reads the decoded manifests."""
+        with self.path.open("rb") as f:
+            while head := f.read(_LEN.size):
+                (size,) = _LEN.unpack(head)
+                c = _CHUNK.decode(f.read(size))
+                values_at = f.tell() + _LEN.size
+                f.seek(_LEN.size + c.values_bytes, os.SEEK_CUR)
+                yield _prepared(c, self.path, values_at, limits, split_min_usd, with_values)
+
+
+def _prepared(c: _Chunk, path: Path, values_at: int, limits: Limits,
+              split_min_usd: float | None, with_values: bool) -> Prepared:  # fmt: skip
+    partitions, offsets = _i64(c.partitions).tolist(), _i64(c.offsets).tolist()
+    stamps = _i64(c.timestamps).tolist()
+
+    def values() -> list[bytes]:
+        with path.open("rb") as f:
+            f.seek(values_at)
+            return _VALUES.decode(f.read(c.values_bytes))
+
+    raw = values() if with_values else [b""] * len(offsets)
+    records = [InRecord(v, t, p, o, k, ts, ct) for v, t, p, o, k, ts, ct in
+               zip(raw, c.topics, partitions, offsets, c.keys, stamps, c.content_types,
+                   strict=True)]  # fmt: skip
+    now_ms = max(stamps) if stamps else 0
+
+    def manifests() -> list[Manifest]:
+        full = records if with_values else [
+            InRecord(v, r.topic, r.partition, r.offset, r.key, r.timestamp_ms, r.content_type)
+            for v, r in zip(values(), records, strict=True)]  # fmt: skip
+        return list(parse_batch(full, limits, now_ms).manifests)
+
+    rates, declared = _f64(c.rates), _f64(c.declared)
+    cols = Columns(
+        rates, declared, declared * rates, _f64(c.weight_kg), c.origin, _i64(c.item_count),
+        c.hs_codes, _f64(c.item_value), c.parcel_ids, _i64(c.ts_ms), c.transit,
+        c.shipper_names, c.consignee_names, _f64(c.item_qty), c.descriptions, c.item_origin,
+    )  # fmt: skip
+    n = len(c.parcel_ids)
+    idx = ShipperIndex(c.shippers, _i64(c.parcel_shipper), c.addresses, _i64(c.parcel_address),
+                       [], np.full(n, -1, dtype=np.int64), c.today, c.sellers,
+                       _i64(c.parcel_seller), c.now_ms)  # fmt: skip
+    parsed = ParsedBatch(LazyManifests(n, manifests), c.sources, _i64(c.record_index).tolist(),
+                         c.rejections, len(records))  # fmt: skip
+    return Prepared(records, parsed, with_pairs(idx, cols.value_usd, split_min_usd),
+                    sorted({(r.topic, r.partition) for r in records}), c.hashes, cols)  # fmt: skip
+
+
+class CacheWriter:
+    """Writes an entry chunk by chunk; ``commit`` makes it visible (atomic rename), and
+    leaving the ``with`` block without it removes the partial file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: BinaryIO = self.tmp.open("wb")
+        self.chunks = 0
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._f.closed:
+            self._f.close()
+            self.tmp.unlink(missing_ok=True)
+
+    def add(self, prep: Prepared) -> None:
+        recs, p, cols, idx = prep.records, prep.parsed, prep.columns, prep.shippers
+        i64 = np.int64
+        values = _ENC.encode([r.value for r in recs])
+        chunk = _Chunk(
+            [r.topic for r in recs], [r.key for r in recs], [r.content_type for r in recs],
+            _b(np.array([r.partition for r in recs], dtype=i64)),
+            _b(np.array([r.offset for r in recs], dtype=i64)),
+            _b(np.array([r.timestamp_ms for r in recs], dtype=i64)), list(p.sources),
+            _b(np.array(p.record_index, dtype=i64)), list(p.rejections), list(prep.hashes),
+            _b(cols.rates), _b(cols.declared), _b(cols.weight_kg), cols.origin,
+            _b(cols.item_count), cols.hs_codes, _b(cols.item_value), cols.parcel_ids,
+            _b(cols.ts_ms), cols.transit, cols.shipper_names, cols.consignee_names,
+            _b(cols.item_qty), cols.descriptions, cols.item_origin, idx.ids,
+            _b(idx.parcel_shipper), idx.addresses, _b(idx.parcel_address), idx.sellers,
+            _b(idx.parcel_seller), idx.today, idx.now_ms, len(values),
+        )  # fmt: skip
+        _frame(self._f, _ENC.encode(chunk))
+        _frame(self._f, values)
+        self.chunks += 1
+
+    def commit(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp, self.path)
