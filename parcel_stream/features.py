@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache, partial
+from functools import lru_cache
 from itertools import repeat
+from operator import getitem
 
 import numpy as np
 import numpy.typing as npt
@@ -232,8 +233,9 @@ _COUNTRY_INDEX: dict[str, int] = {c: country_index(c) for c in COUNTRIES}
 
 
 def _description_flags(rs: RuleSet, description: str, hs_code: str) -> tuple[bool, bool]:
-    """(vague, contradicts its HS chapter) for one item line; memoised per rule set, since
-    marketplace descriptions repeat heavily."""
+    """(vague, contradicts its HS chapter) for one item line (``hs_code``: the code or its
+    first two digits, the chapter); memoised per rule set, since marketplace descriptions
+    repeat heavily."""
     key = (description, hs_code[:2])
     hit = rs.memo.get(key)
     if hit is not None:
@@ -298,21 +300,40 @@ def _name_flags(rs: RuleSet, name: str) -> tuple[float, bool]:
 def _name_features(shipper: list[str], consignee: list[str], rs: RuleSet, n: int
                    ) -> tuple[F64, F64, F64]:  # fmt: skip
     """Watchlist similarity of the shipper's and the consignee's names, and how many of
-    the two are placeholders: each distinct name of the batch looked at once."""
+    the two are placeholders: each distinct name of the batch looked at once, then each
+    parcel's read from the distinct ones in one pass per column."""
     flags = {name: _name_flags(rs, name) for name in {*shipper, *consignee}}
-    ship = np.array([flags[x] for x in shipper], dtype=np.float64).reshape(n, 2)
-    cons = np.array([flags[x] for x in consignee], dtype=np.float64).reshape(n, 2)
-    return ship[:, 0], cons[:, 0], ship[:, 1] + cons[:, 1]
+    watch = {k: v[0] for k, v in flags.items()}
+    placeholder = {k: float(v[1]) for k, v in flags.items()}
+    f64 = np.float64
+    ship = np.fromiter(map(watch.__getitem__, shipper), f64, n)
+    cons = np.fromiter(map(watch.__getitem__, consignee), f64, n)
+    both = np.fromiter(map(placeholder.__getitem__, shipper), f64, n)
+    both += np.fromiter(map(placeholder.__getitem__, consignee), f64, n)
+    return ship, cons, both
+
+
+_CHAPTER = slice(0, 2)
 
 
 def _item_flags(descriptions: list[str], hs_codes: list[str], rs: RuleSet, owner: I64, n: int
                 ) -> tuple[F64, F64]:  # fmt: skip
     """Per parcel, its vague item descriptions and the descriptions that contradict their
-    HS chapter, over the batch's items in one pass."""
-    flags = np.array(list(map(partial(_description_flags, rs), descriptions, hs_codes)),
-                     dtype=np.float64).reshape(len(descriptions), 2)  # fmt: skip
-    vague = np.bincount(owner, weights=flags[:, 0], minlength=n).astype(np.float64, copy=False)
-    mismatch = np.bincount(owner, weights=flags[:, 1], minlength=n).astype(np.float64, copy=False)
+    HS chapter: each distinct (description, chapter) of the batch looked at once, then
+    each item's read from the distinct ones in one pass per column."""
+    k = len(descriptions)
+    chapters: list[str] = list(map(getitem, hs_codes, repeat(_CHAPTER, k)))
+    flags = {key: _description_flags(rs, *key) for key in set(zip(descriptions, chapters,
+                                                                  strict=True))}  # fmt: skip
+    vague_of = {key: float(v[0]) for key, v in flags.items()}
+    mismatch_of = {key: float(v[1]) for key, v in flags.items()}
+    f64 = np.float64
+    vague_i = np.fromiter(map(vague_of.__getitem__, zip(descriptions, chapters, strict=True)),
+                          f64, k)  # fmt: skip
+    mismatch_i = np.fromiter(map(mismatch_of.__getitem__, zip(descriptions, chapters,
+                                                              strict=True)), f64, k)  # fmt: skip
+    vague = np.bincount(owner, weights=vague_i, minlength=n).astype(f64, copy=False)
+    mismatch = np.bincount(owner, weights=mismatch_i, minlength=n).astype(f64, copy=False)
     return vague, mismatch
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from time import perf_counter
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -42,12 +45,12 @@ from parcel_stream.model import LearnedReason
 from parcel_stream.outbox import record_digests
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
 from parcel_stream.repeats import (
+    REMEMBERED_ENCODE,
     Classified,
     Remembered,
     classify,
     content_hash,
     decode_remembered,
-    encode_remembered,
 )
 from parcel_stream.reputation import (
     DEFAULT_HALF_LIFE_MS,
@@ -567,38 +570,49 @@ def _remember(
     value_usd: F64,
     scored: Scored | None = None,
 ) -> list[tuple[str, str, bytes]]:
-    """What is remembered of each parcel id scored in this batch (its latest version)."""
+    """What is remembered of each parcel id scored in this batch (its latest version):
+    the rows of ``Remembered`` built column by column and encoded in one pass."""
     idx, parsed, n = prep.shippers, prep.parsed, len(prep.parsed)
-    latest: dict[str, int] = {}
-    status = classified.contrib.status.tolist()
-    for i, pid in enumerate(prep.parcel_ids):
-        if status[i] != REPEAT:
-            latest[pid] = i
-    score_l = np.round(scores, 2).tolist()
-    lane_l, sel_l, mask_l = lanes.tolist(), selection.tolist(), masks.tolist()
-    held_l, value_l = (risk_lanes == 2).tolist(), value_usd.tolist()
-    seller_l = idx.parcel_seller.tolist() if len(idx.parcel_seller) == n else [-1] * n
-    pair_l = idx.parcel_pair.tolist() if len(idx.parcel_pair) == n else [-1] * n
-    codes_of: dict[int, list[str]] = {}
-    version, expected, hashes = legend.version, classified.expected, prep.hashes
-    prob_l = scored.probability.tolist() if scored else []
-    prop_l = scored.propensity.tolist() if scored else []
-    ts_l, ship_l, ship_ids = prep.columns.ts_ms.tolist(), idx.parcel_shipper.tolist(), idx.ids
-    out = []
-    for pid, i in latest.items():
-        mask = mask_l[i]
-        codes = codes_of.get(mask)
-        if codes is None:
-            codes = codes_of[mask] = [r.code for r in legend.reasons(mask)]
-        seller, pair = seller_l[i], pair_l[i]
-        rem = Remembered(
-            parsed.sources[i], score_l[i], lane_l[i], sel_l[i], codes, version, learner_version,
-            now_ms, ts_l[i], ship_ids[ship_l[i]], idx.sellers[seller] if seller >= 0 else "",
-            idx.pairs[pair] if pair >= 0 else "", value_l[i], held_l[i],
-            *((prob_l[i], prop_l[i]) if scored else ()),
-        )  # fmt: skip
-        out.append((pid, expected[pid], encode_remembered(hashes[i], rem)))
-    return out
+    pids = prep.parcel_ids
+    status = classified.contrib.status
+    if n and not (status == REPEAT).any() and len(set(pids)) == n:
+        at: list[int] | None = None  # every parcel, each id once: no gathering
+    else:
+        latest: dict[str, int] = {}
+        for i, (pid, st) in enumerate(zip(pids, status.tolist(), strict=True)):
+            if st != REPEAT:
+                latest[pid] = i
+        at = list(latest.values())
+    seller_l = idx.parcel_seller if len(idx.parcel_seller) == n else np.full(n, -1)
+    pair_l = idx.parcel_pair if len(idx.parcel_pair) == n else np.full(n, -1)
+    mask_a = masks if at is None else masks[at]
+    codes_of = {m: [r.code for r in legend.reasons(m)] for m in set(mask_a.tolist())}
+    sellers, pairs = [*idx.sellers, ""], [*idx.pairs, ""]  # -1 reads the "" appended
+
+    def col(a: npt.NDArray[Any]) -> list[Any]:
+        out: list[Any] = (a if at is None else a[at]).tolist()
+        return out
+
+    def pick(xs: list[Any]) -> list[Any]:
+        return xs if at is None else [xs[i] for i in at]
+
+    ids = pick(pids)
+    rows: list[Iterable[Any]] = [
+        pick(parsed.sources), col(np.round(scores, 2)), col(lanes), col(selection),
+        list(map(codes_of.__getitem__, mask_a.tolist())), repeat(legend.version),
+        repeat(learner_version), repeat(now_ms), col(prep.columns.ts_ms),
+        list(map(idx.ids.__getitem__, col(idx.parcel_shipper))),
+        list(map(sellers.__getitem__, col(seller_l))), list(map(pairs.__getitem__, col(pair_l))),
+        col(value_usd), col(risk_lanes == 2),
+    ]  # fmt: skip
+    if scored is not None:
+        rows += [col(scored.probability), col(scored.propensity)]
+    else:
+        rows += [repeat(-1.0), repeat(1.0)]  # Remembered's defaults: the model was off
+    blobs = map(bytes.__add__, map(str.encode, pick(prep.hashes)),
+                map(REMEMBERED_ENCODE, zip(*rows, strict=False)))  # repeat()s: endless  # fmt: skip
+    expected = classified.expected
+    return list(zip(ids, map(expected.__getitem__, ids), blobs, strict=True))
 
 
 def read_batch(prep: Prepared, store: StateStore) -> Batch:

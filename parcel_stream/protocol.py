@@ -28,12 +28,11 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.decide import Legend
-from parcel_stream.features import address_key
 from parcel_stream.feed import RawRecord
 from parcel_stream.model import Manifest
-from parcel_stream.parse import InRecord, Limits, parse_batch
+from parcel_stream.parse import InRecord, Limits
+from parcel_stream.pipeline import prepare
 from parcel_stream.reputation import InMemoryStore
 from parcel_stream.risk import (
     OnlineModel,
@@ -222,16 +221,16 @@ def run_protocol(
             offset += 1
             recs.append(rec)
         now_ms = max(r.ts_ms for r in raw)
-        result = run_sync(recs, store, ruleset, limits, now_ms, encode=False)
-        parsed = parse_batch(recs, limits, now_ms)
-        manifests = parsed.manifests
-        if [m.parcel_id for m in manifests] != result.parcel_ids:
-            raise RuntimeError("the protocol's parse and the batch step disagree")
+        prep = prepare(recs, limits, now_ms, ruleset.split_min_usd)  # one parse, shared
+        result = run_sync(recs, store, ruleset, limits, now_ms, encode=False, prepared=prep)
+        manifests = prep.parsed.manifests
+        idx = prep.shippers
+        addresses = [idx.addresses[a] for a in idx.parcel_address.tolist()]
         keys = [
-            parcel_keys(m, address_key(m.consignee.address),
-                        m.declared_value * USD_PER_UNIT[m.currency],
-                        [r.code for r in legend.reasons(mask)])
-            for m, mask in zip(manifests, result.masks.tolist(), strict=True)
+            parcel_keys(m, address, value, [r.code for r in legend.reasons(mask)])
+            for m, address, value, mask in zip(manifests, addresses,
+                                               prep.columns.value_usd.tolist(),
+                                               result.masks.tolist(), strict=True)
         ]  # fmt: skip
         x = _features(table, keys, manifests, result.scores)
         xs = list(x)
