@@ -39,7 +39,7 @@ def random_rulesets(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     return compile_ruleset({"version": "random", "rules": rules})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(feature_batches(), random_rulesets(), st.sampled_from([0, 1_790_000_000_000]))
 def test_kernel_matches_reference_on_random_rule_sets(features: Features, rs, now_ms: int) -> None:  # type: ignore[no-untyped-def]
     score, mask = score_batch(features, rs, now_ms)
