@@ -118,12 +118,10 @@ def _require_plots() -> None:
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     if args.feedback:
         return cmd_protocol(args, settings)
-    from parcel_stream.backtest import evaluate, render_markdown, run_backtest
-    from parcel_stream.feed import FeedError, read_feed
+    from parcel_stream.backtest import evaluate, render_markdown
+    from parcel_stream.feed import FeedError
     from parcel_stream.kernels import warm_up
     from parcel_stream.parse import Limits
-    from parcel_stream.progress import Progress
-    from parcel_stream.reputation import InMemoryStore
     from parcel_stream.rules import RuleSetError, default_ruleset, load_ruleset
 
     if not Path(args.feed).exists():
@@ -171,35 +169,30 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     if args.learner != "off" and not any(p[2] for p in plans):
         raise UsageError("--learner trains on exam outcomes: add --exam-feedback and --labels")
     cache = _cache_entry(args, limits, settings.backtest_cache_dir)
+    jobs = _jobs(args, len(plans))
+    if jobs > 1:
+        print(f"backtest: {len(plans)} runs in {jobs} processes", file=sys.stderr)
+    specs = [
+        _Plan(args.feed, rs, name, labels if feedback else None, learner, limits,
+              settings.state_config(), settings.risk_config(), cache, args.store, settings,
+              progress=jobs == 1)
+        for rs, name, feedback, learner in plans
+    ]  # fmt: skip
+    try:
+        if jobs == 1:
+            done = [_run_plan(p) for p in specs]
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork: the children start with the compiled kernels and the parsed rule sets
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                done = list(pool.map(_run_plan, specs))
+    except FeedError as exc:
+        raise UsageError(str(exc)) from None
     runs, reports = [], []
-    for rs, name, feedback, learner in plans:
-        store: StateStore = InMemoryStore(half_life_ms=settings.half_life_ms)
-        close = None
-        if args.store == "redis":  # single node or cluster, as the settings say
-            from parcel_stream.adapters.redis_store import BlockingRedisStore, RedisReputationStore
-
-            own = settings.replace(redis_key_prefix=f"{settings.redis_key_prefix}:bt")
-            redis = BlockingRedisStore("", store=RedisReputationStore.from_settings(own))
-            store, close = redis, redis.close
-        progress = Progress(f"backtest {name}", unit="records")
-
-        def counted(path: str = args.feed, progress: Progress = progress) -> Any:
-            for rec in read_feed(path, group_lines=GROUP_LINES):
-                progress.update()
-                yield rec
-
-        cached = cache is not None and cache.exists
-        try:
-            run = run_backtest(counted(), rs, store=store, limits=limits,
-                               exam_outcomes=labels if feedback else None, label=name,
-                               learner=learner, state_config=settings.state_config(),
-                               risk=settings.risk_config(), cache=cache)  # fmt: skip
-        except FeedError as exc:
-            raise UsageError(str(exc)) from None
-        finally:
-            progress.close()
-            if close is not None:
-                close()
+    for (rs, name, _fb, _learner), (run, cached) in zip(plans, done, strict=True):
         if cache is not None:
             how = "read from" if cached else "written to"
             print(f"backtest {name}: parsed chunks {how} the cache {cache.path}", file=sys.stderr)
@@ -259,6 +252,72 @@ def add_generate(sub: Subcommands) -> None:
 
 
 GROUP_LINES = 1000  # a manifests file's lines, grouped into batch records of this many
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """One run of a backtest (a rule set, its feedback and learner), as a process gets it."""
+
+    feed: str
+    ruleset: Any
+    name: str
+    exam_outcomes: dict[str, str | None] | None
+    learner: Any
+    limits: Any
+    state_config: Any
+    risk: Any
+    cache: Any
+    store: str
+    settings: Settings
+    progress: bool
+
+
+def _run_plan(plan: _Plan) -> tuple[Any, bool]:
+    """One run, in this process or a child; the run and whether it read the cache."""
+    from parcel_stream.backtest import run_backtest
+    from parcel_stream.feed import read_feed
+    from parcel_stream.progress import Progress
+    from parcel_stream.reputation import InMemoryStore
+
+    settings = plan.settings
+    store: StateStore = InMemoryStore(half_life_ms=settings.half_life_ms)
+    close = None
+    if plan.store == "redis":  # single node or cluster, as the settings say
+        from parcel_stream.adapters.redis_store import BlockingRedisStore, RedisReputationStore
+
+        own = settings.replace(redis_key_prefix=f"{settings.redis_key_prefix}:bt")
+        redis = BlockingRedisStore("", store=RedisReputationStore.from_settings(own))
+        store, close = redis, redis.close
+    progress = Progress(f"backtest {plan.name}", unit="records") if plan.progress else None
+
+    def counted() -> Any:
+        for rec in read_feed(plan.feed, group_lines=GROUP_LINES):
+            if progress is not None:
+                progress.update()
+            yield rec
+
+    cached = plan.cache is not None and plan.cache.exists
+    try:
+        run = run_backtest(counted(), plan.ruleset, store=store, limits=plan.limits,
+                           exam_outcomes=plan.exam_outcomes, label=plan.name,
+                           learner=plan.learner, state_config=plan.state_config, risk=plan.risk,
+                           cache=plan.cache)  # fmt: skip
+    finally:
+        if progress is not None:
+            progress.close()
+        if close is not None:
+            close()
+    return run, cached
+
+
+def _jobs(args: argparse.Namespace, plans: int) -> int:
+    """Processes for the backtest's runs: one per run up to the cores (``--jobs``), one
+    with the Redis store (the runs would share its keys)."""
+    if args.store == "redis":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    want = args.jobs if args.jobs is not None else (cores or 1)
+    return max(1, min(want, plans))
 
 
 def _cache_entry(args: argparse.Namespace, limits: Any, setting: str) -> Any:
@@ -330,6 +389,11 @@ def add_backtest(sub: Subcommands) -> None:
         "later ones skip JSON (default: PARCEL_BACKTEST_CACHE_DIR, else "
         "~/.cache/parcel-stream/backtest)",
     )
+    bt.add_argument(
+        "--jobs", type=positive_int,
+        help="runs at once, each in its own process (--compare and the --compare-* options "
+        "make two runs): default one per core; each run decides exactly as it would alone",
+    )  # fmt: skip
     bt.add_argument(
         "--no-cache", action="store_true", help="parse the feed, neither reading nor writing "
         "the cache"

@@ -73,3 +73,23 @@ def test_backtest_cli_writes_report_and_plots(tmp_path: Path, capsys) -> None:  
     )
     assert main(["backtest", str(feed_path), "--rules", str(rules)]) == 2
     assert "rule NOPE: when[0]: unknown feature 'nope'" in capsys.readouterr().err
+
+
+def test_runs_in_parallel_processes_report_what_they_report_one_after_the_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--jobs 2 runs the two sides of a comparison in two processes: the report is the
+    one --jobs 1 gives (throughput aside), with exam feedback and the learner on."""
+    feed_path, labels = tmp_path / "f.ndjson", tmp_path / "l.ndjson"
+    assert main(["generate", "--parcels", "4000", "--out", str(feed_path),
+                 "--labels", str(labels)]) == 0  # fmt: skip
+    capsys.readouterr()
+    base = ["backtest", str(feed_path), "--labels", str(labels), "--compare-learner",
+            "--no-cache"]  # fmt: skip
+    outs = {}
+    for jobs in ("1", "2"):
+        assert main([*base, "--jobs", jobs]) == 0
+        got = capsys.readouterr()
+        outs[jobs] = [ln for ln in got.out.splitlines() if "throughput" not in ln]
+        assert ("2 runs in 2 processes" in got.err) == (jobs == "2")
+    assert outs["1"] == outs["2"] and any("learner on" in ln for ln in outs["1"])
