@@ -5,6 +5,7 @@ Generates a feed, then times (process CPU time, one thread) the backtest over:
   (b) a recorded feed of single-parcel records (gzip),
   (c) the manifests file again, writing the columnar cache (``feedcache.py``), and
   (d) the manifests file from that cache (the key, a hash of the whole file, included),
+then the wall time of (a) in one process and with the feed parsed in one process per core,
 next to peers measured in the same run on the same lines (each result dropped at once):
 orjson.loads alone, and the validating msgspec decode into the manifest types alone.
 
@@ -99,6 +100,16 @@ def main() -> None:
     size = sum(p.stat().st_size for p in (tmp / "cache").iterdir())
     print(f"cache entry: {size / 2**20:.1f} MiB ({size / n:.0f} bytes a parcel); manifests "
           f"file: {manifests.stat().st_size / 2**20:.1f} MiB")  # fmt: skip
+    cores = len(os.sched_getaffinity(0))
+    if cores > 1:  # wall time: the feed parsed in one process per core, scored in this one
+        walls = []
+        for workers in (1, cores):
+            gc.collect()
+            t = time.perf_counter()
+            run_backtest(read_feed(manifests, group_lines=1000), rs, workers=workers)
+            walls.append(time.perf_counter() - t)
+        print(f"wall time, manifests file: one process {n / walls[0]:,.0f} parcels/s, parsed in "
+              f"{cores} processes {n / walls[1]:,.0f} parcels/s ({walls[0] / walls[1]:.2f} ×)")  # fmt: skip
     shutil.rmtree(tmp)
 
 

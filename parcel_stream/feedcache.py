@@ -23,7 +23,7 @@ backtest leaves no partial entry. The directory is ``PARCEL_BACKTEST_CACHE_DIR``
 deleting it is always safe.
 
 File layout: frames of ``u64 length (little-endian) + MessagePack``; per chunk, the
-columns frame then the records' bytes frame.
+columns frame then the records' bytes frame (skipped unless read).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -113,7 +113,6 @@ class _Chunk(msgspec.Struct, array_like=True):
     parcel_seller: bytes  # int64
     today: int
     now_ms: int
-    values_bytes: int  # the length of the records' bytes frame that follows
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -179,31 +178,47 @@ class CacheEntry:
             while head := f.read(_LEN.size):
                 (size,) = _LEN.unpack(head)
                 c = _CHUNK.decode(f.read(size))
-                values_at = f.tell() + _LEN.size
-                f.seek(_LEN.size + c.values_bytes, os.SEEK_CUR)
-                yield _prepared(c, self.path, values_at, limits, split_min_usd, with_values)
+                (length,) = _LEN.unpack(f.read(_LEN.size))  # the records' bytes: skipped
+                at = f.tell()
+                f.seek(length, os.SEEK_CUR)
+
+                def values(at: int = at, length: int = length) -> list[bytes]:
+                    with self.path.open("rb") as g:
+                        g.seek(at)
+                        return _VALUES.decode(g.read(length))
+
+                records = None
+                if with_values:
+                    shells = _prepared(c, values, limits, split_min_usd).records
+                    records = [replace(r, value=v) for r, v in zip(shells, values(),
+                                                                   strict=True)]  # fmt: skip
+                yield _prepared(c, values, limits, split_min_usd, records)
 
 
-def _prepared(c: _Chunk, path: Path, values_at: int, limits: Limits,
-              split_min_usd: float | None, with_values: bool) -> Prepared:  # fmt: skip
-    partitions, offsets = _i64(c.partitions).tolist(), _i64(c.offsets).tolist()
-    stamps = _i64(c.timestamps).tolist()
+def decode_chunk(chunk: bytes, records: list[InRecord], limits: Limits,
+                 split_min_usd: float | None) -> Prepared:  # fmt: skip
+    """A chunk encoded by :func:`encode_chunk` (in a parse process), for ``records``, the
+    chunk's records with their bytes, which the receiving process has already."""
+    c = _CHUNK.decode(chunk)
+    return _prepared(c, lambda: [r.value for r in records], limits, split_min_usd, records)
 
-    def values() -> list[bytes]:
-        with path.open("rb") as f:
-            f.seek(values_at)
-            return _VALUES.decode(f.read(c.values_bytes))
 
-    raw = values() if with_values else [b""] * len(offsets)
-    records = [InRecord(v, t, p, o, k, ts, ct) for v, t, p, o, k, ts, ct in
-               zip(raw, c.topics, partitions, offsets, c.keys, stamps, c.content_types,
-                   strict=True)]  # fmt: skip
-    now_ms = max(stamps) if stamps else 0
+def _prepared(c: _Chunk, values: Callable[[], list[bytes]], limits: Limits,
+              split_min_usd: float | None, records: list[InRecord] | None = None,
+              ) -> Prepared:  # fmt: skip
+    """The chunk as ``prepare`` gave it; ``values()``: the records' bytes, read only if a
+    stage decodes the manifests (``records``: the records with their bytes, when loaded)."""
+    if records is None:
+        partitions, offsets = _i64(c.partitions).tolist(), _i64(c.offsets).tolist()
+        records = [InRecord(b"", t, p, o, k, ts, ct) for t, p, o, k, ts, ct in
+                   zip(c.topics, partitions, offsets, c.keys, _i64(c.timestamps).tolist(),
+                       c.content_types, strict=True)]  # fmt: skip
+    now_ms = max((r.timestamp_ms for r in records), default=0)
+    shells = records
 
     def manifests() -> list[Manifest]:
-        full = records if with_values else [
-            InRecord(v, r.topic, r.partition, r.offset, r.key, r.timestamp_ms, r.content_type)
-            for v, r in zip(values(), records, strict=True)]  # fmt: skip
+        full = [InRecord(v, r.topic, r.partition, r.offset, r.key, r.timestamp_ms, r.content_type)
+                for v, r in zip(values(), shells, strict=True)]  # fmt: skip
         return list(parse_batch(full, limits, now_ms).manifests)
 
     rates, declared = _f64(c.rates), _f64(c.declared)
@@ -220,6 +235,25 @@ def _prepared(c: _Chunk, path: Path, values_at: int, limits: Limits,
                          c.rejections, len(records))  # fmt: skip
     return Prepared(records, parsed, with_pairs(idx, cols.value_usd, split_min_usd),
                     sorted({(r.topic, r.partition) for r in records}), c.hashes, cols)  # fmt: skip
+
+
+def encode_chunk(prep: Prepared) -> bytes:
+    """A parsed chunk without its records' bytes (:func:`decode_chunk`)."""
+    recs, p, cols, idx = prep.records, prep.parsed, prep.columns, prep.shippers
+    i64 = np.int64
+    return _ENC.encode(_Chunk(
+        [r.topic for r in recs], [r.key for r in recs], [r.content_type for r in recs],
+        _b(np.array([r.partition for r in recs], dtype=i64)),
+        _b(np.array([r.offset for r in recs], dtype=i64)),
+        _b(np.array([r.timestamp_ms for r in recs], dtype=i64)), list(p.sources),
+        _b(np.array(p.record_index, dtype=i64)), list(p.rejections), list(prep.hashes),
+        _b(cols.rates), _b(cols.declared), _b(cols.weight_kg), cols.origin,
+        _b(cols.item_count), cols.hs_codes, _b(cols.item_value), cols.parcel_ids,
+        _b(cols.ts_ms), cols.transit, cols.shipper_names, cols.consignee_names,
+        _b(cols.item_qty), cols.descriptions, cols.item_origin, idx.ids,
+        _b(idx.parcel_shipper), idx.addresses, _b(idx.parcel_address), idx.sellers,
+        _b(idx.parcel_seller), idx.today, idx.now_ms,
+    ))  # fmt: skip
 
 
 class CacheWriter:
@@ -241,25 +275,11 @@ class CacheWriter:
             self._f.close()
             self.tmp.unlink(missing_ok=True)
 
-    def add(self, prep: Prepared) -> None:
-        recs, p, cols, idx = prep.records, prep.parsed, prep.columns, prep.shippers
-        i64 = np.int64
-        values = _ENC.encode([r.value for r in recs])
-        chunk = _Chunk(
-            [r.topic for r in recs], [r.key for r in recs], [r.content_type for r in recs],
-            _b(np.array([r.partition for r in recs], dtype=i64)),
-            _b(np.array([r.offset for r in recs], dtype=i64)),
-            _b(np.array([r.timestamp_ms for r in recs], dtype=i64)), list(p.sources),
-            _b(np.array(p.record_index, dtype=i64)), list(p.rejections), list(prep.hashes),
-            _b(cols.rates), _b(cols.declared), _b(cols.weight_kg), cols.origin,
-            _b(cols.item_count), cols.hs_codes, _b(cols.item_value), cols.parcel_ids,
-            _b(cols.ts_ms), cols.transit, cols.shipper_names, cols.consignee_names,
-            _b(cols.item_qty), cols.descriptions, cols.item_origin, idx.ids,
-            _b(idx.parcel_shipper), idx.addresses, _b(idx.parcel_address), idx.sellers,
-            _b(idx.parcel_seller), idx.today, idx.now_ms, len(values),
-        )  # fmt: skip
-        _frame(self._f, _ENC.encode(chunk))
-        _frame(self._f, values)
+    def add(self, prep: Prepared, encoded: bytes | None = None) -> None:
+        """Append a chunk (``encoded``: its :func:`encode_chunk`, when a parse process made
+        it already)."""
+        _frame(self._f, encoded if encoded is not None else encode_chunk(prep))
+        _frame(self._f, _ENC.encode([r.value for r in prep.records]))
         self.chunks += 1
 
     def commit(self) -> None:

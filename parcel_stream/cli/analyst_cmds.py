@@ -169,13 +169,15 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     if args.learner != "off" and not any(p[2] for p in plans):
         raise UsageError("--learner trains on exam outcomes: add --exam-feedback and --labels")
     cache = _cache_entry(args, limits, settings.backtest_cache_dir)
-    jobs = _jobs(args, len(plans))
+    jobs, workers = _jobs(args, len(plans))
     if jobs > 1:
         print(f"backtest: {len(plans)} runs in {jobs} processes", file=sys.stderr)
+    elif workers > 1 and not (cache is not None and cache.exists):
+        print(f"backtest: the feed parsed in {workers} processes", file=sys.stderr)
     specs = [
         _Plan(args.feed, rs, name, labels if feedback else None, learner, limits,
               settings.state_config(), settings.risk_config(), cache, args.store, settings,
-              progress=jobs == 1)
+              progress=jobs == 1, workers=workers)
         for rs, name, feedback, learner in plans
     ]  # fmt: skip
     try:
@@ -270,6 +272,7 @@ class _Plan:
     store: str
     settings: Settings
     progress: bool
+    workers: int = 1  # processes that parse the feed ahead of the run
 
 
 def _run_plan(plan: _Plan) -> tuple[Any, bool]:
@@ -301,7 +304,7 @@ def _run_plan(plan: _Plan) -> tuple[Any, bool]:
         run = run_backtest(counted(), plan.ruleset, store=store, limits=plan.limits,
                            exam_outcomes=plan.exam_outcomes, label=plan.name,
                            learner=plan.learner, state_config=plan.state_config, risk=plan.risk,
-                           cache=plan.cache)  # fmt: skip
+                           cache=plan.cache, workers=plan.workers)  # fmt: skip
     finally:
         if progress is not None:
             progress.close()
@@ -310,14 +313,14 @@ def _run_plan(plan: _Plan) -> tuple[Any, bool]:
     return run, cached
 
 
-def _jobs(args: argparse.Namespace, plans: int) -> int:
-    """Processes for the backtest's runs: one per run up to the cores (``--jobs``), one
-    with the Redis store (the runs would share its keys)."""
-    if args.store == "redis":
-        return 1
+def _jobs(args: argparse.Namespace, plans: int) -> tuple[int, int]:
+    """(runs at once, parse processes a run): ``--jobs`` processes (default: one per
+    core) run the runs at once, one each; one run at a time (a single run, or the Redis
+    store, whose keys the runs would share) has them parse its feed ahead of it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     want = args.jobs if args.jobs is not None else (cores or 1)
-    return max(1, min(want, plans))
+    at_once = 1 if args.store == "redis" else max(1, min(want, plans))
+    return at_once, (want if at_once == 1 and want > 1 else 1)
 
 
 def _cache_entry(args: argparse.Namespace, limits: Any, setting: str) -> Any:
@@ -391,8 +394,9 @@ def add_backtest(sub: Subcommands) -> None:
     )
     bt.add_argument(
         "--jobs", type=positive_int,
-        help="runs at once, each in its own process (--compare and the --compare-* options "
-        "make two runs): default one per core; each run decides exactly as it would alone",
+        help="processes (default: one per core): the runs of --compare and the --compare-* "
+        "options at once, one each; a single run has them parse the feed ahead of it. Each "
+        "run decides exactly as it would in one process",
     )  # fmt: skip
     bt.add_argument(
         "--no-cache", action="store_true", help="parse the feed, neither reading nor writing "

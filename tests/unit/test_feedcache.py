@@ -26,6 +26,7 @@ from parcel_stream.rules import RuleSet, default_ruleset
 from parcel_stream.settings import Settings
 
 CHUNK = 256 * 1024  # many chunks
+Feed = tuple[Path, dict[str, str | None]]
 GROUP = 200
 
 
@@ -85,6 +86,23 @@ def test_a_backtest_read_from_the_cache_decides_as_the_parse_does(feed, tmp_path
     assert _run(path, tmp_path, ruleset=strict).lanes != plain.lanes
 
 
+def test_a_feed_parsed_in_other_processes_decides_as_one_process_and_caches_the_same(
+    feed: Feed, tmp_path: Path
+) -> None:
+    path, labels = feed
+    kw: dict[str, Any] = {"exam_outcomes": labels, "risk": RiskConfig(mode="on")}
+    plain = _run(path, None, **kw)
+    parallel = _run(path, tmp_path, workers=3, **kw)  # writes the cache from their parses
+    _same(plain, parallel)
+    assert parallel.learner is not None and plain.learner is not None
+    assert parallel.learner.version == plain.learner.version
+    _same(plain, _run(path, tmp_path, **kw))  # and reads it back
+    one = tmp_path / "one"
+    _run(path, one)
+    (a,), (b,) = tmp_path.glob("*.cache"), one.glob("*.cache")
+    assert a.read_bytes() == b.read_bytes()  # the same entry, byte for byte
+
+
 def test_the_learned_model_and_exam_feedback_decide_the_same_from_the_cache(feed, tmp_path) -> None:  # type: ignore[no-untyped-def]
     path, labels = feed
     kw = {"exam_outcomes": labels, "risk": RiskConfig(mode="on")}
@@ -130,9 +148,6 @@ def test_the_cache_gives_what_the_parse_gives(feed, tmp_path) -> None:  # type: 
         assert isinstance(lazy, LazyManifests) and not lazy.decoded
         assert list(lazy) == list(want.parsed.manifests) and lazy.decoded
     assert at == len(records)
-
-
-Feed = tuple[Path, dict[str, str | None]]
 
 
 def test_a_changed_feed_or_limit_is_a_new_entry_and_an_interrupted_run_leaves_none(
