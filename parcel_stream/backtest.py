@@ -15,6 +15,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
 from multiprocessing.pool import AsyncResult
 
 import numpy as np
@@ -143,6 +144,14 @@ def run_backtest(
 _Batch = tuple[list[InRecord], Prepared | None, bytes | None]
 
 
+def mp_context() -> BaseContext:
+    """Fork: the processes start with the compiled kernels and the parsed rule sets, and
+    run only the parse and the scoring, which take no lock another thread could hold."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork")
+
+
 def _children_cpu() -> float:
     t = os.times()
     return t.children_user + t.children_system
@@ -159,9 +168,7 @@ def _parsed_ahead(chunks: Iterable[list[InRecord]], limits: Limits, split: float
                   workers: int) -> Iterator[Iterator[_Batch]]:  # fmt: skip
     """The chunks, in order, each parsed in one of ``workers`` processes; at most two per
     process in flight (memory stays bounded whatever the feed's length)."""
-    import multiprocessing
-
-    pool = multiprocessing.get_context("fork").Pool(workers)
+    pool = mp_context().Pool(workers)
 
     def ordered() -> Iterator[_Batch]:
         pending: deque[tuple[list[InRecord], AsyncResult[bytes]]] = deque()

@@ -184,12 +184,11 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         if jobs == 1:
             done = [_run_plan(p) for p in specs]
         else:
-            import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            # fork: the children start with the compiled kernels and the parsed rule sets
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            from parcel_stream.backtest import mp_context
+
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp_context()) as pool:
                 done = list(pool.map(_run_plan, specs))
     except FeedError as exc:
         raise UsageError(str(exc)) from None
