@@ -356,13 +356,29 @@ def new_watermarks(
 
 
 def _table(states: list[ShipperState | None], days: bool) -> EntityTable:
+    """The stored entities as a table: the rows, versions and day rings filled in one
+    assignment each (absent entities stay as ``EntityTable.empty`` leaves them)."""
     t = EntityTable.empty(len(states))
-    for j, st in enumerate(states):
-        if st is not None:
-            t.vals[j] = st.row()
-            t.ver[j] = st.ver
-            if days:
-                t.set_days(j, st.newest_day, st.days)
+    at = [j for j, st in enumerate(states) if st is not None]
+    if not at:
+        return t
+    present = [states[j] for j in at]
+    t.vals[at] = [st.row() for st in present if st is not None]
+    t.ver[at] = [st.ver for st in present if st is not None]
+    if days:
+        t.newest_day[at] = [st.newest_day for st in present if st is not None]
+        rows, slots, day_l, counts = [], [], [], []
+        for j, st in zip(at, present, strict=True):
+            assert st is not None
+            newest = st.newest_day
+            for d, c in st.days.items():
+                if d >= newest - (DAY_SLOTS - 1):
+                    rows.append(j)
+                    slots.append(d % DAY_SLOTS)
+                    day_l.append(d)
+                    counts.append(c)
+        t.slot_day[rows, slots] = day_l  # one day per slot: the ring holds DAY_SLOTS days
+        t.slot_count[rows, slots] = counts
     return t
 
 
@@ -533,7 +549,9 @@ class InMemoryStore:
             vals, newest, counts = ws.vals.tolist(), ws.newest_day.tolist(), ws.day_counts.tolist()
             for k, (eid, expected) in enumerate(zip(ws.ids, ws.expected_ver.tolist(),
                                                     strict=True)):  # fmt: skip
-                st = table.setdefault(eid, ShipperState())
+                st = table.get(eid)
+                if st is None:
+                    st = table[eid] = ShipperState()
                 st.set_row(vals[k])
                 st.ver = expected + 1
                 if newest[k]:
@@ -548,8 +566,7 @@ class InMemoryStore:
             self.parcels[parcel_id] = ref
         for p in update.pairs:
             self.pairs[p.pair] = [p.start_ms, p.value_usd, p.parcels, float(p.expected_ver + 1)]
-        for pid, _content, raw in update.parcels:
-            self.remembered[pid] = raw
+        self.remembered.update((pid, raw) for pid, _content, raw in update.parcels)
         for part, offset, digest in update.outbox:
             self.outbox.setdefault(part, {})[offset] = digest
         for part, upto in update.prune.items():
