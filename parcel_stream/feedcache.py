@@ -175,10 +175,17 @@ class CacheEntry:
         """The chunks in feed order. ``with_values``: the records' bytes loaded at once
         (for encoded outputs); else only if a stage reads the decoded manifests."""
         with self.path.open("rb") as f:
+            end = os.fstat(f.fileno()).st_size
             while head := f.read(_LEN.size):
-                (size,) = _LEN.unpack(head)
-                c = _CHUNK.decode(f.read(size))
-                (length,) = _LEN.unpack(f.read(_LEN.size))  # the records' bytes: skipped
+                try:
+                    (size,) = _LEN.unpack(head)
+                    c = _CHUNK.decode(f.read(size))
+                    (length,) = _LEN.unpack(f.read(_LEN.size))  # the records' bytes: skipped
+                    if f.tell() + length > end:
+                        raise ValueError(f"{end} bytes, cut short")
+                except (struct.error, msgspec.DecodeError, ValueError) as exc:
+                    raise CacheError(f"{self.path}: the cache entry is damaged ({exc}); delete "
+                                     "it, or backtest with --no-cache") from None  # fmt: skip
                 at = f.tell()
                 f.seek(length, os.SEEK_CUR)
 
@@ -187,12 +194,23 @@ class CacheEntry:
                         g.seek(at)
                         return _VALUES.decode(g.read(length))
 
-                records = None
+                records = _shells(c)
                 if with_values:
-                    shells = _prepared(c, values, limits, split_min_usd).records
-                    records = [replace(r, value=v) for r, v in zip(shells, values(),
+                    records = [replace(r, value=v) for r, v in zip(records, values(),
                                                                    strict=True)]  # fmt: skip
                 yield _prepared(c, values, limits, split_min_usd, records)
+
+
+class CacheError(Exception):
+    """A cache entry that cannot be read; the message names the file and the fix."""
+
+
+def _shells(c: _Chunk) -> list[InRecord]:
+    """The chunk's records without their bytes."""
+    partitions, offsets = _i64(c.partitions).tolist(), _i64(c.offsets).tolist()
+    return [InRecord(b"", t, p, o, k, ts, ct) for t, p, o, k, ts, ct in
+            zip(c.topics, partitions, offsets, c.keys, _i64(c.timestamps).tolist(),
+                c.content_types, strict=True)]  # fmt: skip
 
 
 def decode_chunk(chunk: bytes, records: list[InRecord], limits: Limits,
@@ -204,15 +222,9 @@ def decode_chunk(chunk: bytes, records: list[InRecord], limits: Limits,
 
 
 def _prepared(c: _Chunk, values: Callable[[], list[bytes]], limits: Limits,
-              split_min_usd: float | None, records: list[InRecord] | None = None,
-              ) -> Prepared:  # fmt: skip
-    """The chunk as ``prepare`` gave it; ``values()``: the records' bytes, read only if a
-    stage decodes the manifests (``records``: the records with their bytes, when loaded)."""
-    if records is None:
-        partitions, offsets = _i64(c.partitions).tolist(), _i64(c.offsets).tolist()
-        records = [InRecord(b"", t, p, o, k, ts, ct) for t, p, o, k, ts, ct in
-                   zip(c.topics, partitions, offsets, c.keys, _i64(c.timestamps).tolist(),
-                       c.content_types, strict=True)]  # fmt: skip
+              split_min_usd: float | None, records: list[InRecord]) -> Prepared:  # fmt: skip
+    """The chunk as ``prepare`` gave it, for ``records`` (with or without their bytes);
+    ``values()``: the records' bytes, read only if a stage decodes the manifests."""
     now_ms = max((r.timestamp_ms for r in records), default=0)
     shells = records
 

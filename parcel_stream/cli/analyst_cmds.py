@@ -120,6 +120,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_protocol(args, settings)
     from parcel_stream.backtest import evaluate, render_markdown
     from parcel_stream.feed import FeedError
+    from parcel_stream.feedcache import CacheError
     from parcel_stream.kernels import warm_up
     from parcel_stream.parse import Limits
     from parcel_stream.rules import RuleSetError, default_ruleset, load_ruleset
@@ -190,7 +191,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
 
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp_context()) as pool:
                 done = list(pool.map(_run_plan, specs))
-    except FeedError as exc:
+    except (FeedError, CacheError) as exc:
         raise UsageError(str(exc)) from None
     runs, reports = [], []
     for (rs, name, _fb, _learner), (run, cached) in zip(plans, done, strict=True):

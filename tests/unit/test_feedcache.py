@@ -192,6 +192,12 @@ def test_the_cli_reads_the_cache_the_second_time_and_names_a_bad_cache_dir(
         return [ln for ln in out.splitlines() if "throughput" not in ln]
 
     assert lanes(first.out) == lanes(second.out)
+    (entry,) = (tmp_path / "c").glob("*.cache")
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])  # damaged on disk
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and str(entry) in err and "--no-cache" in err
+    assert "Traceback" not in err
     assert main(["backtest", str(path), "--no-cache"]) == 0
     assert "cache" not in capsys.readouterr().err
     blocker = tmp_path / "file"
