@@ -4,9 +4,11 @@ test-then-train protocol (``parcel_stream/protocol.py``), against the rules alon
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
-from typing import TYPE_CHECKING, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
 
 from parcel_stream.cli.errors import UsageError
 from parcel_stream.settings import Settings
@@ -121,10 +123,30 @@ def rules_and_feed(args: argparse.Namespace, settings: Settings) -> tuple[RuleSe
     return rs, feed
 
 
+def _run_variants(feed: Any, rs: Any, labels: dict[str, str | None], variants: list[Any],
+                  jobs: int | None) -> list[Any]:  # fmt: skip
+    """The protocol's variants (``--compare-model`` makes five), at most ``jobs`` at once
+    (default: one per core), each in its own process; each run is what it would be alone
+    (its own seeded random numbers)."""
+    from parcel_stream.protocol import run_protocol
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    at_once = max(1, min(jobs if jobs is not None else (cores or 1), len(variants)))
+    if at_once == 1:
+        return [run_protocol(feed, rs, labels, cfg) for cfg in variants]
+    from concurrent.futures import ProcessPoolExecutor
+
+    from parcel_stream.backtest import mp_context
+
+    print(f"backtest: {len(variants)} runs, {at_once} at once", file=sys.stderr)
+    with ProcessPoolExecutor(max_workers=at_once, mp_context=mp_context()) as pool:
+        return list(pool.map(partial(run_protocol, feed, rs, labels), variants))
+
+
 def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
 
-    from parcel_stream.protocol import ProtocolConfig, figures, run_protocol
+    from parcel_stream.protocol import ProtocolConfig, figures
 
     if not args.labels:
         raise UsageError("--feedback needs --labels: the outcomes come from the labels")
@@ -156,7 +178,7 @@ def cmd_protocol(args: argparse.Namespace, settings: Settings) -> int:
                 base, model=True, explore_by=other, label=f"model, {EXPLORE_LABEL[other]}"
             ),  # fmt: skip
         ]
-    runs = [run_protocol(feed, rs, labels, cfg) for cfg in variants]
+    runs = _run_variants(feed, rs, labels, variants, getattr(args, "jobs", None))
     unknown = len(set(labels) - set(runs[0].parcel_ids))
     if unknown:
         print(f"warning: {unknown} labelled parcel ids are not in the feed", file=sys.stderr)

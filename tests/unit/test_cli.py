@@ -1,6 +1,7 @@
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -59,6 +60,23 @@ def test_the_protocol_backtest_reports_and_writes_scores(tmp_path, capsys) -> No
     assert sum(r["lane"] == "hold" for r in rows) in range(120, 180)  # 5 % per hub and day
     assert main(["backtest", str(feed), "--feedback", "selected"]) == 2  # needs --labels
     assert "--labels" in capsys.readouterr().err
+
+
+def test_the_protocols_variants_in_parallel_processes_report_what_they_report_in_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed, labels = tmp_path / "f.ndjson", tmp_path / "l.ndjson"
+    assert main(["generate", "--parcels", "2000", "--days", "2", "--hidden-risk",
+                 "--out", str(feed), "--labels", str(labels)]) == 0  # fmt: skip
+    capsys.readouterr()
+    outs = {}
+    for jobs in ("1", "2"):
+        assert main(["backtest", str(feed), "--labels", str(labels), "--feedback", "selected",
+                     "--compare-model", "--jobs", jobs]) == 0  # fmt: skip
+        got = capsys.readouterr()
+        outs[jobs] = got.out
+        assert ("5 runs, 2 at once" in got.err) == (jobs == "2")
+    assert outs["1"] == outs["2"] and "| model, no IPW weights |" in outs["1"]
 
 
 def test_missing_redis_server_is_a_clear_error(monkeypatch, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
