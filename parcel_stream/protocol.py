@@ -29,10 +29,11 @@ import numpy as np
 import numpy.typing as npt
 
 from parcel_stream.decide import Legend
+from parcel_stream.features import ShipperIndex
 from parcel_stream.feed import RawRecord
 from parcel_stream.model import Manifest
 from parcel_stream.parse import InRecord, Limits
-from parcel_stream.pipeline import prepare
+from parcel_stream.pipeline import prepare, risk_keys
 from parcel_stream.reputation import InMemoryStore
 from parcel_stream.risk import (
     OnlineModel,
@@ -40,12 +41,13 @@ from parcel_stream.risk import (
     RiskTable,
     features_batch,
     parcel_keys,
-    to_entries,
 )
+from parcel_stream.risk_keys import KeyBatch, rule_ids, with_rules
 from parcel_stream.rules import RuleSet
 from parcel_stream.step import run_sync
 
 F64 = npt.NDArray[np.float64]
+U64 = npt.NDArray[np.uint64]
 DAY_MS = 86_400_000
 # selected: the closed loop; all: every parcel's outcome (missing from the labels =
 # clean); labelled: the outcomes of the labelled parcels only (past examinations)
@@ -209,6 +211,7 @@ def run_protocol(
         run.features, run.trained = {}, []
     pending: list[_Pending] = []
     legend = Legend(ruleset)  # the rules that fired, per distinct mask
+    rules = rule_ids([r.code for r in ruleset.rules])
     seq = 0
     offset = 0
     for period, raw in enumerate(_periods(records, config.period_ms)):
@@ -225,14 +228,21 @@ def run_protocol(
         result = run_sync(recs, store, ruleset, limits, now_ms, encode=False, prepared=prep)
         manifests = prep.parsed.manifests
         idx = prep.shippers
-        addresses = [idx.addresses[a] for a in idx.parcel_address.tolist()]
-        keys = [
-            parcel_keys(m, address, value, [r.code for r in legend.reasons(mask)])
-            for m, address, value, mask in zip(manifests, addresses,
-                                               prep.columns.value_usd.tolist(),
-                                               result.masks.tolist(), strict=True)
-        ]  # fmt: skip
-        x = _features(table, keys, manifests, result.scores)
+        # the keys in columns, as the worker builds them; named (for the outcomes that
+        # will train on them) only for the parcels whose outcome comes back
+        plain, value_usd = risk_keys(prep)
+        uniq, pos = plain.unique()
+        kb, rows_at = with_rules(plain, pos, result.masks, rules, len(uniq))
+        x = _features(table, kb, rows_at, np.concatenate([uniq, rules]), prep.columns.ts,
+                      result.scores)  # fmt: skip
+        values, masks = value_usd.tolist(), result.masks.tolist()
+
+        def named(i: int, manifests: Sequence[Manifest] = manifests,
+                  idx: ShipperIndex = idx, values: list[float] = values,
+                  masks: list[int] = masks) -> ParcelKeys:  # fmt: skip
+            return parcel_keys(manifests[i], idx.addresses[idx.parcel_address[i]], values[i],
+                               [r.code for r in legend.reasons(masks[i])])  # fmt: skip
+
         xs = list(x)
         probs = model.predict(x) if len(xs) else np.zeros(0)
         scores = probs if config.model else result.scores
@@ -257,7 +267,7 @@ def run_protocol(
                     weight = min(1.0 / prob[i], config.ipw_clip)
                 seq += 1
                 heapq.heappush(pending, _Pending(m.manifest_ts_ms + config.outcome_delay_ms,
-                                                 seq, m.parcel_id, keys[i], xs[i], truth,
+                                                 seq, m.parcel_id, named(i), xs[i], truth,
                                                  weight))  # fmt: skip
             if run.features is not None:
                 run.features[m.parcel_id] = xs[i]
@@ -266,22 +276,18 @@ def run_protocol(
     return run
 
 
-def _features(
-    table: RiskTable, keys: list[ParcelKeys], manifests: Sequence[Manifest], scores: F64
-) -> F64:
+def _features(table: RiskTable, kb: KeyBatch, pos: npt.NDArray[np.int64], uniq: U64, ts: F64,
+              scores: F64) -> F64:  # fmt: skip
     """The period's feature vectors, each parcel as of its manifest time and in feed order:
     its value against the norms learned so far (then it joins them), its rule score
-    against the mean of the scores before it."""
-    n = len(keys)
-    ts = np.fromiter((m.manifest_ts_ms for m in manifests), np.float64, n)
-    kb = to_entries(keys)
+    against the mean of the scores before it. ``pos``: each key's row in ``uniq``."""
+    n = len(ts)
     under = table.undervalued_batch(kb, ts)
     pivot = np.empty(n)
     for i, s in enumerate(scores.tolist()):  # the running mean, as RiskTable.features keeps it
         pivot[i] = table.score_mean
         table.scored += 1
         table.score_mean += (s - table.score_mean) / table.scored
-    uniq, pos = kb.unique()
     return features_batch(kb, pos, table.rows(uniq), table.total, ts, scores, pivot, under,
                           table.half_life_ms, table.prior)  # fmt: skip
 
