@@ -394,9 +394,9 @@ def add_backtest(sub: Subcommands) -> None:
     )
     bt.add_argument(
         "--jobs", type=positive_int,
-        help="processes (default: one per core): the runs of --compare and the --compare-* "
-        "options at once, one each; a single run has them parse the feed ahead of it. Each "
-        "run decides exactly as it would in one process",
+        help="processes (default: one per core): the runs of --compare, the --compare-* "
+        "options and --compare-model at once, one each; a single run has them parse the "
+        "feed ahead of it. Each run decides exactly as it would in one process",
     )  # fmt: skip
     bt.add_argument(
         "--no-cache", action="store_true", help="parse the feed, neither reading nor writing "
