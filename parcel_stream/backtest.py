@@ -13,10 +13,10 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
-from multiprocessing.pool import AsyncResult
 
 import numpy as np
 import numpy.typing as npt
@@ -117,9 +117,10 @@ def run_backtest(
     cfg = learner if learner is not None else LearnerConfig(mode="off")
     t_wall, t_cpu, t_children = time.perf_counter(), time.process_time(), _children_cpu()
     split = ruleset.split_min_usd
-    writer = cache.writer() if cache is not None and not cache.exists else None
     batches: Iterable[_Batch]
     with ExitStack() as stack:
+        writer = (stack.enter_context(cache.writer())
+                  if cache is not None and not cache.exists else None)  # fmt: skip
         if cache is not None and writer is None:  # records' bytes: only where a path needs them
             full = encode or not isinstance(store, InMemoryStore)
             batches = ((p.records, p, None) for p in cache.read(limits, split, with_values=full))
@@ -128,8 +129,6 @@ def run_backtest(
                                                         split, workers))  # fmt: skip
         else:
             batches = ((chunk, None, None) for chunk in _chunks(records, chunk_bytes))
-        if writer is not None:
-            stack.enter_context(writer)
         run = _run(batches, writer, store, ruleset, limits, run, encode, exam_outcomes, cfg, risk,
                    state_config)  # fmt: skip
         if writer is not None:
@@ -168,12 +167,14 @@ def _parsed_ahead(chunks: Iterable[list[InRecord]], limits: Limits, split: float
                   workers: int) -> Iterator[Iterator[_Batch]]:  # fmt: skip
     """The chunks, in order, each parsed in one of ``workers`` processes; at most two per
     process in flight (memory stays bounded whatever the feed's length)."""
-    pool = mp_context().Pool(workers)
+    # an executor, not a Pool: a parse process that dies (killed, out of memory) fails
+    # the backtest (BrokenProcessPool) instead of leaving it waiting for its chunk
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context())
 
     def ordered() -> Iterator[_Batch]:
-        pending: deque[tuple[list[InRecord], AsyncResult[bytes]]] = deque()
+        pending: deque[tuple[list[InRecord], Future[bytes]]] = deque()
         for chunk in chunks:
-            pending.append((chunk, pool.apply_async(_parse_encoded, (chunk, limits))))
+            pending.append((chunk, pool.submit(_parse_encoded, chunk, limits)))
             if len(pending) >= 2 * workers:
                 yield _received(*pending.popleft(), limits, split)
         while pending:
@@ -181,15 +182,13 @@ def _parsed_ahead(chunks: Iterable[list[InRecord]], limits: Limits, split: float
 
     try:
         yield ordered()
-        pool.close()
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _received(chunk: list[InRecord], result: AsyncResult[bytes], limits: Limits,
+def _received(chunk: list[InRecord], result: Future[bytes], limits: Limits,
               split: float | None) -> _Batch:  # fmt: skip
-    encoded = result.get()
+    encoded = result.result()
     return chunk, decode_chunk(encoded, chunk, limits, split), encoded
 
 

@@ -22,8 +22,10 @@ backtest leaves no partial entry. The directory is ``PARCEL_BACKTEST_CACHE_DIR``
 ``$XDG_CACHE_HOME/parcel-stream/backtest`` or ``~/.cache/parcel-stream/backtest``);
 deleting it is always safe.
 
-File layout: frames of ``u64 length (little-endian) + MessagePack``; per chunk, the
-columns frame then the records' bytes frame (skipped unless read).
+File layout: frames of ``u64 length (little-endian) + MessagePack + 16-byte BLAKE2b``;
+per chunk, the columns frame then the records' bytes frame (skipped unless read); then a
+trailer, ``u64 0 + u64 chunk count``. A damaged entry (cut short, a checksum that does
+not match) stops the backtest with :class:`CacheError`, whenever the damage is read.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ from parcel_stream.model import Manifest, Rejection
 from parcel_stream.parse import InRecord, LazyManifests, Limits, ParsedBatch, parse_batch
 from parcel_stream.pipeline import Prepared
 
-FORMAT = 1
+FORMAT = 2
+_DIGEST = 16  # BLAKE2b bytes after each frame
 # the modules whose code decides what a parse gives (a change to one: a new cache entry)
 _CODE = ("parse", "model", "columns", "features", "repeats", "currency", "countries",
-         "pipeline", "feed", "feedcache")  # fmt: skip
+         "rules", "pipeline", "feed", "feedcache")  # fmt: skip
 _LEN = struct.Struct("<Q")
 
 
@@ -133,8 +136,10 @@ def _i64(b: bytes) -> npt.NDArray[np.int64]:
 
 
 def _frame(f: BinaryIO, payload: bytes) -> None:
+    """Length, payload, then its BLAKE2b digest (checked whenever the payload is read)."""
     f.write(_LEN.pack(len(payload)))
     f.write(payload)
+    f.write(hashlib.blake2b(payload, digest_size=_DIGEST).digest())
 
 
 @dataclass(frozen=True)
@@ -176,29 +181,50 @@ class CacheEntry:
         (for encoded outputs); else only if a stage reads the decoded manifests."""
         with self.path.open("rb") as f:
             end = os.fstat(f.fileno()).st_size
-            while head := f.read(_LEN.size):
-                try:
-                    (size,) = _LEN.unpack(head)
-                    c = _CHUNK.decode(f.read(size))
-                    (length,) = _LEN.unpack(f.read(_LEN.size))  # the records' bytes: skipped
-                    if f.tell() + length > end:
-                        raise ValueError(f"{end} bytes, cut short")
-                except (struct.error, msgspec.DecodeError, ValueError) as exc:
-                    raise CacheError(f"{self.path}: the cache entry is damaged ({exc}); delete "
-                                     "it, or backtest with --no-cache") from None  # fmt: skip
+            chunks = 0
+            while True:
+                size = self._length(f, end)
+                if size == 0:  # the trailer: how many chunks the complete entry has
+                    count = f.read(_LEN.size)
+                    if len(count) < _LEN.size or _LEN.unpack(count)[0] != chunks or f.read(1):
+                        raise self._damaged("its chunk count does not match")
+                    return
+                c = _CHUNK.decode(self._checked(f, size))
+                length = self._length(f, end)  # the records' bytes: read only if needed
                 at = f.tell()
-                f.seek(length, os.SEEK_CUR)
+                f.seek(length + _DIGEST, os.SEEK_CUR)
+                chunks += 1
 
                 def values(at: int = at, length: int = length) -> list[bytes]:
                     with self.path.open("rb") as g:
                         g.seek(at)
-                        return _VALUES.decode(g.read(length))
+                        return _VALUES.decode(self._checked(g, length))
 
                 records = _shells(c)
                 if with_values:
                     records = [replace(r, value=v) for r, v in zip(records, values(),
                                                                    strict=True)]  # fmt: skip
                 yield _prepared(c, values, limits, split_min_usd, records)
+
+    def _damaged(self, why: str) -> CacheError:
+        return CacheError(f"{self.path}: the cache entry is damaged ({why}); delete it, or "
+                          "backtest with --no-cache")  # fmt: skip
+
+    def _length(self, f: BinaryIO, end: int) -> int:
+        head = f.read(_LEN.size)
+        if len(head) < _LEN.size:
+            raise self._damaged("it is cut short")
+        (size,) = _LEN.unpack(head)
+        if f.tell() + size + _DIGEST > end and size != 0:
+            raise self._damaged("it is cut short")
+        return int(size)
+
+    def _checked(self, f: BinaryIO, size: int) -> bytes:
+        """A frame's payload, checked against the digest that follows it."""
+        payload, digest = f.read(size), f.read(_DIGEST)
+        if hashlib.blake2b(payload, digest_size=_DIGEST).digest() != digest:
+            raise self._damaged("a checksum does not match")
+        return payload
 
 
 class CacheError(Exception):
@@ -295,6 +321,9 @@ class CacheWriter:
         self.chunks += 1
 
     def commit(self) -> None:
+        """The trailer (a zero length, then the chunk count: an entry without it was cut
+        short), then the entry made visible."""
+        self._f.write(_LEN.pack(0) + _LEN.pack(self.chunks))
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()

@@ -17,7 +17,7 @@ import pytest
 from parcel_stream.backtest import BacktestRun, run_backtest
 from parcel_stream.cli import main
 from parcel_stream.feed import RawRecord, read_feed
-from parcel_stream.feedcache import FeedCache
+from parcel_stream.feedcache import CacheError, FeedCache
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.parse import LazyManifests, Limits
 from parcel_stream.pipeline import prepare
@@ -174,6 +174,26 @@ def test_a_changed_feed_or_limit_is_a_new_entry_and_an_interrupted_run_leaves_no
     with pytest.raises(OSError, match="went away"):  # after several chunks were written
         run_backtest(broken(), RS, chunk_bytes=CHUNK, cache=entry)
     assert not entry.exists and not list(root.iterdir())
+
+
+def test_a_damaged_entry_is_named_wherever_the_damage_is(feed: Feed, tmp_path: Path) -> None:
+    """Cut short at a chunk's end (no trailer), a byte changed in a chunk's columns, or in
+    the records' bytes that only the learned model's keys read: each stops the run with
+    CacheError, never a silently shorter or different backtest."""
+    path, labels = feed
+    _run(path, tmp_path)
+    (entry_path,) = tmp_path.glob("*.cache")
+    good = entry_path.read_bytes()
+    entry = FeedCache(tmp_path, path, Limits(), CHUNK, GROUP).entry()
+    assert len(list(entry.read(Limits(), RS.split_min_usd))) > 5
+    first = int.from_bytes(good[:8], "little")  # the first chunk's columns frame
+    values_at = 8 + first + 16 + 8  # the first chunk's records' bytes
+    for damaged in (good[:-16], good[:20] + bytes([good[20] ^ 1]) + good[21:],
+                    good[:values_at + 5] + bytes([good[values_at + 5] ^ 1])
+                    + good[values_at + 6:]):  # fmt: skip
+        entry_path.write_bytes(damaged)
+        with pytest.raises(CacheError, match="damaged"):
+            _run(path, tmp_path, exam_outcomes=labels, risk=RiskConfig(mode="on"))
 
 
 def test_the_cli_reads_the_cache_the_second_time_and_names_a_bad_cache_dir(
