@@ -34,9 +34,9 @@ import hashlib
 import os
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
 import numpy as np
@@ -49,7 +49,7 @@ from parcel_stream.model import Manifest, Rejection
 from parcel_stream.parse import InRecord, LazyManifests, Limits, ParsedBatch, parse_batch
 from parcel_stream.pipeline import Prepared
 
-FORMAT = 2
+FORMAT = 3
 _DIGEST = 16  # BLAKE2b bytes after each frame
 # the modules whose code decides what a parse gives (a change to one: a new cache entry)
 _CODE = ("parse", "model", "columns", "features", "repeats", "currency", "countries",
@@ -81,41 +81,46 @@ def feed_digest(path: Path) -> str:
 
 class _Chunk(msgspec.Struct, array_like=True):
     """One parsed chunk (``Prepared`` without its records' bytes and pairs). Arrays are
-    little-endian bytes: float64 unless named otherwise."""
+    little-endian int64 bytes; ``columns`` and ``index`` hold the fields of ``Columns``
+    and ``ShipperIndex`` in their order (:func:`_fields_out`), so a field added to either
+    is cached with no change here."""
 
     topics: list[str]
     keys: list[bytes | None]
     content_types: list[bytes | None]
-    partitions: bytes  # int64
-    offsets: bytes  # int64
-    timestamps: bytes  # int64
+    partitions: bytes
+    offsets: bytes
+    timestamps: bytes
     sources: list[str]
-    record_index: bytes  # int64
+    record_index: bytes
     rejections: list[Rejection]
     hashes: list[str]
-    rates: bytes
-    declared: bytes
-    weight_kg: bytes
-    origin: list[str]
-    item_count: bytes  # int64
-    hs_codes: list[str]
-    item_value: bytes
-    parcel_ids: list[str]
-    ts_ms: bytes  # int64
-    transit: list[list[str]]
-    shipper_names: list[str]
-    consignee_names: list[str]
-    item_qty: bytes
-    descriptions: list[str]
-    item_origin: list[str | None]
-    shippers: list[str]
-    parcel_shipper: bytes  # int64
-    addresses: list[str]
-    parcel_address: bytes  # int64
-    sellers: list[str]
-    parcel_seller: bytes  # int64
-    today: int
-    now_ms: int
+    columns: list[Any]
+    index: list[Any]
+
+
+def _fields_out(obj: Any) -> list[Any]:
+    """A dataclass's fields in order; arrays as {dtype, little-endian bytes}."""
+    out: list[Any] = []
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        out.append({"dtype": v.dtype.newbyteorder("<").str, "data": _b(v)}
+                   if isinstance(v, np.ndarray) else v)  # fmt: skip
+    return out
+
+
+def _fields_in(cls: Any, parts: list[Any], **given: Any) -> Any:
+    """The dataclass back from :func:`_fields_out` (``given``: fields set instead)."""
+    values = {}
+    for f, v in zip(fields(cls), parts, strict=True):
+        if f.name in given:
+            values[f.name] = given[f.name]
+        elif isinstance(v, dict):  # an array (no field is a dict)
+            dtype = np.dtype(v["dtype"])
+            values[f.name] = np.frombuffer(v["data"], dtype=dtype).astype(dtype.newbyteorder("="))
+        else:
+            values[f.name] = v
+    return cls(**values)
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -125,10 +130,6 @@ _VALUES = msgspec.msgpack.Decoder(list[bytes])
 
 def _b(a: npt.NDArray[np.generic]) -> bytes:
     return np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-def _f64(b: bytes) -> npt.NDArray[np.float64]:
-    return np.frombuffer(b, dtype="<f8").astype(np.float64)
 
 
 def _i64(b: bytes) -> npt.NDArray[np.int64]:
@@ -259,16 +260,11 @@ def _prepared(c: _Chunk, values: Callable[[], list[bytes]], limits: Limits,
                 for v, r in zip(values(), shells, strict=True)]  # fmt: skip
         return list(parse_batch(full, limits, now_ms).manifests)
 
-    rates, declared = _f64(c.rates), _f64(c.declared)
-    cols = Columns(
-        rates, declared, declared * rates, _f64(c.weight_kg), c.origin, _i64(c.item_count),
-        c.hs_codes, _f64(c.item_value), c.parcel_ids, _i64(c.ts_ms), c.transit,
-        c.shipper_names, c.consignee_names, _f64(c.item_qty), c.descriptions, c.item_origin,
-    )  # fmt: skip
-    n = len(c.parcel_ids)
-    idx = ShipperIndex(c.shippers, _i64(c.parcel_shipper), c.addresses, _i64(c.parcel_address),
-                       [], np.full(n, -1, dtype=np.int64), c.today, c.sellers,
-                       _i64(c.parcel_seller), c.now_ms)  # fmt: skip
+    cols: Columns = _fields_in(Columns, c.columns)
+    n = len(cols.parcel_ids)
+    # the pairs depend on the rule set's threshold: rebuilt below
+    idx = _fields_in(ShipperIndex, c.index, pairs=[],
+                     parcel_pair=np.full(n, -1, dtype=np.int64))  # fmt: skip
     parsed = ParsedBatch(LazyManifests(n, manifests), c.sources, _i64(c.record_index).tolist(),
                          c.rejections, len(records))  # fmt: skip
     return Prepared(records, parsed, with_pairs(idx, cols.value_usd, split_min_usd),
@@ -277,7 +273,7 @@ def _prepared(c: _Chunk, values: Callable[[], list[bytes]], limits: Limits,
 
 def encode_chunk(prep: Prepared) -> bytes:
     """A parsed chunk without its records' bytes (:func:`decode_chunk`)."""
-    recs, p, cols, idx = prep.records, prep.parsed, prep.columns, prep.shippers
+    recs, p = prep.records, prep.parsed
     i64 = np.int64
     return _ENC.encode(_Chunk(
         [r.topic for r in recs], [r.key for r in recs], [r.content_type for r in recs],
@@ -285,12 +281,8 @@ def encode_chunk(prep: Prepared) -> bytes:
         _b(np.array([r.offset for r in recs], dtype=i64)),
         _b(np.array([r.timestamp_ms for r in recs], dtype=i64)), list(p.sources),
         _b(np.array(p.record_index, dtype=i64)), list(p.rejections), list(prep.hashes),
-        _b(cols.rates), _b(cols.declared), _b(cols.weight_kg), cols.origin,
-        _b(cols.item_count), cols.hs_codes, _b(cols.item_value), cols.parcel_ids,
-        _b(cols.ts_ms), cols.transit, cols.shipper_names, cols.consignee_names,
-        _b(cols.item_qty), cols.descriptions, cols.item_origin, idx.ids,
-        _b(idx.parcel_shipper), idx.addresses, _b(idx.parcel_address), idx.sellers,
-        _b(idx.parcel_seller), idx.today, idx.now_ms,
+        _fields_out(prep.columns),
+        _fields_out(replace(prep.shippers, pairs=[], parcel_pair=np.zeros(0, dtype=i64))),
     ))  # fmt: skip
 
 
