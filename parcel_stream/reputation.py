@@ -11,8 +11,9 @@ update, so a batch redelivered after a crash changes nothing twice. The Redis st
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +26,11 @@ from parcel_stream.risk import RiskRef, RiskTable, as_ref
 from parcel_stream.sequence import (
     DAY_SLOTS,
     ENTITY_FIELDS,
+    FIRST,
+    HOLDS,
+    LAST,
     PAIR_FIELDS,
+    SEEN,
     EntityTable,
     Sequenced,
     StoredState,
@@ -355,31 +360,110 @@ def new_watermarks(
     return {p: (watermarks.get(p, -1), off) for p, off in new_wm.items()}, fresh
 
 
-def _table(states: list[ShipperState | None], days: bool) -> EntityTable:
-    """The stored entities as a table: the rows, versions and day rings filled in one
-    assignment each (absent entities stay as ``EntityTable.empty`` leaves them)."""
-    t = EntityTable.empty(len(states))
-    at = [j for j, st in enumerate(states) if st is not None]
-    if not at:
+class EntityColumns(Mapping[str, ShipperState]):
+    """The in-memory store's shippers (or sellers) in columns: a row per entity, the
+    layout of :class:`EntityTable`, so a batch reads and writes its entities with one
+    gather or scatter per column rather than an object per entity. Read one by one it is a
+    mapping of :class:`ShipperState` (copies: change it with :meth:`put`)."""
+
+    def __init__(self) -> None:
+        self.row: dict[str, int] = {}
+        self._cols = EntityTable.empty(0)
+        self.exams = np.zeros(0, dtype=np.int64)
+        self.violations = np.zeros(0, dtype=np.int64)
+
+    def rows(self, ids: Sequence[str], create: bool = False) -> I64:
+        """Each id's row (-1: absent, or a new row with ``create``)."""
+        got = self.row.get
+        rows = np.fromiter(map(got, ids, repeat(-1)), np.int64, len(ids))
+        if create and (rows < 0).any():
+            for k in np.flatnonzero(rows < 0).tolist():  # (an id can repeat)
+                rows[k] = self.row.setdefault(ids[k], len(self.row))
+            self._reserve(len(self.row))
+        return rows
+
+    def _reserve(self, n: int) -> None:
+        have = len(self.exams)
+        if n <= have:
+            return
+        grow = EntityTable.empty(max(n, 2 * have, 1024) - have)
+        c = self._cols
+        self._cols = EntityTable(*(np.concatenate([a, b]) for a, b in (
+            (c.vals, grow.vals), (c.ver, grow.ver), (c.newest_day, grow.newest_day),
+            (c.slot_day, grow.slot_day), (c.slot_count, grow.slot_count))))  # fmt: skip
+        extra = np.zeros(len(grow.ver), dtype=np.int64)
+        self.exams = np.concatenate([self.exams, extra])
+        self.violations = np.concatenate([self.violations, extra])
+
+    def table(self, ids: Sequence[str], days: bool = True) -> EntityTable:
+        """The stored state of these entities (absent ones as ``EntityTable.empty``;
+        ``days``: with their day counts)."""
+        t = EntityTable.empty(len(ids))
+        rows = self.rows(ids)
+        at = np.flatnonzero(rows >= 0)
+        if len(at):
+            r, c = rows[at], self._cols
+            t.vals[at], t.ver[at] = c.vals[r], c.ver[r]
+            if days:
+                t.newest_day[at], t.slot_day[at] = c.newest_day[r], c.slot_day[r]
+                t.slot_count[at] = c.slot_count[r]
         return t
-    present = [states[j] for j in at]
-    t.vals[at] = [st.row() for st in present if st is not None]
-    t.ver[at] = [st.ver for st in present if st is not None]
-    if days:
-        t.newest_day[at] = [st.newest_day for st in present if st is not None]
-        rows, slots, day_l, counts = [], [], [], []
-        for j, st in zip(at, present, strict=True):
-            assert st is not None
-            newest = st.newest_day
-            for d, c in st.days.items():
-                if d >= newest - (DAY_SLOTS - 1):
-                    rows.append(j)
-                    slots.append(d % DAY_SLOTS)
-                    day_l.append(d)
-                    counts.append(c)
-        t.slot_day[rows, slots] = day_l  # one day per slot: the ring holds DAY_SLOTS days
-        t.slot_count[rows, slots] = counts
-    return t
+
+    def versions(self, ids: Sequence[str]) -> I64:
+        rows = self.rows(ids)
+        out = np.zeros(len(rows), dtype=np.int64)
+        out[rows >= 0] = self._cols.ver[rows[rows >= 0]]
+        return out
+
+    def write(self, ws: EntityWrites) -> None:
+        """Apply a batch's writes: values (counts and times whole, as a store keeps them),
+        versions, and the day counts of those that carry them."""
+        if not len(ws):
+            return
+        rows, c = self.rows(ws.ids, create=True), self._cols
+        vals = ws.vals.copy()
+        vals[:, [SEEN, HOLDS]] = np.round(vals[:, [SEEN, HOLDS]])
+        vals[:, [FIRST, LAST]] = np.trunc(vals[:, [FIRST, LAST]])
+        c.vals[rows], c.ver[rows] = vals, ws.expected_ver + 1
+        dated = np.flatnonzero(ws.newest_day != 0)
+        if len(dated):  # the ring of the DAY_SLOTS days up to the newest: a zero, no day
+            r, newest = rows[dated], ws.newest_day[dated]
+            day = newest[:, None] - (DAY_SLOTS - 1) + np.arange(DAY_SLOTS)
+            counts = ws.day_counts[dated]
+            slot = day % DAY_SLOTS
+            c.newest_day[r] = newest
+            c.slot_day[r[:, None], slot] = np.where(counts != 0, day, -1)
+            c.slot_count[r[:, None], slot] = counts
+
+    def __getitem__(self, entity_id: str) -> ShipperState:
+        j = self.row[entity_id]
+        c = self._cols
+        st = ShipperState(ver=int(c.ver[j]), exams=int(self.exams[j]),
+                          violations=int(self.violations[j]))  # fmt: skip
+        st.set_row(c.vals[j].tolist())
+        newest = int(c.newest_day[j])
+        if newest:
+            st.newest_day = newest
+            ring = sorted(zip(c.slot_day[j].tolist(), c.slot_count[j].tolist(), strict=True))
+            st.days = {int(d): round(n) for d, n in ring if d >= 0}
+        return st
+
+    def put(self, entity_id: str, st: ShipperState) -> None:
+        """Store one entity's state (an exam result's change)."""
+        (j,) = self.rows([entity_id], create=True).tolist()
+        c = self._cols
+        c.vals[j], c.ver[j], c.newest_day[j] = st.row(), st.ver, st.newest_day
+        c.slot_day[j], c.slot_count[j] = -1, 0.0
+        for d, n in st.days.items():
+            if d >= st.newest_day - (DAY_SLOTS - 1):
+                c.slot_day[j, d % DAY_SLOTS], c.slot_count[j, d % DAY_SLOTS] = d, n
+        self.exams[j], self.violations[j] = st.exams, st.violations
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.row)
+
+    def __len__(self) -> int:
+        return len(self.row)
 
 
 @dataclass
@@ -387,7 +471,7 @@ class InMemoryStore:
     """The in-memory twin of the Redis store: same contract, no network (tests, backtests).
     Distinct shippers per address are exact sets (in Redis: sets of 60-bit hashes)."""
 
-    shippers: dict[str, ShipperState] = field(default_factory=dict)
+    shippers: EntityColumns = field(default_factory=EntityColumns)
     watermarks: dict[Partition, int] = field(default_factory=dict)
     addresses: dict[str, set[str]] = field(default_factory=dict)
     pairs: dict[str, list[float]] = field(default_factory=dict)  # start, value, parcels, ver
@@ -395,7 +479,7 @@ class InMemoryStore:
     half_life_ms: float = DEFAULT_HALF_LIFE_MS
     parcels: dict[str, ParcelRef] = field(default_factory=dict)
     address_violations: dict[str, tuple[float, float]] = field(default_factory=dict)  # t, v
-    sellers: dict[str, ShipperState] = field(default_factory=dict)
+    sellers: EntityColumns = field(default_factory=EntityColumns)
     exams_applied: set[str] = field(default_factory=set)
     learner: LearnerState = field(default_factory=LearnerState)
     learner_history: list[LearnerState] = field(default_factory=list)
@@ -471,14 +555,16 @@ class InMemoryStore:
                 continue
             self.exams_applied.add(d.exam_id)
             v = int(d.violation)
-            entities = [self.shippers.setdefault(d.shipper_id, ShipperState())]
+            entities = [(self.shippers, d.shipper_id)]
             if d.seller:
-                entities.append(self.sellers.setdefault(d.seller, ShipperState()))
-            for st in entities:
+                entities.append((self.sellers, d.seller))
+            for entity_table, eid in entities:
+                st = entity_table.get(eid) or ShipperState()
                 st.ver += 1
                 st.exams += 1
                 st.violations += v
                 st.add_recent(d.examined_ts_ms, (0.0, 0.0, 1.0, float(v)), hl)
+                entity_table.put(eid, st)
             if d.risk is not None and d.risk_weight > 0:
                 table = RiskTable(self.risk_half_life_ms, counts=self.risk_rows,
                                   names=self.risk_names)  # fmt: skip
@@ -502,8 +588,8 @@ class InMemoryStore:
         combos = combos if combos is not None else Combos.of(keys)
         n_p = len(keys.pairs)
         state = StoredState(
-            _table([self.shippers.get(s) for s in keys.ids], True),
-            _table([self.sellers.get(s) for s in keys.sellers], False),
+            self.shippers.table(keys.ids),
+            self.sellers.table(keys.sellers, days=False),
             np.zeros((n_p, len(PAIR_FIELDS))), np.zeros(n_p, dtype=np.int64),
             np.array([float(len(self.addresses.get(a, ()))) for a in keys.addresses]),
             np.array([self.address_violations.get(a, (0.0, 0.0))[0] for a in keys.addresses]),
@@ -525,10 +611,8 @@ class InMemoryStore:
                 return True
         for table, writes in ((self.shippers, update.shippers), (self.sellers, update.sellers)):
             ws = entity_columns(writes)
-            for eid, expected in zip(ws.ids, ws.expected_ver.tolist(), strict=True):
-                st = table.get(eid)
-                if (st.ver if st is not None else 0) != expected:
-                    return True
+            if len(ws) and (table.versions(ws.ids) != ws.expected_ver).any():
+                return True
         for p in update.pairs:
             row = self.pairs.get(p.pair)
             if (int(row[3]) if row is not None else 0) != p.expected_ver:
@@ -544,20 +628,8 @@ class InMemoryStore:
         still hold; False on a conflict (the caller re-reads and scores again)."""
         if self._conflict(update):
             return False
-        for table, writes in ((self.shippers, update.shippers), (self.sellers, update.sellers)):
-            ws = entity_columns(writes)
-            vals, newest, counts = ws.vals.tolist(), ws.newest_day.tolist(), ws.day_counts.tolist()
-            for k, (eid, expected) in enumerate(zip(ws.ids, ws.expected_ver.tolist(),
-                                                    strict=True)):  # fmt: skip
-                st = table.get(eid)
-                if st is None:
-                    st = table[eid] = ShipperState()
-                st.set_row(vals[k])
-                st.ver = expected + 1
-                if newest[k]:
-                    first = newest[k] - DAY_SLOTS + 1
-                    st.newest_day = newest[k]
-                    st.days = {first + j: c for j, c in enumerate(counts[k]) if c}
+        self.shippers.write(entity_columns(update.shippers))
+        self.sellers.write(entity_columns(update.sellers))
         for address, shipper_ids in update.addresses:
             self.addresses.setdefault(address, set()).update(shipper_ids)
         for parcel_id, ref in update.examinable:
