@@ -51,8 +51,8 @@ def sample(
     selection = np.zeros(lanes.shape[0], dtype=np.int8)
     if not (random_rate > 0 or exploration_rate > 0) or not len(parcel_ids):
         return lanes, selection
-    u = np.fromiter((zlib.crc32(_SALT + p.encode()) for p in parcel_ids), np.float64,
-                    len(parcel_ids)) / 4294967296.0  # fmt: skip
+    u = np.fromiter(map(zlib.crc32, map(_SALT.__add__, map(str.encode, parcel_ids))),
+                    np.float64, len(parcel_ids)) / 4294967296.0  # fmt: skip
     out = lanes.copy()
     rand = (lanes == 0) & (u < random_rate)
     explore = (lanes == 1) & (u < exploration_rate)

@@ -587,21 +587,31 @@ class InMemoryStore:
         """The stored state of a batch's entities, as columns, and the watermarks."""
         combos = combos if combos is not None else Combos.of(keys)
         n_p = len(keys.pairs)
+        shippers_at = list(map(self.addresses.get, keys.addresses))
+        counts = np.array([len(got) if got else 0 for got in shippers_at], dtype=np.float64)
+        # membership looked up only where the address has shippers stored
+        member = np.zeros(len(combos.codes), dtype=np.bool_)
+        address_of = combos.codes // max(combos.n_ship, 1)
+        known = np.flatnonzero(counts[address_of] > 0) if len(combos.codes) else address_of
+        if len(known):
+            ids = keys.ids
+            member[known] = [ids[s] in shippers_at[a] for a, s in zip(
+                address_of[known].tolist(), (combos.codes[known] % combos.n_ship).tolist(),
+                strict=True)]  # fmt: skip
+        violations = [self.address_violations.get(a, (0.0, 0.0)) for a in keys.addresses]
+        tv = np.array(violations, dtype=np.float64).reshape(-1, 2)
         state = StoredState(
             self.shippers.table(keys.ids),
             self.sellers.table(keys.sellers, days=False),
             np.zeros((n_p, len(PAIR_FIELDS))), np.zeros(n_p, dtype=np.int64),
-            np.array([float(len(self.addresses.get(a, ()))) for a in keys.addresses]),
-            np.array([self.address_violations.get(a, (0.0, 0.0))[0] for a in keys.addresses]),
-            np.array([self.address_violations.get(a, (0.0, 0.0))[1] for a in keys.addresses]),
-            np.array([keys.ids[s] in self.addresses.get(keys.addresses[a], ())
-                      for a, s in combos.pairs()], dtype=np.bool_),
+            counts, tv[:, 0].copy(), tv[:, 1].copy(), member,
         )  # fmt: skip
-        for j, p in enumerate(keys.pairs):
-            row = self.pairs.get(p)
-            if row is not None:
-                state.pairs[j] = row[:3]
-                state.pair_ver[j] = int(row[3])
+        rows = list(map(self.pairs.get, keys.pairs))
+        at = [j for j, row in enumerate(rows) if row is not None]
+        if at:
+            stored = np.array([rows[j] for j in at], dtype=np.float64)
+            state.pairs[at] = stored[:, :3]
+            state.pair_ver[at] = stored[:, 3].astype(np.int64)
         marks = {p: self.watermarks[p] for p in partitions if p in self.watermarks}
         return state, marks
 
@@ -617,10 +627,13 @@ class InMemoryStore:
             row = self.pairs.get(p.pair)
             if (int(row[3]) if row is not None else 0) != p.expected_ver:
                 return True
-        for pid, content, _raw in update.parcels:
-            have = self.remembered.get(pid)
-            if (have[:HASH_CHARS].decode() if have is not None else "") != content:
+        if update.parcels:  # each remembered as expected ("": not remembered)
+            pids, contents, _raw = zip(*update.parcels, strict=True)
+            known = {pid: c for pid, c in zip(pids, contents, strict=True) if c}
+            remembered = self.remembered
+            if remembered.keys() & set(pids) != known.keys():
                 return True
+            return any(remembered[pid][:HASH_CHARS].decode() != c for pid, c in known.items())
         return False
 
     def apply(self, update: ReputationUpdate) -> bool:

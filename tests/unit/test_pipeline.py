@@ -5,7 +5,7 @@ from parcel_stream.decide import decide
 from parcel_stream.model import Decision, Hold
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import prepare, read_batch, score_prepared
-from parcel_stream.reputation import InMemoryStore
+from parcel_stream.reputation import InMemoryStore, ReputationUpdate
 from parcel_stream.rules import default_ruleset
 from parcel_stream.settings import Settings
 from parcel_stream.step import run_in_memory
@@ -91,6 +91,26 @@ def test_stale_update_is_refused() -> None:
     assert run_in_memory(records(), store, RS, Limits(), NOW).parcels == 5
     assert store.apply(stale.update) is False
     assert store.shippers["S1"].seen == 4
+
+
+def test_remembered_parcels_are_compare_and_set() -> None:
+    """An update is refused unless each parcel it remembers is remembered as it expects:
+    with that content hash, or not at all ("")."""
+    store = InMemoryStore()
+    h1, h2 = "a" * 16, "b" * 16
+
+    def remember(*parcels: tuple[str, str, str]) -> bool:
+        got = [(pid, expected, new.encode() + b"x") for pid, expected, new in parcels]
+        return store.apply(ReputationUpdate({}, parcels=got))
+
+    assert remember(("P1", "", h1), ("P2", "", h1))
+    assert not remember(("P1", "", h2))  # P1 is remembered already
+    assert not remember(("P3", h1, h2))  # P3 is not
+    assert not remember(("P1", h2, h1))  # P1 has another hash
+    assert not remember(("P3", "", h1), ("P2", h2, h1))  # one wrong: nothing written
+    assert "P3" not in store.remembered
+    assert remember(("P1", h1, h2), ("P3", "", h2))
+    assert store.remembered["P1"] == h2.encode() + b"x"
 
 
 def test_shipper_history_changes_later_scores() -> None:
