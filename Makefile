@@ -47,7 +47,7 @@ integration: setup test-deps
 	$(BIN)/pytest -q tests/integration
 
 test: setup test-deps lint typecheck
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=15 tests
 
 demo: setup
 	$(BIN)/parcel-stream demo

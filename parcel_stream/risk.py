@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 import msgspec
@@ -58,6 +59,8 @@ from parcel_stream.risk_keys import (
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
 DAY_MS = 86_400_000
+# crosses repeat (an HS code from an origin): each id composed once, not per parcel
+_combine = lru_cache(maxsize=1 << 16)(combine)
 
 # Feature groups, in the order of the feature vector (after the intercept).
 GROUPS: tuple[str, ...] = (
@@ -156,14 +159,14 @@ def parcel_keys(
             hs.append((h6, h4))
             hs_ids.append((i6, i4))
         base, b_id = (h6, i6) if len(d) >= 6 else (h4, i4)
-        c1 = combine(b_id, io_id)
+        c1 = _combine(b_id, io_id)
         for g, pair, pair_ids in (
             ("hs6_origin", (f"{base}|o:{io}", base), (c1, b_id)),
             ("hs6_origin_departure", (f"{base}|o:{io}|d:{departure}", f"{base}|o:{io}"),
-             (combine(c1, d_id), c1)),
-            ("origin_hs4", (f"o:{io}|{h4}", h4), (combine(io_id, i4), i4)),
-            ("hs6_value", (f"{base}|v:{vband}", base), (combine(b_id, v_id), b_id)),
-            ("hs6_weight", (f"{base}|w:{wband}", base), (combine(b_id, w_id), b_id)),
+             (_combine(c1, d_id), c1)),
+            ("origin_hs4", (f"o:{io}|{h4}", h4), (_combine(io_id, i4), i4)),
+            ("hs6_value", (f"{base}|v:{vband}", base), (_combine(b_id, v_id), b_id)),
+            ("hs6_weight", (f"{base}|w:{wband}", base), (_combine(b_id, w_id), b_id)),
         ):  # fmt: skip
             cross[g].append(pair)
             cross_ids[g].append(pair_ids)
@@ -869,6 +872,7 @@ def explain(
     officer could act on."""
     g_rate = table.global_rate(now_ms)
     parents = keys.parents()
+    th, xs = np.asarray(theta).tolist(), np.asarray(x).tolist()  # the same doubles, as floats
 
     known: dict[int, tuple[float, float]] = {}
 
@@ -882,15 +886,17 @@ def explain(
 
     out = []
     for j, (pairs, id_pairs) in enumerate(zip(keys.groups, keys.ids, strict=True)):
-        c = float(theta[FIRST_GROUP + j] * x[FIRST_GROUP + j])
-        if not pairs or c <= 0.005 or x[FIRST_GROUP + j] <= 0:
+        if not pairs:
+            continue
+        c = th[FIRST_GROUP + j] * xs[FIRST_GROUP + j]
+        if c <= 0.005 or xs[FIRST_GROUP + j] <= 0:
             continue
         rated = [(rate_of(kid), name) for (name, _), (kid, _) in zip(pairs, id_pairs, strict=True)]
         (rate, exams), key = max(rated, key=lambda r: r[0][0])
         out.append((key, "", round(rate, 4), round(exams, 1), round(c, 3)))
-    if x[-2] > 0 and theta[-2] * x[-2] > 0.005:
-        out.append(("undervalued", f"value per kg {x[-2]:.1f} standard deviations under its "
-                    "HS peers", 0.0, 0.0, round(float(theta[-2] * x[-2]), 3)))  # fmt: skip
+    if xs[-2] > 0 and th[-2] * xs[-2] > 0.005:
+        out.append(("undervalued", f"value per kg {xs[-2]:.1f} standard deviations under its "
+                    "HS peers", 0.0, 0.0, round(th[-2] * xs[-2], 3)))  # fmt: skip
     out.sort(key=lambda r: -r[4])
     # the words only for the reasons shown
     return [(key, text or f"{key_text(key)}: {rate:.0%} violations in {_examinations(exams)}",

@@ -206,14 +206,17 @@ _ATTR = _Parts("attr:")
 
 
 class _Routes(_RowCache):
-    """Per route (origin, departure, carrier, hub, declarant, entry type, transport mode):
-    the part ids of those seven singles, then of ``o:`` origin and ``d:`` departure."""
+    """Per route (origin, departure, (carrier, hub, declarant, entry type, transport
+    mode)): the part ids of those seven singles, then of ``o:`` origin and ``d:``
+    departure."""
 
     width = 9
 
     def ids_of(self, route: tuple[Any, ...]) -> tuple[int, ...]:
-        row = [_SINGLE[name][v] for name, v in zip(SINGLES[:7], route, strict=True)]
-        return (*row, _O[route[0]], _D[route[1]])
+        origin, departure, rest = route
+        values = (origin, departure, *rest)
+        row = [_SINGLE[name][v] for name, v in zip(SINGLES[:7], values, strict=True)]
+        return (*row, _O[origin], _D[departure])
 
 
 _ROUTES = _Routes()
@@ -231,9 +234,8 @@ class _AttrParts(dict[tuple[str, str], int]):
 
 _ATTR_KV = _AttrParts()
 _get_origin, _get_transit = attrgetter("origin_country"), attrgetter("transit_countries")
-_get_seller, _get_carrier, _get_hub = attrgetter("seller"), attrgetter("carrier"), attrgetter("hub")
-_get_declarant, _get_entry = attrgetter("declarant"), attrgetter("entry_type")
-_get_mode, _get_shipper = attrgetter("transport_mode"), attrgetter("shipper.id")
+_get_seller, _get_shipper = attrgetter("seller"), attrgetter("shipper.id")
+_get_route = attrgetter("carrier", "hub", "declarant", "entry_type", "transport_mode")
 _get_attributes, _get_hs = attrgetter("attributes"), attrgetter("hs_code")
 _get_item_origin, _get_value = attrgetter("origin_country"), attrgetter("value")
 
@@ -307,11 +309,8 @@ def key_batch(
     # the parcel's route (origin, departure, carrier, hub, declarant, entry type, mode): few
     # distinct ones, so their part ids are looked up once per route in one pass
     _ROUTES.bound()
-    route = np.fromiter(map(_ROUTES.__getitem__, zip(
-        origin, dep, map(_get_carrier, manifests), map(_get_hub, manifests),
-        map(_get_declarant, manifests), map(_get_entry, manifests), map(_get_mode, manifests),
-        strict=True,
-    )), i64, n)  # fmt: skip
+    route = np.fromiter(map(_ROUTES.__getitem__, zip(origin, dep, map(_get_route, manifests),
+                                                     strict=True)), i64, n)  # fmt: skip
     ids = _ROUTES.table()[route]
     singles[:, :7] = ids[:, :7]
     o_part, d_part = ids[:, 7].copy(), ids[:, 8].copy()
