@@ -11,7 +11,8 @@ join and start-up are excluded (they are printed separately).
 
 With ``--risk-model`` it measures instead the cost of the learned risk model in the
 worker: batch-record runs with ``PARCEL_RISK_MODEL=off`` and ``shadow`` alternating
-(``--repeats`` pairs), the same feed and broker, and their ratio.
+(``--repeats`` pairs, each run from an empty Redis, off first in one pair and shadow first
+in the next), the same feed and broker, and their ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer, TopicPartition
 
@@ -281,9 +283,14 @@ def risk_model(args: argparse.Namespace) -> None:
     rss: dict[str, list[float]] = {"off": [], "shadow": []}
     cpu: dict[str, list[float]] = {"off": [], "shadow": []}
     redis_cpu: dict[str, list[float]] = {"off": [], "shadow": []}
+    client = redis.Redis.from_url(info.redis_url)
     try:
-        for _ in range(args.repeats):
-            for mode in ("off", "shadow"):
+        for k in range(args.repeats):
+            # The order alternates (off first, then shadow first) and every run starts from
+            # an empty Redis: a run leaves work behind (the keys it added, expiring and
+            # rehashed, and the broker's new topics), which would fall on the run after it
+            for mode in ("off", "shadow") if k % 2 == 0 else ("shadow", "off"):
+                client.flushall()
                 r = run_worker(info, tmp, batched, args.batch_size, history, risk_model=mode)
                 rates[mode].append(r["rate"])
                 rss[mode].append(r["peak_rss_mb"])
@@ -293,10 +300,11 @@ def risk_model(args: argparse.Namespace) -> None:
                       f"peak RSS {r['peak_rss_mb']:.0f} MB, worker CPU {r['cpu_us']:.1f} µs a "
                       "parcel", flush=True)  # fmt: skip
     finally:
+        client.close()
         devstack.down(tmp / "stack")
     off, shadow = sum(rates["off"]) / args.repeats, sum(rates["shadow"]) / args.repeats
     print(f"\n{args.batch:,} parcels in {args.batch_size}-parcel batch records, "
-          f"{args.repeats} runs each, alternating")  # fmt: skip
+          f"{args.repeats} runs each, alternating (off first, then shadow first)")  # fmt: skip
     print(f"mean: off {off:,.0f} parcels/s, shadow {shadow:,.0f} parcels/s; "
           f"shadow / off = {shadow / off:.2f}")  # fmt: skip
     pairs = [s / o for o, s in zip(rates["off"], rates["shadow"], strict=True)]
