@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,17 +27,13 @@ from parcel_stream.model import Manifest
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-_CURRENCY, _DECLARED = attrgetter("currency"), attrgetter("declared_value")
-_WEIGHT, _ORIGIN, _ITEMS = (
-    attrgetter("gross_weight_kg"),
-    attrgetter("origin_country"),
-    attrgetter("items"),
-)
-_HS_CODE, _VALUE = attrgetter("hs_code"), attrgetter("value")
-_PARCEL_ID, _TS = attrgetter("parcel_id"), attrgetter("manifest_ts_ms")
-_SHIPPER_NAME, _CONSIGNEE_NAME = attrgetter("shipper.name"), attrgetter("consignee.name")
-_TRANSIT, _QUANTITY = attrgetter("transit_countries"), attrgetter("quantity")
-_DESCRIPTION = attrgetter("description")
+# every field read in one call per parcel and per item, the rows then turned into columns
+# in C (``zip(*rows)``): one pass each rather than one per field
+_PARCEL_FIELDS = attrgetter(
+    "currency", "declared_value", "gross_weight_kg", "origin_country", "items", "parcel_id",
+    "manifest_ts_ms", "transit_countries", "shipper.name", "consignee.name",
+)  # fmt: skip
+_ITEM_FIELDS = attrgetter("hs_code", "value", "quantity", "description", "origin_country")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,20 +67,29 @@ class Columns:
     def of(cls, manifests: Sequence[Manifest], usd_per_unit: dict[str, float] = USD_PER_UNIT
            ) -> Columns:  # fmt: skip
         n = len(manifests)
+        if not n:
+            return cls._of_fields(n, ([],) * 10, ([],) * 5, usd_per_unit)
+        parcels = tuple(zip(*map(_PARCEL_FIELDS, manifests), strict=True))
+        items = tuple(zip(*map(_ITEM_FIELDS, chain.from_iterable(parcels[4])), strict=True))
+        return cls._of_fields(n, parcels, items or ([],) * 5, usd_per_unit)
+
+    @classmethod
+    def _of_fields(cls, n: int, parcels: Sequence[Sequence[Any]], items: Sequence[Sequence[Any]],
+                  usd_per_unit: dict[str, float]) -> Columns:  # fmt: skip
+        """From the fields as ``_PARCEL_FIELDS`` and ``_ITEM_FIELDS`` read them, by field."""
         f64 = np.float64
-        rates = np.fromiter(map(usd_per_unit.__getitem__, map(_CURRENCY, manifests)), f64, n)
-        declared = np.fromiter(map(_DECLARED, manifests), f64, n)
-        per_parcel = list(map(_ITEMS, manifests))
-        items = list(chain.from_iterable(per_parcel))
-        k = len(items)
+        (currency, declared_v, weight, origin, per_parcel, ids, ts, transit, shipper,
+         consignee) = parcels  # fmt: skip
+        hs, value, quantity, description, item_origin = items
+        k = len(hs)
+        rates = np.fromiter(map(usd_per_unit.__getitem__, currency), f64, n)
+        declared = np.fromiter(declared_v, f64, n)
         return cls(
-            rates, declared, declared * rates, np.fromiter(map(_WEIGHT, manifests), f64, n),
-            list(map(_ORIGIN, manifests)), np.fromiter(map(len, per_parcel), np.int64, n),
-            list(map(_HS_CODE, items)), np.fromiter(map(_VALUE, items), f64, k),
-            list(map(_PARCEL_ID, manifests)), np.fromiter(map(_TS, manifests), np.int64, n),
-            list(map(_TRANSIT, manifests)), list(map(_SHIPPER_NAME, manifests)),
-            list(map(_CONSIGNEE_NAME, manifests)), np.fromiter(map(_QUANTITY, items), f64, k),
-            list(map(_DESCRIPTION, items)), list(map(_ORIGIN, items)),
+            rates, declared, declared * rates, np.fromiter(weight, f64, n), list(origin),
+            np.fromiter(map(len, per_parcel), np.int64, n), list(hs),
+            np.fromiter(value, f64, k), list(ids), np.fromiter(ts, np.int64, n), list(transit),
+            list(shipper), list(consignee), np.fromiter(quantity, f64, k), list(description),
+            list(item_origin),
         )  # fmt: skip
 
     @property
