@@ -441,22 +441,17 @@ class EntityColumns(Mapping[str, ShipperState]):
         st = ShipperState(ver=int(c.ver[j]), exams=int(self.exams[j]),
                           violations=int(self.violations[j]))  # fmt: skip
         st.set_row(c.vals[j].tolist())
-        newest = int(c.newest_day[j])
-        if newest:
-            st.newest_day = newest
-            ring = sorted(zip(c.slot_day[j].tolist(), c.slot_count[j].tolist(), strict=True))
-            st.days = {int(d): round(n) for d, n in ring if d >= 0}
+        if c.newest_day[j]:
+            st.newest_day, st.days = int(c.newest_day[j]), c.days(j)
         return st
 
     def put(self, entity_id: str, st: ShipperState) -> None:
         """Store one entity's state (an exam result's change)."""
         (j,) = self.rows([entity_id], create=True).tolist()
         c = self._cols
-        c.vals[j], c.ver[j], c.newest_day[j] = st.row(), st.ver, st.newest_day
+        c.vals[j], c.ver[j] = st.row(), st.ver
         c.slot_day[j], c.slot_count[j] = -1, 0.0
-        for d, n in st.days.items():
-            if d >= st.newest_day - (DAY_SLOTS - 1):
-                c.slot_day[j, d % DAY_SLOTS], c.slot_count[j, d % DAY_SLOTS] = d, n
+        c.set_days(j, st.newest_day, st.days)
         self.exams[j], self.violations[j] = st.exams, st.violations
 
     def __iter__(self) -> Iterator[str]:
@@ -592,7 +587,7 @@ class InMemoryStore:
         # membership looked up only where the address has shippers stored
         member = np.zeros(len(combos.codes), dtype=np.bool_)
         address_of = combos.codes // max(combos.n_ship, 1)
-        known = np.flatnonzero(counts[address_of] > 0) if len(combos.codes) else address_of
+        known = np.flatnonzero(counts[address_of] > 0)
         if len(known):
             ids = keys.ids
             member[known] = [ids[s] in shippers_at[a] for a, s in zip(
