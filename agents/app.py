@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 from collections.abc import Awaitable
@@ -230,24 +231,30 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
 
             # One batch's outputs may wait for the broker while the next batch is scored
             # (its state is applied first); batches are acked in order, each once its
-            # outputs are acknowledged.
+            # outputs are acknowledged. The chunks to score, each with the records to ack
+            # once it is done (a take's, after its last chunk):
+            chunks: collections.deque[tuple[list[InRecord], list[Any]]] = collections.deque()
+
+            def chunked(messages: list[Any]) -> None:
+                processor.maybe_reload()  # a new rule set applies from a batch boundary on
+                parts = chunk_records([_record_of(m) for m in messages], settings.chunk_max_bytes)
+                for k, part in enumerate(parts):
+                    chunks.append((part, messages if k == len(parts) - 1 else []))
+
             last: asyncio.Future[None] | None = None
             try:
                 while True:
-                    messages = await sink.take(batch_max)
-                    processor.maybe_reload()
-                    records = [_record_of(m) for m in messages]
-                    chunks = chunk_records(records, settings.chunk_max_bytes)
-                    for k, chunk in enumerate(chunks):
-                        # the next chunk is parsed while Redis applies this one
-                        ahead = settings.parse_ahead and k + 1 < len(chunks)
-                        upcoming = chunks[k + 1] if ahead else None
-                        sent = await processor.start(chunk, upcoming)
-                        if last is not None:
-                            await last
-                        last = asyncio.ensure_future(
-                            acked(sent, messages if k == len(chunks) - 1 else [])
-                        )
+                    if not chunks:
+                        chunked(await sink.take(batch_max))
+                    chunk, done = chunks.popleft()
+                    if settings.parse_ahead and not chunks and len(sink):
+                        chunked(sink.take_waiting(batch_max))  # fetched already: next
+                    # the next chunk is parsed while Redis applies this one
+                    upcoming = chunks[0][0] if settings.parse_ahead and chunks else None
+                    sent = await processor.start(chunk, upcoming)
+                    if last is not None:
+                        await last
+                    last = asyncio.ensure_future(acked(sent, done))
             finally:  # stopping: a batch not acked is fetched again and its outputs resent
                 if last is not None:
                     last.cancel()

@@ -244,6 +244,12 @@ class BatchSink:
         while not self._lists:
             self._ready.clear()
             await self._ready.wait()
+        return self.take_waiting(max_records)
+
+    def take_waiting(self, max_records: int) -> list[Message]:
+        """As :meth:`take`, without waiting: none when the sink is empty."""
+        if not self._lists:
+            return []
         out, size = self._lists.popleft()
         while self._lists and len(out) + len(self._lists[0][0]) <= max_records:
             more, more_size = self._lists.popleft()

@@ -276,6 +276,9 @@ class Prepared:
     hashes: list[str]
     columns: Columns
     parse_s: float = 0.0
+    # the learned model's keys and each parcel's value in USD (``risk_keys``), when
+    # computed with the parse (the worker's next batch, while Redis applies this one)
+    keys: tuple[KeyBatch, F64] | None = None
 
     @property
     def parcel_ids(self) -> list[str]:
@@ -308,22 +311,25 @@ DEFAULT_STATE = StateConfig()
 
 def prepare(
     records: list[InRecord], limits: Limits, now_ms: int, split_min_usd: float | None = None,
-    parsed: ParsedBatch | None = None,
+    parsed: ParsedBatch | None = None, keys: bool = False,
 ) -> Prepared:  # fmt: skip
     """The batch parsed (``parsed``: already, as ``parse_batch`` gives it) and indexed:
-    what the state read needs, and the columns the stages share."""
+    what the state read needs, and the columns the stages share. ``keys``: the learned
+    model's keys too (they depend on the parcels alone, not on the state)."""
     t0 = perf_counter()
     parsed = parsed if parsed is not None else parse_batch(records, limits, now_ms)
     columns = Columns.of(parsed.manifests)
-    return Prepared(
+    prep = Prepared(
         records=records,
         parsed=parsed,
         shippers=with_pairs(index_shippers(parsed.manifests), columns.value_usd, split_min_usd),
         partitions=batch_partitions(records),
         hashes=[content_hash(m) for m in parsed.manifests],
         columns=columns,
-        parse_s=perf_counter() - t0,
     )
+    if keys:
+        prep = replace(prep, keys=risk_keys(prep))
+    return replace(prep, parse_s=perf_counter() - t0)
 
 
 def recognise(prep: Prepared, remembered: dict[str, bytes]) -> tuple[Prepared, Classified]:

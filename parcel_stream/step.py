@@ -120,7 +120,9 @@ def batch_step(
             batch = yield from _read(prepare(fresh, limits, now_ms, ruleset.split_min_usd))
         risk_in = None
         if risk is not None and risk[0].scores:
-            keys, value_usd = risk_keys(batch.prep)
+            # computed with the parse, or now (an amendment's stored entities, appended
+            # to the index, change no parcel's keys)
+            keys, value_usd = batch.prep.keys or risk_keys(batch.prep)
             uniq, pos = keys.unique()
             rules = rule_ids([r.code for r in ruleset.rules])  # their counts too, read last
             uniq = np.concatenate([uniq, rules])

@@ -283,7 +283,9 @@ class BatchProcessor:
             t0 = time.perf_counter()
             parts.append(parse_batch([record], self.limits, at))
             parse_s += time.perf_counter() - t0
-        prep = prepare(records, self.limits, at, split, ParsedBatch.joined(parts))
+        prep = prepare(
+            records, self.limits, at, split, ParsedBatch.joined(parts), keys=self.risk_cfg.scores
+        )
         # the parse stage's metric counts the records' parse too, as when done in one go
         return records, replace(prep, parse_s=prep.parse_s + parse_s), at, split
 

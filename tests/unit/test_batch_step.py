@@ -218,8 +218,9 @@ def test_the_next_batch_starts_while_outputs_wait_for_the_broker_and_failures_re
 @pytest.mark.parametrize("mode", ["off", "shadow"])
 def test_the_next_batch_parsed_while_the_state_is_applied_decides_the_same(mode: str) -> None:
     """The agent names the next chunk (``upcoming``): it is parsed while the store applies
-    this one, and its turn starts from its state read. The decisions and probabilities are those of batch after batch; a
-    parse of other records than the next batch's is not used."""
+    this one, and its turn starts from its state read; with the learned model its keys
+    are computed with that parse. The decisions and probabilities are those of batch after
+    batch; a parse of other records than the next batch's is not used."""
     settings = SETTINGS.replace(risk_model=mode)
     records = feed(44, 600)
     k = len(records) // 3
@@ -253,6 +254,8 @@ def test_the_next_batch_parsed_while_the_state_is_applied_decides_the_same(mode:
             before = w._ahead
             await (await w.start(part, nxt))
             used.append(before is not None and before[0] is part)
+            if before is not None:
+                assert (before[1].keys is not None) == (mode == "shadow")
         return sent, used
 
     sent, used = asyncio.run(ahead([thirds[1], thirds[2], None]))
