@@ -18,13 +18,7 @@ from parcel_stream.adapters.health import Health, write_port_file
 from parcel_stream.adapters.metrics import WorkerMetrics
 from parcel_stream.adapters.redis_store import RedisReputationStore
 from parcel_stream.adapters.security import faust_credentials
-from parcel_stream.adapters.worker import (
-    Backoff,
-    BatchProcessor,
-    ExamProcessor,
-    now_ms,
-    young_threshold,
-)
+from parcel_stream.adapters.worker import Backoff, BatchProcessor, ExamProcessor, now_ms
 from parcel_stream.decide import encode_rejection
 from parcel_stream.model import Rejection
 from parcel_stream.parse import InRecord, chunk_records
@@ -181,7 +175,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
         # Everything allocated so far lives as long as the worker: keep it out of the
         # collector's scans so per-batch collections stay cheap.
         gc.freeze()
-        gc.set_threshold(young_threshold(settings.chunk_max_bytes), 20, 100)
+        gc.set_threshold(settings.young_threshold(), 20, 100)
         try:
             port = metrics.serve(settings.metrics_port, health)
         except OSError as exc:

@@ -42,16 +42,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def young_threshold(chunk_max_bytes: int) -> int:
-    """The collector's threshold for its youngest generation in the worker. A chunk's
-    objects (one per 70 bytes of input or so) live until its batch ends, and the next
-    chunk's, parsed ahead, with them; a collection rescans every live one. At the default
-    50,000 (``cli.main``) a worker collected once a chunk, 28 ms each, 4 µs a parcel in all,
-    and more with the learned model. Above about six chunks' worth, live batches never
-    start one: only cyclic garbage does (``benchmarks/RESULTS.md``)."""
-    return max(50_000, chunk_max_bytes // 12)
-
-
 @dataclass
 class Backoff:
     first_s: float = 0.1

@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.set_threshold(50_000, 20, 100)
     try:
         settings = Settings.from_env()
+        gc.set_threshold(settings.young_threshold(), 20, 100)  # (from the chunk size)
         unknown = Settings.unknown_variables()
         if unknown:
             print(
