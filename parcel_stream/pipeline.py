@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from time import perf_counter
@@ -41,7 +41,7 @@ from parcel_stream.features import (
     index_shippers,
     with_pairs,
 )
-from parcel_stream.model import LearnedReason
+from parcel_stream.model import LearnedReason, Manifest
 from parcel_stream.outbox import record_digests
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
 from parcel_stream.repeats import (
@@ -66,13 +66,21 @@ from parcel_stream.risk import (
     RiskRef,
     RiskState,
     encode_refs,
-    explain,
+    explain_strongest,
     features_batch,
     norms_batch,
     parcel_keys,
+    strongest_entries,
     track_capacity,
 )
-from parcel_stream.risk_keys import Entities, KeyBatch, distinct_spans, key_batch, with_rules
+from parcel_stream.risk_keys import (
+    ATTRIBUTE,
+    Entities,
+    KeyBatch,
+    distinct_spans,
+    key_batch,
+    with_rules,
+)
 from parcel_stream.rules import RuleSet
 from parcel_stream.sequence import AMEND, REPEAT, Keys, StoredState, run_sequence
 from parcel_stream.state import StateStore
@@ -248,21 +256,45 @@ def _risk_outputs(
         refs.update(zip(review.tolist(), encode_refs(x[review], prop[review], flat, at_ids),
                         strict=True))  # fmt: skip
     if len(held):  # named keys, and the learned reasons
-        idx, manifests = prep.shippers, prep.parsed.manifests
-        at = np.unique(risk.pos[_ranges(start[held], start[held + 1])])
-        at = at[~np.isnan(risk.rows[at, 0])]
-        rows = dict(zip(risk.uniq[at].tolist(), risk.rows[at].tolist(), strict=True))
-        table = risk.state.table(rows, risk.cfg)
-        x_l, prop_l = x[held].tolist(), prop[held].tolist()
+        idx, manifests, kb = prep.shippers, prep.parsed.manifests, risk.keys
+        st, cfg = risk.state, risk.cfg
+        best, b_rate, b_exams, rate = strongest_entries(
+            kb, risk.pos, risk.rows, [st.exams, st.violations, st.t_ms], prep.columns.ts, held,
+            cfg.half_life_ms, cfg.prior)  # fmt: skip
+        x_l, prop_l, th = x[held].tolist(), prop[held].tolist(), theta.tolist()
+        best_l, b_rate_l, b_exams_l = best.tolist(), b_rate.tolist(), b_exams.tolist()
         for k, i in enumerate(held.tolist()):
             m = manifests[i]
             fired = [r.code for r in legend.reasons(int(masks[i]))]
             keys = parcel_keys(m, idx.addresses[idx.parcel_address[i]], float(risk.value_usd[i]),
                                fired)  # fmt: skip
-            refs[i] = RiskRef.of(keys, x_l[k], prop_l[k])
-            why = explain(table, keys, x[i], theta, float(m.manifest_ts_ms), risk.cfg.reasons)
+            named = keys.named()
+            refs[i] = RiskRef(list(named), x_l[k], prop_l[k], list(named.values()))
+            name_of = _key_names(named, kb, rate, m, i)
+            why = explain_strongest(best_l[k], b_rate_l[k], b_exams_l[k], x_l[k], th, name_of,
+                                    cfg.reasons)  # fmt: skip
             learned[i] = [LearnedReason(k, t, r, e, c) for k, t, r, e, c in why]
     return Scored(np.round(prob, 6), prop, learned, refs)
+
+
+def _key_names(
+    named: dict[str, int], kb: KeyBatch, rate: F64, m: Manifest, p: int
+) -> Callable[[int, int], str]:
+    """The name of the key a group's learned reason shows, given its entry: the entry's
+    key; for the attributes, whose entries keep the manifest's order, the first in the
+    order of their names among those of the same rate (as ``parcel_keys`` lists them)."""
+    by_id = dict(zip(named.values(), named, strict=True))
+
+    def name_of(group: int, e: int) -> str:
+        if group == ATTRIBUTE:
+            span = range(int(kb.start[p]), int(kb.start[p + 1]))
+            first = next(a for a in span if kb.group[a] == ATTRIBUTE)
+            items = list(m.attributes.items())
+            tied = [a for a in span if kb.group[a] == ATTRIBUTE and rate[a] == rate[e]]
+            e = min(tied, key=lambda a: items[a - first][0])
+        return by_id[int(kb.ids[e])]
+
+    return name_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ knowledge), and only then are its keys' counts updated.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -894,6 +894,13 @@ def explain(
         rated = [(rate_of(kid), name) for (name, _), (kid, _) in zip(pairs, id_pairs, strict=True)]
         (rate, exams), key = max(rated, key=lambda r: r[0][0])
         out.append((key, "", round(rate, 4), round(exams, 1), round(c, 3)))
+    return _shown(out, xs, th, n)
+
+
+def _shown(
+    out: list[tuple[str, str, float, float, float]], xs: list[float], th: list[float], n: int
+) -> list[tuple[str, str, float, float, float]]:
+    """The ``n`` strongest of the groups' reasons ``out`` and the value norm's, in words."""
     if xs[-2] > 0 and th[-2] * xs[-2] > 0.005:
         out.append(("undervalued", f"value per kg {xs[-2]:.1f} standard deviations under its "
                     "HS peers", 0.0, 0.0, round(th[-2] * xs[-2], 3)))  # fmt: skip
@@ -901,3 +908,70 @@ def explain(
     # the words only for the reasons shown
     return [(key, text or f"{key_text(key)}: {rate:.0%} violations in {_examinations(exams)}",
              rate, exams, c) for key, text, rate, exams, c in out[:n]]  # fmt: skip
+
+
+def strongest_entries(
+    kb: KeyBatch, pos: npt.NDArray[np.int64], rows: F64, total: Sequence[float], now_ms: F64,
+    parcels: npt.NDArray[np.int64], half_life_ms: float, prior: float,
+) -> tuple[npt.NDArray[np.int64], F64, F64, F64]:  # fmt: skip
+    """For the parcels ``parcels`` (the held ones), rated as ``explain`` rates each key and
+    ``features_batch`` every entry: per feature group the entry of its riskiest key (the
+    first of the highest rate; -1: the group has none), that rate and the key's decayed
+    examinations; and every entry's rate (those of other parcels unset)."""
+    return _strongest(kb.start, kb.group, kb.parent, pos, rows, np.asarray(total, np.float64),
+                      now_ms, parcels, half_life_ms, prior, len(GROUPS))  # fmt: skip
+
+
+@njit(cache=True)
+def _strongest(
+    start: npt.NDArray[np.int64], group: npt.NDArray[np.int64], parent: npt.NDArray[np.int64],
+    pos: npt.NDArray[np.int64], rows: F64, total: F64, now: F64,
+    parcels: npt.NDArray[np.int64], hl: float, prior: float, n_groups: int,
+) -> tuple[npt.NDArray[np.int64], F64, F64, F64]:  # pragma: no cover  # fmt: skip
+    k = parcels.shape[0]
+    best = np.full((k, n_groups), -1, dtype=np.int64)
+    best_rate = np.zeros((k, n_groups))
+    best_exams = np.zeros((k, n_groups))
+    rate = np.zeros(group.shape[0])
+    for q in range(k):
+        p = parcels[q]
+        t = now[p]
+        gn, gv = total[0], total[1]
+        if total[2] > 0 and t > total[2]:
+            f = 2.0 ** (-(t - total[2]) / hl)
+            gn, gv = gn * f, gv * f
+        g_rate = (gv + 1.0) / (gn + 2.0)
+        for e in range(start[p], start[p + 1]):
+            pr = g_rate if parent[e] < 0 else rate[parent[e]]
+            r = pos[e]
+            rn, rv, rt = rows[r, 0], rows[r, 1], rows[r, 2]
+            exams = 0.0
+            if np.isnan(rn):
+                rate[e] = pr
+            else:
+                if rt > 0 and t > rt:
+                    f = 2.0 ** (-(t - rt) / hl)
+                    rn, rv = rn * f, rv * f
+                rate[e] = (rv + prior * pr) / (rn + prior)
+                exams = rn
+            g = group[e]
+            if best[q, g] < 0 or rate[e] > best_rate[q, g]:
+                best[q, g], best_rate[q, g], best_exams[q, g] = e, rate[e], exams
+    return best, best_rate, best_exams, rate
+
+
+def explain_strongest(
+    best: list[int], rate: list[float], exams: list[float], x: list[float], theta: list[float],
+    name_of: Callable[[int, int], str], n: int,
+) -> list[tuple[str, str, float, float, float]]:  # fmt: skip
+    """``explain`` of one parcel from its row of ``strongest_entries`` (``name_of(group,
+    entry)``: the name of the key a group's reason shows)."""
+    out = []
+    for j, e in enumerate(best):
+        if e < 0:
+            continue
+        c = theta[FIRST_GROUP + j] * x[FIRST_GROUP + j]
+        if c <= 0.005 or x[FIRST_GROUP + j] <= 0:
+            continue
+        out.append((name_of(j, e), "", round(rate[j], 4), round(exams[j], 1), round(c, 3)))
+    return _shown(out, x, theta, n)

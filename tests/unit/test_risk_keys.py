@@ -13,7 +13,18 @@ from parcel_stream.features import address_key, index_shippers
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.hidden_risk import with_hidden_risk
 from parcel_stream.model import Manifest
-from parcel_stream.risk import RULE_GROUP, RiskTable, features_batch, parcel_keys, to_entries
+from parcel_stream.pipeline import _key_names
+from parcel_stream.risk import (
+    GROUPS,
+    RULE_GROUP,
+    RiskTable,
+    explain,
+    explain_strongest,
+    features_batch,
+    parcel_keys,
+    strongest_entries,
+    to_entries,
+)
 from parcel_stream.risk_keys import (
     Entities,
     KeyBatch,
@@ -207,3 +218,56 @@ def test_the_rules_that_fired_are_keys_in_columns_with_the_reference_features() 
     # no rule fired: the keys as they were
     same, same_pos = with_rules(kb, pos, np.zeros(len(ms), dtype=np.int64), ids, len(uniq))
     assert same is kb and same_pos is pos
+
+
+def test_the_strongest_keys_in_columns_are_the_reasons_explain_gives() -> None:
+    """A held parcel's learned reasons from its entries' rates (``strongest_entries``, the
+    worker's pass over the held parcels) are those ``explain`` gives from its named keys,
+    ties included: the attributes, whose entries keep the manifest's order, are chosen
+    among equal rates in the order of their names."""
+    ms = manifests(2500, 12)
+    addresses, value = columns(ms)
+    rng = np.random.default_rng(8)
+    masks = (rng.random(len(ms)) < 0.4).astype(np.int64) | (rng.random(len(ms)) < 0.3) << 5
+    codes = [f"R{b}" for b in range(8)]
+    named = [parcel_keys(m, a, v, [c for b, c in enumerate(codes) if int(mk) >> b & 1])
+             for m, a, v, mk in zip(ms, addresses, value.tolist(), masks.tolist(), strict=True)]  # fmt: skip
+    table = RiskTable()
+    for k, m in zip(named[:300], ms[:300], strict=True):  # many keys of the rest unseen
+        keys = k.named()
+        table.update(list(keys.values()), bool(rng.random() < 0.4), 1.0,
+                     float(m.manifest_ts_ms), list(keys))  # fmt: skip
+    # the last parcel's three attributes (listed b, a, office): the same counts, all risky
+    attrs = [k for k in named[-1].all_keys() if k.startswith("attr:")]
+    assert attrs == ["attr:a=1", "attr:b=2|x", "attr:office=OFF 7"]
+    for _ in range(9):
+        table.update([part_id(k) for k in attrs], True, 1.0, float(ms[-1].manifest_ts_ms), attrs)
+    # and its HS 2933.99 unseen under a risky HS 2933: the two rates tie, the first shows
+    table.counts.pop(part_id("hs6:293399"), None)
+    for _ in range(9):
+        table.update([part_id("hs4:2933")], True, 1.0, float(ms[-1].manifest_ts_ms), ["hs4:2933"])
+    later = np.array([float(m.manifest_ts_ms) + 86_400_000 for m in ms])
+    kb = key_batch(ms, addresses, value)
+    uniq, pos = kb.unique()
+    ids = rule_ids(codes)
+    uniq = np.concatenate([uniq, ids])
+    merged, rows_at = with_rules(kb, pos, masks, ids, len(uniq) - len(ids))
+    rows = table.rows(uniq)
+    x = features_batch(merged, rows_at, rows, table.total, later, np.zeros(len(ms)),
+                       np.zeros(len(ms)), np.zeros(len(ms)), table.half_life_ms, table.prior)  # fmt: skip
+    theta = np.asarray(rng.uniform(-0.2, 1.0, x.shape[1]), dtype=np.float64)
+    theta[2 + GROUPS.index("hs")] = theta[2 + GROUPS.index("attribute")] = 1.0
+    held = np.arange(len(ms))
+    best, b_rate, b_exams, rate = strongest_entries(merged, rows_at, rows, table.total, later,
+                                                    held, table.half_life_ms, table.prior)  # fmt: skip
+    shown = 0
+    for q, p in enumerate(held.tolist()):
+        row = x[p]
+        want = explain(table, named[p], row, theta, float(later[p]), 5)
+        name_of = _key_names(named[p].named(), merged, rate, ms[p], p)
+        got = explain_strongest(best[q].tolist(), b_rate[q].tolist(), b_exams[q].tolist(),
+                                row.tolist(), theta.tolist(), name_of, 5)  # fmt: skip
+        assert got == want
+        shown += len(got)
+    assert shown > len(held)
+    assert {"attr:a=1", "hs4:2933"} <= {r[0] for r in want}  # the last parcel: ties' first
