@@ -59,8 +59,6 @@ from parcel_stream.risk_keys import (
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
 DAY_MS = 86_400_000
-# crosses repeat (an HS code from an origin): each id composed once, not per parcel
-_combine = lru_cache(maxsize=1 << 16)(combine)
 
 # Feature groups, in the order of the feature vector (after the intercept).
 GROUPS: tuple[str, ...] = (
@@ -136,38 +134,19 @@ def parcel_keys(
     hs_ids: list[tuple[int, int]] = []
     norm_keys: tuple[str, ...] = ()
     main_value = -1.0
-    names = ("hs6_origin", "hs6_origin_departure", "origin_hs4", "hs6_value", "hs6_weight")
-    cross: dict[str, list[tuple[str, str]]] = {g: [] for g in names}
-    cross_ids: dict[str, list[tuple[int, int]]] = {g: [] for g in names}
-    d_id, v_id, w_id = part_id(f"d:{departure}"), part_id(f"v:{vband}"), part_id(f"w:{wband}")
+    cross: dict[str, list[tuple[str, str]]] = {g: [] for g in _CROSSES}
+    cross_ids: dict[str, list[tuple[int, int]]] = {g: [] for g in _CROSSES}
     for item in m.items:
-        d = hs_digits(item.hs_code)
-        if len(d) < 4:
+        got = _item_keys(item.hs_code, item.origin_country or origin, departure, vband, wband)
+        if got is None:
             continue
-        h6, h4, h2 = f"hs6:{d[:6]}", f"hs4:{d[:4]}", f"hs2:{d[:2]}"
-        i6, i4, i2 = part_id(h6), part_id(h4), part_id(h2)
+        item_hs, item_hs_ids, crosses, norm = got
         if item.value > main_value:
             main_value = item.value
-            norm_keys = ((h6,) if len(d) >= 6 else ()) + (h4, h2)
-        io = item.origin_country or origin
-        io_id = part_id(f"o:{io}")
-        hs.append((h2, ""))
-        hs_ids.append((i2, 0))
-        hs.append((h4, h2))
-        hs_ids.append((i4, i2))
-        if len(d) >= 6:
-            hs.append((h6, h4))
-            hs_ids.append((i6, i4))
-        base, b_id = (h6, i6) if len(d) >= 6 else (h4, i4)
-        c1 = _combine(b_id, io_id)
-        for g, pair, pair_ids in (
-            ("hs6_origin", (f"{base}|o:{io}", base), (c1, b_id)),
-            ("hs6_origin_departure", (f"{base}|o:{io}|d:{departure}", f"{base}|o:{io}"),
-             (_combine(c1, d_id), c1)),
-            ("origin_hs4", (f"o:{io}|{h4}", h4), (_combine(io_id, i4), i4)),
-            ("hs6_value", (f"{base}|v:{vband}", base), (_combine(b_id, v_id), b_id)),
-            ("hs6_weight", (f"{base}|w:{wband}", base), (_combine(b_id, w_id), b_id)),
-        ):  # fmt: skip
+            norm_keys = norm
+        hs += item_hs
+        hs_ids += item_hs_ids
+        for g, pair, pair_ids in crosses:
             cross[g].append(pair)
             cross_ids[g].append(pair_ids)
     seller = m.seller
@@ -215,6 +194,44 @@ def parcel_keys(
         ids.append(tuple(keep.values()))
     per_kg = math.log(max(value_usd, 0.01) / max(m.gross_weight_kg, 0.001))
     return ParcelKeys(tuple(groups), norm_keys, per_kg, tuple(ids))
+
+
+_CROSSES = ("hs6_origin", "hs6_origin_departure", "origin_hs4", "hs6_value", "hs6_weight")
+_Pair = tuple[str, str]
+_Ids = tuple[int, int]
+# an item's HS pairs, their ids, its crosses (group, pair, ids) and its value norm keys
+_ItemKeys = tuple[tuple[_Pair, ...], tuple[_Ids, ...], tuple[tuple[str, _Pair, _Ids], ...],
+                  tuple[str, ...]]  # fmt: skip
+
+
+@lru_cache(maxsize=1 << 15)
+def _item_keys(code: str, io: str, departure: str, vband: int, wband: int) -> _ItemKeys | None:
+    """An item's HS keys and crosses (``parcel_keys``), named and as ids, and its value
+    norm keys; None: a code under 4 digits. Items repeat (an HS code from an origin):
+    each composed once."""
+    d = hs_digits(code)
+    if len(d) < 4:
+        return None
+    h6, h4, h2 = f"hs6:{d[:6]}", f"hs4:{d[:4]}", f"hs2:{d[:2]}"
+    i6, i4, i2 = part_id(h6), part_id(h4), part_id(h2)
+    hs: tuple[_Pair, ...] = ((h2, ""), (h4, h2))
+    hs_ids: tuple[_Ids, ...] = ((i2, 0), (i4, i2))
+    if len(d) >= 6:
+        hs, hs_ids = (*hs, (h6, h4)), (*hs_ids, (i6, i4))
+    d_id, v_id, w_id = part_id(f"d:{departure}"), part_id(f"v:{vband}"), part_id(f"w:{wband}")
+    io_id = part_id(f"o:{io}")
+    base, b_id = (h6, i6) if len(d) >= 6 else (h4, i4)
+    c1 = combine(b_id, io_id)
+    crosses = (
+        ("hs6_origin", (f"{base}|o:{io}", base), (c1, b_id)),
+        ("hs6_origin_departure", (f"{base}|o:{io}|d:{departure}", f"{base}|o:{io}"),
+         (combine(c1, d_id), c1)),
+        ("origin_hs4", (f"o:{io}|{h4}", h4), (combine(io_id, i4), i4)),
+        ("hs6_value", (f"{base}|v:{vband}", base), (combine(b_id, v_id), b_id)),
+        ("hs6_weight", (f"{base}|w:{wband}", base), (combine(b_id, w_id), b_id)),
+    )  # fmt: skip
+    norm = ((h6,) if len(d) >= 6 else ()) + (h4, h2)
+    return hs, hs_ids, crosses, norm
 
 
 @dataclass
