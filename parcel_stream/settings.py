@@ -222,10 +222,10 @@ class Settings:
         """The collector's threshold for its youngest generation (``cli.main``, the worker).
         A chunk's objects (one per 70 bytes of input or so) live until its batch ends, and
         the next chunk's, parsed ahead, with them; each collection rescans every live one.
-        At 50,000 a worker collected once a chunk, 28 ms each (4 µs a parcel in all, more
-        with the learned model), and a backtest from JSON lost 15 %. Above about six chunks'
-        worth, live batches never start one: cyclic garbage does (``benchmarks/RESULTS.md``)."""
-        return max(50_000, self.chunk_max_bytes // 12)
+        At 50,000 a worker collected about once a chunk, 28 ms each (0.4 s of CPU per
+        100,000 parcels), and a backtest from JSON lost 15 %. Above about three chunks'
+        worth, live batches seldom start one (``benchmarks/RESULTS.md``)."""
+        return max(50_000, self.chunk_max_bytes // 24)
 
     def risk_config(self) -> RiskConfig:
         from parcel_stream.risk import RiskConfig
