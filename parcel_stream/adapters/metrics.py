@@ -13,6 +13,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
     PlatformCollector,
@@ -37,8 +38,9 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        if registry is None:  # process_* (CPU, RSS, open fds) and python_info
+        if registry is None:  # process_* (CPU, RSS, open fds), python_gc_*, python_info
             ProcessCollector(registry=r)
+            GCCollector(registry=r)
             PlatformCollector(registry=r)
         parcels = Counter(
             "parcel_stream_parcels_total", "Parcels scored, by lane", ["lane"], registry=r
