@@ -20,7 +20,7 @@ digest is gone was fully produced before: it is skipped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import numpy as np
@@ -37,6 +37,7 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 Partition = tuple[str, int]
+_V = TypeVar("_V")
 
 
 class Digest(msgspec.Struct, array_like=True):
@@ -77,38 +78,45 @@ def record_digests(
     scored: Scored | None = None,
 ) -> list[tuple[Partition, int, bytes]]:
     """(partition, offset, digest) of every record above its partition's watermark."""
-    by_record: list[list[int]] = [[] for _ in records]
-    for i, r in enumerate(parsed.record_index):
-        by_record[r].append(i)
+    # a record's parcels are consecutive (parsed in order): each record is a slice
+    bounds = np.searchsorted(np.asarray(parsed.record_index, dtype=np.int64),
+                             np.arange(len(records) + 1)).tolist()  # fmt: skip
     out = []
     scores_l, masks_l = scores.tolist(), masks.tolist()
     prob_l = scored.probability.tolist() if scored is not None else []
     prop_l = scored.propensity.tolist() if scored is not None else []
     lanes_b, sel_b = lanes.astype(np.int8), selection.astype(np.int8)
-    for rec, idx in zip(records, by_record, strict=True):
+    for k, rec in enumerate(records):
         part = (rec.topic, rec.partition)
         if rec.offset <= watermarks.get(part, -1):
             continue
-        rec_masks = [masks_l[i] for i in idx]
+        lo, hi = bounds[k], bounds[k + 1]
+        rec_masks = masks_l[lo:hi]
         digest = Digest(
             offset=rec.offset,
             ts=now_ms,
             version=legend.version,
             learner_version=learner_version,
-            scores=[scores_l[i] for i in idx],
-            lanes=lanes_b[idx].tobytes(),
-            selection=sel_b[idx].tobytes(),
+            scores=scores_l[lo:hi],
+            lanes=lanes_b[lo:hi].tobytes(),
+            selection=sel_b[lo:hi].tobytes(),
             masks=rec_masks,
             legend={m: legend.reasons(m) for m in set(rec_masks)},
-            marks={k: marks[i] for k, i in enumerate(idx) if i in marks} if marks else {},
+            marks=_within(marks, lo, hi) if marks else {},
         )
         if scored is not None:
-            digest.probability = [prob_l[i] for i in idx]
-            digest.propensity = [prop_l[i] for i in idx]
-            digest.learned = {k: scored.learned[i] for k, i in enumerate(idx)
-                              if i in scored.learned}  # fmt: skip
+            digest.probability = prob_l[lo:hi]
+            digest.propensity = prop_l[lo:hi]
+            digest.learned = _within(scored.learned, lo, hi)
         out.append((part, rec.offset, _ENC.encode(digest)))
     return out
+
+
+def _within(by_parcel: dict[int, _V], lo: int, hi: int) -> dict[int, _V]:
+    """The entries of the parcels ``lo:hi`` by their position among them, in order."""
+    if len(by_parcel) < hi - lo:
+        return {i - lo: by_parcel[i] for i in sorted(by_parcel) if lo <= i < hi}
+    return {i - lo: by_parcel[i] for i in range(lo, hi) if i in by_parcel}
 
 
 def decode_digest(raw: bytes) -> Digest:
