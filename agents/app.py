@@ -6,7 +6,7 @@ import asyncio
 import collections
 import gc
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,10 @@ def consumer_lag(
         if high is not None and pos is not None:
             lags[(tp.topic, tp.partition)] = max(0, int(high) - pos)
     return lags
+
+
+def _nothing() -> None:
+    pass
 
 
 def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
@@ -233,23 +237,27 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
             # One batch's outputs may wait for the broker while the next batch is scored
             # (its state is applied first); batches are acked in order, each once its
             # outputs are acknowledged. The chunks to score, each with the records to ack
-            # once it is done (a take's, after its last chunk):
-            chunks: collections.deque[tuple[list[InRecord], list[Any]]] = collections.deque()
+            # once it is done (a take's, after its last chunk) and, for a take looked at
+            # ahead, what lets its records out of the sink's bounds at its turn:
+            chunks: collections.deque[tuple[list[InRecord], list[Any], Callable[[], None]]]
+            chunks = collections.deque()
 
-            def chunked(messages: list[Any]) -> None:
+            def chunked(messages: list[Any], turn: Callable[[], None] = _nothing) -> None:
                 processor.maybe_reload()  # a new rule set applies from a batch boundary on
                 parts = chunk_records([_record_of(m) for m in messages], settings.chunk_max_bytes)
                 for k, part in enumerate(parts):
-                    chunks.append((part, messages if k == len(parts) - 1 else []))
+                    chunks.append((part, messages if k == len(parts) - 1 else [],
+                                   turn if k == 0 else _nothing))  # fmt: skip
 
             last: asyncio.Future[None] | None = None
             try:
                 while True:
                     if not chunks:
                         chunked(await sink.take(batch_max))
-                    chunk, done = chunks.popleft()
-                    if settings.parse_ahead and not chunks and len(sink):
-                        chunked(sink.take_waiting(batch_max))  # fetched already: next
+                    chunk, done, turn = chunks.popleft()
+                    turn()
+                    if settings.parse_ahead and not chunks and sink.waiting():
+                        chunked(*sink.take_ahead(batch_max))  # fetched already: next
                     # the next chunk is parsed while Redis applies this one
                     upcoming = chunks[0][0] if settings.parse_ahead and chunks else None
                     sent = await processor.start(chunk, upcoming)

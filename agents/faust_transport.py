@@ -205,6 +205,7 @@ class BatchSink:
         self._lists: collections.deque[tuple[list[Message], int]] = collections.deque()
         self._held = 0
         self._bytes = 0
+        self._cleared = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -213,9 +214,14 @@ class BatchSink:
     def __len__(self) -> int:
         return self._held
 
+    def waiting(self) -> bool:
+        """Whether records wait to be taken."""
+        return bool(self._lists)
+
     def clear(self) -> None:
         self._lists.clear()
         self._held = self._bytes = 0
+        self._cleared += 1  # records taken ahead before this no longer count
         self._ready.clear()
         self._room.set()
 
@@ -244,20 +250,35 @@ class BatchSink:
         while not self._lists:
             self._ready.clear()
             await self._ready.wait()
-        return self.take_waiting(max_records)
+        out, size = self._pop(max_records)
+        self._release(len(out), size)
+        return out
 
-    def take_waiting(self, max_records: int) -> list[Message]:
-        """As :meth:`take`, without waiting: none when the sink is empty."""
-        if not self._lists:
-            return []
+    def take_ahead(self, max_records: int) -> tuple[list[Message], Callable[[], None]]:
+        """As :meth:`take`, without waiting (none when the sink is empty), for records
+        looked at before their turn (the agent parses them ahead): they count against the
+        sink's bounds until ``release`` (the function returned) is called at their turn,
+        so that looking ahead holds no more records than waiting here."""
+        out, size = self._pop(max_records) if self._lists else ([], 0)
+        cleared = self._cleared
+
+        def release() -> None:
+            if cleared == self._cleared:  # (a clear let go of them already)
+                self._release(len(out), size)
+
+        return out, release
+
+    def _pop(self, max_records: int) -> tuple[list[Message], int]:
         out, size = self._lists.popleft()
         while self._lists and len(out) + len(self._lists[0][0]) <= max_records:
             more, more_size = self._lists.popleft()
             out, size = out + more, size + more_size
-        self._held -= len(out)
+        return out, size
+
+    def _release(self, records: int, size: int) -> None:
+        self._held -= records
         self._bytes -= size
         self._room.set()
-        return out
 
 
 class _Consumer(faust_aiokafka.Consumer):

@@ -258,3 +258,33 @@ def test_the_batch_sink_is_bounded_by_records_and_bytes_and_cleared_by_a_rebalan
         assert await blocked and await sink.take(10) == a
 
     asyncio.run(run())
+
+
+def test_records_taken_ahead_count_against_the_sink_until_their_turn() -> None:
+    """The agent takes the next fetch's records ahead of their turn (to parse them while
+    Redis applies the current chunk): they hold the sink's room until it lets them go, so
+    looking ahead holds no more records than waiting; a rebalance's clear lets go of them."""
+    from mode.utils.queues import FlowControlEvent
+
+    async def run() -> None:
+        flow, suspended = FlowControlEvent(), asyncio.Event()
+        sink = faust_transport.BatchSink(4, flow)
+        a: Any = [_message("m", 0, 1), _message("m", 0, 2)]
+        b: Any = [_message("m", 0, n) for n in (3, 4, 5)]
+        assert sink.take_ahead(10)[0] == [] and not sink.waiting()
+        assert await sink.put(a, suspended) and sink.waiting()
+        got, turn = sink.take_ahead(10)
+        assert got == a and not sink.waiting() and len(sink) == 2
+        blocked = asyncio.ensure_future(sink.put(b, suspended))
+        await asyncio.sleep(0)
+        assert not blocked.done()  # a still holds its room: 2 + 3 > 4
+        turn()
+        assert await blocked and len(sink) == 3
+        got, turn = sink.take_ahead(10)
+        assert got == b
+        flow.clear()  # a rebalance: the sink starts empty, and b's turn changes nothing
+        turn()
+        assert len(sink) == 0
+        assert await sink.put(b, suspended) and len(sink) == 3
+
+    asyncio.run(run())
