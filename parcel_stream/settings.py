@@ -219,12 +219,14 @@ class Settings:
         )
 
     def young_threshold(self) -> int:
-        """The collector's threshold for its youngest generation (``cli.main``, the worker).
-        A chunk's objects (one per 70 bytes of input or so) live until its batch ends, and
-        the next chunk's, parsed ahead, with them; each collection rescans every live one.
-        At 50,000 a worker collected about once a chunk, 28 ms each (0.4 s of CPU per
-        100,000 parcels), and a backtest from JSON lost 15 %. Above about three chunks'
-        worth, live batches seldom start one (``benchmarks/RESULTS.md``)."""
+        """The collector's threshold for its youngest generation in the batch commands
+        (``cli.main``: backtests, warm starts). A chunk's objects (one per 70 bytes of
+        input or so) live until its batch ends; each collection rescans every live one. At
+        50,000 a backtest from JSON collected about once a chunk and lost 15 %; above about
+        three chunks' worth, live batches seldom start one. The worker keeps 50,000
+        (``agents/app.py``): a collection's pause grows with the threshold, and its latency
+        at 1,000 parcels/s suffered more than its throughput gained
+        (``benchmarks/RESULTS.md``)."""
         return max(50_000, self.chunk_max_bytes // 24)
 
     def risk_config(self) -> RiskConfig:

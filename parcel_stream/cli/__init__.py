@@ -62,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.set_threshold(50_000, 20, 100)
     try:
         settings = Settings.from_env()
-        gc.set_threshold(settings.young_threshold(), 20, 100)  # (from the chunk size)
+        # (from the chunk size; the worker sets its own: agents/app.py)
+        gc.set_threshold(settings.young_threshold(), 20, 100)
         unknown = Settings.unknown_variables()
         if unknown:
             print(
