@@ -118,7 +118,13 @@ def consumer_lag(
     return lags
 
 
-WORKER_YOUNG_THRESHOLD = 50_000
+def _collect_for(chunk: list[InRecord], settings: Settings) -> None:
+    """The young generation's threshold for chunks the size of this one: large chunks
+    collect seldom (no rescans of the live batches), small ones often and briefly (short
+    pauses, for the latency at low rates): ``Settings.young_threshold``."""
+    young = settings.young_threshold(sum(len(r.value) for r in chunk))
+    if young != gc.get_threshold()[0]:
+        gc.set_threshold(young, 20, 100)
 
 
 def _nothing() -> None:
@@ -182,9 +188,6 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
         # Everything allocated so far lives as long as the worker: keep it out of the
         # collector's scans so per-batch collections stay cheap.
         gc.freeze()
-        # Short collections, for the latency: a pause grows with the young generation's
-        # threshold (about 28 ms at 50,000; settings.young_threshold is the batch commands')
-        gc.set_threshold(WORKER_YOUNG_THRESHOLD, 20, 100)
         try:
             port = metrics.serve(settings.metrics_port, health)
         except OSError as exc:
@@ -265,6 +268,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
                         chunked(*sink.take_ahead(batch_max))  # fetched already: next
                     # the next chunk is parsed while Redis applies this one
                     upcoming = chunks[0][0] if settings.parse_ahead and chunks else None
+                    _collect_for(chunk, settings)
                     sent = await processor.start(chunk, upcoming)
                     if last is not None:
                         await last
@@ -277,6 +281,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
             records = [_in_record(e) for e in events]
             # The events are acked when this body returns: after every chunk is done.
             for chunk in chunk_records(records, settings.chunk_max_bytes):
+                _collect_for(chunk, settings)
                 await processor.handle(chunk)
 
     app.parcel_processor = processor  # type: ignore[attr-defined]

@@ -218,16 +218,20 @@ class Settings:
             max_adjust_points=self.learner_max_adjust_points,
         )
 
-    def young_threshold(self) -> int:
-        """The collector's threshold for its youngest generation in the batch commands
-        (``cli.main``: backtests, warm starts). A chunk's objects (one per 70 bytes of
-        input or so) live until its batch ends; each collection rescans every live one. At
-        50,000 a backtest from JSON collected about once a chunk and lost 15 %; above about
-        three chunks' worth, live batches seldom start one. The worker keeps 50,000
-        (``agents/app.py``): a collection's pause grows with the threshold, and its latency
-        at 1,000 parcels/s suffered more than its throughput gained
+    def young_threshold(self, chunk_bytes: int | None = None) -> int:
+        """The collector's threshold for its youngest generation, for chunks of
+        ``chunk_bytes`` of input (default: ``chunk_max_bytes``; ``cli.main`` sets it for
+        every command, the worker after each chunk it takes). A chunk's objects (one per 70
+        bytes of input or so) live until its batch ends, and the next chunk's, parsed ahead,
+        with them; each collection rescans every live one, and pauses the longer the higher
+        the threshold. So: about three chunks' worth, at least 50,000 (a pause of about 28
+        ms). At 50,000 throughout, a worker's batch records ran a fifth slower and a
+        backtest from JSON 15 %; at three full chunks' worth throughout, the worker's p99
+        at 1,000 parcels/s (chunks of a few kilobytes) was 30-70 ms worse
         (``benchmarks/RESULTS.md``)."""
-        return max(50_000, self.chunk_max_bytes // 24)
+        cap = max(50_000, self.chunk_max_bytes // 24)
+        size = self.chunk_max_bytes if chunk_bytes is None else chunk_bytes
+        return min(cap, max(50_000, size // 24))
 
     def risk_config(self) -> RiskConfig:
         from parcel_stream.risk import RiskConfig

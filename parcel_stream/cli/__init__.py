@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.set_threshold(50_000, 20, 100)
     try:
         settings = Settings.from_env()
-        # (from the chunk size; the worker sets its own: agents/app.py)
+        # (from the chunk size; the worker's follows the chunks it takes: agents/app.py)
         gc.set_threshold(settings.young_threshold(), 20, 100)
         unknown = Settings.unknown_variables()
         if unknown:

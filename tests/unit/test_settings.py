@@ -80,3 +80,17 @@ def test_unknown_parcel_variables_are_named_not_ignored() -> None:
     env = {"PARCEL_KAFKA_BOOTSTRAPP": "x:1", "PARCEL_PARTITIONS": "3", "PARCEL_BROKER_BIN": "b",
            "OTHER": "1"}  # fmt: skip
     assert Settings.unknown_variables(env) == ["PARCEL_KAFKA_BOOTSTRAPP"]
+
+
+def test_the_young_generation_follows_the_chunks_between_short_pauses_and_three_full_chunks() -> (
+    None
+):
+    """Small chunks (a few parcels at a low rate) keep the collector's short pauses; large
+    ones raise its threshold to about three chunks' worth of objects, never above three
+    of the largest chunk."""
+    s = Settings().replace(chunk_max_bytes=4 * 1024 * 1024)
+    assert s.young_threshold(14_000) == 50_000
+    assert s.young_threshold(2 * 1024 * 1024) == 2 * 1024 * 1024 // 24
+    assert s.young_threshold() == s.young_threshold(4 * 1024 * 1024) == 4 * 1024 * 1024 // 24
+    assert s.young_threshold(64 * 1024 * 1024) == s.young_threshold()  # one record, larger
+    assert Settings().replace(chunk_max_bytes=1024).young_threshold() == 50_000
