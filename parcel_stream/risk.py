@@ -522,6 +522,31 @@ def _clogit(p: float) -> float:  # pragma: no cover
     return math.log(p / (1 - p))
 
 
+@njit(cache=True, inline="always")
+def _global_rate(total: F64, t: float, hl: float) -> float:  # pragma: no cover
+    """The rate of all keys together at ``t`` (decayed [n, v, t]; a Laplace prior)."""
+    gn, gv = total[0], total[1]
+    if total[2] > 0 and t > total[2]:
+        f = 2.0 ** (-(t - total[2]) / hl)
+        gn, gv = gn * f, gv * f
+    return float((gv + 1.0) / (gn + 2.0))
+
+
+@njit(cache=True, inline="always")
+def _rated(
+    rows: F64, r: int, t: float, parent_rate: float, hl: float, prior: float
+) -> tuple[float, float]:  # pragma: no cover
+    """A key's smoothed rate at ``t`` and its decayed examinations, from its row ``r`` of
+    [n, v, t] (NaN: none, so its parent's rate and none), as ``RiskTable.rate``."""
+    rn, rv, rt = rows[r, 0], rows[r, 1], rows[r, 2]
+    if np.isnan(rn):
+        return parent_rate, 0.0
+    if rt > 0 and t > rt:
+        f = 2.0 ** (-(t - rt) / hl)
+        rn, rv = rn * f, rv * f
+    return (rv + prior * parent_rate) / (rn + prior), rn
+
+
 @njit(cache=True)
 def _features(
     start: npt.NDArray[np.int64], group: npt.NDArray[np.int64], parent: npt.NDArray[np.int64],
@@ -534,25 +559,13 @@ def _features(
     best = np.empty(n_groups)
     for p in range(n):
         t = now[p]
-        gn, gv = total[0], total[1]
-        if total[2] > 0 and t > total[2]:
-            f = 2.0 ** (-(t - total[2]) / hl)
-            gn, gv = gn * f, gv * f
-        g_rate = (gv + 1.0) / (gn + 2.0)
+        g_rate = _global_rate(total, t, hl)
         g_logit = _clogit(g_rate)
         x[p, 0], x[p, 1] = 1.0, g_logit
         best[:] = -np.inf
         for e in range(start[p], start[p + 1]):
             pr = g_rate if parent[e] < 0 else rate[parent[e]]
-            r = pos[e]
-            rn, rv, rt = rows[r, 0], rows[r, 1], rows[r, 2]
-            if np.isnan(rn):
-                rate[e] = pr
-            else:
-                if rt > 0 and t > rt:
-                    f = 2.0 ** (-(t - rt) / hl)
-                    rn, rv = rn * f, rv * f
-                rate[e] = (rv + prior * pr) / (rn + prior)
+            rate[e] = _rated(rows, pos[e], t, pr, hl, prior)[0]
             lg = _clogit(rate[e])
             if lg > best[group[e]]:
                 best[group[e]] = lg
@@ -953,24 +966,10 @@ def _strongest(
     for q in range(k):
         p = parcels[q]
         t = now[p]
-        gn, gv = total[0], total[1]
-        if total[2] > 0 and t > total[2]:
-            f = 2.0 ** (-(t - total[2]) / hl)
-            gn, gv = gn * f, gv * f
-        g_rate = (gv + 1.0) / (gn + 2.0)
+        g_rate = _global_rate(total, t, hl)
         for e in range(start[p], start[p + 1]):
             pr = g_rate if parent[e] < 0 else rate[parent[e]]
-            r = pos[e]
-            rn, rv, rt = rows[r, 0], rows[r, 1], rows[r, 2]
-            exams = 0.0
-            if np.isnan(rn):
-                rate[e] = pr
-            else:
-                if rt > 0 and t > rt:
-                    f = 2.0 ** (-(t - rt) / hl)
-                    rn, rv = rn * f, rv * f
-                rate[e] = (rv + prior * pr) / (rn + prior)
-                exams = rn
+            rate[e], exams = _rated(rows, pos[e], t, pr, hl, prior)
             g = group[e]
             if best[q, g] < 0 or rate[e] > best_rate[q, g]:
                 best[q, g], best_rate[q, g], best_exams[q, g] = e, rate[e], exams
