@@ -62,14 +62,16 @@ from parcel_stream.reputation import (
     state_writes,
 )
 from parcel_stream.risk import (
+    GROUPS,
+    KeyParts,
     RiskConfig,
     RiskRef,
     RiskState,
     encode_refs,
     explain_strongest,
     features_batch,
+    key_parts,
     norms_batch,
-    parcel_keys,
     strongest_entries,
     track_capacity,
 )
@@ -255,35 +257,34 @@ def _risk_outputs(
         flat, at_ids = distinct_spans(risk.keys.ids, start[review], start[review + 1])
         refs.update(zip(review.tolist(), encode_refs(x[review], prop[review], flat, at_ids),
                         strict=True))  # fmt: skip
-    if len(held):  # named keys, and the learned reasons
+    if len(held):  # their keys by id with what names them, and the learned reasons
         idx, manifests, kb = prep.shippers, prep.parsed.manifests, risk.keys
         st, cfg = risk.state, risk.cfg
         best, b_rate, b_exams, rate = strongest_entries(
             kb, risk.pos, risk.rows, [st.exams, st.violations, st.t_ms], prep.columns.ts, held,
             cfg.half_life_ms, cfg.prior)  # fmt: skip
+        flat, at_ids = distinct_spans(kb.ids, start[held], start[held + 1])
+        ids_l, at_l = flat.tolist(), at_ids.tolist()
         x_l, prop_l, th = x[held].tolist(), prop[held].tolist(), theta.tolist()
         best_l, b_rate_l, b_exams_l = best.tolist(), b_rate.tolist(), b_exams.tolist()
+        value_l, address_at = risk.value_usd[held].tolist(), idx.parcel_address[held].tolist()
         for k, i in enumerate(held.tolist()):
             m = manifests[i]
             fired = [r.code for r in legend.reasons(int(masks[i]))]
-            keys = parcel_keys(m, idx.addresses[idx.parcel_address[i]], float(risk.value_usd[i]),
-                               fired)  # fmt: skip
-            named = keys.named()
-            refs[i] = RiskRef(list(named), x_l[k], prop_l[k], list(named.values()))
-            name_of = _key_names(named, kb, rate, m, i)
+            parts = key_parts(m, idx.addresses[address_at[k]], value_l[k], fired)
+            refs[i] = RiskRef([], x_l[k], prop_l[k], ids_l[at_l[k] : at_l[k + 1]], parts)
+            name_of = _key_names(parts, kb, rate, m, i)
             why = explain_strongest(best_l[k], b_rate_l[k], b_exams_l[k], x_l[k], th, name_of,
                                     cfg.reasons)  # fmt: skip
             learned[i] = [LearnedReason(k, t, r, e, c) for k, t, r, e, c in why]
     return Scored(np.round(prob, 6), prop, learned, refs)
 
 
-def _key_names(
-    named: dict[str, int], kb: KeyBatch, rate: F64, m: Manifest, p: int
-) -> Callable[[int, int], str]:
+def _key_names(parts: KeyParts, kb: KeyBatch, rate: F64, m: Manifest, p: int
+               ) -> Callable[[int, int], str]:  # fmt: skip
     """The name of the key a group's learned reason shows, given its entry: the entry's
     key; for the attributes, whose entries keep the manifest's order, the first in the
     order of their names among those of the same rate (as ``parcel_keys`` lists them)."""
-    by_id = dict(zip(named.values(), named, strict=True))
 
     def name_of(group: int, e: int) -> str:
         if group == ATTRIBUTE:
@@ -291,8 +292,9 @@ def _key_names(
             first = next(a for a in span if kb.group[a] == ATTRIBUTE)
             items = list(m.attributes.items())
             tied = [a for a in span if kb.group[a] == ATTRIBUTE and rate[a] == rate[e]]
-            e = min(tied, key=lambda a: items[a - first][0])
-        return by_id[int(kb.ids[e])]
+            k, v = min((items[a - first] for a in tied), key=lambda kv: kv[0])
+            return f"attr:{k}={v}"
+        return parts.name_of(GROUPS[group], int(kb.ids[e]))
 
     return name_of
 

@@ -524,7 +524,9 @@ class InMemoryStore:
         return {(p, o): self.outbox[p][o] for p, o in wanted if o in self.outbox.get(p, {})}
 
     def lookup_parcels(self, parcel_ids: list[str]) -> dict[str, ParcelRef]:
-        return {p: self.parcels[p] for p in parcel_ids if p in self.parcels}
+        found = {p: self.parcels[p] for p in parcel_ids if p in self.parcels}
+        return {p: replace(r, risk=as_ref(r.risk)) if isinstance(r.risk, bytes) else r
+                for p, r in found.items()}  # fmt: skip
 
     def exams_seen(self, exam_ids: list[str]) -> list[bool]:
         return [e in self.exams_applied for e in exam_ids]
@@ -564,7 +566,7 @@ class InMemoryStore:
                 table = RiskTable(self.risk_half_life_ms, counts=self.risk_rows,
                                   names=self.risk_names)  # fmt: skip
                 table.update(d.risk.ids, d.violation, d.risk_weight, float(d.examined_ts_ms),
-                             d.risk.keys)  # fmt: skip
+                             d.risk.names())  # fmt: skip
             if v:
                 t, old = self.address_violations.get(d.address, (0.0, 0.0))
                 t, (new,) = decay_add(t, (old,), d.examined_ts_ms, (1.0,), hl)
@@ -640,10 +642,8 @@ class InMemoryStore:
         self.sellers.write(entity_columns(update.sellers))
         for address, shipper_ids in update.addresses:
             self.addresses.setdefault(address, set()).update(shipper_ids)
-        for parcel_id, ref in update.examinable:
-            if isinstance(ref.risk, bytes):
-                ref = replace(ref, risk=as_ref(ref.risk))
-            self.parcels[parcel_id] = ref
+        # refs kept as the batch encoded them: decoded only when an exam result reads them
+        self.parcels.update(update.examinable)
         for p in update.pairs:
             self.pairs[p.pair] = [p.start_ms, p.value_usd, p.parcels, float(p.expected_ver + 1)]
         self.remembered.update((pid, raw) for pid, _content, raw in update.parcels)

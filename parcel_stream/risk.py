@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 from typing import Literal
 
 import msgspec
@@ -47,7 +48,10 @@ from numba import njit
 
 from parcel_stream.model import Manifest
 from parcel_stream.risk_keys import (
+    ATTRIBUTE,
+    FIRST_SINGLE,
     RULE,
+    SINGLES,
     KeyBatch,
     band,
     combine,
@@ -127,73 +131,119 @@ def parcel_keys(
     their HS6); ``rules``: the codes of the rules that fired for it, each a key of its own
     (so the model learns each rule's violation rate from outcomes). The worker builds the
     same ids in columns (``risk_keys.key_batch``, ``risk_keys.with_rules``)."""
-    origin = m.origin_country
-    departure = m.transit_countries[-1] if m.transit_countries else origin
-    vband, wband = band(value_usd), band(m.gross_weight_kg * 10)
-    hs: list[tuple[str, str]] = []
-    hs_ids: list[tuple[int, int]] = []
+    parts = key_parts(m, address, value_usd, rules)
+    groups, ids = zip(*map(parts.group, GROUPS), strict=True)
     norm_keys: tuple[str, ...] = ()
     main_value = -1.0
-    cross: dict[str, list[tuple[str, str]]] = {g: [] for g in _CROSSES}
-    cross_ids: dict[str, list[tuple[int, int]]] = {g: [] for g in _CROSSES}
-    for item in m.items:
-        got = _item_keys(item.hs_code, item.origin_country or origin, departure, vband, wband)
-        if got is None:
-            continue
-        item_hs, item_hs_ids, crosses, norm = got
-        if item.value > main_value:
-            main_value = item.value
-            norm_keys = norm
-        hs += item_hs
-        hs_ids += item_hs_ids
-        for g, pair, pair_ids in crosses:
-            cross[g].append(pair)
-            cross_ids[g].append(pair_ids)
-    seller = m.seller
-    singles = {
-        "origin": f"origin:{origin}",
-        "departure": f"departure:{departure}",
-        "carrier": f"carrier:{m.carrier}",
-        "hub": f"hub:{m.hub}",
-        "declarant": f"declarant:{m.declarant}" if m.declarant else "",
-        "entry_type": f"entry:{m.entry_type}" if m.entry_type else "",
-        "transport_mode": f"mode:{m.transport_mode}" if m.transport_mode else "",
-        "shipper": f"shipper:{m.shipper.id}",
-        "seller": f"seller:{seller.id}@{seller.marketplace}" if seller else "",
-        "marketplace": f"market:{seller.marketplace}" if seller and seller.marketplace else "",
-        "address": f"addr:{address}" if address else "",
-    }
-    groups: list[tuple[tuple[str, str], ...]] = []
-    ids: list[tuple[tuple[int, int], ...]] = []
-    one_item = len(m.items) == 1  # its HS and cross pairs are distinct
-    for g in GROUPS:
-        if g == "hs":
-            pairs, id_pairs = hs, hs_ids
-        elif g in cross:
-            pairs, id_pairs = cross[g], cross_ids[g]
-        elif g == "attribute":
-            pairs = [(f"attr:{k}={v}", "") for k, v in sorted(m.attributes.items())]
-            id_pairs = [(part_id(k), 0) for k, _ in pairs]
-        elif g == "rule":
-            pairs = [(rule_key(code), "") for code in dict.fromkeys(rules)]
-            id_pairs = [(part_id(k), 0) for k, _ in pairs]
-            groups.append(tuple(pairs))
-            ids.append(tuple(id_pairs))
-            continue
-        else:
-            key = singles[g]
-            groups.append(((key, ""),) if key else ())
-            ids.append(((part_id(key), 0),) if key else ())
-            continue
-        if one_item or g == "attribute":  # (attribute keys are distinct)
-            groups.append(tuple(pairs))
-            ids.append(tuple(id_pairs))
-            continue
-        keep = dict(zip(pairs, id_pairs, strict=True))  # each pair once, in order
-        groups.append(tuple(keep))
-        ids.append(tuple(keep.values()))
+    for item, (code, io) in zip(m.items, parts.items, strict=True):
+        got = _item_keys(code, io or parts.origin, parts.departure, parts.vband, parts.wband)
+        if got is not None and item.value > main_value:
+            main_value, norm_keys = item.value, got[3]
     per_kg = math.log(max(value_usd, 0.01) / max(m.gross_weight_kg, 0.001))
-    return ParcelKeys(tuple(groups), norm_keys, per_kg, tuple(ids))
+    return ParcelKeys(groups, norm_keys, per_kg, ids)
+
+
+_PART_FIELDS = attrgetter(
+    "origin_country", "carrier", "hub", "declarant", "entry_type", "transport_mode",
+    "shipper.id", "seller", "attributes", "items",
+)  # fmt: skip
+_ITEM_PARTS = attrgetter("hs_code", "origin_country")
+# the single groups' key prefixes, and whether an empty value has no key (``SINGLES`` order)
+_SINGLE_NAMES = (
+    ("origin:", False), ("departure:", False), ("carrier:", False), ("hub:", False),
+    ("declarant:", True), ("entry:", True), ("mode:", True), ("shipper:", False),
+    ("seller:", True), ("market:", True), ("addr:", True),
+)  # fmt: skip
+
+
+def key_parts(m: Manifest, address: str, value_usd: float, rules: Sequence[str] = ()) -> KeyParts:
+    """What names the parcel's keys (``KeyParts``)."""
+    origin, carrier, hub, declarant, entry, mode, shipper, seller, attrs, items = _PART_FIELDS(m)
+    departure = m.transit_countries[-1] if m.transit_countries else origin
+    return KeyParts(
+        [origin, departure, carrier, hub, declarant or "", entry or "", mode or "", shipper,
+         f"{seller.id}@{seller.marketplace}" if seller else "",
+         seller.marketplace if seller else "", address],
+        band(value_usd), band(m.gross_weight_kg * 10),
+        [(code, io or "") for code, io in map(_ITEM_PARTS, items)],
+        attrs, list(dict.fromkeys(rules)),
+    )  # fmt: skip
+
+
+class KeyParts(msgspec.Struct, array_like=True, frozen=True):
+    """What names a parcel's keys: its single keys' values (``SINGLES`` order; "" none),
+    value and weight bands, items (HS code, the item's own origin or ""), attributes and
+    the rules that fired. A held parcel keeps it with its ref in place of its keys' names,
+    which are built from it only where they are read (its exam result stores them for
+    ``learner show``; its learned reasons name the few keys they show), not for every
+    held parcel as it is scored."""
+
+    singles: list[str]
+    vband: int
+    wband: int
+    items: list[tuple[str, str]]
+    attributes: dict[str, str]
+    rules: list[str]
+
+    @property
+    def origin(self) -> str:
+        return self.singles[0]
+
+    @property
+    def departure(self) -> str:
+        return self.singles[1]
+
+    def group(self, g: str) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[int, int], ...]]:
+        """Group ``g``'s (key, parent key or "") pairs, and the same as ids."""
+        if g in _SINGLE_AT:
+            prefix, optional = _SINGLE_NAMES[_SINGLE_AT[g]]
+            value = self.singles[_SINGLE_AT[g]]
+            if optional and not value:
+                return (), ()
+            key = prefix + value
+            return ((key, ""),), ((part_id(key), 0),)
+        if g == "attribute":  # (attribute keys are distinct)
+            names = [f"attr:{k}={v}" for k, v in sorted(self.attributes.items())]
+            return tuple((k, "") for k in names), tuple((part_id(k), 0) for k in names)
+        if g == "rule":
+            names = [rule_key(code) for code in self.rules]
+            return tuple((k, "") for k in names), tuple((part_id(k), 0) for k in names)
+        pairs: list[tuple[str, str]] = []
+        id_pairs: list[tuple[int, int]] = []
+        for code, io in self.items:
+            got = _item_keys(code, io or self.origin, self.departure, self.vband, self.wband)
+            if got is None:
+                continue
+            if g == "hs":
+                pairs += got[0]
+                id_pairs += got[1]
+                continue
+            for cg, pair, pair_ids in got[2]:
+                if cg == g:
+                    pairs.append(pair)
+                    id_pairs.append(pair_ids)
+        if len(self.items) == 1:  # its HS and cross pairs are distinct
+            return tuple(pairs), tuple(id_pairs)
+        keep = dict(zip(pairs, id_pairs, strict=True))  # each pair once, in order
+        return tuple(keep), tuple(keep.values())
+
+    def named(self) -> dict[str, int]:
+        """Every key (parents included) with its id (as ``ParcelKeys.named``)."""
+        groups, ids = zip(*map(self.group, GROUPS), strict=True)
+        return ParcelKeys(groups, ids=ids).named()
+
+    def name_of(self, g: str, key_id: int) -> str:
+        """The name of the key ``key_id`` of group ``g`` (or of its parent)."""
+        for (key, parent), (kid, pid) in zip(*self.group(g), strict=True):
+            if kid == key_id:
+                return key
+            if pid == key_id:
+                return parent
+        return next((k for k, i in self.named().items() if i == key_id), f"#{key_id:016x}")
+
+
+_SINGLE_AT = {g: j for j, g in enumerate(GROUPS[FIRST_SINGLE:ATTRIBUTE])}
+assert tuple(_SINGLE_AT) == SINGLES
 
 
 _CROSSES = ("hs6_origin", "hs6_origin_departure", "origin_hs4", "hs6_value", "hs6_weight")
@@ -714,18 +764,26 @@ class RiskState(msgspec.Struct, frozen=True):
 
 class RiskRef(msgspec.Struct, array_like=True, frozen=True):
     """What the exam step needs of a scored parcel (kept with the parcel's memory): its
-    keys (names and ids), its features as scored, the probability with which it was
-    selected."""
+    keys (ids, and names or what names them), its features as scored, the probability with
+    which it was selected."""
 
     keys: list[str]
     x: list[float]
     propensity: float = 1.0
     ids: list[int] = []
+    parts: KeyParts | None = None  # what names the keys, when ``keys`` does not
 
     @classmethod
     def of(cls, keys: ParcelKeys, x: list[float], propensity: float) -> RiskRef:
         named = keys.named()
         return cls(list(named), x, propensity, list(named.values()))
+
+    def names(self) -> list[str]:
+        """The name of each of ``ids`` ("": not known, as a review's keys)."""
+        if self.keys or self.parts is None:
+            return self.keys
+        by_id = {i: k for k, i in self.parts.named().items()}
+        return [by_id.get(i, "") for i in self.ids]
 
 
 # Stored as MessagePack: a third of the time and half the bytes of the JSON it replaced
@@ -784,11 +842,11 @@ def _pack_refs(
     for r in range(rows):
         m = at[r + 1] - at[r]
         head = 1 if m < 16 else (3 if m < 65536 else 5)
-        off[r + 1] = off[r] + 2 + (1 if nf < 16 else 3) + 9 * nf + 9 + head + 9 * m
+        off[r + 1] = off[r] + 2 + (1 if nf < 16 else 3) + 9 * nf + 9 + head + 9 * m + 1
     buf = np.empty(off[rows], dtype=np.uint8)
     for r in range(rows):
         o = off[r]
-        buf[o], buf[o + 1] = 0x94, 0x90  # [keys: [], x, propensity, ids]
+        buf[o], buf[o + 1] = 0x95, 0x90  # [keys: [], x, propensity, ids, parts: nil]
         o = _array_header(buf, o + 2, nf)
         for k in range(nf):
             buf[o] = 0xCB  # float 64
@@ -801,6 +859,7 @@ def _pack_refs(
             buf[o] = 0xCF  # uint 64
             _be64(buf, o + 1, ids[j])
             o += 9
+        buf[o] = 0xC0
     return buf, off
 
 
@@ -989,5 +1048,6 @@ def explain_strongest(
         c = theta[FIRST_GROUP + j] * x[FIRST_GROUP + j]
         if c <= 0.005 or x[FIRST_GROUP + j] <= 0:
             continue
-        out.append((name_of(j, e), "", round(rate[j], 4), round(exams[j], 1), round(c, 3)))
-    return _shown(out, x, theta, n)
+        out.append((j, e, round(rate[j], 4), round(exams[j], 1), round(c, 3)))
+    out.sort(key=lambda r: -r[4])  # only the keys that can be shown are named
+    return _shown([(name_of(j, e), "", r, ex, c) for j, e, r, ex, c in out[:n]], x, theta, n)

@@ -253,7 +253,7 @@ def risk_spec(d: ExamDelta, half_life_ms: float, ids: list[int] | None = None) -
     half-life ms, then per key its id (16 hex digits) and name]; "" for none."""
     if d.risk is None or d.risk_weight <= 0 or not d.risk.ids:
         return ""
-    names = dict(zip(d.risk.ids, d.risk.keys, strict=False))  # no names: a review's keys
+    names = dict(zip(d.risk.ids, d.risk.names(), strict=False))  # none: a review's keys
     pairs = [x for k in (d.risk.ids if ids is None else ids)
              for x in (f"{k:016x}", names.get(k, ""))]  # fmt: skip
     return _JSON.encode([d.risk_weight, float(half_life_ms), *pairs]).decode()

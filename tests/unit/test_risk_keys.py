@@ -17,10 +17,14 @@ from parcel_stream.pipeline import _key_names
 from parcel_stream.risk import (
     GROUPS,
     RULE_GROUP,
+    RiskRef,
     RiskTable,
+    decode_ref,
+    encode_ref,
     explain,
     explain_strongest,
     features_batch,
+    key_parts,
     parcel_keys,
     strongest_entries,
     to_entries,
@@ -230,8 +234,11 @@ def test_the_strongest_keys_in_columns_are_the_reasons_explain_gives() -> None:
     rng = np.random.default_rng(8)
     masks = (rng.random(len(ms)) < 0.4).astype(np.int64) | (rng.random(len(ms)) < 0.3) << 5
     codes = [f"R{b}" for b in range(8)]
-    named = [parcel_keys(m, a, v, [c for b, c in enumerate(codes) if int(mk) >> b & 1])
-             for m, a, v, mk in zip(ms, addresses, value.tolist(), masks.tolist(), strict=True)]  # fmt: skip
+    fired = [[c for b, c in enumerate(codes) if int(mk) >> b & 1] for mk in masks.tolist()]
+    parts = [key_parts(m, a, v, f)
+             for m, a, v, f in zip(ms, addresses, value.tolist(), fired, strict=True)]  # fmt: skip
+    named = [parcel_keys(m, a, v, f)
+             for m, a, v, f in zip(ms, addresses, value.tolist(), fired, strict=True)]  # fmt: skip
     table = RiskTable()
     for k, m in zip(named[:300], ms[:300], strict=True):  # many keys of the rest unseen
         keys = k.named()
@@ -264,10 +271,45 @@ def test_the_strongest_keys_in_columns_are_the_reasons_explain_gives() -> None:
     for q, p in enumerate(held.tolist()):
         row = x[p]
         want = explain(table, named[p], row, theta, float(later[p]), 5)
-        name_of = _key_names(named[p].named(), merged, rate, ms[p], p)
+        name_of = _key_names(parts[p], merged, rate, ms[p], p)
         got = explain_strongest(best[q].tolist(), b_rate[q].tolist(), b_exams[q].tolist(),
                                 row.tolist(), theta.tolist(), name_of, 5)  # fmt: skip
         assert got == want
         shown += len(got)
     assert shown > len(held)
     assert {"attr:a=1", "hs4:2933"} <= {r[0] for r in want}  # the last parcel: ties' first
+
+
+def test_a_held_parcels_ref_names_its_keys_from_its_parts() -> None:
+    """A held parcel's ref keeps its keys as the worker's ids (each distinct key of its
+    entries, the rules that fired included) and what names them (``KeyParts``): once
+    stored and read back, it names every key as ``parcel_keys`` does, and each group's
+    keys are named one at a time as the learned reasons name them."""
+    ms = manifests(800, 14)
+    addresses, value = columns(ms)
+    rng = np.random.default_rng(3)
+    masks = (rng.random(len(ms)) < 0.5).astype(np.int64) | (rng.random(len(ms)) < 0.2) << 3
+    codes = [f"R{b}" for b in range(5)]
+    fired = [[c for b, c in enumerate(codes) if int(mk) >> b & 1] for mk in masks.tolist()]
+    kb = key_batch(ms, addresses, value)
+    uniq, pos = kb.unique()
+    ids = rule_ids(codes)
+    merged, _rows = with_rules(kb, pos, masks, ids, len(uniq))
+    flat, at = distinct_spans(merged.ids, merged.start[:-1], merged.start[1:])
+    for p, m in enumerate(ms):
+        want = parcel_keys(m, addresses[p], float(value[p]), fired[p]).named()
+        parts = key_parts(m, addresses[p], float(value[p]), fired[p])
+        ref = decode_ref(encode_ref(RiskRef([], [0.5], 0.2, flat[at[p] : at[p + 1]].tolist(),
+                                            parts)))  # fmt: skip
+        assert ref is not None and ref.parts == parts
+        assert sorted(zip(ref.ids, ref.names(), strict=True)) == sorted(
+            (i, k) for k, i in want.items()
+        )
+        for g in GROUPS:
+            for (key, parent), (kid, pid) in zip(*parts.group(g), strict=True):
+                assert parts.name_of(g, kid) == key and want[key] == kid
+                if parent:
+                    assert parts.name_of(g, pid) == parent
+    # refs stored with their names read as before
+    old = RiskRef(["hs2:29", "o:IN"], [0.5], 1.0, [part_id("hs2:29"), part_id("o:IN")])
+    assert decode_ref(encode_ref(old)) == old and old.names() == ["hs2:29", "o:IN"]
