@@ -206,17 +206,18 @@ _ATTR = _Parts("attr:")
 
 
 class _Routes(_RowCache):
-    """Per route (origin, departure, (carrier, hub, declarant, entry type, transport
-    mode)): the part ids of those seven singles, then of ``o:`` origin and ``d:``
-    departure."""
+    """Per route (origin, carrier, hub, declarant, entry type, transport mode): the part
+    ids of the seven singles from origin to transport mode, then of ``o:`` origin and
+    ``d:`` departure, the departure taken as the origin (a parcel in transit departs from
+    its last transit country: ``key_batch`` puts those in afterwards)."""
 
     width = 9
 
     def ids_of(self, route: tuple[Any, ...]) -> tuple[int, ...]:
-        origin, departure, rest = route
-        values = (origin, departure, *rest)
+        origin, *rest = route
+        values = (origin, origin, *rest)
         row = [_SINGLE[name][v] for name, v in zip(SINGLES[:7], values, strict=True)]
-        return (*row, _O[origin], _D[departure])
+        return (*row, _O[origin], _D[origin])
 
 
 _ROUTES = _Routes()
@@ -235,8 +236,10 @@ class _AttrParts(dict[tuple[str, str], int]):
 _ATTR_KV = _AttrParts()
 _get_origin, _get_transit = attrgetter("origin_country"), attrgetter("transit_countries")
 _get_seller, _get_shipper = attrgetter("seller"), attrgetter("shipper.id")
-_get_route = attrgetter("carrier", "hub", "declarant", "entry_type", "transport_mode")
+_get_route = attrgetter("origin_country", "carrier", "hub", "declarant", "entry_type",
+                        "transport_mode")  # fmt: skip
 _get_attributes, _get_hs = attrgetter("attributes"), attrgetter("hs_code")
+_last = operator.itemgetter(-1)
 _get_item_origin, _get_value = attrgetter("origin_country"), attrgetter("value")
 
 
@@ -303,17 +306,20 @@ def key_batch(
     cols = columns if columns is not None else Columns.of(manifests)
     u, i64 = np.uint64, np.int64
     sg = _SINGLE
-    origin = cols.origin
-    dep = [t[-1] if t else o for t, o in zip(cols.transit, origin, strict=True)]
     singles = np.empty((n, len(SINGLES)), dtype=u)
-    # the parcel's route (origin, departure, carrier, hub, declarant, entry type, mode): few
-    # distinct ones, so their part ids are looked up once per route in one pass
+    # the parcel's route (origin, carrier, hub, declarant, entry type, mode): few distinct
+    # ones, so their part ids are looked up once per route in one pass
     _ROUTES.bound()
-    route = np.fromiter(map(_ROUTES.__getitem__, zip(origin, dep, map(_get_route, manifests),
-                                                     strict=True)), i64, n)  # fmt: skip
+    route = np.fromiter(map(_ROUTES.__getitem__, map(_get_route, manifests)), i64, n)
     ids = _ROUTES.table()[route]
     singles[:, :7] = ids[:, :7]
     o_part, d_part = ids[:, 7].copy(), ids[:, 8].copy()
+    # in transit: the departure is the last transit country
+    moved = np.flatnonzero(np.fromiter(map(len, cols.transit), i64, n))
+    if len(moved):
+        dep = list(map(_last, map(cols.transit.__getitem__, moved.tolist())))
+        singles[moved, 1] = _column(sg["departure"], dep, len(dep))
+        d_part[moved] = _column(_D, dep, len(dep))
     by_name: list[tuple[str, Iterable[Any]]] = []
     if entities is None:
         seller_of = list(map(_get_seller, manifests))
