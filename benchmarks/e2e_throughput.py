@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +214,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="--risk-model: pairs of runs")
     ap.add_argument("--history", type=int, default=30_000,
                     help="--risk-model: labelled parcels learned before each run")  # fmt: skip
+    ap.add_argument("--before", type=Path, metavar="CHECKOUT",
+                    help="--risk-model: also run the worker of this checkout (the project "
+                    "before the learned model, e.g. `git worktree add /tmp/before 850090c`) "
+                    "in the same run, a third peer")  # fmt: skip
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -268,7 +274,27 @@ def main() -> None:
         print("\n".join(run["breakdown"]))
 
 
+@contextlib.contextmanager
+def code_of(checkout: Path | None) -> Iterator[None]:
+    """Workers started inside run this checkout's code (None: this one's)."""
+    if checkout is None:
+        yield
+        return
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(checkout.resolve())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 def risk_model(args: argparse.Namespace) -> None:
+    if args.before and not (args.before / "parcel_stream" / "cli").exists():
+        raise SystemExit(f"--before {args.before}: not a checkout of parcel-stream (no "
+                         "parcel_stream/cli); make one with `git worktree add PATH REV`")  # fmt: skip
     batched = feed(args.batch, seed=22)
     tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-bench-"))
     # the learned state of a deployment that has been running: a warm start from a
@@ -278,44 +304,62 @@ def risk_model(args: argparse.Namespace) -> None:
         for doc, label in generate(FeedConfig(parcels=args.history, seed=23)):
             out.write(orjson.dumps(doc) + b"\n")
             labels.write(orjson.dumps({"parcel_id": doc["parcel_id"], "label": label}) + b"\n")
+    modes = ["off", "shadow", *(["before"] if args.before else [])]
     info = devstack.up(Settings(), tmp / "stack")
-    rates: dict[str, list[float]] = {"off": [], "shadow": []}
-    rss: dict[str, list[float]] = {"off": [], "shadow": []}
-    cpu: dict[str, list[float]] = {"off": [], "shadow": []}
-    redis_cpu: dict[str, list[float]] = {"off": [], "shadow": []}
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    rss: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
+    redis_cpu: dict[str, list[float]] = {m: [] for m in modes}
     client = redis.Redis.from_url(info.redis_url)
     try:
         for k in range(args.repeats):
-            # The order alternates (off first, then shadow first) and every run starts from
-            # an empty Redis: a run leaves work behind (the keys it added, expiring and
-            # rehashed, and the broker's new topics), which would fall on the run after it
-            for mode in ("off", "shadow") if k % 2 == 0 else ("shadow", "off"):
+            # The order alternates (off first, then shadow first; with a third peer, each
+            # first in turn) and every run starts from an empty Redis: a run leaves work
+            # behind (the keys it added, expiring and rehashed, and the broker's new
+            # topics), which would fall on the run after it
+            order = modes[k % len(modes):] + modes[: k % len(modes)] if args.before else (
+                ("off", "shadow") if k % 2 == 0 else ("shadow", "off"))  # fmt: skip
+            for mode in order:
                 client.flushall()
-                r = run_worker(info, tmp, batched, args.batch_size, history, risk_model=mode)
+                with code_of(args.before if mode == "before" else None):
+                    r = (run_worker(info, tmp, batched, args.batch_size) if mode == "before"
+                         else run_worker(info, tmp, batched, args.batch_size, history,
+                                         risk_model=mode))  # fmt: skip
                 rates[mode].append(r["rate"])
                 rss[mode].append(r["peak_rss_mb"])
                 cpu[mode].append(r["cpu_us"])
                 redis_cpu[mode].append(r["redis_cpu_us"])
-                print(f"PARCEL_RISK_MODEL={mode:<7} {r['rate']:>10,.0f} parcels/s, "
+                name = f"PARCEL_RISK_MODEL={mode:<7}" if mode != "before" else "before the model "
+                print(f"{name} {r['rate']:>10,.0f} parcels/s, "
                       f"peak RSS {r['peak_rss_mb']:.0f} MB, worker CPU {r['cpu_us']:.1f} µs a "
                       "parcel", flush=True)  # fmt: skip
     finally:
         client.close()
         devstack.down(tmp / "stack")
-    off, shadow = sum(rates["off"]) / args.repeats, sum(rates["shadow"]) / args.repeats
+    mean = {m: sum(rates[m]) / args.repeats for m in modes}
+    off, shadow = mean["off"], mean["shadow"]
     print(f"\n{args.batch:,} parcels in {args.batch_size}-parcel batch records, "
-          f"{args.repeats} runs each, alternating (off first, then shadow first)")  # fmt: skip
+          f"{args.repeats} runs each, alternating (off first, then shadow first"
+          f"{'; the checkout before the model as a third peer' if args.before else ''})")  # fmt: skip
     print(f"mean: off {off:,.0f} parcels/s, shadow {shadow:,.0f} parcels/s; "
           f"shadow / off = {shadow / off:.2f}")  # fmt: skip
     pairs = [s / o for o, s in zip(rates["off"], rates["shadow"], strict=True)]
     print("per pair, shadow / off: " + ", ".join(f"{r:.2f}" for r in pairs)
           + f"; median {statistics.median(pairs):.2f}")  # fmt: skip
-    r_off, r_sh = statistics.median(redis_cpu["off"]), statistics.median(redis_cpu["shadow"])
-    print(f"Redis CPU a parcel, median: off {r_off:.1f} µs, shadow {r_sh:.1f} µs")
+    if args.before:
+        before = mean["before"]
+        rounds = [s / b for b, s in zip(rates["before"], rates["shadow"], strict=True)]
+        print(f"before the model ({args.before}): {before:,.0f} parcels/s; shadow / before = "
+              f"{shadow / before:.2f}, off / before = {off / before:.2f}; per round, shadow / "
+              "before: " + ", ".join(f"{r:.2f}" for r in rounds)
+              + f"; median {statistics.median(rounds):.2f}")  # fmt: skip
+    for label, per in (("Redis", redis_cpu), ("worker", cpu)):
+        print(f"{label} CPU a parcel, median: "
+              + ", ".join(f"{m} {statistics.median(per[m]):.1f} µs" for m in modes))  # fmt: skip
     c_off, c_sh = statistics.median(cpu["off"]), statistics.median(cpu["shadow"])
-    print(f"worker CPU a parcel, median: off {c_off:.1f} µs, shadow {c_sh:.1f} µs; "
-          f"off / shadow = {c_off / c_sh:.2f} (the throughput ratio of a worker that has a "
-          "core to itself)")  # fmt: skip
+    if c_sh > 0:  # (a run too short to read the CPU twice has none)
+        print(f"worker CPU: off / shadow = {c_off / c_sh:.2f} (the throughput ratio of a "
+              "worker that has a core to itself)")  # fmt: skip
 
 
 if __name__ == "__main__":
