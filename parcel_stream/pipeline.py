@@ -72,6 +72,7 @@ from parcel_stream.risk import (
     features_batch,
     key_parts,
     norms_batch,
+    reason_candidates,
     strongest_entries,
     track_capacity,
 )
@@ -266,7 +267,7 @@ def _risk_outputs(
         flat, at_ids = distinct_spans(kb.ids, start[held], start[held + 1])
         ids_l, at_l = flat.tolist(), at_ids.tolist()
         x_l, prop_l, th = x[held].tolist(), prop[held].tolist(), theta.tolist()
-        best_l, b_rate_l, b_exams_l = best.tolist(), b_rate.tolist(), b_exams.tolist()
+        candidates = reason_candidates(best, b_rate, b_exams, x[held], theta)
         value_l, address_at = risk.value_usd[held].tolist(), idx.parcel_address[held].tolist()
         for k, i in enumerate(held.tolist()):
             m = manifests[i]
@@ -274,8 +275,7 @@ def _risk_outputs(
             parts = key_parts(m, idx.addresses[address_at[k]], value_l[k], fired)
             refs[i] = RiskRef([], x_l[k], prop_l[k], ids_l[at_l[k] : at_l[k + 1]], parts)
             name_of = _key_names(parts, kb, rate, m, i)
-            why = explain_strongest(best_l[k], b_rate_l[k], b_exams_l[k], x_l[k], th, name_of,
-                                    cfg.reasons)  # fmt: skip
+            why = explain_strongest(candidates[k], x_l[k], th, name_of, cfg.reasons)
             learned[i] = [LearnedReason(k, t, r, e, c) for k, t, r, e, c in why]
     return Scored(np.round(prob, 6), prop, learned, refs)
 

@@ -233,16 +233,32 @@ class KeyParts(msgspec.Struct, array_like=True, frozen=True):
         return ParcelKeys(groups, ids=ids).named()
 
     def name_of(self, g: str, key_id: int) -> str:
-        """The name of the key ``key_id`` of group ``g`` (or of its parent)."""
+        """The name of the key ``key_id`` of group ``g`` (or of its parent). The same keys
+        come back in reason after reason, so names are kept by id (a name is a function
+        of its id), up to ``_NAMES_MAX``."""
+        at = _SINGLE_AT.get(g)
+        if at is not None and self.singles[at]:  # a single group's one key
+            return _SINGLE_NAMES[at][0] + self.singles[at]
+        got = _NAMES.get(key_id)
+        if got is not None:
+            return got
         for (key, parent), (kid, pid) in zip(*self.group(g), strict=True):
-            if kid == key_id:
-                return key
-            if pid == key_id:
-                return parent
-        return next((k for k, i in self.named().items() if i == key_id), f"#{key_id:016x}")
+            if kid == key_id or pid == key_id:
+                got = key if kid == key_id else parent
+                break
+        else:
+            got = next((k for k, i in self.named().items() if i == key_id), None)
+            if got is None:
+                return f"#{key_id:016x}"
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[key_id] = got
+        return got
 
 
 _SINGLE_AT = {g: j for j, g in enumerate(GROUPS[FIRST_SINGLE:ATTRIBUTE])}
+_NAMES: dict[int, str] = {}  # key id -> name (``KeyParts.name_of``)
+_NAMES_MAX = 100_000
 assert tuple(_SINGLE_AT) == SINGLES
 
 
@@ -908,6 +924,7 @@ def train_state(
                      state.trained + len(examples), state.pivot)  # fmt: skip
 
 
+@lru_cache(maxsize=1 << 16)
 def key_text(key: str) -> str:
     """A learned key in words an officer can use (never personal data: the consignee
     address appears only as "the consignee address")."""
@@ -1035,19 +1052,34 @@ def _strongest(
     return best, best_rate, best_exams, rate
 
 
+_Candidate = tuple[int, int, float, float, float]
+
+
+def reason_candidates(
+    best: npt.NDArray[np.int64], rate: F64, exams: F64, x: F64, theta: F64
+) -> list[list[_Candidate]]:
+    """Per parcel, from its row of ``strongest_entries`` and its features: the groups that
+    can give a learned reason (as ``explain`` chooses them: a key, a positive feature and
+    more than 0.005 of log-odds), each as (group, entry, rate, examinations,
+    contribution), in group order; found for all the parcels at once."""
+    g = best.shape[1]
+    xg = x[:, FIRST_GROUP : FIRST_GROUP + g]
+    c = xg * np.asarray(theta, dtype=np.float64)[FIRST_GROUP : FIRST_GROUP + g]
+    rows, cols = np.nonzero((best >= 0) & ~((c <= 0.005) | (xg <= 0)))
+    cuts = np.searchsorted(rows, np.arange(best.shape[0] + 1)).tolist()
+    at = (rows, cols)
+    flat = list(zip(cols.tolist(), best[at].tolist(), rate[at].tolist(), exams[at].tolist(),
+                    c[at].tolist(), strict=True))  # fmt: skip
+    return [flat[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
 def explain_strongest(
-    best: list[int], rate: list[float], exams: list[float], x: list[float], theta: list[float],
+    candidates: list[_Candidate], x: list[float], theta: list[float],
     name_of: Callable[[int, int], str], n: int,
 ) -> list[tuple[str, str, float, float, float]]:  # fmt: skip
-    """``explain`` of one parcel from its row of ``strongest_entries`` (``name_of(group,
-    entry)``: the name of the key a group's reason shows)."""
-    out = []
-    for j, e in enumerate(best):
-        if e < 0:
-            continue
-        c = theta[FIRST_GROUP + j] * x[FIRST_GROUP + j]
-        if c <= 0.005 or x[FIRST_GROUP + j] <= 0:
-            continue
-        out.append((j, e, round(rate[j], 4), round(exams[j], 1), round(c, 3)))
-    out.sort(key=lambda r: -r[4])  # only the keys that can be shown are named
-    return _shown([(name_of(j, e), "", r, ex, c) for j, e, r, ex, c in out[:n]], x, theta, n)
+    """``explain`` of one parcel from its ``reason_candidates`` (``name_of(group,
+    entry)``: the name of the key a group's reason shows): only the keys that can be
+    shown are named."""
+    out = sorted(candidates, key=lambda r: -round(r[4], 3))[:n]  # ties: in group order
+    return _shown([(name_of(j, e), "", round(r, 4), round(ex, 1), round(c, 3))
+                   for j, e, r, ex, c in out], x, theta, n)  # fmt: skip

@@ -26,6 +26,7 @@ from parcel_stream.risk import (
     features_batch,
     key_parts,
     parcel_keys,
+    reason_candidates,
     strongest_entries,
     to_entries,
 )
@@ -267,13 +268,13 @@ def test_the_strongest_keys_in_columns_are_the_reasons_explain_gives() -> None:
     held = np.arange(len(ms))
     best, b_rate, b_exams, rate = strongest_entries(merged, rows_at, rows, table.total, later,
                                                     held, table.half_life_ms, table.prior)  # fmt: skip
+    candidates = reason_candidates(best, b_rate, b_exams, x[held], theta)
     shown = 0
     for q, p in enumerate(held.tolist()):
         row = x[p]
         want = explain(table, named[p], row, theta, float(later[p]), 5)
         name_of = _key_names(parts[p], merged, rate, ms[p], p)
-        got = explain_strongest(best[q].tolist(), b_rate[q].tolist(), b_exams[q].tolist(),
-                                row.tolist(), theta.tolist(), name_of, 5)  # fmt: skip
+        got = explain_strongest(candidates[q], row.tolist(), theta.tolist(), name_of, 5)
         assert got == want
         shown += len(got)
     assert shown > len(held)
