@@ -67,6 +67,17 @@ def columns(ms: list[Manifest]) -> tuple[list[str], np.ndarray]:
     return addresses, value
 
 
+def rules_fired(
+    rng: np.random.Generator, n: int, rules: int, share: tuple[float, float], second: int
+) -> tuple[np.ndarray, list[str], list[list[str]]]:
+    """Which of ``rules`` rules fired per parcel: rule 0 for a ``share[0]`` of the parcels,
+    rule ``second`` for a ``share[1]``: the masks, the codes, each parcel's codes."""
+    masks = (rng.random(n) < share[0]).astype(np.int64) | (rng.random(n) < share[1]) << second
+    codes = [f"R{b}" for b in range(rules)]
+    return masks, codes, [[c for b, c in enumerate(codes) if int(mk) >> b & 1]
+                          for mk in masks.tolist()]  # fmt: skip
+
+
 def test_the_compiled_mix_is_the_python_one() -> None:
     rng = np.random.default_rng(0)
     for a, b in rng.integers(0, 2**63, (200, 2), dtype=np.uint64).tolist():
@@ -233,9 +244,7 @@ def test_the_strongest_keys_in_columns_are_the_reasons_explain_gives() -> None:
     ms = manifests(2500, 12)
     addresses, value = columns(ms)
     rng = np.random.default_rng(8)
-    masks = (rng.random(len(ms)) < 0.4).astype(np.int64) | (rng.random(len(ms)) < 0.3) << 5
-    codes = [f"R{b}" for b in range(8)]
-    fired = [[c for b, c in enumerate(codes) if int(mk) >> b & 1] for mk in masks.tolist()]
+    masks, codes, fired = rules_fired(rng, len(ms), 8, (0.4, 0.3), 5)
     parts = [key_parts(m, a, v, f)
              for m, a, v, f in zip(ms, addresses, value.tolist(), fired, strict=True)]  # fmt: skip
     named = [parcel_keys(m, a, v, f)
@@ -288,10 +297,7 @@ def test_a_held_parcels_ref_names_its_keys_from_its_parts() -> None:
     keys are named one at a time as the learned reasons name them."""
     ms = manifests(800, 14)
     addresses, value = columns(ms)
-    rng = np.random.default_rng(3)
-    masks = (rng.random(len(ms)) < 0.5).astype(np.int64) | (rng.random(len(ms)) < 0.2) << 3
-    codes = [f"R{b}" for b in range(5)]
-    fired = [[c for b, c in enumerate(codes) if int(mk) >> b & 1] for mk in masks.tolist()]
+    masks, codes, fired = rules_fired(np.random.default_rng(3), len(ms), 5, (0.5, 0.2), 3)
     kb = key_batch(ms, addresses, value)
     uniq, pos = kb.unique()
     ids = rule_ids(codes)
