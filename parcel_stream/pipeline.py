@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from itertools import repeat
+from operator import attrgetter
 from time import perf_counter
 from typing import Any
 
@@ -152,6 +153,7 @@ def partition_index(prep: Prepared) -> I64:
 
 
 _LANES_ENC = msgspec.msgpack.Encoder(order="sorted")
+_get_hub = attrgetter("hub")
 _LANES_DEC = msgspec.msgpack.Decoder(dict[str, float])
 
 
@@ -161,26 +163,26 @@ def capacity_lanes(
     """Which parcels the capacity thresholds hold (``risk.track_capacity``), per
     (partition, hub) in input order, and each partition's thresholds afterwards."""
     cfg = risk.cfg
-    records, parsed = prep.records, prep.parsed
     start = math.log(cfg.hold_probability / (1 - cfg.hold_probability)) if (
         cfg.hold_probability < 1) else 30.0  # fmt: skip
+    n = len(prob)
+    # each parcel's (partition, hub) group, numbered in columns
+    hubs = list(map(_get_hub, prep.parsed.manifests))
+    names = list(dict.fromkeys(hubs))
+    hub_at = np.fromiter(map({h: i for i, h in enumerate(names)}.__getitem__, hubs), np.int64, n)
+    uniq, group = np.unique(partition_index(prep) * max(len(names), 1) + hub_at,
+                            return_inverse=True)  # fmt: skip
+    groups = [(prep.partitions[u // len(names)], names[u % len(names)]) for u in uniq.tolist()]
     state: dict[Partition, dict[str, float]] = {}
-    groups: dict[tuple[Partition, str], int] = {}
-    group = np.empty(len(prob), dtype=np.int64)
-    for i, (m, r) in enumerate(zip(parsed.manifests, parsed.record_index, strict=True)):
-        part = (records[r].topic, records[r].partition)
-        if part not in state:
-            raw = risk.lanes.get(part)
-            state[part] = dict(_LANES_DEC.decode(raw)) if raw else {}
-        g = groups.get((part, m.hub))
-        if g is None:
-            g = groups[(part, m.hub)] = len(groups)
-        group[i] = g
+    for part in dict.fromkeys(part for part, _hub in groups):
+        raw = risk.lanes.get(part)
+        state[part] = dict(_LANES_DEC.decode(raw)) if raw else {}
     t = np.array([state[p].get(h, start) for p, h in groups], dtype=np.float64)
     z = np.log(np.clip(prob, 1e-9, 1 - 1e-9) / np.clip(1 - prob, 1e-9, 1.0))
-    hold = track_capacity(z, group, skip, t, cfg.capacity_pct / 100.0, cfg.capacity_step)
-    for (part, hub), g in groups.items():
-        state[part][hub] = float(t[g])
+    hold = track_capacity(z, group.reshape(-1).astype(np.int64), skip, t,
+                          cfg.capacity_pct / 100.0, cfg.capacity_step)  # fmt: skip
+    for (part, hub), threshold in zip(groups, t.tolist(), strict=True):
+        state[part][hub] = threshold
     return hold, [(part, _LANES_ENC.encode(hubs)) for part, hubs in state.items()]
 
 
