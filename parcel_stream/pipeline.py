@@ -36,6 +36,7 @@ from parcel_stream.decide import (
 )
 from parcel_stream.features import (
     Combos,
+    Features,
     ShipperIndex,
     build_features,
     extend_index,
@@ -315,6 +316,11 @@ class Prepared:
     # the learned model's keys and each parcel's value in USD (``risk_keys``), when
     # computed with the parse (the worker's next batch, while Redis applies this one)
     keys: tuple[KeyBatch, F64] | None = None
+    # the rule features (without history, as the batch step builds them), when computed
+    # with the parse, and the rule set they were built for (scored with another, they are
+    # built again)
+    features: Features | None = None
+    features_of: RuleSet | None = None
 
     @property
     def parcel_ids(self) -> list[str]:
@@ -347,11 +353,12 @@ DEFAULT_STATE = StateConfig()
 
 def prepare(
     records: list[InRecord], limits: Limits, now_ms: int, split_min_usd: float | None = None,
-    parsed: ParsedBatch | None = None, keys: bool = False,
+    parsed: ParsedBatch | None = None, keys: bool = False, ruleset: RuleSet | None = None,
 ) -> Prepared:  # fmt: skip
     """The batch parsed (``parsed``: already, as ``parse_batch`` gives it) and indexed:
     what the state read needs, and the columns the stages share. ``keys``: the learned
-    model's keys too (they depend on the parcels alone, not on the state)."""
+    model's keys too; ``ruleset``: the rule features for it too (both depend on the
+    parcels alone, not on the state)."""
     t0 = perf_counter()
     parsed = parsed if parsed is not None else parse_batch(records, limits, now_ms)
     columns = Columns.of(parsed.manifests)
@@ -365,6 +372,10 @@ def prepare(
     )
     if keys:
         prep = replace(prep, keys=risk_keys(prep))
+    if ruleset is not None:
+        feats = build_features(parsed.manifests, prep.shippers, None, ruleset, now_ms,
+                               columns=columns)  # fmt: skip
+        prep = replace(prep, features=feats, features_of=ruleset)
     return replace(prep, parse_s=perf_counter() - t0)
 
 
@@ -440,8 +451,11 @@ def score_prepared(
     parsed, idx = prep.parsed, prep.shippers
     n = len(parsed)
     t0 = perf_counter()
-    feats = build_features(parsed.manifests, idx, None, ruleset, now_ms,  # history: below
-                           columns=prep.columns)  # fmt: skip
+    if prep.features is not None and prep.features_of is ruleset:  # built with the parse
+        feats = Features(prep.features.matrix.copy())  # (the history rows are filled in)
+    else:
+        feats = build_features(parsed.manifests, idx, None, ruleset, now_ms,  # history: below
+                               columns=prep.columns)  # fmt: skip
     t1 = perf_counter()
     _stored_contributions(idx, classified)
     known = ruleset.known_shippers

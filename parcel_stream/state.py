@@ -92,8 +92,10 @@ REMEMBERED = StateKey(
 EXAMINABLE = StateKey(
     "parcel", "", "parcel id", "hash",
     "a parcel sent to review or hold: shipper, address key, seller, the rules that fired, its "
-    "rule-set score (for exam results and the learner); `k` its learned keys, features as "
-    "scored and selection probability (JSON, when the learned model is on)",
+    "rule-set score (for exam results and the learner); `k` its learned keys' ids (a held "
+    "parcel's also what names them, `risk.KeyParts`), features as scored and selection "
+    "probability (MessagePack; refs stored as JSON or with their keys' names by earlier "
+    "versions still read), when the learned model scores",
     "`PARCEL_EXAM_TTL_DAYS` (180)",
 )  # fmt: skip
 RISK = StateKey(

@@ -209,9 +209,10 @@ class BatchProcessor:
         the producer sends them in the order handed over.
 
         ``upcoming``: the batch that will come next, when the caller knows it. It is parsed
-        (decoded, validated, hashed: no state involved) while Redis applies this one, so
-        that the two processes work at the same time; its turn then starts from its state
-        read. Its decision time is when that parse began."""
+        (decoded, validated, hashed, its rule features and the learned model's keys built:
+        no state involved) while Redis applies this one, so that the two processes work at
+        the same time; its turn then starts from its state read. Its decision time is when
+        that parse began."""
         t0 = time.perf_counter()
         await self.refresh_learner()
         rs, cfg, state = self.ruleset, self.learner_cfg, self.learner.state
@@ -283,9 +284,8 @@ class BatchProcessor:
             t0 = time.perf_counter()
             parts.append(parse_batch([record], self.limits, at))
             parse_s += time.perf_counter() - t0
-        prep = prepare(
-            records, self.limits, at, split, ParsedBatch.joined(parts), keys=self.risk_cfg.scores
-        )
+        prep = prepare(records, self.limits, at, split, ParsedBatch.joined(parts),
+                       keys=self.risk_cfg.scores, ruleset=self.ruleset)  # fmt: skip
         # the parse stage's metric counts the records' parse too, as when done in one go
         return records, replace(prep, parse_s=prep.parse_s + parse_s), at, split
 

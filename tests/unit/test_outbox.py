@@ -1,5 +1,8 @@
 """Decision digests: outputs of an applied record rebuilt byte for byte."""
 
+import dataclasses
+
+import numpy as np
 import orjson
 
 from parcel_stream.generate import FeedConfig, generate
@@ -73,3 +76,26 @@ def test_rebuilt_outputs_of_repeats_and_amendments_equal_the_first_ones() -> Non
     assert (resent, skipped) == (len(recs), 0)
     assert lines(again.decisions) == lines(first.outputs.decisions)
     assert sorted(again.holds) == sorted(first.outputs.holds)
+
+
+def test_rule_features_built_with_the_parse_score_as_features_built_after_it() -> None:
+    """The worker builds its next batch's rule features with its parse, while Redis applies
+    the current one (``prepare(..., ruleset=)``). Scored with that rule set, its outputs
+    are those of features built when it is scored, also when it is scored again (a
+    conflict's retry); scored with another rule set (swapped meanwhile), its features are
+    built again for that one."""
+    recs = records()
+    # another rule set with other features: no HS heading is risky (HIGH_RISK_HS)
+    other = dataclasses.replace(RS, heading_risk=np.zeros_like(RS.heading_risk))
+    ahead = prepare(recs, Limits(), NOW, RS.split_min_usd, ruleset=RS)
+    assert ahead.features is not None and ahead.features_of is RS
+    for rs in (RS, other):
+        want = score_prepared(read_batch(prepare(recs, Limits(), NOW, rs.split_min_usd),
+                                         InMemoryStore()), rs, NOW)  # fmt: skip
+        for _ in range(2):
+            got = score_prepared(read_batch(ahead, InMemoryStore()), rs, NOW)
+            assert lines(got.outputs.decisions) == lines(want.outputs.decisions)
+            assert sorted(got.outputs.holds) == sorted(want.outputs.holds)
+    assert lines(want.outputs.decisions) != lines(
+        score_prepared(read_batch(ahead, InMemoryStore()), RS, NOW).outputs.decisions
+    )  # the two rule sets decide differently
