@@ -42,7 +42,16 @@ from parcel_stream.pipeline import (
     score_prepared,
 )
 from parcel_stream.reputation import InMemoryStore, Partition, ReputationUpdate
-from parcel_stream.risk import RiskConfig, RiskState, encode_refs, norm_slots
+from parcel_stream.risk import (
+    N_FEATURES,
+    OnlineModel,
+    RiskConfig,
+    RiskState,
+    encode_refs,
+    norm_slots,
+    strongest_entries,
+    track_capacity,
+)
 from parcel_stream.risk_keys import KeyBatch, distinct_spans, rule_ids, with_rules
 from parcel_stream.rules import RuleSet
 from parcel_stream.state import StateStore
@@ -242,3 +251,10 @@ def warm_up_scoring(ruleset: RuleSet, risk: RiskConfig | None = None) -> None:
                       np.zeros(1))  # fmt: skip
         with_rules(kb, one, np.ones(1, dtype=np.int64), ids, 2)
         encode_refs(np.zeros((1, 2)), np.ones(1), ids, np.array([0, 2], dtype=np.int64))
+        # what the few parcels above may not reach: a held parcel's reasons, the lanes by
+        # capacity, training on an exam result
+        parcel = np.zeros(1, dtype=np.int64)
+        strongest_entries(kb, one, np.ones((2, 3)), [1.0, 0.5, 0.0], np.zeros(1), parcel, 1.0,
+                          1.0)  # fmt: skip
+        track_capacity(np.zeros(1), parcel, np.zeros(1, dtype=np.bool_), np.zeros(1), 0.05, 0.01)
+        OnlineModel().train(np.zeros((1, N_FEATURES)), np.zeros(1), np.ones(1))

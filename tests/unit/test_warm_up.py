@@ -18,7 +18,8 @@ settings = Settings().replace(risk_model=sys.argv[1])
 warm_up_scoring(default_ruleset(settings), settings.risk_config())
 step = [sequence._sequence_kernel]
 model = [risk_keys._entries, risk_keys._unique_ids, risk_keys.distinct_spans, risk._features,
-         risk._norms, risk_replica._put, risk_replica._lookup]
+         risk._norms, risk_replica._put, risk_replica._lookup,
+         risk._strongest, risk.track_capacity, risk._sgd]  # held, lanes by capacity, training
 print(all(f.signatures for f in step), all(f.signatures for f in model))
 """
 
