@@ -91,7 +91,11 @@ def _spawn(argv: list[str], log: Path, pid_file: Path) -> subprocess.Popen[bytes
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    pid_file.write_text(f"{proc.pid}\n")
+    # whole or not at all (a starter killed midway must not leave an empty pid file,
+    # which `dev down` could not stop the process by)
+    partial = pid_file.with_name(pid_file.name + ".tmp")
+    partial.write_text(f"{proc.pid}\n")
+    os.replace(partial, pid_file)
     return proc
 
 
