@@ -5,13 +5,14 @@ from __future__ import annotations
 import msgspec
 
 from parcel_stream.feed import FeedRecord
-from parcel_stream.model import Decision, ExamResult, Hold, Manifest, Rejection
+from parcel_stream.model import Decision, DecisionBatch, ExamResult, Hold, Manifest, Rejection
 from parcel_stream.ruleset_schema import RuleSetDoc
 
 CONTRACTS: dict[str, type[msgspec.Struct]] = {
     "parcel-manifest.v1.json": Manifest,
     "hold.v1.json": Hold,
     "decision.v1.json": Decision,
+    "decision-batch.v1.json": DecisionBatch,
     "rejection.v1.json": Rejection,
     "feed-record.v1.json": FeedRecord,
     "ruleset.v1.json": RuleSetDoc,

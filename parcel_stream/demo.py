@@ -19,11 +19,11 @@ import orjson
 
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels, read_all
+from parcel_stream.decide import decision_count, read_decisions
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.model import Decision, Hold, Rejection
 from parcel_stream.settings import Settings
 
-_DEC = msgspec.json.Decoder(Decision)
 _HOLD = msgspec.json.Decoder(Hold)
 _REJ = msgspec.json.Decoder(Rejection)
 
@@ -165,7 +165,7 @@ def run_demo(
             counted = {"n": 0}
 
             def accounted(got: dict[str, list[tuple[bytes | None, bytes]]]) -> int:
-                n = sum(v.count(b"\n") + 1 for _k, v in got[settings.topic_decisions])
+                n = sum(decision_count(v) for _k, v in got[settings.topic_decisions])
                 return n + len(got[settings.topic_rejects])
 
             def progress(got: dict[str, list[tuple[bytes | None, bytes]]]) -> None:
@@ -186,9 +186,7 @@ def run_demo(
                 on_poll=progress,
             )
             wall = time.perf_counter() - t0
-        decisions = [
-            _DEC.decode(line) for _k, v in got[settings.topic_decisions] for line in v.split(b"\n")
-        ]
+        decisions = [d for _k, v in got[settings.topic_decisions] for d in read_decisions(v)]
         result = DemoResult(
             sent_parcels=parcels,
             malformed=malformed,

@@ -124,10 +124,14 @@ def decode_digest(raw: bytes) -> Digest:
 
 
 def rebuild(
-    records: Sequence[InRecord], digests: dict[tuple[Partition, int], bytes], limits: Limits
+    records: Sequence[InRecord],
+    digests: dict[tuple[Partition, int], bytes],
+    limits: Limits,
+    decisions: str = "lines",
 ) -> tuple[Outputs, int, int]:
     """Outputs of already-applied records from their digests: (outputs, records resent,
-    records skipped because their digest is gone: their outputs were acknowledged)."""
+    records skipped because their digest is gone: their outputs were acknowledged).
+    ``decisions``: the decisions records' form."""
     out = Outputs()
     resent = skipped = 0
     for rec in records:
@@ -146,7 +150,7 @@ def rebuild(
             StoredLegend(d.version, d.legend), d.ts,
             np.frombuffer(d.selection, dtype=np.int8), d.learner_version, d.marks,
             np.array(d.probability) if d.probability else None,
-            np.array(d.propensity) if d.propensity else None, d.learned,
+            np.array(d.propensity) if d.propensity else None, d.learned, decisions,
         )  # fmt: skip
         out.holds += part.holds
         out.decisions += part.decisions

@@ -31,6 +31,7 @@ from parcel_stream.decide import (
     Legend,
     Mark,
     Outputs,
+    ParcelFields,
     build_outputs,
     sample,
 )
@@ -442,10 +443,12 @@ def score_prepared(
     learner_version: int = 0,
     config: StateConfig = DEFAULT_STATE,
     risk: RiskInput | None = None,
+    decisions: str = "lines",
 ) -> BatchResult:
     """Score a read batch (every record above its watermark); ``encode=False`` skips
     building output records (backtests). ``adjust``: learned points per rule (index as in
-    the rule set) to add to the scores, with the learner state's version for the records."""
+    the rule set) to add to the scores, with the learner state's version for the records.
+    ``decisions``: the decisions records' form, lines or columns."""
     prep, classified, stored, combos = batch.prep, batch.classified, batch.stored, batch.combos
     watermarks = batch.watermarks
     parsed, idx = prep.parsed, prep.shippers
@@ -517,6 +520,12 @@ def score_prepared(
             scored.probability if scored else None,
             scored.propensity if scored else None,
             scored.learned if scored else None,
+            decisions,
+            ParcelFields(
+                pids,
+                list(map(idx.ids.__getitem__, idx.parcel_shipper.tolist())),
+                prep.columns.ts_ms,
+            ),  # fmt: skip
         )  # fmt: skip
         if encode
         else Outputs()

@@ -100,13 +100,15 @@ def batch_step(
     prune: dict[Partition, int] | None = None,
     risk: tuple[RiskConfig, RiskState] | None = None,
     prepared: Prepared | None = None,
+    decisions: str = "lines",
 ) -> Step:
     """One batch, start to end (see the module's docstring). ``prune``: outputs produced
     up to these offsets, whose digests go with this batch's update. ``risk``: the learned
     model's config and state (from the learner state), when it is not off: the batch's
     keys' counts are read after its state, and its parcels scored with them.
     ``prepared``: these records already parsed (:func:`prepare`, a pure function of the
-    records, the limits, ``now_ms`` and the split threshold), for every attempt."""
+    records, the limits, ``now_ms`` and the split threshold), for every attempt.
+    ``decisions``: the decisions records' form (``decide.DECISIONS_FORMATS``)."""
     attempt = 0
     while True:
         attempt += 1
@@ -124,7 +126,7 @@ def batch_step(
         if old:
             wanted = [((r.topic, r.partition), r.offset) for r in old]
             digests = yield Call("read_outbox", (wanted,))
-            replayed, resent, skipped = rebuild(old, digests, limits)
+            replayed, resent, skipped = rebuild(old, digests, limits, decisions)
             fresh = [r for r in records if not applied(r)]
             batch = yield from _read(prepare(fresh, limits, now_ms, ruleset.split_min_usd))
         risk_in = None
@@ -148,7 +150,7 @@ def batch_step(
             risk_in = RiskInput(risk[0], risk[1], keys, uniq, pos, rows, value_usd, lanes, norms,
                                 rules)  # fmt: skip
         result = score_prepared(batch, ruleset, now_ms, encode, adjust, learner_version, config,
-                                risk_in)  # fmt: skip
+                                risk_in, decisions)  # fmt: skip
         update = result.update
         if prune:
             update = replace(update, prune=prune)
@@ -199,12 +201,13 @@ def run_sync(
     config: StateConfig = DEFAULT_STATE,
     risk: tuple[RiskConfig, RiskState] | None = None,
     prepared: Prepared | None = None,
+    decisions: str = "lines",
 ) -> BatchResult:
     """The batch step against a synchronous store (tests, backtests); the outputs include
-    those of records applied before (from their digests). ``prepared``: as for
-    :func:`batch_step`."""
+    those of records applied before (from their digests). ``prepared``, ``decisions``: as
+    for :func:`batch_step`."""
     step = batch_step(records, ruleset, limits, now_ms, encode, adjust, learner_version, config,
-                      risk=risk, prepared=prepared)  # fmt: skip
+                      risk=risk, prepared=prepared, decisions=decisions)  # fmt: skip
     return run_step(step, store).result
 
 

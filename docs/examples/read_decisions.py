@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -19,10 +20,13 @@ from kafka import KafkaConsumer, TopicPartition
 def show_decisions(value: bytes) -> list[dict[str, object]]:
     # --8<-- [start:decisions]
     # A decisions record is NDJSON: one line per parcel of one input partition's batch,
-    # in input order. Its key is the input's "topic/partition".
-    out = []
-    for line in value.splitlines():
-        d = json.loads(line)
+    # in input order. Its key is the input's "topic/partition". With the worker's
+    # PARCEL_DECISIONS_FORMAT=columns it is one object in columns instead (below).
+    if value.startswith(b'{"kind":"decision-batch"'):
+        decisions = from_columns(json.loads(value))
+    else:
+        decisions = [json.loads(line) for line in value.splitlines()]
+    for d in decisions:
         note = ""
         if d.get("repeat_of"):  # a parcel id sent again with identical content
             note = f" (repeat of {d['repeat_of']})"
@@ -30,9 +34,38 @@ def show_decisions(value: bytes) -> list[dict[str, object]]:
             note = f" (amends {d['amends']})"
         print(f"decision {d['parcel_id']} {d['lane']} score {d['score']:g} "
               f"rules {','.join(d['reason_codes']) or '-'}{note}")  # fmt: skip
-        out.append(d)
     # --8<-- [end:decisions]
+    return decisions
+
+
+# --8<-- [start:columns]
+def from_columns(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-parcel decisions of a record in columns (schemas/decision-batch.v1.json):
+    each per-parcel field is a list, parcel i its i-th entry; what all share is said once."""
+    lanes, selections = ("release", "review", "hold"), ("risk", "random", "exploration")
+    n = len(batch["parcel_id"])
+    none = [None] * n
+    out = [
+        {"parcel_id": batch["parcel_id"][i], "shipper_id": batch["shipper_id"][i],
+         "score": batch["score"][i], "lane": lanes[batch["lane"][i]],
+         "reason_codes": batch["reason_sets"][batch["reasons"][i]],
+         "ruleset_version": batch["ruleset_version"], "event_ts_ms": batch["event_ts_ms"][i],
+         "decision_ts_ms": batch["decision_ts_ms"], "source": batch["source"][i],
+         "selection": selections[batch["selection"][i]],
+         "learner_version": batch["learner_version"], "repeat_of": None, "amends": None,
+         "probability": (batch["probability"] or none)[i],
+         "selection_probability": (batch["selection_probability"] or none)[i],
+         "schema_version": 1}
+        for i in range(n)
+    ]  # fmt: skip
+    for r in batch["repeats"]:  # emitted again as first decided: their versions and time
+        out[r["index"]].update(repeat_of=r["repeat_of"], ruleset_version=r["ruleset_version"],
+                               learner_version=r["learner_version"],
+                               decision_ts_ms=r["decision_ts_ms"])  # fmt: skip
+    for a in batch["amended"]:
+        out[a["index"]]["amends"] = a["amends"]
     return out
+# --8<-- [end:columns]
 
 
 def show_hold(value: bytes) -> None:

@@ -226,7 +226,8 @@ class BatchProcessor:
         if ahead is not None and ahead[0] is records and ahead[3] == rs.split_min_usd:
             prepared, decided_ms = ahead[1], ahead[2]
         step = batch_step(records, rs, self.limits, decided_ms, True, adjust, state.version,
-                          self.state_config, prune, risk, prepared)  # fmt: skip
+                          self.state_config, prune, risk, prepared,
+                          self.settings.decisions_format)  # fmt: skip
         conflicts = Backoff(first_s=0.005, max_s=1.0)
         t_apply = 0.0
         try:

@@ -14,6 +14,7 @@ import pytest
 
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels, read_all
 from parcel_stream.adapters.redis_store import RedisReputationStore
+from parcel_stream.decide import decision_count, read_decisions
 from parcel_stream.demo import MALFORMED
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.model import Decision, Hold, Rejection
@@ -31,14 +32,15 @@ def feed(n: int, seed: int) -> list[tuple[bytes | None, bytes]]:
 
 
 def decisions_of(got: Topics, s: Settings) -> list[Decision]:
-    dec = msgspec.json.Decoder(Decision)
-    return [dec.decode(x) for _k, v in got[s.topic_decisions] for x in v.split(b"\n")]
+    """The decisions read, in either form (``PARCEL_DECISIONS_FORMAT``)."""
+    return [d for _k, v in got[s.topic_decisions] for d in read_decisions(v)]
 
 
 def read_until(s: Settings, expected: int, worker, timeout_s: float = 120) -> Topics:  # type: ignore[no-untyped-def]
     def accounted(got: Topics) -> int:
-        lines = sum(v.count(b"\n") + 1 for _k, v in got[s.topic_decisions])
-        return lines + len(got[s.topic_rejects])
+        return sum(decision_count(v) for _k, v in got[s.topic_decisions]) + len(
+            got[s.topic_rejects]
+        )
 
     def check(got: Topics) -> None:
         assert worker.poll() is None, "worker exited; see its log"
@@ -62,13 +64,14 @@ def metric(port: int, name: str) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("consume", ["batches", "events"])
+@pytest.mark.parametrize(("consume", "form"), [("batches", "lines"), ("events", "columns")])
 def test_every_parcel_gets_exactly_one_decision_or_rejection(
-    consume: str, settings: Settings, tmp_path: Path
+    consume: str, form: str, settings: Settings, tmp_path: Path
 ) -> None:
     """Both ways the agent takes records: a fetch at a time (the default) and as Faust
-    events (``PARCEL_CONSUME=events``)."""
-    s = settings.replace(consume=consume)
+    events (``PARCEL_CONSUME=events``); and both forms of the decisions records, a line a
+    parcel (the default) and a record in columns (``PARCEL_DECISIONS_FORMAT=columns``)."""
+    s = settings.replace(consume=consume, decisions_format=form)
     singles = feed(300, seed=1)
     batched = feed(3000, seed=2)
     # one batch record that mixes good parcels and malformed lines
@@ -101,6 +104,8 @@ def test_every_parcel_gets_exactly_one_decision_or_rejection(
     producer.close()
     print(f"first run: {good + bad} manifests accounted for in {elapsed:.1f}s incl. worker start")
 
+    columns = [v.startswith(b'{"kind":"decision-batch"') for _k, v in got[s.topic_decisions]]
+    assert columns and set(columns) == {form == "columns"}
     sent_ids = [orjson.loads(v)["parcel_id"] for _k, v in singles + batched + mixed]
     counts = Counter(d.parcel_id for d in decisions)
     assert set(counts) == set(sent_ids) and max(counts.values()) == 1

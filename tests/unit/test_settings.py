@@ -31,6 +31,7 @@ def test_from_env_reads_prefixed_variables() -> None:
         ({"PARCEL_DUTY_FREE_THRESHOLD_USD": "-1"}, "PARCEL_DUTY_FREE_THRESHOLD_USD: must be >= 0"),
         ({"PARCEL_TOPIC_HOLDS": "parcel-manifests"}, "distinct"),
         ({"PARCEL_LOG_LEVEL": "loud"}, "PARCEL_LOG_LEVEL"),
+        ({"PARCEL_DECISIONS_FORMAT": "csv"}, "PARCEL_DECISIONS_FORMAT: must be lines or columns"),
     ],
 )
 def test_bad_values_give_one_line_errors(env: dict[str, str], fragment: str) -> None:
