@@ -41,6 +41,7 @@ from kafka import KafkaConsumer, TopicPartition
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels
 from parcel_stream.adapters.metrics import worker_breakdown
+from parcel_stream.decide import decision_count
 from parcel_stream.demo import isolated_settings, running_worker
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
@@ -93,11 +94,10 @@ def wait_decisions(
             cpu.append((n, devstack.cpu_seconds(worker.pid), devstack.cpu_seconds(redis_pid)))
         for msgs in got.values():
             for m in msgs:
-                n += m.value.count(b"\n") + 1
+                n += decision_count(m.value)  # lines or columns
                 # decision_ts_ms = when scoring started; record timestamp = when it was sent
-                first = min(
-                    first, orjson.loads(m.value.split(b"\n", 1)[0])["decision_ts_ms"] / 1000
-                )
+                head = m.value if m.value.startswith(b'{"kind"') else m.value.split(b"\n", 1)[0]
+                first = min(first, orjson.loads(head)["decision_ts_ms"] / 1000)
                 last = max(last, m.timestamp / 1000)
     c.close()
     if n < parcels:
@@ -241,6 +241,8 @@ def main() -> None:
         single = run_worker(info, tmp, singles, batch_size=1)
         events = run_worker(info, tmp, singles, batch_size=1, consume="events")
         batch = run_worker(info, tmp, batched, batch_size=args.batch_size)
+        columns = run_worker(info, tmp, batched, batch_size=args.batch_size,
+                             decisions_format="columns")  # fmt: skip
     finally:
         devstack.down(tmp / "stack")
     rows = [
@@ -253,22 +255,27 @@ def main() -> None:
             batch["rate"],
             "parcels/s",
         ),
-    ]
+        ("  the same, decisions in columns (PARCEL_DECISIONS_FORMAT)", columns["rate"],
+         "parcels/s"),
+    ]  # fmt: skip
     print()
     for name, rate, unit in rows:
         print(f"{name:<52} {rate:>12,.0f} {unit}")
     print()
     print(f"single records: worker / bare Faust agent = {single['rate'] / bare['rate']:.2f} "
           f"(through Faust's events {events['rate'] / bare['rate']:.2f})")  # fmt: skip
-    print(f"batch records:  worker / bare Faust agent = {batch['rate'] / bare['rate']:.2f}")
+    print(f"batch records:  worker / bare Faust agent = {batch['rate'] / bare['rate']:.2f}; "
+          f"decisions in columns / in lines = {columns['rate'] / batch['rate']:.2f}")  # fmt: skip
     print(
         f"worker start-up to first decision: {single['startup_s']:.1f}s (single run), "
         f"{batch['startup_s']:.1f}s (batch run); bare agent {bare['startup_s']:.1f}s"
     )
     print(
-        f"worker peak RSS: {single['peak_rss_mb']:.0f} MB (single), {batch['peak_rss_mb']:.0f} MB (batch)"
+        f"worker peak RSS: {single['peak_rss_mb']:.0f} MB (single), {batch['peak_rss_mb']:.0f} MB "
+        f"(batch), {columns['peak_rss_mb']:.0f} MB (batch, decisions in columns)"
     )
-    for name, run in (("single records", single), ("batch records", batch)):
+    for name, run in (("single records", single), ("batch records", batch),
+                      ("batch records, decisions in columns", columns)):  # fmt: skip
         print(f"\n{name}: CPU a parcel, worker {run['cpu_us']:.1f} µs, Redis "
               f"{run['redis_cpu_us']:.1f} µs")  # fmt: skip
         print("\n".join(run["breakdown"]))
