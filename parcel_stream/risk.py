@@ -51,6 +51,7 @@ from parcel_stream.risk_keys import (
     ATTRIBUTE,
     FIRST_SINGLE,
     RULE,
+    SINGLE_NAMING,
     SINGLES,
     KeyBatch,
     band,
@@ -148,12 +149,7 @@ _PART_FIELDS = attrgetter(
     "shipper.id", "seller", "attributes", "items",
 )  # fmt: skip
 _ITEM_PARTS = attrgetter("hs_code", "origin_country")
-# the single groups' key prefixes, and whether an empty value has no key (``SINGLES`` order)
-_SINGLE_NAMES = (
-    ("origin:", False), ("departure:", False), ("carrier:", False), ("hub:", False),
-    ("declarant:", True), ("entry:", True), ("mode:", True), ("shipper:", False),
-    ("seller:", True), ("market:", True), ("addr:", True),
-)  # fmt: skip
+_SINGLE_NAMES = SINGLE_NAMING
 
 
 def key_parts(m: Manifest, address: str, value_usd: float, rules: Sequence[str] = ()) -> KeyParts:

@@ -199,10 +199,13 @@ _SINGLE = {
     "origin": _Parts("origin:"), "departure": _Parts("departure:"), "carrier": _Parts("carrier:"),
     "hub": _Parts("hub:"), "declarant": _Parts("declarant:", True),
     "entry_type": _Parts("entry:", True), "transport_mode": _Parts("mode:", True),
-    "shipper": _Parts("shipper:"), "seller": _Parts("seller:"),
+    "shipper": _Parts("shipper:"), "seller": _Parts("seller:", True),
     "marketplace": _Parts("market:", True), "address": _Parts("addr:", True),
 }  # fmt: skip
 _ATTR = _Parts("attr:")
+# per single group, in ``SINGLES`` order: its keys' prefix, and whether an empty value has
+# no key (what names a stored parcel's keys: ``risk.KeyParts``)
+SINGLE_NAMING = tuple((_SINGLE[name].prefix, _SINGLE[name].optional) for name in SINGLES)
 
 
 class _Routes(_RowCache):
