@@ -158,9 +158,11 @@ for _, id in ipairs(sellers) do
   n = n + 1; out[n] = p
   n = n + 1; out[n] = row[{N_PARTS} + 1]
 end
-for _, id in ipairs(addresses) do
+local cards = {{}}
+for a, id in ipairs(addresses) do
   local key = prefix .. '@addr:' .. id
-  n = n + 1; out[n] = redis.call('SCARD', key .. '@addr_shippers')
+  cards[a] = redis.call('SCARD', key .. '@addr_shippers')
+  n = n + 1; out[n] = cards[a]
   local v = redis.call('HMGET', key .. '@addr_violations', 't', 'rv')
   n = n + 1; out[n] = v[1]
   n = n + 1; out[n] = v[2]
@@ -169,10 +171,12 @@ for _, id in ipairs(pairs_) do
   local row = redis.call('HMGET', prefix .. '@pair:' .. id, 'start_ms', 'value_usd', 'parcels', 'v')
   for j = 1, 4 do n = n + 1; out[n] = row[j] end
 end
-for c = 1, #combos, 2 do
+for c = 1, #combos, 2 do  -- (an address with no shippers stored has none of them)
   n = n + 1
-  out[n] = redis.call('SISMEMBER', prefix .. '@addr:' .. addresses[combos[c]] .. '@addr_shippers',
-    combos[c + 1])
+  if cards[combos[c]] == 0 then out[n] = 0 else
+    out[n] = redis.call('SISMEMBER', prefix .. '@addr:' .. addresses[combos[c]] .. '@addr_shippers',
+      combos[c + 1])
+  end
 end
 for _, part in ipairs(marks) do
   n = n + 1; out[n] = redis.call('GET', prefix .. '@wm:' .. part)
