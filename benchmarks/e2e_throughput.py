@@ -61,9 +61,10 @@ def fresh(info: devstack.StackInfo, tmp: Path) -> Settings:
     return isolated_settings(info, tag, tmp / tag).replace(log_level="warning")
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak RSS (``VmRSS``: its RSS now), MB."""
     for row in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if row.startswith("VmHWM:"):
+        if row.startswith(field + ":"):
             return int(row.split()[1]) / 1024
     return float("nan")
 
@@ -71,10 +72,13 @@ def peak_rss_mb(pid: int) -> float:
 def wait_decisions(
     s: Settings, parcels: int, worker: subprocess.Popen[bytes], timeout_s: float,
     cpu: list[tuple[int, float, float]] | None = None, redis_pid: int = 0,
+    rss: list[float] | None = None,
 ) -> tuple[float, float]:  # fmt: skip
     """Read the decisions topic until every parcel is there; return first/last decision times.
     ``cpu``: gets (decisions read, the worker's and Redis's CPU seconds) when the first
-    decisions are read and at the end, so start-up is left out of the CPU per parcel."""
+    decisions are read and at the end, so start-up is left out of the CPU per parcel.
+    ``rss``: gets the worker's RSS (MB) at every poll once decisions come (while it
+    scores)."""
     c = KafkaConsumer(
         bootstrap_servers=s.kafka_bootstrap,
         enable_auto_commit=False,
@@ -90,6 +94,8 @@ def wait_decisions(
         if worker.poll() is not None:
             raise SystemExit("worker exited during the benchmark")
         got = c.poll(timeout_ms=200, max_records=100_000)
+        if rss is not None and n:
+            rss.append(peak_rss_mb(worker.pid, "VmRSS"))
         if got and cpu is not None and not cpu:
             cpu.append((n, devstack.cpu_seconds(worker.pid), devstack.cpu_seconds(redis_pid)))
         for msgs in got.values():
@@ -126,14 +132,16 @@ def run_worker(info: devstack.StackInfo, tmp: Path, pairs, batch_size: int,  # t
     p.close()
     t0 = time.time()
     cpu: list[tuple[int, float, float]] = []
+    samples: list[float] = []
     with running_worker(s, tmp) as w:
         first, last = wait_decisions(s, len(pairs), w, timeout_s=600, cpu=cpu,
-                                     redis_pid=info.redis_pid)  # fmt: skip
+                                     redis_pid=info.redis_pid, rss=samples)  # fmt: skip
         rss = peak_rss_mb(w.pid)
         breakdown = worker_breakdown(s.metrics_port)
     (n0, c0, r0), (n1, c1, r1) = cpu
     per = 1e6 / max(n1 - n0, 1)
     return {"rate": len(pairs) / (last - first), "startup_s": first - t0, "peak_rss_mb": rss,
+            "steady_rss_mb": statistics.median(samples) if samples else float("nan"),
             "cpu_us": (c1 - c0) * per, "redis_cpu_us": (r1 - r0) * per,
             "breakdown": breakdown}  # fmt: skip
 
@@ -235,15 +243,20 @@ def main() -> None:
         ]
     tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-bench-"))
     info = devstack.up(Settings(), tmp / "stack")
+    client = redis.Redis.from_url(info.redis_url)
     try:
         bare = run_bare(info, tmp, singles)
         getmany = run_getmany(info, tmp, singles)
-        single = run_worker(info, tmp, singles, batch_size=1)
-        events = run_worker(info, tmp, singles, batch_size=1, consume="events")
-        batch = run_worker(info, tmp, batched, batch_size=args.batch_size)
-        columns = run_worker(info, tmp, batched, batch_size=args.batch_size,
-                             decisions_format="columns")  # fmt: skip
+        runs = [("single", singles, 1, {}), ("events", singles, 1, {"consume": "events"}),
+                ("batch", batched, args.batch_size, {}),
+                ("columns", batched, args.batch_size, {"decisions_format": "columns"})]  # fmt: skip
+        got = {}
+        for name, pairs, size, change in runs:
+            client.flushall()  # each from an empty Redis: a run leaves work for the next
+            got[name] = run_worker(info, tmp, pairs, batch_size=size, **change)
+        single, events, batch, columns = (got[n] for n in ("single", "events", "batch", "columns"))
     finally:
+        client.close()
         devstack.down(tmp / "stack")
     rows = [
         ("bare Faust agent (no work), single records", bare["rate"], "events/s"),
@@ -272,7 +285,9 @@ def main() -> None:
     )
     print(
         f"worker peak RSS: {single['peak_rss_mb']:.0f} MB (single), {batch['peak_rss_mb']:.0f} MB "
-        f"(batch), {columns['peak_rss_mb']:.0f} MB (batch, decisions in columns)"
+        f"(batch), {columns['peak_rss_mb']:.0f} MB (batch, decisions in columns); steady "
+        f"(median while scoring) {single['steady_rss_mb']:.0f}, {batch['steady_rss_mb']:.0f}, "
+        f"{columns['steady_rss_mb']:.0f} MB"
     )
     for name, run in (("single records", single), ("batch records", batch),
                       ("batch records, decisions in columns", columns)):  # fmt: skip
@@ -338,7 +353,7 @@ def risk_model(args: argparse.Namespace) -> None:
                 redis_cpu[mode].append(r["redis_cpu_us"])
                 name = f"PARCEL_RISK_MODEL={mode:<7}" if mode != "before" else "before the model "
                 print(f"{name} {r['rate']:>10,.0f} parcels/s, "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB, worker CPU {r['cpu_us']:.1f} µs a "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB (steady {r['steady_rss_mb']:.0f}), worker CPU {r['cpu_us']:.1f} µs a "
                       "parcel", flush=True)  # fmt: skip
     finally:
         client.close()
