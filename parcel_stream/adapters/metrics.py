@@ -278,6 +278,17 @@ class WorkerMetrics:
         return int(server.server_port)
 
 
+def metric_total(port: int, name: str) -> float:
+    """The value of one unlabelled sample (a counter, or a histogram's ``_sum``) from a
+    running worker's metrics endpoint on this machine."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    for fam in text_string_to_metric_families(text.decode()):
+        for sample in fam.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise KeyError(f"no sample {name} at :{port}/metrics")
+
+
 def worker_breakdown(port: int) -> list[str]:
     """Per batch, from a running worker's metrics endpoint on this machine: parcels, wall
     time, each stage and Redis round trip, and the age of its oldest record (means since it
