@@ -239,6 +239,13 @@ def test_the_demo_summary_shows_a_holds_probability_and_learned_reasons() -> Non
     print_summary(DemoResult(1, 0, [d], [hold], [], {"P1": None}, 1.0), lines.append)
     shown = next(x for x in lines if x.startswith("  P1"))
     assert "probability 62%" in shown and "learned: HS 2933.99 from IN: 38%" in shown
+    # the throughput from the worker's time in batches, when its metrics gave it
+    assert next(x for x in lines if x.startswith("throughput")) == (
+        "throughput: 1/s wall (including worker start and group join)")  # fmt: skip
+    lines.clear()
+    print_summary(DemoResult(1, 0, [d], [hold], [], {"P1": None}, 4.0, 0.25), lines.append)
+    assert next(x for x in lines if x.startswith("throughput")).startswith(
+        "throughput: 4 parcels/s in the worker's batches, 0/s wall")  # fmt: skip
 
 
 def test_learned_reasons_name_only_keys_riskier_than_the_whole() -> None:
