@@ -35,6 +35,7 @@ from kafka import KafkaConsumer, TopicPartition
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer
 from parcel_stream.adapters.metrics import worker_breakdown
+from parcel_stream.decide import decision_count, read_decisions
 from parcel_stream.demo import isolated_settings, running_worker
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
@@ -50,7 +51,7 @@ def read_topic(bootstrap: str, topic: str, partitions: int, want: int, timeout_s
     while time.monotonic() < deadline:
         for msgs in c.poll(timeout_ms=200, max_records=50_000).values():
             out.extend(msgs)
-        if sum(m.value.count(b"\n") + 1 for m in out) >= want:
+        if sum(decision_count(m.value) for m in out) >= want:
             break
     c.close()
     return out
@@ -167,11 +168,10 @@ def main() -> None:
     finally:
         devstack.down(tmp / "stack")
     lat_all, lat_hold = [], []
-    for m in decisions:
-        for line in m.value.split(b"\n"):
-            pid = orjson.loads(line)["parcel_id"]
-            if pid in produced:
-                lat_all.append(m.timestamp - produced[pid])
+    for m in decisions:  # lines or columns (``--set decisions_format=columns``)
+        for d in read_decisions(m.value):
+            if d.parcel_id in produced:
+                lat_all.append(m.timestamp - produced[d.parcel_id])
     for m in holds:
         pid = orjson.loads(m.value)["parcel_id"]
         if pid in produced:
