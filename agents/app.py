@@ -202,7 +202,12 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
             # whoever started the worker with port 0 reads the bound port here
             write_port_file(settings.data_dir, port)
         health.started = True
-        log.info("worker ready: rule set %s, metrics on :%s", rules.version, port or "off")
+        log.info(
+            "worker ready: rule set %s, decisions as %s, metrics on :%s",
+            rules.version,
+            settings.decisions_format,
+            port or "off",
+        )
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def _heartbeat() -> None:

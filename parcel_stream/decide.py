@@ -462,21 +462,37 @@ class _Ids(msgspec.Struct):
     parcel_id: list[str]
 
 
+class _Kind(msgspec.Struct):
+    kind: str | None = None
+
+
 _IDS_DEC = msgspec.json.Decoder(_Ids)
+_KIND_DEC = msgspec.json.Decoder(_Kind)
+
+
+def is_decision_batch(value: bytes) -> bool:
+    """Whether a record of the decisions topic is a decision batch (one JSON object whose
+    ``kind`` is ``decision-batch``, however it is laid out) rather than NDJSON lines."""
+    if value.startswith(_BATCH_PREFIX):  # as the worker writes it
+        return True
+    try:  # NDJSON of several lines is no single JSON value; a line has no "kind"
+        return _KIND_DEC.decode(value).kind == "decision-batch"
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
 
 
 def decision_count(value: bytes) -> int:
     """How many decisions one record of the decisions topic holds, in either form."""
-    if value.startswith(_BATCH_PREFIX):
+    if is_decision_batch(value):
         return len(_IDS_DEC.decode(value).parcel_id)
     return value.count(b"\n") + 1
 
 
 def read_decisions(value: bytes) -> list[Decision]:
     """The decisions of one record of the decisions topic, in either form: NDJSON lines
-    or a decision batch. Raises ``msgspec.ValidationError`` (or ``ValueError``) on a
-    record that is neither."""
-    if value.startswith(_BATCH_PREFIX):
+    or a decision batch. Raises ``msgspec.DecodeError`` or ``msgspec.ValidationError``
+    (or ``ValueError``, a batch whose columns disagree) on a record that is neither."""
+    if is_decision_batch(value):
         return decisions_of(_BATCH_DEC.decode(value))
     return [_LINE_DEC.decode(line) for line in value.split(b"\n")]
 

@@ -175,8 +175,9 @@ Probability = Annotated[
 SelectionProbability = Annotated[
     float,
     msgspec.Meta(ge=0, le=1, description="the probability with which the parcel was selected "
-                 "for its lane (1 for a risk selection; the sampling rate for a random audit "
-                 "or exploration)"),
+                 "for its lane (1 for a risk selection to review or hold; the sampling rate "
+                 "for a random audit or exploration; for a released parcel, the chance it "
+                 "had of a random audit)"),
 ]  # fmt: skip
 
 
@@ -280,8 +281,8 @@ class DecisionBatch(msgspec.Struct, forbid_unknown_fields=False):
     """The decisions of one input partition's batch in columns (``PARCEL_DECISIONS_FORMAT=
     columns``): one JSON object per decisions record instead of one line per parcel. Every
     per-parcel field is a list in input order; parcel ``i`` is the i-th entry of each. It
-    says what the per-parcel form says (``decide.decisions_of`` turns it into
-    :class:`Decision` values), in a fifth of the bytes."""
+    says what the per-parcel form says (``decide.read_decisions`` reads a record of either
+    form as :class:`Decision` values), in a fifth of the bytes."""
 
     kind: Literal["decision-batch"]
     ruleset_version: str

@@ -22,8 +22,12 @@ def show_decisions(value: bytes) -> list[dict[str, object]]:
     # A decisions record is NDJSON: one line per parcel of one input partition's batch,
     # in input order. Its key is the input's "topic/partition". With the worker's
     # PARCEL_DECISIONS_FORMAT=columns it is one object in columns instead (below).
-    if value.startswith(b'{"kind":"decision-batch"'):
-        decisions = from_columns(json.loads(value))
+    try:  # one JSON object: a record in columns, or a single line
+        doc = json.loads(value)
+    except json.JSONDecodeError:  # several lines
+        doc = None
+    if isinstance(doc, dict) and doc.get("kind") == "decision-batch":
+        decisions = from_columns(doc)
     else:
         decisions = [json.loads(line) for line in value.splitlines()]
     for d in decisions:

@@ -12,7 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from parcel_stream.decide import decisions_of, read_decisions
+from parcel_stream.decide import decision_count, decisions_of, is_decision_batch, read_decisions
 from parcel_stream.model import Decision, DecisionBatch
 from parcel_stream.outbox import rebuild
 from parcel_stream.parse import InRecord, Limits
@@ -150,3 +150,17 @@ def test_the_guides_reader_reads_columns_as_the_lines() -> None:
         for (_k, lv), (_k2, cv) in zip(l_dec, c_dec, strict=True):
             want = [json.loads(x) for x in lv.splitlines()]
             assert example.from_columns(json.loads(cv)) == want
+
+
+def test_a_batch_is_known_by_its_kind_however_it_is_laid_out() -> None:
+    """The published example is pretty-printed: still a batch; a single decision line,
+    and NDJSON of several, are not."""
+    example = (Path(__file__).resolve().parents[2] / "schemas" / "examples"
+               / "decision-batch.v1.json").read_bytes()  # fmt: skip
+    assert is_decision_batch(example) and len(read_decisions(example)) == 3
+    assert decision_count(example) == 3
+    lines = [v for batch in run("lines")[:2] for _k, v in batch[0]]
+    assert not any(is_decision_batch(v) for v in lines)
+    one = lines[0].split(b"\n")[0]
+    assert not is_decision_batch(one) and len(read_decisions(one)) == 1
+    assert decision_count(lines[0]) == lines[0].count(b"\n") + 1
