@@ -60,9 +60,9 @@ def main() -> None:
     # --8<-- [start:producer]
     producer = KafkaProducer(
         bootstrap_servers=args.bootstrap,
-        # kafka-python hashes keys with murmur2, as the Java client and aiokafka do, so a
-        # shipper's records land on the same partition whichever of them wrote them.
-        key_serializer=str.encode,
+        # Keys are bytes (the shipper id, UTF-8). kafka-python hashes them with murmur2, as
+        # the Java client and aiokafka do, so a shipper's records land on the same
+        # partition whichever of them wrote them.
         acks="all",
         enable_idempotence=True,  # a retried send is not written twice
         compression_type="gzip",  # gzip, snappy, lz4 and zstd are all accepted
@@ -79,7 +79,7 @@ def main() -> None:
     for n in range(1, 4):
         doc = manifest(f"{args.prefix}-S{n:03d}", "SHP-KP-1", value_usd=12.0 * n)
         value = json.dumps(doc, separators=(",", ":")).encode()
-        futures.append(producer.send(args.topic, key="SHP-KP-1", value=value))
+        futures.append(producer.send(args.topic, key=b"SHP-KP-1", value=value))
         sent.append(str(doc["parcel_id"]))
     # --8<-- [end:single]
 
@@ -91,7 +91,7 @@ def main() -> None:
     futures.append(
         producer.send(
             args.topic,
-            key="SHP-KP-2",
+            key=b"SHP-KP-2",
             value=b"\n".join(lines),
             headers=[("content-type", b"application/x-ndjson")],
         )
