@@ -34,9 +34,7 @@ def dev_settings(info: devstack.StackInfo, base: Settings, **overrides: object) 
     values: dict[str, object] = {
         "kafka_bootstrap": info.bootstrap,
         "redis_url": info.redis_url,
-        "broker_rebalance_timeout_s": 4.0,
-        "broker_session_timeout_s": 6.0,
-        "broker_heartbeat_interval_s": 0.5,
+        **devstack.DEV_GROUP_TIMING,
         "commit_interval_s": 0.5,
         "metrics_port": devstack.free_port(),
         "data_dir": str(Path(info.state_dir) / "worker-data"),

@@ -26,6 +26,15 @@ class DevStackError(RuntimeError):
     """The dev stack cannot start or stop; the message says what to do."""
 
 
+# The dev broker joins a consumer group after about half the rebalance timeout: a worker on
+# it (the demo, tests, `dev up`'s export lines) joins in seconds with these, not in 10-20 s.
+DEV_GROUP_TIMING = {
+    "broker_rebalance_timeout_s": 4.0,
+    "broker_session_timeout_s": 6.0,
+    "broker_heartbeat_interval_s": 0.5,
+}
+
+
 @dataclass(frozen=True)
 class StackInfo:
     state_dir: str
@@ -43,7 +52,11 @@ class StackInfo:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def env(self) -> dict[str, str]:
-        return {"PARCEL_KAFKA_BOOTSTRAP": self.bootstrap, "PARCEL_REDIS_URL": self.redis_url}
+        """The settings of a worker on this stack, as ``PARCEL_*`` variables: its
+        addresses, and the group timing of ``DEV_GROUP_TIMING``."""
+        timing = {f"PARCEL_{k.upper()}": str(v) for k, v in DEV_GROUP_TIMING.items()}
+        return {"PARCEL_KAFKA_BOOTSTRAP": self.bootstrap, "PARCEL_REDIS_URL": self.redis_url,
+                **timing}  # fmt: skip
 
 
 def free_port() -> int:
