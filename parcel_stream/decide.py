@@ -209,6 +209,8 @@ def build_outputs(
     model: tuple[F64, F64] | None = None
     if probability is not None and propensity is not None:  # < 0 (or NaN): none
         model = (np.where(probability >= 0, probability, np.nan), propensity)
+    if decisions not in DECISIONS_FORMATS:
+        raise ValueError(f"decisions as {decisions!r}: one of {', '.join(DECISIONS_FORMATS)}")
     encode = _decision_batches if decisions == "columns" else _decision_lines
     out.decisions = encode(records, parsed, fields, rounded, lanes, sel, masks_l, legend, marks,
                            now_ms, learner_version, model)  # fmt: skip

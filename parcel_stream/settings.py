@@ -416,6 +416,7 @@ def _validate(s: Settings) -> None:
     )
     _require(s.learner_refresh_s > 0, "learner_refresh_s", "must be a positive number of seconds")
     _require(s.risk_model in ("off", "shadow", "on"), "risk_model", "must be off, shadow or on")
+    # the forms of decide.DECISIONS_FORMATS
     _require(s.decisions_format in ("lines", "columns"), "decisions_format",
              "must be lines or columns")  # fmt: skip
     _require(

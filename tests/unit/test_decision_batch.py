@@ -164,3 +164,9 @@ def test_a_batch_is_known_by_its_kind_however_it_is_laid_out() -> None:
     one = lines[0].split(b"\n")[0]
     assert not is_decision_batch(one) and len(read_decisions(one)) == 1
     assert decision_count(lines[0]) == lines[0].count(b"\n") + 1
+
+
+def test_an_unknown_form_is_refused() -> None:
+    recs = records()[:3]
+    with pytest.raises(ValueError, match="one of lines, columns"):
+        run_sync(recs, InMemoryStore(), RS, Limits(), NOW, decisions="csv")
