@@ -100,7 +100,7 @@ def test_the_young_generation_follows_the_chunks_between_short_pauses_and_three_
 def test_the_dev_stacks_export_lines_are_valid_settings_with_fast_group_joins() -> None:
     from parcel_stream.adapters.devstack import StackInfo
 
-    info = StackInfo("/tmp/x", 19092, 16379, 1, 2)
+    info = StackInfo("dev-state", 19092, 16379, 1, 2)
     s = Settings.from_env(info.env())
     assert (s.kafka_bootstrap, s.redis_url) == ("127.0.0.1:19092", "redis://127.0.0.1:16379/0")
     assert s.broker_rebalance_timeout_s == 4.0 < Settings().broker_rebalance_timeout_s
