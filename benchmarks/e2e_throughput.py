@@ -41,7 +41,7 @@ from kafka import KafkaConsumer, TopicPartition
 from parcel_stream.adapters import devstack
 from parcel_stream.adapters.kafka_io import make_producer, produce_parcels
 from parcel_stream.adapters.metrics import worker_breakdown
-from parcel_stream.decide import decision_count
+from parcel_stream.decide import decision_count, is_decision_batch
 from parcel_stream.demo import isolated_settings, running_worker
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.settings import Settings
@@ -102,7 +102,7 @@ def wait_decisions(
             for m in msgs:
                 n += decision_count(m.value)  # lines or columns
                 # decision_ts_ms = when scoring started; record timestamp = when it was sent
-                head = m.value if m.value.startswith(b'{"kind"') else m.value.split(b"\n", 1)[0]
+                head = m.value if is_decision_batch(m.value) else m.value.split(b"\n", 1)[0]
                 first = min(first, orjson.loads(head)["decision_ts_ms"] / 1000)
                 last = max(last, m.timestamp / 1000)
     c.close()

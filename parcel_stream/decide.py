@@ -290,7 +290,7 @@ def _decision_lines(
     prop_l: list[float | None] = [None] * n
     if model is not None:
         prob_l, prop_l = model[0].tolist(), model[1].tolist()
-        if any(p != p for p in prob_l):  # NaN: none
+        if np.isnan(model[0]).any():  # NaN: none
             prop_l = [q if p == p else None for p, q in zip(prob_l, prop_l, strict=True)]
             prob_l = [p if p == p else None for p in prob_l]
     version = legend.version

@@ -505,6 +505,7 @@ def score_prepared(
     marks = _marks(prep, classified, scores, masks, lanes, selection, legend, learner_version,
                    now_ms, scored)  # fmt: skip
     t2 = perf_counter()
+    shipper_of = list(map(idx.ids.__getitem__, idx.parcel_shipper.tolist()))  # per parcel
     outputs = (
         build_outputs(
             prep.records,
@@ -521,11 +522,7 @@ def score_prepared(
             scored.propensity if scored else None,
             scored.learned if scored else None,
             decisions,
-            ParcelFields(
-                pids,
-                list(map(idx.ids.__getitem__, idx.parcel_shipper.tolist())),
-                prep.columns.ts_ms,
-            ),  # fmt: skip
+            ParcelFields(pids, shipper_of, prep.columns.ts_ms),
         )  # fmt: skip
         if encode
         else Outputs()
@@ -539,7 +536,7 @@ def score_prepared(
                         seq.static, scored.refs if scored else None),
         sellers,
         parcels=_remember(prep, classified, scores, masks, lanes, selection, risk_lanes, legend,
-                          learner_version, now_ms, feats.value_usd, scored),
+                          learner_version, now_ms, feats.value_usd, shipper_of, scored),
         lanes=lane_state,
         norms=norm_rows,
     )  # fmt: skip
@@ -633,10 +630,12 @@ def _remember(
     learner_version: int,
     now_ms: int,
     value_usd: F64,
+    shipper_of: list[str],
     scored: Scored | None = None,
 ) -> list[tuple[str, str, bytes]]:
     """What is remembered of each parcel id scored in this batch (its latest version):
-    the rows of ``Remembered`` built column by column and encoded in one pass."""
+    the rows of ``Remembered`` built column by column and encoded in one pass
+    (``shipper_of``: each parcel's shipper id)."""
     idx, parsed, n = prep.shippers, prep.parsed, len(prep.parsed)
     pids = prep.parcel_ids
     status = classified.contrib.status
@@ -666,7 +665,7 @@ def _remember(
         pick(parsed.sources), col(np.round(scores, 2)), col(lanes), col(selection),
         list(map(codes_of.__getitem__, mask_a.tolist())), repeat(legend.version),
         repeat(learner_version), repeat(now_ms), col(prep.columns.ts_ms),
-        list(map(idx.ids.__getitem__, col(idx.parcel_shipper))),
+        pick(shipper_of),
         list(map(sellers.__getitem__, col(seller_l))), list(map(pairs.__getitem__, col(pair_l))),
         col(value_usd), col(risk_lanes == 2),
     ]  # fmt: skip
