@@ -74,20 +74,20 @@ def offer(producer, topic: str, docs: list[dict], rate: int) -> tuple[dict[str, 
 
 def _bare_consumer(bootstrap: str, topic: str, want: int, wait_ms: int, conn) -> None:  # type: ignore[no-untyped-def]
     """The peer (in its own process): receive ``want`` records, send back each one's
-    latency (received minus sent, ms)."""
+    send time and latency (received minus sent, ms)."""
 
-    async def consume() -> list[float]:
+    async def consume() -> list[tuple[float, float]]:
         c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, fetch_max_wait_ms=wait_ms,
                              auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
         await c.start()
         conn.send("ready")
-        lat: list[float] = []
+        lat: list[tuple[float, float]] = []
         try:
             while len(lat) < want:
                 got = await c.getmany(timeout_ms=1000)
                 now = time.time() * 1000
                 for msgs in got.values():
-                    lat.extend(now - m.timestamp for m in msgs)
+                    lat.extend((m.timestamp, now - m.timestamp) for m in msgs)
         finally:
             await c.stop()
         return lat
@@ -96,7 +96,7 @@ def _bare_consumer(bootstrap: str, topic: str, want: int, wait_ms: int, conn) ->
 
 
 def bare_consumer_latency(info: devstack.StackInfo, s: Settings, docs: list[dict], rate: int
-                          ) -> list[float]:  # fmt: skip
+                          ) -> list[tuple[float, float]]:  # fmt: skip
     mp = multiprocessing.get_context("spawn")
     here, there = mp.Pipe()
     proc = mp.Process(target=_bare_consumer, args=(info.bootstrap, s.topic_manifests, len(docs),
@@ -113,7 +113,7 @@ def bare_consumer_latency(info: devstack.StackInfo, s: Settings, docs: list[dict
         while not here.poll(0.5):
             if not proc.is_alive() or time.monotonic() > deadline:
                 raise SystemExit("the bare consumer died or did not receive every record")
-        lat: list[float] = here.recv()
+        lat: list[tuple[float, float]] = here.recv()
     finally:
         proc.join(10)
         if proc.is_alive():
@@ -121,10 +121,32 @@ def bare_consumer_latency(info: devstack.StackInfo, s: Settings, docs: list[dict
     return lat
 
 
-def report(name: str, lat: list[float]) -> None:
+def report(name: str, timed: list[tuple[float, float]]) -> None:
+    lat = [x for _, x in timed]
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     print(f"{name:<22} produce-to-output latency  p50 {p50:.0f} ms  p95 {p95:.0f} ms  "
           f"p99 {p99:.0f} ms  max {max(lat):.0f} ms")  # fmt: skip
+
+
+def by_window(runs: dict[str, list[tuple[float, float]]], window_s: float) -> None:
+    """p50 / p99 per ``window_s`` of each run (by the time its records were sent, from the
+    run's first): the dev broker's fetches slow down as a topic grows, so the floor moves
+    during a run, and the worker is compared with the peer at the same age of its topic."""
+    print(f"\nby {window_s:g}-second window of the offered load (p50 / p99, ms):")
+    print(f"{'window':>10} " + " ".join(f"{name:>22}" for name in runs))
+    cols = {}
+    for name, timed in runs.items():
+        t = np.array([a for a, _ in timed])
+        lat = np.array([b for _, b in timed])
+        cols[name] = ((t - t.min()) // (window_s * 1000)).astype(int), lat
+    for w in range(max(int(c[0].max()) for c in cols.values()) + 1):
+        cells = []
+        for win, lat in cols.values():
+            got = lat[win == w]
+            cells.append(f"{np.percentile(got, 50):8.0f} / {np.percentile(got, 99):6.0f}"
+                         if len(got) else "-")  # fmt: skip
+        lo = w * window_s
+        print(f"{f'{lo:g}-{lo + window_s:g} s':>10} " + " ".join(f"{c:>22}" for c in cells))
 
 
 def main() -> None:
@@ -135,6 +157,8 @@ def main() -> None:
         "--set", action="append", help="worker setting override, e.g. batch_within_s=0.02"
     )
     ap.add_argument("--no-peer", action="store_true", help="skip the bare consumer")
+    ap.add_argument("--window", type=float, default=5.0,
+                    help="seconds a window of the per-window table")  # fmt: skip
     args = ap.parse_args()
     n = int(args.rate * args.seconds)
     docs = [d for d, _ in generate(FeedConfig(parcels=n + 200, seed=31))]
@@ -145,7 +169,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-lat-"))
     info = devstack.up(Settings(), tmp / "stack")
     try:
-        peer: list[float] = []
+        peer: list[tuple[float, float]] = []
         if not args.no_peer:
             bare = isolated_settings(info, uuid.uuid4().hex[:6], tmp / "bare")
             peer = bare_consumer_latency(info, bare, docs[200:], args.rate)
@@ -167,15 +191,16 @@ def main() -> None:
         produced = {pid: fut.get().timestamp for pid, fut in sent_ts.items()}  # type: ignore[attr-defined]
     finally:
         devstack.down(tmp / "stack")
-    lat_all, lat_hold = [], []
+    lat_all, lat_hold = [], []  # (sent, latency) each
     for m in decisions:  # lines or columns (``--set decisions_format=columns``)
         for d in read_decisions(m.value):
             if d.parcel_id in produced:
-                lat_all.append(m.timestamp - produced[d.parcel_id])
+                sent = produced[d.parcel_id]
+                lat_all.append((sent, m.timestamp - sent))
     for m in holds:
         pid = orjson.loads(m.value)["parcel_id"]
         if pid in produced:
-            lat_hold.append(m.timestamp - produced[pid])
+            lat_hold.append((produced[pid], m.timestamp - produced[pid]))
     print(
         f"offered {n} parcels in {offered_s:.1f}s ({n / offered_s:,.0f}/s); "
         f"decisions measured {len(lat_all)}, holds {len(lat_hold)}"
@@ -186,9 +211,11 @@ def main() -> None:
         if lat:
             report(name, lat)
     if peer and lat_all:
-        ratio = np.percentile(lat_all, 99) / np.percentile(peer, 99)
+        ratio = np.percentile([x for _, x in lat_all], 99) / np.percentile([x for _, x in peer], 99)
         print(f"worker p99 / bare consumer p99 = {ratio:.2f}")
     print("\n".join(breakdown))
+    runs = {"bare consumer (peer)": peer, "worker, all decisions": lat_all}
+    by_window({k: v for k, v in runs.items() if v}, args.window)
 
 
 if __name__ == "__main__":

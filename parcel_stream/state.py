@@ -8,6 +8,7 @@ it: ``python -m parcel_stream.state`` prints the table, a test keeps the page eq
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +48,13 @@ class StateKey:
             if self.id_doc
             else (f"{prefix}:{self.segment}{self.suffix}")
         )
+
+    def keys(self, prefix: str, idents: Iterable[str]) -> list[str]:
+        """``key`` of each id, built in one pass (a kind with ids)."""
+        head = f"{prefix}:{self.segment}:"
+        if not self.suffix:
+            return list(map(head.__add__, idents))
+        return [f"{head}{ident}{self.suffix}" for ident in idents]
 
 
 _ENTITY = ", ".join(f"`{f}`" for f in ENTITY_FIELDS)

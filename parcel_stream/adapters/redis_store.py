@@ -40,10 +40,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import operator
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
+from itertools import accumulate, repeat
 from typing import Any
 
 import msgspec
@@ -84,7 +86,7 @@ from parcel_stream.reputation import (
     entity_columns,
 )
 from parcel_stream.risk import decode_ref, encode_ref
-from parcel_stream.sequence import ENTITY_FIELDS, EntityTable, StoredState
+from parcel_stream.sequence import DAY_SLOTS, ENTITY_FIELDS, EntityTable, StoredState
 from parcel_stream.settings import Settings
 from parcel_stream.state import (
     ADDRESS_SHIPPERS,
@@ -138,10 +140,70 @@ def _fill_entities(table: EntityTable, flat: list[Any], width: int, days: bool) 
     table.vals[:] = unpack_entities(flat[0::width], n)
     table.ver[:] = [int(v) if v is not None else 0 for v in flat[1::width]]
     if days:
-        for j, (dn, dd) in enumerate(zip(flat[2::width], flat[3::width], strict=True)):
-            newest = int(dn) if dn is not None else 0
-            if newest:
-                table.set_days(j, newest, decode_days(newest, dd))
+        _fill_days(table, flat[2::width], flat[3::width])
+
+
+class _DayRows(dict[Any, int]):
+    """Per stored day-counts text (``days_texts``) its row in ``rows``: the ``DAY_SLOTS``
+    counts up to the newest day (-1 in the first: a text of another length, read one by
+    one). Few distinct texts (most days count 0 or a few parcels), so a batch's shippers
+    are looked up as row numbers and their counts gathered in one step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[int]] = []  # not in the table yet
+        self._table = np.zeros((64, DAY_SLOTS), dtype=np.int64)  # room to grow into
+
+    def __missing__(self, raw: Any) -> int:
+        counts = _text(raw).split(",") if raw else []
+        row = [int(c) for c in counts] if len(counts) == DAY_SLOTS else [-1] * DAY_SLOTS
+        self.rows.append(row)
+        got = self[raw] = len(self)  # (its length before it is added)
+        return got
+
+    def table(self) -> I64:
+        """The rows so far (row ``k`` of text ``k``), the new ones added in one step."""
+        if self.rows:
+            n, old = len(self), len(self) - len(self.rows)
+            if n > len(self._table):
+                grown = np.zeros((2 * n, DAY_SLOTS), dtype=np.int64)
+                grown[:old] = self._table[:old]
+                self._table = grown
+            self._table[old:n] = self.rows
+            self.rows = []
+        return self._table
+
+    def clear(self) -> None:
+        super().clear()
+        self.rows = []
+
+
+_DAY_ROWS = _DayRows()
+
+
+def _fill_days(table: EntityTable, dn: list[Any], dd: list[Any]) -> None:
+    """The shippers' day counts from the read script's reply: newest day ``dn`` and the
+    counts ``dd`` (``days_texts``), into the table's ring (as ``EntityTable.set_days``
+    with ``decode_days``), in columns."""
+    newest = np.array([int(v) if v is not None else 0 for v in dn], dtype=np.int64)
+    has = np.flatnonzero(newest)
+    if not len(has):
+        return
+    if len(_DAY_ROWS) > 50_000:  # bounded; only between batches (they hold row numbers)
+        _DAY_ROWS.clear()
+    texts = [dd[j] if dd[j] else b"" for j in has.tolist()]
+    at = np.fromiter(map(_DAY_ROWS.__getitem__, texts), np.int64, len(texts))
+    counts = _DAY_ROWS.table()[at]  # after the lookups: they add the rows of new texts
+    odd = counts[:, 0] < 0  # another length (or a first count below 0): one by one
+    for j in has[odd].tolist():
+        table.set_days(j, int(newest[j]), decode_days(int(newest[j]), dd[j]))
+    rows, counts = has[~odd], counts[~odd]
+    new = newest[rows]
+    table.newest_day[rows] = new
+    day = new[:, None] - (DAY_SLOTS - 1) + np.arange(DAY_SLOTS)
+    r, k = np.nonzero(counts)
+    table.slot_day[rows[r], day[r, k] % DAY_SLOTS] = day[r, k]
+    table.slot_count[rows[r], day[r, k] % DAY_SLOTS] = counts[r, k]
 
 
 def parse_read(
@@ -180,33 +242,43 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-_SMALL = [str(i) for i in range(4096)]
+class _DayTexts(dict[bytes, str]):
+    """Per row of day counts (its bytes) its text: few distinct rows, so a batch's are
+    looked up rather than each formatted."""
+
+    def __missing__(self, row: bytes) -> str:
+        if len(self) > 50_000:
+            self.clear()
+        got = self[row] = ",".join(map(str, np.frombuffer(row, dtype=np.int64).tolist()))
+        return got
+
+
+_DAY_TEXTS = _DayTexts()
 
 
 def days_texts(counts: I64) -> list[str]:
     """Each row of day counts as its shipper's one field: the counts of the ``DAY_SLOTS``
     days up to its newest, comma-separated (older days are gone; ``decode_days`` reads
     it back)."""
-    rows = counts.tolist()
-    if counts.size and not 0 <= counts.min() <= counts.max() < len(_SMALL):
-        return [",".join(map(str, row)) for row in rows]
-    return [",".join(map(_SMALL.__getitem__, row)) for row in rows]
+    rows = np.ascontiguousarray(counts, dtype=np.int64)
+    raw = rows.view(np.dtype((np.void, 8 * rows.shape[1]))).ravel() if rows.ndim == 2 else rows
+    return list(map(_DAY_TEXTS.__getitem__, raw.tolist()))
 
 
 def entity_args(kind: StateKey, ws: EntityWrites, prefix: str, days: bool, at: int
-                ) -> list[list[Any]]:  # fmt: skip
+                ) -> list[tuple[Any, ...]]:  # fmt: skip
     """The apply script's entity rows: key, expected version, the first byte (Lua counts
     from 1) of its packed values (``pack_entities``: the batch's, at byte ``at`` of the
     script's binary argument), and for shippers the newest day and the day counts (0 and
     "" for sellers)."""
-    keys = [kind.key(prefix, eid) for eid in ws.ids]
+    keys = kind.keys(prefix, ws.ids)
     vers = ws.expected_ver.tolist()
     width = ENTITY_BYTES
     firsts = range(at, at + width * len(keys), width)
     if not days:
-        return [[k, v, f, 0, ""] for k, v, f in zip(keys, vers, firsts, strict=True)]
-    return [list(row) for row in zip(keys, vers, firsts, ws.newest_day.tolist(),
-                                     days_texts(ws.day_counts), strict=True)]  # fmt: skip
+        return list(zip(keys, vers, firsts, repeat(0), repeat(""), strict=False))
+    return list(zip(keys, vers, firsts, ws.newest_day.tolist(), days_texts(ws.day_counts),
+                    strict=True))  # fmt: skip
 
 
 ENTITY_BYTES = 8 * len(ENTITY_FIELDS)
@@ -434,6 +506,16 @@ class RedisReputationStore:
             size += len(raw)
             return size - len(raw) + 1, size  # first and last byte in ARGV[2] (Lua counts)
 
+        def spans(raws: Sequence[bytes]) -> tuple[Iterable[int], list[int]]:
+            """``blob`` of each, in one pass: their first and last bytes."""
+            nonlocal size
+            ends = list(accumulate(map(len, raws), initial=size))
+            blobs.extend(raws)
+            size = ends[-1]
+            return map(operator.add, ends[:-1], repeat(1)), ends[1:]
+
+        pids, expected, raws = zip(*update.parcels, strict=True) if update.parcels else ((),) * 3
+
         ships, sells = entity_columns(update.shippers), entity_columns(update.sellers)
         ents = [
             *entity_args(SHIPPER, ships, prefix, True, blob(pack_entities(ships.vals))[0]),
@@ -448,9 +530,9 @@ class RedisReputationStore:
             ents,
             [[key(PAIR, p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
              for p in update.pairs],
-            [[ADDRESS_SHIPPERS.key(prefix, a), [shipper_member(x) for x in ids]]
-             for a, ids in update.addresses],
-            [[key(REMEMBERED, pid), expected, *blob(raw)] for pid, expected, raw in update.parcels],
+            list(zip(ADDRESS_SHIPPERS.keys(prefix, [a for a, _ in update.addresses]),
+                     [list(map(shipper_member, ids)) for _, ids in update.addresses], strict=True)),
+            list(zip(REMEMBERED.keys(prefix, pids), expected, *spans(raws), strict=False)),
             [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
               repr(ref.static_score), *(blob(encode_ref(ref.risk)) if ref.risk else (0, 0))]
              for pid, ref in update.examinable],

@@ -93,14 +93,14 @@ def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
     assert len(packed) == ENTITY_BYTES * len(writes) == 8 * nf * len(writes)
     for j, (w, row) in enumerate(zip(writes, rows, strict=True)):
         first = 7 + j * ENTITY_BYTES  # in the script's binary argument, from byte 7 on
-        assert row == [SHIPPER.key("ps", w.entity_id), w.expected_ver, first, w.newest_day,
-                       encode_days(w.newest_day, w.days)]  # fmt: skip
+        assert row == (SHIPPER.key("ps", w.entity_id), w.expected_ver, first, w.newest_day,
+                       encode_days(w.newest_day, w.days))  # fmt: skip
         one = packed[first - 7 : first - 7 + ENTITY_BYTES]
         back = unpack_entities([one], 1)[0]
         assert [math.copysign(1, v) for v in back] == [math.copysign(1, v) for v in w.vals]
         assert np.array_equal(back, w.vals, equal_nan=True)
     sellers = entity_args(SELLER, ws, "ps", False, 1)
-    assert [r[2:] for r in sellers] == [[1 + j * ENTITY_BYTES, 0, ""] for j in range(len(writes))]
+    assert [r[2:] for r in sellers] == [(1 + j * ENTITY_BYTES, 0, "") for j in range(len(writes))]
     assert unpack_entities([None, packed[:ENTITY_BYTES]], 2)[0].tolist() == [0.0] * nf
     # packed before the last field was added: it reads 0, the others as stored
     short = unpack_entities([packed[: ENTITY_BYTES - 8], packed[:ENTITY_BYTES]], 2)
@@ -116,3 +116,10 @@ def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
     big = EntityWrite("B", 1, (1.0,) * nf, 20_800, ((20_799, 70_000), (20_800, 3)))
     assert entity_args(SHIPPER, EntityWrites.of([big]), "ps", True, 1)[0][4] == encode_days(
         big.newest_day, big.days)  # fmt: skip
+
+
+def test_keys_in_one_pass_are_each_key() -> None:
+    ids = ["S1", "L1@shop", "", "0a1b"]
+    for kind in STATE_KEYS:
+        if kind.id_doc:
+            assert kind.keys("ps", ids) == [kind.key("ps", i) for i in ids], kind.segment
