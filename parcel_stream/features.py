@@ -10,8 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from itertools import repeat
-from operator import getitem
+from itertools import chain, count, repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -300,17 +299,17 @@ def _name_flags(rs: RuleSet, name: str) -> tuple[float, bool]:
 def _name_features(shipper: list[str], consignee: list[str], rs: RuleSet, n: int
                    ) -> tuple[F64, F64, F64]:  # fmt: skip
     """Watchlist similarity of the shipper's and the consignee's names, and how many of
-    the two are placeholders: each distinct name of the batch looked at once, then each
-    parcel's read from the distinct ones in one pass per column."""
-    flags = {name: _name_flags(rs, name) for name in {*shipper, *consignee}}
-    watch = {k: v[0] for k, v in flags.items()}
-    placeholder = {k: float(v[1]) for k, v in flags.items()}
-    f64 = np.float64
-    ship = np.fromiter(map(watch.__getitem__, shipper), f64, n)
-    cons = np.fromiter(map(watch.__getitem__, consignee), f64, n)
-    both = np.fromiter(map(placeholder.__getitem__, shipper), f64, n)
-    both += np.fromiter(map(placeholder.__getitem__, consignee), f64, n)
-    return ship, cons, both
+    the two are placeholders: each distinct name of the batch looked at once (``at``: per
+    name, where it first appears among the shippers' names, then the consignees'), then
+    each parcel's gathered from the distinct ones."""
+    first: dict[str, int] = {}
+    at = np.fromiter(map(first.setdefault, chain(shipper, consignee), count()), np.int64,
+                     2 * n)  # fmt: skip
+    watch, placeholder = np.zeros(2 * n), np.zeros(2 * n)
+    for name, pos in first.items():
+        watch[pos], placeholder[pos] = _name_flags(rs, name)
+    ship, cons = watch[at[:n]], watch[at[n:]]
+    return ship, cons, placeholder[at[:n]] + placeholder[at[n:]]
 
 
 _CHAPTER = slice(0, 2)
@@ -319,21 +318,18 @@ _CHAPTER = slice(0, 2)
 def _item_flags(descriptions: list[str], hs_codes: list[str], rs: RuleSet, owner: I64, n: int
                 ) -> tuple[F64, F64]:  # fmt: skip
     """Per parcel, its vague item descriptions and the descriptions that contradict their
-    HS chapter: each distinct (description, chapter) of the batch looked at once, then
-    each item's read from the distinct ones in one pass per column."""
+    HS chapter: each distinct (description, HS code) of the batch looked at once (``at``:
+    per item, where its pair first appears), then each item's gathered from those."""
     k = len(descriptions)
-    chapters: list[str] = list(map(getitem, hs_codes, repeat(_CHAPTER, k)))
-    flags = {key: _description_flags(rs, *key) for key in set(zip(descriptions, chapters,
-                                                                  strict=True))}  # fmt: skip
-    vague_of = {key: float(v[0]) for key, v in flags.items()}
-    mismatch_of = {key: float(v[1]) for key, v in flags.items()}
+    first: dict[tuple[str, str], int] = {}
+    at = np.fromiter(map(first.setdefault, zip(descriptions, hs_codes, strict=True), count()),
+                     np.int64, k)  # fmt: skip
+    vague_i, mismatch_i = np.zeros(k), np.zeros(k)
+    for (description, code), pos in first.items():
+        vague_i[pos], mismatch_i[pos] = _description_flags(rs, description, code[_CHAPTER])
     f64 = np.float64
-    vague_i = np.fromiter(map(vague_of.__getitem__, zip(descriptions, chapters, strict=True)),
-                          f64, k)  # fmt: skip
-    mismatch_i = np.fromiter(map(mismatch_of.__getitem__, zip(descriptions, chapters,
-                                                              strict=True)), f64, k)  # fmt: skip
-    vague = np.bincount(owner, weights=vague_i, minlength=n).astype(f64, copy=False)
-    mismatch = np.bincount(owner, weights=mismatch_i, minlength=n).astype(f64, copy=False)
+    vague = np.bincount(owner, weights=vague_i[at], minlength=n).astype(f64, copy=False)
+    mismatch = np.bincount(owner, weights=mismatch_i[at], minlength=n).astype(f64, copy=False)
     return vague, mismatch
 
 
