@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import chain, count, repeat
+from operator import attrgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +21,13 @@ from parcel_stream.countries import COUNTRIES
 from parcel_stream.currency import USD_PER_UNIT
 from parcel_stream.feature_catalog import FEATURE_INDEX, FEATURES
 from parcel_stream.model import Address, Manifest, Seller
-from parcel_stream.rules import RuleSet, country_index, normalise_name, trigrams
+from parcel_stream.rules import (
+    PUNCTUATION_TO_SPACE,
+    RuleSet,
+    country_index,
+    normalise_name,
+    trigrams,
+)
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -113,6 +120,41 @@ def _address_key(lines: tuple[str, ...], postal_code: str, country: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+_FIELD, _ADDRESS = "\x00", "\x01"  # neither whitespace nor punctuation to normalise_name
+_ADDRESS_KEYS: dict[str, str] = {}  # by an address's fields joined (``address_keys``)
+
+
+def address_keys(addresses: Sequence[Address]) -> list[str]:
+    """``address_key`` of each address. Each distinct address is keyed once, and the new
+    ones of the batch are normalised together: ``normalise_name``'s steps in one pass
+    over their joined lines and postal codes."""
+    raws = [f"{_FIELD.join(a.lines)}{_FIELD}{a.postal_code}{_FIELD}{a.country}"
+            for a in addresses]  # fmt: skip
+    # a separator within a field, or no lines (each address has len(lines) + 1 of them):
+    if sum(map(str.count, raws, repeat(_FIELD))) != sum(
+            map(len, map(_get_lines, addresses))) + len(raws) or any(
+            _ADDRESS in r for r in raws):  # fmt: skip
+        return [address_key(a) for a in addresses]  # one by one
+    known = _ADDRESS_KEYS
+    new = [r for r in dict.fromkeys(raws) if r not in known]
+    if new:
+        if len(known) + len(new) > 1 << 17:
+            known.clear()
+        heads, countries = zip(*(r.rsplit(_FIELD, 1) for r in new), strict=True)
+        norm = " ".join(_ADDRESS.join(heads).lower().translate(PUNCTUATION_TO_SPACE).split())
+        for sep in (_FIELD, _ADDRESS):  # each field's own ends, as split() drops them
+            norm = norm.replace(" " + sep, sep).replace(sep + " ", sep)
+        texts = norm.replace(_FIELD, "|").split(_ADDRESS)
+        b2 = hashlib.blake2b
+        keys = [b2(f"{t}|{c}".encode(), digest_size=8).hexdigest()
+                for t, c in zip(texts, countries, strict=True)]  # fmt: skip
+        known.update(zip(new, keys, strict=True))
+    return list(map(known.__getitem__, raws))
+
+
+_get_lines, _get_country = attrgetter("lines"), attrgetter("country")
+
+
 def index_shippers(
     manifests: Sequence[Manifest],
     split_min_usd: float | None = None,
@@ -129,11 +171,12 @@ def index_shippers(
     s_idx = np.empty(n, dtype=np.int64)
     a_idx = np.empty(n, dtype=np.int64)
     l_idx = np.full(n, -1, dtype=np.int64)
+    address_of = address_keys([m.consignee.address for m in manifests])
     for i, m in enumerate(manifests):
         s_idx[i] = shippers.setdefault(m.shipper.id, len(shippers))
         if m.seller is not None:
             l_idx[i] = sellers.setdefault(seller_key(m.seller), len(sellers))
-        a_idx[i] = addresses.setdefault(address_key(m.consignee.address), len(addresses))
+        a_idx[i] = addresses.setdefault(address_of[i], len(addresses))
     latest = max((m.manifest_ts_ms for m in manifests), default=0)
     idx = ShipperIndex(list(shippers), s_idx, list(addresses), a_idx, [],
                        np.full(n, -1, dtype=np.int64), latest // DAY_MS, list(sellers), l_idx,

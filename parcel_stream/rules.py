@@ -129,7 +129,7 @@ def country_index(code: str) -> int:
     return a * 26 + b
 
 
-_PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\t\r\n"})
+PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\t\r\n"})
 
 
 def trigrams(name: str) -> frozenset[str]:
@@ -140,7 +140,7 @@ def trigrams(name: str) -> frozenset[str]:
 
 def normalise_name(name: str) -> str:
     """Lower case, punctuation to spaces, single spaces: the watchlist match key."""
-    return " ".join(name.lower().translate(_PUNCT).split())
+    return " ".join(name.lower().translate(PUNCTUATION_TO_SPACE).split())
 
 
 # -- loading ---------------------------------------------------------------------------
