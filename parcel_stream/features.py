@@ -7,7 +7,7 @@ no dict-per-parcel hop. The features are named in :mod:`parcel_stream.feature_ca
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import chain, count, repeat
@@ -165,27 +165,39 @@ def index_shippers(
     under the threshold is made of parcels that each carry a real share of it, and
     skipping the many small parcels keeps the state small. Others get pair index -1."""
     n = len(manifests)
-    shippers: dict[str, int] = {}
-    addresses: dict[str, int] = {}
-    sellers: dict[str, int] = {}
-    s_idx = np.empty(n, dtype=np.int64)
-    a_idx = np.empty(n, dtype=np.int64)
-    l_idx = np.full(n, -1, dtype=np.int64)
-    address_of = address_keys([m.consignee.address for m in manifests])
-    for i, m in enumerate(manifests):
-        s_idx[i] = shippers.setdefault(m.shipper.id, len(shippers))
-        if m.seller is not None:
-            l_idx[i] = sellers.setdefault(seller_key(m.seller), len(sellers))
-        a_idx[i] = addresses.setdefault(address_of[i], len(addresses))
-    latest = max((m.manifest_ts_ms for m in manifests), default=0)
-    idx = ShipperIndex(list(shippers), s_idx, list(addresses), a_idx, [],
-                       np.full(n, -1, dtype=np.int64), latest // DAY_MS, list(sellers), l_idx,
-                       latest)  # fmt: skip
+    shippers, s_idx = _factorize(map(_get_shipper_id, manifests), n)
+    addresses, a_idx = _factorize(address_keys(list(map(_get_address, manifests))), n)
+    # seller keys ("" for none: a seller's key always has an "@")
+    sold = list(map(_get_seller, manifests))
+    sellers, l_idx = _factorize([f"{x.id}@{x.marketplace}" if x is not None else "" for x in sold],
+                                n)  # fmt: skip
+    if "" in sellers:  # the parcels without a seller have none (-1)
+        none = sellers.index("")
+        del sellers[none]
+        l_idx = np.where(l_idx == none, -1, np.where(l_idx > none, l_idx - 1, l_idx))
+    latest = max(map(_get_ts, manifests), default=0)
+    idx = ShipperIndex(shippers, s_idx, addresses, a_idx, [], np.full(n, -1, dtype=np.int64),
+                       latest // DAY_MS, sellers, l_idx, latest)  # fmt: skip
     if split_min_usd is None:
         return idx
     value_usd = np.fromiter((m.declared_value * usd_per_unit[m.currency] for m in manifests),
                             np.float64, n)  # fmt: skip
     return with_pairs(idx, value_usd, split_min_usd)
+
+
+def _factorize(values: Iterable[str], n: int) -> tuple[list[str], I64]:
+    """The distinct values in the order they first appear, and each value's index among
+    them (one pass: the position where each first appears, then ranked)."""
+    first: dict[str, int] = {}
+    at = np.fromiter(map(first.setdefault, values, count()), np.int64, n)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.fromiter(first.values(), np.int64, len(first))] = np.arange(len(first))
+    out: I64 = rank[at]
+    return list(first), out
+
+
+_get_shipper_id, _get_address = attrgetter("shipper.id"), attrgetter("consignee.address")
+_get_seller, _get_ts = attrgetter("seller"), attrgetter("manifest_ts_ms")
 
 
 def with_pairs(idx: ShipperIndex, value_usd: F64, split_min_usd: float | None) -> ShipperIndex:
