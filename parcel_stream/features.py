@@ -318,11 +318,22 @@ def watchlist_similarity(rs: RuleSet, name: str) -> float:
         return 1.0
     grams = trigrams(norm)
     best, size = 0.0, len(grams)
+    if len(rs.watch_trigrams) > _WATCH_SCAN_MAX:  # the entries sharing a trigram with it
+        postings, sizes = rs.watch_index
+        hits = [postings[g] for g in grams if g in postings]
+        if not hits:
+            return 0.0
+        counts = np.bincount(np.concatenate(hits), minlength=len(sizes))
+        ids = np.flatnonzero(counts)
+        return float((counts[ids] / (size + sizes[ids] - counts[ids])).max())
     for entry in rs.watch_trigrams:
         shared = len(grams & entry)
         if shared:  # |A ∪ B| = |A| + |B| - |A ∩ B|: no union set built
             best = max(best, shared / (size + len(entry) - shared))
     return best
+
+
+_WATCH_SCAN_MAX = 32  # watchlist entries compared one by one; a longer list by its index
 
 
 def _transit_risk(transit: list[list[str]], rs: RuleSet, n: int) -> F64:

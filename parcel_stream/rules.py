@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,18 @@ class RuleSet:
     memo: dict[tuple[str, str], tuple[Any, bool]] = field(
         default_factory=dict, compare=False, repr=False
     )
+
+    @cached_property
+    def watch_index(self) -> tuple[dict[str, npt.NDArray[np.int64]], F64]:
+        """Per trigram the watchlist entries that have it, and each entry's number of
+        trigrams: a name is compared with the entries that share a trigram with it, not
+        with the whole list (``features.watchlist_similarity``)."""
+        postings: dict[str, list[int]] = {}
+        for j, entry in enumerate(self.watch_trigrams):
+            for gram in entry:
+                postings.setdefault(gram, []).append(j)
+        sizes = np.array([len(e) for e in self.watch_trigrams], dtype=np.float64)
+        return {g: np.array(v, dtype=np.int64) for g, v in postings.items()}, sizes
 
     @property
     def split_min_usd(self) -> float | None:

@@ -356,3 +356,31 @@ def test_watchlist_similarity_is_the_trigram_jaccard_index() -> None:
         assert watchlist_similarity(rs, name) == want, name
     assert watchlist_similarity(rs, entries[0].upper()) == 1.0
     assert any(0.6 <= watchlist_similarity(rs, n) < 1 for n in names[:20])
+
+
+def test_a_long_watchlist_is_matched_through_its_trigram_index_alike() -> None:
+    """Past a few dozen entries a name is compared only with the entries that share a
+    trigram with it (``RuleSet.watch_index``): the same best similarity as comparing it
+    with every entry, at a cost that does not grow with the list (a denied-party list has
+    thousands of names; each new consignee name is compared once)."""
+    import random
+
+    from parcel_stream.features import _WATCH_SCAN_MAX, watchlist_similarity
+    from parcel_stream.rules import default_ruleset, normalise_name, trigrams
+    from parcel_stream.settings import Settings
+
+    rng = random.Random(11)
+    words = ["golden", "peak", "trading", "co", "ltd", "export", "pharma", "global", "li",
+             "chen", "supply", "star", "ab", "x"]  # fmt: skip
+    listed = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 4))) + f" {i}"
+              for i in range(20 * _WATCH_SCAN_MAX)]  # fmt: skip
+    rs = replace(default_ruleset(Settings()), watchlist=frozenset(map(normalise_name, listed)),
+                 watch_trigrams=tuple(trigrams(normalise_name(w)) for w in listed))  # fmt: skip
+    names = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 4))) for _ in range(300)]
+    names += [listed[5], "qqq zzz", "", rng.choice(listed).upper() + " Inc"]
+    for name in names:
+        grams = trigrams(normalise_name(name))
+        want = max(len(grams & e) / len(grams | e) for e in rs.watch_trigrams)
+        if normalise_name(name) in rs.watchlist:
+            want = 1.0
+        assert watchlist_similarity(rs, name) == want, name
