@@ -299,18 +299,22 @@ def state_writes(
         for j in np.flatnonzero(seq.touched_pair).tolist()
     ]
     # new (address, shipper) members: codes are address-major and sorted, so each
-    # address's new shippers are one run, in shipper order
+    # address's new shippers are one run, in shipper order (addresses in batch order)
     codes = combos.codes[np.flatnonzero(after.member & ~stored.member)]
     if not len(codes):
         return shippers, sellers, pairs, []
     address = codes // combos.n_ship
-    ids = idx.ids
-    names = [ids[j] for j in (codes % combos.n_ship).tolist()]
+    names = list(map(idx.ids.__getitem__, (codes % combos.n_ship).tolist()))
     cut = (np.flatnonzero(np.diff(address)) + 1).tolist()
-    firsts = address[[0, *cut]].tolist()
-    runs = zip(firsts, [0, *cut], [*cut, len(names)], strict=True)
-    members = sorted((idx.addresses[a], names[lo:hi]) for a, lo, hi in runs)
-    return shippers, sellers, pairs, members
+    keys = list(map(idx.addresses.__getitem__, address[[0, *cut]].tolist()))
+    if len(keys) == len(names):  # one new shipper an address, the usual case
+        return shippers, sellers, pairs, list(zip(keys, map(_one, names), strict=True))
+    runs = map(names.__getitem__, map(slice, [0, *cut], [*cut, len(names)]))
+    return shippers, sellers, pairs, list(zip(keys, runs, strict=True))
+
+
+def _one(x: str) -> list[str]:
+    return [x]
 
 
 def examinable_refs(
@@ -640,13 +644,20 @@ class InMemoryStore:
             return False
         self.shippers.write(entity_columns(update.shippers))
         self.sellers.write(entity_columns(update.sellers))
+        addresses = self.addresses
         for address, shipper_ids in update.addresses:
-            self.addresses.setdefault(address, set()).update(shipper_ids)
+            got = addresses.get(address)
+            if got is None:
+                addresses[address] = set(shipper_ids)
+            else:
+                got.update(shipper_ids)
         # refs kept as the batch encoded them: decoded only when an exam result reads them
         self.parcels.update(update.examinable)
         for p in update.pairs:
             self.pairs[p.pair] = [p.start_ms, p.value_usd, p.parcels, float(p.expected_ver + 1)]
-        self.remembered.update((pid, raw) for pid, _content, raw in update.parcels)
+        if update.parcels:
+            pids, _content, raws = zip(*update.parcels, strict=True)
+            self.remembered.update(zip(pids, raws, strict=True))
         for part, offset, digest in update.outbox:
             self.outbox.setdefault(part, {})[offset] = digest
         for part, upto in update.prune.items():
