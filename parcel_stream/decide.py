@@ -9,6 +9,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -50,6 +51,7 @@ def decide(scores: F64, review_score: float, hold_score: float) -> I8:
 
 SELECTIONS: tuple[Selection, Selection, Selection] = ("risk", "random", "exploration")
 _SALT = b"parcel-stream-sample-1:"
+_SALT_CRC = zlib.crc32(_SALT)
 
 
 def sample(
@@ -63,7 +65,8 @@ def sample(
     selection = np.zeros(lanes.shape[0], dtype=np.int8)
     if not (random_rate > 0 or exploration_rate > 0) or not len(parcel_ids):
         return lanes, selection
-    u = np.fromiter(map(zlib.crc32, map(_SALT.__add__, map(str.encode, parcel_ids))),
+    # the CRC-32 of salt + id, continued from the salt's (no concatenation)
+    u = np.fromiter(map(zlib.crc32, map(str.encode, parcel_ids), repeat(_SALT_CRC)),
                     np.float64, len(parcel_ids)) / 4294967296.0  # fmt: skip
     out = lanes.copy()
     rand = (lanes == 0) & (u < random_rate)

@@ -107,6 +107,8 @@ def classify(
     n = len(parcel_ids)
     contrib = Contribution.none(n)
     refs: list[Remembered | None] = [None] * n
+    if not stored and len(set(parcel_ids)) == n:  # the usual batch: all new, none twice
+        return Classified(contrib, hashes, refs, dict.fromkeys(parcel_ids, ""))
     last: dict[str, int] = {}  # parcel id -> its latest scored parcel in this batch
     for i, (pid, h) in enumerate(zip(parcel_ids, hashes, strict=True)):
         j = last.get(pid)
