@@ -97,3 +97,49 @@ class Columns:
         """The manifests' times (ms) as floats, as the kernels read them."""
         out: F64 = self.ts_ms.astype(np.float64)
         return out
+
+
+class RowCache(dict[Any, int]):
+    """Per value its row in ``table()`` (``width`` numbers a row, from ``ids_of``): few
+    distinct values, so a column of values is looked up as row numbers (``map`` over the
+    cache) and their rows taken from the table in one step. Rows added since the last
+    ``table()`` go in at once; the table grows by doubling (it has spare rows at its end)."""
+
+    width = 1
+    dtype: Any = np.int64
+    limit = 2_000_000  # values kept; ``bound`` starts afresh over it
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._new: list[Sequence[int]] = []  # rows not in the table yet
+        self._table: npt.NDArray[Any] = np.zeros((64, self.width), dtype=self.dtype)
+
+    def ids_of(self, value: Any) -> Sequence[int]:
+        raise NotImplementedError
+
+    def bound(self) -> None:
+        """Start afresh once over ``limit``: only between passes, as a pass holds row
+        numbers."""
+        if len(self) > self.limit:
+            self.clear()
+
+    def clear(self) -> None:
+        super().clear()
+        self._new = []
+
+    def __missing__(self, value: Any) -> int:
+        self._new.append(self.ids_of(value))
+        got = self[value] = len(self)  # (its length before it is added)
+        return got
+
+    def table(self) -> npt.NDArray[Any]:
+        """Row ``k`` of value ``k``: call after the lookups (they add the new rows)."""
+        if self._new:
+            n, old = len(self), len(self) - len(self._new)
+            if n > len(self._table):
+                grown = np.zeros((2 * n, self.width), dtype=self.dtype)
+                grown[:old] = self._table[:old]
+                self._table = grown
+            self._table[old:n] = self._new
+            self._new = []
+        return self._table

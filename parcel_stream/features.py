@@ -169,8 +169,7 @@ def index_shippers(
     addresses, a_idx = _factorize(address_keys(list(map(_get_address, manifests))), n)
     # seller keys ("" for none: a seller's key always has an "@")
     sold = list(map(_get_seller, manifests))
-    sellers, l_idx = _factorize([f"{x.id}@{x.marketplace}" if x is not None else "" for x in sold],
-                                n)  # fmt: skip
+    sellers, l_idx = _factorize([seller_key(x) if x is not None else "" for x in sold], n)
     if "" in sellers:  # the parcels without a seller have none (-1)
         none = sellers.index("")
         del sellers[none]

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from parcel_stream.columns import Columns
+from parcel_stream.columns import Columns, RowCache
 from parcel_stream.model import Manifest
 
 U64 = npt.NDArray[np.uint64]
@@ -144,38 +144,11 @@ def _band_ids(parts: _Parts, x: F64) -> U64:
     return out
 
 
-class _RowCache(dict[Any, int]):
-    """Per value its row in ``table()`` (``width`` part ids a row, from ``ids_of``): few
-    distinct values, so a column of values is looked up as row numbers and the ids taken
-    from the table in one step."""
+class _RowCache(RowCache):
+    """Part ids a row (``width`` of them), as unsigned 64-bit numbers."""
 
-    width = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[tuple[int, ...]] = []
-        self._table: U64 = np.zeros((0, self.width), dtype=np.uint64)
-
-    def ids_of(self, value: Any) -> tuple[int, ...]:
-        raise NotImplementedError
-
-    def bound(self) -> None:
-        """Start afresh once over the cache's size: only between passes, as a pass holds
-        row numbers."""
-        if len(self) > _CACHE_MAX:
-            self.clear()
-            self.rows = []
-            self._table = np.zeros((0, self.width), dtype=np.uint64)
-
-    def __missing__(self, value: Any) -> int:
-        self.rows.append(self.ids_of(value))
-        got = self[value] = len(self.rows) - 1
-        return got
-
-    def table(self) -> U64:
-        if len(self._table) != len(self.rows):
-            self._table = np.array(self.rows, dtype=np.uint64).reshape(-1, self.width)
-        return self._table
+    dtype = np.uint64
+    limit = _CACHE_MAX
 
 
 class _HSRows(_RowCache):

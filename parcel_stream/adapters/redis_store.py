@@ -72,6 +72,7 @@ from parcel_stream.adapters.redis_lua import (
 )
 from parcel_stream.adapters.risk_replica import RiskReplica, unpack_ids, unpack_rows
 from parcel_stream.adapters.security import redis_options
+from parcel_stream.columns import RowCache
 from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.learner import LearnerState, decode_state, encode_state
 from parcel_stream.outbox import decode_digest
@@ -143,39 +144,18 @@ def _fill_entities(table: EntityTable, flat: list[Any], width: int, days: bool) 
         _fill_days(table, flat[2::width], flat[3::width])
 
 
-class _DayRows(dict[Any, int]):
-    """Per stored day-counts text (``days_texts``) its row in ``rows``: the ``DAY_SLOTS``
-    counts up to the newest day (-1 in the first: a text of another length, read one by
-    one). Few distinct texts (most days count 0 or a few parcels), so a batch's shippers
-    are looked up as row numbers and their counts gathered in one step."""
+class _DayRows(RowCache):
+    """Per stored day-counts text (``days_texts``) its row: the ``DAY_SLOTS`` counts up to
+    the newest day (-1 in the first: a text of another length, read one by one). Few
+    distinct texts (most days count 0 or a few parcels), so a batch's shippers are looked
+    up as row numbers and their counts gathered in one step."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[list[int]] = []  # not in the table yet
-        self._table = np.zeros((64, DAY_SLOTS), dtype=np.int64)  # room to grow into
+    width = DAY_SLOTS
+    limit = 50_000
 
-    def __missing__(self, raw: Any) -> int:
+    def ids_of(self, raw: Any) -> list[int]:
         counts = _text(raw).split(",") if raw else []
-        row = [int(c) for c in counts] if len(counts) == DAY_SLOTS else [-1] * DAY_SLOTS
-        self.rows.append(row)
-        got = self[raw] = len(self)  # (its length before it is added)
-        return got
-
-    def table(self) -> I64:
-        """The rows so far (row ``k`` of text ``k``), the new ones added in one step."""
-        if self.rows:
-            n, old = len(self), len(self) - len(self.rows)
-            if n > len(self._table):
-                grown = np.zeros((2 * n, DAY_SLOTS), dtype=np.int64)
-                grown[:old] = self._table[:old]
-                self._table = grown
-            self._table[old:n] = self.rows
-            self.rows = []
-        return self._table
-
-    def clear(self) -> None:
-        super().clear()
-        self.rows = []
+        return [int(c) for c in counts] if len(counts) == DAY_SLOTS else [-1] * DAY_SLOTS
 
 
 _DAY_ROWS = _DayRows()
@@ -189,8 +169,7 @@ def _fill_days(table: EntityTable, dn: list[Any], dd: list[Any]) -> None:
     has = np.flatnonzero(newest)
     if not len(has):
         return
-    if len(_DAY_ROWS) > 50_000:  # bounded; only between batches (they hold row numbers)
-        _DAY_ROWS.clear()
+    _DAY_ROWS.bound()
     texts = [dd[j] if dd[j] else b"" for j in has.tolist()]
     at = np.fromiter(map(_DAY_ROWS.__getitem__, texts), np.int64, len(texts))
     counts = _DAY_ROWS.table()[at]  # after the lookups: they add the rows of new texts
