@@ -66,13 +66,14 @@ SHIPPER = StateKey(
     "at `t`; earlier versions kept one field each, packed when next read); lifetime `exams`, "
     "`violations`; "
     "`dn` newest manifest day and `dd` the parcel counts of the 16 days up to it; `v` version "
-    "(compare-and-set)",
-    "`PARCEL_ENTITY_TTL_DAYS` (400) after the last update",
+    "(compare-and-set); `x` the day (UTC, days since 1970) its TTL was last set",
+    "`PARCEL_ENTITY_TTL_DAYS` (400) after the last update, at most a day more: set on the "
+    "first write of each day, a day longer",
 )  # fmt: skip
 SELLER = StateKey(
     "seller", "", "seller id}@{marketplace", "hash",
     "the same for a marketplace seller named in the manifest's `seller`, without day counts",
-    "`PARCEL_ENTITY_TTL_DAYS` (400)",
+    "as the shipper's",
 )  # fmt: skip
 ADDRESS_SHIPPERS = StateKey(
     "addr", ":shippers", "address key", "set",

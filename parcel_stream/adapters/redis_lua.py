@@ -439,9 +439,13 @@ local function check(u)
       if tonumber(cur) >= tonumber(w[3]) then return false end
     elseif cur ~= w[2] then return false end
   end
-  for _, e in ipairs(u[8]) do
-    if (tonumber(redis.call('HGET', e[1], 'v')) or 0) ~= e[2] then return false end
+  local days = {}  -- each entity's day of its last TTL refresh (false: none), for write
+  for i, e in ipairs(u[8]) do
+    local row = redis.call('HMGET', e[1], 'v', 'x')
+    if (tonumber(row[1]) or 0) ~= e[2] then return false end
+    days[i] = row[2]
   end
+  u.ttl_days = days
   for _, p in ipairs(u[9]) do
     if (tonumber(redis.call('HGET', p[1], 'v')) or 0) ~= p[2] then return false end
   end
@@ -468,7 +472,11 @@ local function write(u, blobs)
   local wm, ents, pairs_, members, parcels, exam, outbox, prune =
     u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14]
   local fields = {ENTITY_FIELDS}
-  for _, e in ipairs(ents) do
+  -- an entity's TTL is refreshed on its first write of the day (u[17], the writer's UTC
+  -- day), by a day more than the TTL, so it lives at least the TTL after its last write;
+  -- without the days the check read (a cluster's commit), on every write
+  local today, days = u[17], u.ttl_days or {}
+  for i, e in ipairs(ents) do
     local key, vals = e[1], e[3]
     local row
     if type(vals) == 'table' then  -- an earlier version's (one text field per value),
@@ -487,8 +495,13 @@ local function write(u, blobs)
       row[#row + 1] = 'dd'
       row[#row + 1] = e[5]
     end
+    local refresh = ttl > 0 and (today == nil or days[i] ~= today)
+    if refresh and today then
+      row[#row + 1] = 'x'
+      row[#row + 1] = today
+    end
     redis.call('HSET', key, unpack(row))
-    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    if refresh then redis.call('EXPIRE', key, ttl + (today and 86400 or 0)) end
   end
   for _, p in ipairs(pairs_) do
     redis.call('HSET', p[1], 'start_ms', num(p[3]), 'value_usd', num(p[4]), 'parcels', num(p[5]),

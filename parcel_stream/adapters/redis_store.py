@@ -520,8 +520,15 @@ class RedisReputationStore:
             [[key(LANES, f"{t}:{p}"), *blob(raw)] for (t, p), raw in update.lanes],
             [[key(NORMS, f"{t}:{p}"), *blob(ids.astype(">u8").tobytes()),
               *blob(rows.astype("<f8").tobytes())] for (t, p), ids, rows in update.norms],
+            str(self.today()),
         ]  # fmt: skip
         return [_PACK.encode(payload), b"".join(blobs)]
+
+    @staticmethod
+    def today() -> int:
+        """The UTC day number (days since 1970) on this machine's clock: an entity's TTL
+        is refreshed on its first write of the day (``APPLY_LIB``'s ``write``)."""
+        return int(time.time() // 86_400)
 
     async def read_outbox(
         self, wanted: list[tuple[Partition, int]]

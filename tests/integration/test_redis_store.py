@@ -211,3 +211,46 @@ def test_entities_kept_as_earlier_versions_did_are_read_examined_and_packed_in_p
     finally:
         now.close()
         old.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_every_key_written_expires_and_entities_are_refreshed_once_a_day(
+    request: pytest.FixtureRequest, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key a batch writes has a TTL. An entity's is set on its first write of the
+    day, a day longer than the setting (so it lives at least that long after its last
+    write), and not again that day: one EXPIRE an entity a day, not one a batch."""
+    from tests.integration.test_store_contract import update
+
+    store = redis_store(request, kind, f"t{uuid.uuid4().hex[:6]}")
+    inner = store._store
+    client = inner.client
+
+    def run(coro: Any) -> Any:
+        return store._loop.run_until_complete(coro)
+
+    def ttls(keys: list[str]) -> list[int]:
+        return [int(run(client.ttl(k))) for k in keys]
+
+    entities = [inner.shipper_key("S1"), inner.seller_key("L1@shop")]
+    full = inner.ttl_s + 86_400
+    today = inner.today()
+    try:
+        assert store.apply(update()) is True
+        others = [inner.address_key("A1") + ":shippers", inner.pair_key("A1:S1"),
+                  inner.parcel_key("P1"), inner.examinable_key("P1")]  # fmt: skip
+        assert min(ttls(others)) > 0, ttls(others)
+        assert all(full - 60 <= t <= full for t in ttls(entities)), ttls(entities)
+        for key in entities:
+            run(client.expire(key, 1000))
+        # written again the same day: the version moves, the TTL is left
+        assert store.apply(update(1, (10, 20), "0123456789abcdef")) is True
+        assert run(client.hget(entities[0], "v")) == b"2"
+        if kind == "redis":  # (a Redis Cluster's prepared shards refresh on every write)
+            assert max(ttls(entities)) <= 1000
+        # the next day's first write refreshes it
+        monkeypatch.setattr(type(inner), "today", staticmethod(lambda: today + 1))
+        assert store.apply(update(2, (20, 30), "0123456789abcdef")) is True
+        assert all(full - 60 <= t <= full for t in ttls(entities)), ttls(entities)
+    finally:
+        store.close()
