@@ -1,6 +1,8 @@
 import base64
 import copy
+from collections.abc import Sequence
 
+import msgspec
 import orjson
 import pytest
 
@@ -217,3 +219,47 @@ def test_a_batch_record_parses_as_its_lines_one_by_one() -> None:
         assert list(zip(got.sources, got.manifests, strict=True)) == want_ok
         assert got.rejections == [r for _, r in want_bad]
         assert got.record_index == [0] * len(want_ok)
+
+
+HS_CODES = ["6109.10", "610910", "6109", "6109.10.00.10", "6109101", "61", "", "6109.1",
+            "6109..10", "6109\n", "6109.10\n", "\n6109", "٦١٠٩", "6109 ", "abcd", "6109.10.00.10.00"]  # fmt: skip
+ATTRIBUTE_KEYS = ["platform", "a", "a.b-c_d9", "Platform", "9a", "", "a" * 32, "a" * 33, "plat\n",
+                  "pl at", "é"]  # fmt: skip
+
+
+def test_the_lean_decode_rejects_exactly_as_the_contracts_decoder() -> None:
+    """The hot path decodes without the HS code and attribute name patterns and checks
+    those values afterwards: every parcel is accepted or rejected exactly as by the
+    contract's decoder, with the same reason, path and detail, in line order, including
+    a bad HS code before or after another error in the document."""
+    from parcel_stream.parse import _parse_strict, parse_one
+
+    def item(hs: str) -> dict[str, object]:
+        return {**BASE["items"][0], "hs_code": hs}
+
+    docs = []
+    for hs in HS_CODES:
+        docs.append(manifest(items=[item("6109.10"), item(hs)]))
+        docs.append(manifest(items=[item(hs)], declared_value=-1))  # items come first
+        docs.append({"declared_value": -1, **manifest(items=[item(hs)])})  # ... or after
+    for key in ATTRIBUTE_KEYS:
+        docs.append(manifest(attributes={"platform": "x", key: "y"}))
+        docs.append(manifest(attributes={key: ""}))
+    raws = [orjson.dumps(d) for d in docs]
+    lines = [orjson.dumps(manifest(parcel_id=f"OK{i}")) for i in range(3)] + raws
+    want = [_parse_strict(r, r, f"m/1/0/{n}", NOW) for n, r in enumerate(lines)]
+    assert any(isinstance(w, Manifest) for w in want[3:]), "some patterns accepted"
+    assert {w.reason for w in want if not isinstance(w, Manifest)} >= {
+        "invalid_value",
+        "out_of_range",
+    }
+
+    def same(xs: Sequence[object]) -> list[tuple[bool, bytes]]:  # (the lean types are the
+        return [(isinstance(x, Manifest), msgspec.json.encode(x)) for x in xs]  # contract's)
+
+    assert same([parse_one(r, f"m/1/0/{n}", NOW) for n, r in enumerate(lines)]) == same(want)
+    got = parse_batch([rec(b"\n".join(lines), content_type=b"application/x-ndjson")],
+                      Limits(), NOW)  # fmt: skip
+    assert same(list(got.manifests)) == same([w for w in want if isinstance(w, Manifest)])
+    assert got.sources == [f"m/1/0/{n}" for n, w in enumerate(want) if isinstance(w, Manifest)]
+    assert got.rejections == [w for w in want if not isinstance(w, Manifest)]
