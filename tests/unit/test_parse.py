@@ -263,3 +263,26 @@ def test_the_lean_decode_rejects_exactly_as_the_contracts_decoder() -> None:
     assert same(list(got.manifests)) == same([w for w in want if isinstance(w, Manifest)])
     assert got.sources == [f"m/1/0/{n}" for n, w in enumerate(want) if isinstance(w, Manifest)]
     assert got.rejections == [w for w in want if not isinstance(w, Manifest)]
+
+
+def test_the_lean_types_are_the_contracts_but_for_the_two_patterns() -> None:
+    """The lean twins decode every field as the contract declares it: their JSON Schema
+    is the contract's once the HS code and attribute name patterns are taken out (a
+    constraint added to ``Manifest`` or ``Item`` and not to the twins fails here)."""
+    import json
+
+    from parcel_stream.parse import _LeanManifest
+
+    def without_patterns(x: object) -> object:
+        if isinstance(x, dict):
+            x = {k: without_patterns(v) for k, v in x.items() if k not in ("description", "title")}
+            x.pop("pattern", None)
+            return {k: v for k, v in x.items() if not (k == "propertyNames" and v == {})}
+        return [without_patterns(v) for v in x] if isinstance(x, list) else x
+
+    lean = json.dumps(msgspec.json.schema(_LeanManifest), sort_keys=True)
+    lean = lean.replace('"_LeanManifest"', '"Manifest"').replace('"_LeanItem"', '"Item"')
+    lean = lean.replace("/_LeanManifest", "/Manifest").replace("/_LeanItem", "/Item")
+    contract = msgspec.json.schema(Manifest)
+    assert "pattern" in json.dumps(contract)
+    assert without_patterns(json.loads(lean)) == without_patterns(contract)
