@@ -432,6 +432,28 @@ APPLY_LIB = (
     ENTITY_LUA
     + """
 local num = function(x) return string.format('%.17g', x) end
+-- The per-item parts of the update come as columns (one list a field: one table each to
+-- unpack, not one a row); an earlier version's rows (a batch it prepared before an
+-- upgrade) are turned into them first. u[18] is 2 for columns.
+local function cols(rows, width)
+  local out = {}
+  for j = 1, width do out[j] = {} end
+  for i, r in ipairs(rows) do
+    for j = 1, width do out[j][i] = r[j] end
+  end
+  return out
+end
+local function columns(u)
+  if u[18] == 2 then return u end
+  u[8], u[9], u[11], u[12] = cols(u[8], 5), cols(u[9], 5), cols(u[11], 4), cols(u[12], 8)
+  local keys, sizes, members = {}, {}, {}
+  for i, m in ipairs(u[10]) do
+    keys[i], sizes[i] = m[1], #m[2]
+    for _, x in ipairs(m[2]) do members[#members + 1] = x end
+  end
+  u[10], u[18] = {keys, sizes, members}, 2
+  return u
+end
 local function check(u)
   for _, w in ipairs(u[7]) do
     local cur = redis.call('GET', w[1]) or '-1'
@@ -440,27 +462,31 @@ local function check(u)
     elseif cur ~= w[2] then return false end
   end
   local days = {}  -- each entity's day of its last TTL refresh (false: none), for write
-  for i, e in ipairs(u[8]) do
-    local row = redis.call('HMGET', e[1], 'v', 'x')
-    if (tonumber(row[1]) or 0) ~= e[2] then return false end
+  local keys, vers = u[8][1], u[8][2]
+  for i = 1, #keys do
+    local row = redis.call('HMGET', keys[i], 'v', 'x')
+    if (tonumber(row[1]) or 0) ~= vers[i] then return false end
     days[i] = row[2]
   end
   u.ttl_days = days
-  for _, p in ipairs(u[9]) do
-    if (tonumber(redis.call('HGET', p[1], 'v')) or 0) ~= p[2] then return false end
+  keys, vers = u[9][1], u[9][2]
+  for i = 1, #keys do
+    if (tonumber(redis.call('HGET', keys[i], 'v')) or 0) ~= vers[i] then return false end
   end
   local absent = {}  -- expected absent: checked 500 at a time
-  for _, p in ipairs(u[11]) do
-    if p[2] == '' then
-      absent[#absent + 1] = p[1]
+  local expected
+  keys, expected = u[11][1], u[11][2]
+  for i = 1, #keys do
+    if expected[i] == '' then
+      absent[#absent + 1] = keys[i]
       if #absent == 500 then
         if redis.call('EXISTS', unpack(absent)) > 0 then return false end
         absent = {}
       end
     else
-      local have = redis.call('GET', p[1])
+      local have = redis.call('GET', keys[i])
       if have then have = string.sub(have, 1, 16) else have = '' end
-      if have ~= p[2] then return false end
+      if have ~= expected[i] then return false end
     end
   end
   if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then return false end
@@ -476,24 +502,25 @@ local function write(u, blobs)
   -- day), by a day more than the TTL, so it lives at least the TTL after its last write;
   -- without the days the check read (a cluster's commit), on every write
   local today, days = u[17], u.ttl_days or {}
-  for i, e in ipairs(ents) do
-    local key, vals = e[1], e[3]
+  local keys, vers, firsts, newest, day_texts = unpack(ents)
+  for i = 1, #keys do
+    local key, vals = keys[i], firsts[i]
     local row
     if type(vals) == 'table' then  -- an earlier version's (one text field per value),
-      row = {'v', e[2] + 1}        -- prepared before an upgrade: read packs it again
+      row = {'v', vers[i] + 1}     -- prepared before an upgrade: read packs it again
       for j = 1, #fields do
         row[#row + 1] = fields[j]
         row[#row + 1] = vals[j]
       end
       redis.call('HDEL', key, unpack(PARTS))
-    else  -- the values packed, at byte e[3] of ARGV[2]
-      row = parts_args({'v', e[2] + 1}, string.sub(blobs, vals, vals + 8 * #fields - 1))
+    else  -- the values packed, at byte firsts[i] of ARGV[2]
+      row = parts_args({'v', vers[i] + 1}, string.sub(blobs, vals, vals + 8 * #fields - 1))
     end
-    if e[4] > 0 then
+    if newest[i] > 0 then
       row[#row + 1] = 'dn'
-      row[#row + 1] = e[4]
+      row[#row + 1] = newest[i]
       row[#row + 1] = 'dd'
-      row[#row + 1] = e[5]
+      row[#row + 1] = day_texts[i]
     end
     local refresh = ttl > 0 and (today == nil or days[i] ~= today)
     if refresh and today then
@@ -503,27 +530,39 @@ local function write(u, blobs)
     redis.call('HSET', key, unpack(row))
     if refresh then redis.call('EXPIRE', key, ttl + (today and 86400 or 0)) end
   end
-  for _, p in ipairs(pairs_) do
-    redis.call('HSET', p[1], 'start_ms', num(p[3]), 'value_usd', num(p[4]), 'parcels', num(p[5]),
-      'v', p[2] + 1)
-    redis.call('PEXPIRE', p[1], math.floor(window_ms * 2))
+  local starts, values, counts
+  keys, vers, starts, values, counts = unpack(pairs_)
+  for i = 1, #keys do
+    redis.call('HSET', keys[i], 'start_ms', num(starts[i]), 'value_usd', num(values[i]),
+      'parcels', num(counts[i]), 'v', vers[i] + 1)
+    redis.call('PEXPIRE', keys[i], math.floor(window_ms * 2))
   end
-  for _, m in ipairs(members) do
-    for j = 1, #m[2], 500 do
-      redis.call('SADD', m[1], unpack(m[2], j, math.min(j + 499, #m[2])))
+  local sizes, names
+  keys, sizes, names = unpack(members)
+  local at = 1
+  for i = 1, #keys do
+    local last = at + sizes[i] - 1
+    for j = at, last, 500 do
+      redis.call('SADD', keys[i], unpack(names, j, math.min(j + 499, last)))
     end
-    if addr_ttl > 0 then redis.call('EXPIRE', m[1], addr_ttl) end
+    at = last + 1
+    if addr_ttl > 0 then redis.call('EXPIRE', keys[i], addr_ttl) end
   end
-  for _, p in ipairs(parcels) do
-    redis.call('SET', p[1], string.sub(blobs, p[3], p[4]), 'EX', parcel_ttl)
+  local lasts, expected
+  keys, expected, firsts, lasts = unpack(parcels)
+  for i = 1, #keys do
+    redis.call('SET', keys[i], string.sub(blobs, firsts[i], lasts[i]), 'EX', parcel_ttl)
   end
-  for _, x in ipairs(exam) do
-    local key = prefix .. '@parcel:' .. x[1]
-    if x[8] > 0 then  -- with the learned model's ref
-      redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6], 'k',
-        string.sub(blobs, x[7], x[8]))
+  local ids, shippers, addresses, sellers, rules, scores
+  ids, shippers, addresses, sellers, rules, scores, firsts, lasts = unpack(exam)
+  for i = 1, #ids do
+    local key = prefix .. '@parcel:' .. ids[i]
+    if lasts[i] > 0 then  -- with the learned model's ref
+      redis.call('HSET', key, 's', shippers[i], 'a', addresses[i], 'l', sellers[i], 'r',
+        rules[i], 'c', scores[i], 'k', string.sub(blobs, firsts[i], lasts[i]))
     else
-      redis.call('HSET', key, 's', x[2], 'a', x[3], 'l', x[4], 'r', x[5], 'c', x[6])
+      redis.call('HSET', key, 's', shippers[i], 'a', addresses[i], 'l', sellers[i], 'r',
+        rules[i], 'c', scores[i])
     end
     redis.call('EXPIRE', key, exam_ttl)
   end
@@ -561,7 +600,7 @@ end
 APPLY_LUA = (
     APPLY_LIB
     + """
-local u = cmsgpack.unpack(ARGV[1])
+local u = columns(cmsgpack.unpack(ARGV[1]))
 if not check(u) then return 0 end
 write(u, ARGV[2])
 return 1
@@ -608,9 +647,9 @@ def keys_in(script: str) -> str:
 LOCKED_LIB = """
 local function locked_keys(u)
   local out = {}
-  for _, e in ipairs(u[8]) do out[#out + 1] = e[1] end
-  for _, p in ipairs(u[9]) do out[#out + 1] = p[1] end
-  for _, p in ipairs(u[11]) do out[#out + 1] = p[1] end
+  for _, part in ipairs({u[8][1], u[9][1], u[11][1]}) do
+    for _, k in ipairs(part) do out[#out + 1] = k end
+  end
   return out
 end
 local function release(tag, u, token)
@@ -647,7 +686,7 @@ PREPARE_LUA = (
 local tag, token = KEYS[1], ARGV[3]
 local d = tag .. '@prepdata:' .. token
 if redis.call('EXISTS', d) == 1 then return 1 end  -- sent again after a lost reply
-local u, marks = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[5])
+local u, marks = columns(cmsgpack.unpack(ARGV[1])), cmsgpack.unpack(ARGV[5])
 local ok = admissible(tag, u, token, marks)
 if ok ~= 1 then return ok end
 local locks = tag .. '@locks'
@@ -665,7 +704,7 @@ ONE_LUA = (
     + LOCKED_LIB
     + """
 local tag, token = KEYS[1], ARGV[3]
-local u, marks = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[5])
+local u, marks = columns(cmsgpack.unpack(ARGV[1])), cmsgpack.unpack(ARGV[5])
 local ok = admissible(tag, u, token, marks)
 if ok ~= 1 then return ok end
 write(u, ARGV[2])
@@ -680,7 +719,7 @@ local tag, token = KEYS[1], ARGV[1]
 local d = tag .. '@prepdata:' .. token
 local a = redis.call('HGET', d, 'a')
 if not a then return 0 end
-local u = cmsgpack.unpack(a)
+local u = columns(cmsgpack.unpack(a))
 if COMMIT then write(u, redis.call('HGET', d, 'b')) end
 release(tag, u, token)
 for _, k in ipairs(cmsgpack.unpack(redis.call('HGET', d, 'p'))) do

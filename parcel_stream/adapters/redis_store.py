@@ -45,7 +45,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, repeat
 from typing import Any
 
 import msgspec
@@ -245,19 +245,18 @@ def days_texts(counts: I64) -> list[str]:
 
 
 def entity_args(kind: StateKey, ws: EntityWrites, prefix: str, days: bool, at: int
-                ) -> list[tuple[Any, ...]]:  # fmt: skip
-    """The apply script's entity rows: key, expected version, the first byte (Lua counts
-    from 1) of its packed values (``pack_entities``: the batch's, at byte ``at`` of the
-    script's binary argument), and for shippers the newest day and the day counts (0 and
-    "" for sellers)."""
+                ) -> list[list[Any]]:  # fmt: skip
+    """The apply script's entity columns: keys, expected versions, the first byte (Lua
+    counts from 1) of each one's packed values (``pack_entities``: the batch's, at byte
+    ``at`` of the script's binary argument), and for shippers the newest days and the day
+    counts (0 and "" for sellers)."""
     keys = kind.keys(prefix, ws.ids)
-    vers = ws.expected_ver.tolist()
-    width = ENTITY_BYTES
-    firsts = range(at, at + width * len(keys), width)
+    width, n = ENTITY_BYTES, len(keys)
+    firsts = list(range(at, at + width * n, width))
     if not days:
-        return list(zip(keys, vers, firsts, repeat(0), repeat(""), strict=False))
-    return list(zip(keys, vers, firsts, ws.newest_day.tolist(), days_texts(ws.day_counts),
-                    strict=True))  # fmt: skip
+        return [keys, ws.expected_ver.tolist(), firsts, [0] * n, [""] * n]
+    return [keys, ws.expected_ver.tolist(), firsts, ws.newest_day.tolist(),
+            days_texts(ws.day_counts)]  # fmt: skip
 
 
 ENTITY_BYTES = 8 * len(ENTITY_FIELDS)
@@ -496,31 +495,39 @@ class RedisReputationStore:
         pids, expected, raws = zip(*update.parcels, strict=True) if update.parcels else ((),) * 3
 
         ships, sells = entity_columns(update.shippers), entity_columns(update.sellers)
-        ents = [
-            *entity_args(SHIPPER, ships, prefix, True, blob(pack_entities(ships.vals))[0]),
-            *entity_args(SELLER, sells, prefix, False, blob(pack_entities(sells.vals))[0]),
-        ]
+        ents = [a + b for a, b in zip(
+            entity_args(SHIPPER, ships, prefix, True, blob(pack_entities(ships.vals))[0]),
+            entity_args(SELLER, sells, prefix, False, blob(pack_entities(sells.vals))[0]),
+            strict=True)]  # fmt: skip
+        pairs = update.pairs
+        members = [ids for _, ids in update.addresses]
+        parcel_firsts, parcel_lasts = spans(raws)
+        exam = [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
+                 repr(ref.static_score), *(blob(encode_ref(ref.risk)) if ref.risk else (0, 0))]
+                for pid, ref in update.examinable]  # fmt: skip
 
+        # the per-item parts in columns (one list a field), u[18] = 2 saying so
         payload = [
             prefix, self.ttl_s, self.address_ttl_s, self.exam_ttl_s, float(self.window_ms),
             self.parcel_ttl_s,
             [[key(WATERMARK, f"{t}:{p}"), "" if (t, p) in loose else str(exp),
               str(new)] for (t, p), (exp, new) in update.watermarks.items()],
             ents,
-            [[key(PAIR, p.pair), p.expected_ver, p.start_ms, p.value_usd, p.parcels]
-             for p in update.pairs],
-            list(zip(ADDRESS_SHIPPERS.keys(prefix, [a for a, _ in update.addresses]),
-                     [list(map(shipper_member, ids)) for _, ids in update.addresses], strict=True)),
-            list(zip(REMEMBERED.keys(prefix, pids), expected, *spans(raws), strict=False)),
-            [[pid, ref.shipper_id, ref.address, ref.seller, ",".join(ref.rules),
-              repr(ref.static_score), *(blob(encode_ref(ref.risk)) if ref.risk else (0, 0))]
-             for pid, ref in update.examinable],
+            [PAIR.keys(prefix, [p.pair for p in pairs]), [p.expected_ver for p in pairs],
+             [p.start_ms for p in pairs], [p.value_usd for p in pairs],
+             [p.parcels for p in pairs]],
+            [ADDRESS_SHIPPERS.keys(prefix, [a for a, _ in update.addresses]),
+             list(map(len, members)),
+             list(map(shipper_member, chain.from_iterable(members)))],
+            [REMEMBERED.keys(prefix, pids), list(expected), list(parcel_firsts), parcel_lasts],
+            [list(col) for col in zip(*exam, strict=True)] if exam else [[]] * 8,
             [[f"{t}:{p}", offset, *blob(digest)] for (t, p), offset, digest in update.outbox],
             [[f"{t}:{p}", offset] for (t, p), offset in update.prune.items()],
             [[key(LANES, f"{t}:{p}"), *blob(raw)] for (t, p), raw in update.lanes],
             [[key(NORMS, f"{t}:{p}"), *blob(ids.astype(">u8").tobytes()),
               *blob(rows.astype("<f8").tobytes())] for (t, p), ids, rows in update.norms],
             str(self.today()),
+            2,
         ]  # fmt: skip
         return [_PACK.encode(payload), b"".join(blobs)]
 

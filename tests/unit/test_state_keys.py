@@ -46,9 +46,9 @@ def test_state_fields_are_written_as_text_that_reads_back_exactly() -> None:
 
 
 def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
-    """The batch's entity writes are formatted in columns (``entity_args``): per entity its
-    key, expected version, where its packed values start, and the day counts' field as
-    one write at a time gave it; the packed values read back bit for bit, for whole numbers
+    """The batch's entity writes are formatted in columns (``entity_args``): the keys,
+    expected versions, where the packed values start, and the day counts' fields as one
+    write at a time gave them; the packed values read back bit for bit, for whole numbers
     of any size, fractions, -0.0, infinities and NaN; and back to the same writes."""
     import math
     import random
@@ -88,7 +88,7 @@ def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
         writes.append(EntityWrite(f"S{k}", rng.randrange(5), tuple(rng.choice(pool)
                                   for _ in range(nf)), newest, days))  # fmt: skip
     ws = EntityWrites.of(writes)
-    rows = entity_args(SHIPPER, ws, "ps", True, 7)
+    rows = list(zip(*entity_args(SHIPPER, ws, "ps", True, 7), strict=True))
     packed = pack_entities(ws.vals)
     assert len(packed) == ENTITY_BYTES * len(writes) == 8 * nf * len(writes)
     for j, (w, row) in enumerate(zip(writes, rows, strict=True)):
@@ -99,7 +99,7 @@ def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
         back = unpack_entities([one], 1)[0]
         assert [math.copysign(1, v) for v in back] == [math.copysign(1, v) for v in w.vals]
         assert np.array_equal(back, w.vals, equal_nan=True)
-    sellers = entity_args(SELLER, ws, "ps", False, 1)
+    sellers = list(zip(*entity_args(SELLER, ws, "ps", False, 1), strict=True))
     assert [r[2:] for r in sellers] == [(1 + j * ENTITY_BYTES, 0, "") for j in range(len(writes))]
     assert unpack_entities([None, packed[:ENTITY_BYTES]], 2)[0].tolist() == [0.0] * nf
     # packed before the last field was added: it reads 0, the others as stored
@@ -114,7 +114,7 @@ def test_entity_writes_in_columns_format_as_each_write_alone() -> None:
         assert dict(again.days) == live
     assert [w.entity_id for w in ws.take([3, 1])] == ["S3", "S1"] and len(EntityWrites.none()) == 0
     big = EntityWrite("B", 1, (1.0,) * nf, 20_800, ((20_799, 70_000), (20_800, 3)))
-    assert entity_args(SHIPPER, EntityWrites.of([big]), "ps", True, 1)[0][4] == encode_days(
+    assert entity_args(SHIPPER, EntityWrites.of([big]), "ps", True, 1)[4][0] == encode_days(
         big.newest_day, big.days)  # fmt: skip
 
 
