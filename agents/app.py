@@ -279,6 +279,7 @@ def create_app(settings: Settings, ruleset: RuleSet | None = None) -> faust.App:
                         await last
                     last = asyncio.ensure_future(acked(sent, done))
             finally:  # stopping: a batch not acked is fetched again and its outputs resent
+                processor.drop_ahead()
                 if last is not None:
                     last.cancel()
         async for events in stream.take_events(batch_max, within=within):

@@ -80,7 +80,8 @@ class StepResult:
 Step = Generator[Call, Any, StepResult]
 
 
-def _read(prep: Prepared) -> Generator[Call, Any, Batch]:
+def read_state(prep: Prepared) -> Generator[Call, Any, Batch]:
+    """A prepared batch's state read: its remembered parcels, then its entities' state."""
     remembered = yield Call("read_parcels", (prep.parcel_ids,))
     prep, classified = recognise(prep, remembered)
     combos = Combos.of(prep.shippers)
@@ -101,6 +102,7 @@ def batch_step(
     risk: tuple[RiskConfig, RiskState] | None = None,
     prepared: Prepared | None = None,
     decisions: str = "lines",
+    read: Batch | None = None,
 ) -> Step:
     """One batch, start to end (see the module's docstring). ``prune``: outputs produced
     up to these offsets, whose digests go with this batch's update. ``risk``: the learned
@@ -108,13 +110,14 @@ def batch_step(
     keys' counts are read after its state, and its parcels scored with them.
     ``prepared``: these records already parsed (:func:`prepare`, a pure function of the
     records, the limits, ``now_ms`` and the split threshold), for every attempt.
-    ``decisions``: the decisions records' form (``decide.DECISIONS_FORMATS``)."""
+    ``decisions``: the decisions records' form (``decide.DECISIONS_FORMATS``). ``read``:
+    ``prepared``'s state read (``read_state``), made already, for the first attempt."""
     attempt = 0
     while True:
         attempt += 1
         prep = prepared if prepared is not None else prepare(
             records, limits, now_ms, ruleset.split_min_usd)  # fmt: skip
-        batch = yield from _read(prep)
+        batch = read if attempt == 1 and read is not None else (yield from read_state(prep))
         marks = batch.watermarks
 
         def applied(r: InRecord, marks: dict[Partition, int] = marks) -> bool:
@@ -128,7 +131,7 @@ def batch_step(
             digests = yield Call("read_outbox", (wanted,))
             replayed, resent, skipped = rebuild(old, digests, limits, decisions)
             fresh = [r for r in records if not applied(r)]
-            batch = yield from _read(prepare(fresh, limits, now_ms, ruleset.split_min_usd))
+            batch = yield from read_state(prepare(fresh, limits, now_ms, ruleset.split_min_usd))
         risk_in = None
         if risk is not None and risk[0].scores:
             # computed with the parse, or now (an amendment's stored entities, appended

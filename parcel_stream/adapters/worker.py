@@ -26,13 +26,13 @@ from parcel_stream.exams import applied_flags, exam_step, parse_exam_records, tr
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
-from parcel_stream.pipeline import BatchResult, Prepared, prepare
+from parcel_stream.pipeline import Batch, BatchResult, Prepared, prepare
 from parcel_stream.reputation import ExamDelta, Partition
 from parcel_stream.risk import RiskState
 from parcel_stream.rules import RuleSet, RuleSetError
 from parcel_stream.settings import Settings
 from parcel_stream.state import AsyncStateStore
-from parcel_stream.step import StepResult, batch_step
+from parcel_stream.step import StepResult, batch_step, read_state
 
 log = logging.getLogger("parcel_stream.worker")
 T = TypeVar("T")
@@ -86,6 +86,9 @@ class BatchProcessor:
         # the next batch, parsed while Redis applied the one before: (its records, their
         # parse, its decision time, the split threshold it was parsed with)
         self._ahead: tuple[list[InRecord], Prepared, int, float | None] | None = None
+        # that batch's state read, made as soon as the one before was applied: (the parse
+        # it reads for, the read)
+        self._reading: tuple[Prepared, asyncio.Future[Batch]] | None = None
         metrics.learner_applied.set(int(self.learner_cfg.adjusts))
 
     async def refresh_learner(self) -> None:
@@ -223,11 +226,17 @@ class BatchProcessor:
         prune, self.pending_prune = self.pending_prune, {}
         decided_ms, prepared = now_ms(), None
         ahead, self._ahead = self._ahead, None
+        reading, self._reading = self._reading, None
+        read = None
         if ahead is not None and ahead[0] is records and ahead[3] == rs.split_min_usd:
             prepared, decided_ms = ahead[1], ahead[2]
+            if reading is not None and reading[0] is prepared:
+                read, reading = await reading[1], None
+        if reading is not None:
+            reading[1].cancel()
         step = batch_step(records, rs, self.limits, decided_ms, True, adjust, state.version,
                           self.state_config, prune, risk, prepared,
-                          self.settings.decisions_format)  # fmt: skip
+                          self.settings.decisions_format, read)  # fmt: skip
         conflicts = Backoff(first_s=0.005, max_s=1.0)
         t_apply = 0.0
         try:
@@ -260,6 +269,9 @@ class BatchProcessor:
                         if reply:
                             for part, (_old, new) in call.args[0].watermarks.items():
                                 self.applied[part] = max(self.applied.get(part, -1), new)
+                            if self._ahead is not None:  # read while this one's outputs go
+                                self._reading = (self._ahead[1], asyncio.ensure_future(
+                                    self._read_ahead(self._ahead[1])))  # fmt: skip
                 call = step.send(reply)
         except StopIteration as done:
             out: StepResult = done.value
@@ -271,6 +283,31 @@ class BatchProcessor:
         t2 = time.perf_counter()
         acks = await self._send(out.outputs)
         return self._finish(records, out, acks, (t0, t2, t_apply))
+
+    async def _read_ahead(self, prep: Prepared) -> Batch:
+        """The next batch's state read, made as soon as this batch's state is applied (so
+        it reads the same state as it would at its turn): Redis reads while this batch's
+        outputs are built and handed to the producer. A write that moves the state
+        meanwhile (an exam result) makes its apply refused, and it reads again."""
+        reads = read_state(prep)
+        call = next(reads)
+        try:
+            while True:
+                reply = await self._redis(
+                    call.op, partial(getattr(self.store, call.op), *call.args))  # fmt: skip
+                if call.op == "read":
+                    self._check_kept(reply[1], call.args[1])
+                call = reads.send(reply)
+        except StopIteration as done:
+            out: Batch = done.value
+            return out
+
+    def drop_ahead(self) -> None:
+        """Stopping: the next batch's parse and read are dropped (it is fetched again)."""
+        self._ahead = None
+        if self._reading is not None:
+            self._reading[1].cancel()
+            self._reading = None
 
     async def _prepare_ahead(
         self, records: list[InRecord], split: float | None

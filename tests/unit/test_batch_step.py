@@ -265,3 +265,70 @@ def test_the_next_batch_parsed_while_the_state_is_applied_decides_the_same(mode:
     sent, used = asyncio.run(ahead([thirds[2], None, None]))  # not the next: parsed again
     assert used == [False, False, False]
     assert decisions(sent) == decisions(expected)
+
+
+def test_the_next_batch_is_read_once_this_one_is_applied_and_again_if_the_state_moved() -> None:
+    """With the next batch parsed ahead, its state read is made as soon as this batch's
+    state is applied (Redis reads while this batch's outputs go) and its turn starts from
+    it. Decisions are those of batch after batch; an exam result that moves a shipper's
+    state after that read and before the batch's apply makes the apply refused and the
+    batch read again: it decides as if the read were made at its turn."""
+    from parcel_stream.reputation import ExamDelta
+
+    records = feed(45, 600)
+    k = len(records) // 3
+    thirds = [records[:k], records[k : 2 * k], records[2 * k :]]
+
+    def decisions(sent: Sent) -> list[tuple[str, str, float]]:
+        return [(d["parcel_id"], d["lane"], d["score"])
+                for t, _k, v in sent if t == SETTINGS.topic_decisions
+                for d in map(orjson.loads, v.split(b"\n"))]  # fmt: skip
+
+    class Counting(AsyncTwin):
+        def __init__(self, store: InMemoryStore) -> None:
+            super().__init__(store)
+            self.reads = 0
+            self.refused = 0
+
+        async def read(self, *args):  # type: ignore[no-untyped-def]
+            self.reads += 1
+            return await super().read(*args)
+
+        async def apply(self, update: ReputationUpdate) -> bool:
+            ok = await super().apply(update)
+            self.refused += not ok
+            return ok
+
+    def exam(store: InMemoryStore) -> None:  # a violation found at a shipper of the 2nd third
+        doc = orjson.loads(thirds[1][0].value.split(b"\n")[0])
+        at, shipper = doc["manifest_ts_ms"], doc["shipper"]["id"]
+        found = [ExamDelta(f"E{j}", f"P{j}", shipper, "A?", True, at) for j in range(8)]
+        assert store.apply_exams(found) == [True] * 8
+
+    async def run(upcoming: list[list[InRecord] | None], moved: bool) -> tuple[Sent, Counting,
+                                                                              list[bool]]:  # fmt: skip
+        sent: Sent = []
+        store = Counting(InMemoryStore())
+        w = processor(store, sent)
+        prefetched = []
+        for n, (part, nxt) in enumerate(zip(thirds, upcoming, strict=True)):
+            if n == 1 and moved:
+                if w._reading is not None:
+                    await w._reading[1]  # the read is made: the exam result comes after it
+                exam(store.store)  # type: ignore[arg-type]
+            prefetched.append(w._reading is not None and w._ahead is not None
+                              and w._reading[0] is w._ahead[1] and w._ahead[0] is part)  # fmt: skip
+            await (await w.start(part, nxt))
+        return sent, store, prefetched
+
+    for moved in (False, True):
+        plain, plain_store, none = asyncio.run(run([None, None, None], moved))
+        assert none == [False, False, False] and plain_store.refused == 0
+        sent, store, prefetched = asyncio.run(run([thirds[1], thirds[2], None], moved))
+        assert prefetched == [False, True, True]
+        assert decisions(sent) == decisions(plain) != []
+        assert store.refused == int(moved)  # read before the exam result: refused once
+        assert store.reads == plain_store.reads + int(moved)
+    assert decisions(asyncio.run(run([None, None, None], True))[0]) != decisions(
+        asyncio.run(run([None, None, None], False))[0]
+    )  # the exam result changes decisions
