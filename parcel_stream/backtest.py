@@ -38,7 +38,10 @@ from parcel_stream.state import StateStore
 from parcel_stream.step import run_sync
 
 F64 = npt.NDArray[np.float64]
-CHUNK_BYTES = 4 << 20  # the batch step's chunks, as the worker's (PARCEL_CHUNK_BYTES default)
+# the batch step's chunks: larger than the worker's default (``DEFAULT_CHUNK_BYTES``), which
+# keeps a worker under its memory target; a backtest is not held to it, and fewer chunks cost
+# less (decisions do not depend on the chunks)
+CHUNK_BYTES = 4 << 20
 CAPACITIES_PCT = (1.0, 2.0, 5.0, 10.0)
 
 

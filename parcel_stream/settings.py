@@ -44,6 +44,11 @@ def _mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
 
 
+# a batch is scored in chunks of at most this much input: 3 MiB keeps a worker's RSS under
+# 300 MB with batch records, at no cost in parcels/s measured (``benchmarks/RESULTS.md``)
+DEFAULT_CHUNK_BYTES = 3 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration. Field ``foo_bar`` is read from ``PARCEL_FOO_BAR``."""
@@ -92,7 +97,7 @@ class Settings:
     max_record_bytes: int = 1024 * 1024
     max_parcels_per_record: int = 5_000
     # A batch is scored in chunks of at most this many input bytes (bounds worker memory).
-    chunk_max_bytes: int = 4 * 1024 * 1024
+    chunk_max_bytes: int = DEFAULT_CHUNK_BYTES
     # Parse the next chunk of a batch while Redis applies this one (one chunk more in memory)
     parse_ahead: bool = True
     # The backtest's columnar cache of parsed feeds ("": ~/.cache/parcel-stream/backtest)
