@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from parcel_stream.decide import Outputs
-from parcel_stream.features import Combos
+from parcel_stream.features import Combos, ShipperIndex
 from parcel_stream.outbox import rebuild
 from parcel_stream.parse import InRecord, Limits
 from parcel_stream.pipeline import (
@@ -54,6 +54,7 @@ from parcel_stream.risk import (
 )
 from parcel_stream.risk_keys import KeyBatch, distinct_spans, rule_ids, with_rules
 from parcel_stream.rules import RuleSet
+from parcel_stream.sequence import StoredState
 from parcel_stream.state import StateStore
 
 
@@ -80,6 +81,30 @@ class StepResult:
 Step = Generator[Call, Any, StepResult]
 
 
+@dataclass(frozen=True, slots=True)
+class EarlyRead:
+    """A batch's state read made ahead of its turn, both calls at once: its remembered
+    parcels and the stored state of ``index``'s entities (not yet those of amended
+    parcels' stored originals, which the remembered parcels name)."""
+
+    index: ShipperIndex
+    combos: Combos
+    remembered: dict[str, bytes]
+    stored: StoredState
+    watermarks: dict[Partition, int]
+
+
+def resume_read(prep: Prepared, early: EarlyRead) -> Generator[Call, Any, Batch]:
+    """``read_state`` from an early read: the entities amended parcels add to the index,
+    when there are, are read now (their state and the rest's, again)."""
+    prep, classified = recognise(prep, early.remembered)
+    if prep.shippers is early.index:
+        return Batch(prep, classified, early.stored, early.watermarks, early.combos)
+    combos = Combos.of(prep.shippers)
+    stored, marks = yield Call("read", (prep.shippers, prep.partitions, combos))
+    return Batch(prep, classified, stored, marks, combos)
+
+
 def read_state(prep: Prepared) -> Generator[Call, Any, Batch]:
     """A prepared batch's state read: its remembered parcels, then its entities' state."""
     remembered = yield Call("read_parcels", (prep.parcel_ids,))
@@ -102,7 +127,7 @@ def batch_step(
     risk: tuple[RiskConfig, RiskState] | None = None,
     prepared: Prepared | None = None,
     decisions: str = "lines",
-    read: Batch | None = None,
+    read: EarlyRead | None = None,
 ) -> Step:
     """One batch, start to end (see the module's docstring). ``prune``: outputs produced
     up to these offsets, whose digests go with this batch's update. ``risk``: the learned
@@ -111,13 +136,16 @@ def batch_step(
     ``prepared``: these records already parsed (:func:`prepare`, a pure function of the
     records, the limits, ``now_ms`` and the split threshold), for every attempt.
     ``decisions``: the decisions records' form (``decide.DECISIONS_FORMATS``). ``read``:
-    ``prepared``'s state read (``read_state``), made already, for the first attempt."""
+    ``prepared``'s state read, made already (``EarlyRead``), for the first attempt."""
     attempt = 0
     while True:
         attempt += 1
         prep = prepared if prepared is not None else prepare(
             records, limits, now_ms, ruleset.split_min_usd)  # fmt: skip
-        batch = read if attempt == 1 and read is not None else (yield from read_state(prep))
+        if attempt == 1 and read is not None:
+            batch = yield from resume_read(prep, read)
+        else:
+            batch = yield from read_state(prep)
         marks = batch.watermarks
 
         def applied(r: InRecord, marks: dict[Partition, int] = marks) -> bool:

@@ -23,16 +23,17 @@ from parcel_stream.adapters.rules_watch import RuleSetWatcher
 from parcel_stream.adapters.sinks import SendFn, output_sinks
 from parcel_stream.decide import LANES, Outputs, encode_rejection, hold_reason_counts
 from parcel_stream.exams import applied_flags, exam_step, parse_exam_records, trace, trains
+from parcel_stream.features import Combos
 from parcel_stream.kernels import warm_up
 from parcel_stream.learner import LearnerCache
 from parcel_stream.parse import InRecord, Limits, ParsedBatch, parse_batch
-from parcel_stream.pipeline import Batch, BatchResult, Prepared, prepare
+from parcel_stream.pipeline import BatchResult, Prepared, prepare
 from parcel_stream.reputation import ExamDelta, Partition
 from parcel_stream.risk import RiskState
 from parcel_stream.rules import RuleSet, RuleSetError
 from parcel_stream.settings import Settings
 from parcel_stream.state import AsyncStateStore
-from parcel_stream.step import StepResult, batch_step, read_state
+from parcel_stream.step import EarlyRead, StepResult, batch_step
 
 log = logging.getLogger("parcel_stream.worker")
 T = TypeVar("T")
@@ -88,7 +89,7 @@ class BatchProcessor:
         self._ahead: tuple[list[InRecord], Prepared, int, float | None] | None = None
         # that batch's state read, made as soon as the one before was applied: (the parse
         # it reads for, the read)
-        self._reading: tuple[Prepared, asyncio.Future[Batch]] | None = None
+        self._reading: tuple[Prepared, asyncio.Future[EarlyRead]] | None = None
         metrics.learner_applied.set(int(self.learner_cfg.adjusts))
 
     async def refresh_learner(self) -> None:
@@ -284,23 +285,19 @@ class BatchProcessor:
         acks = await self._send(out.outputs)
         return self._finish(records, out, acks, (t0, t2, t_apply))
 
-    async def _read_ahead(self, prep: Prepared) -> Batch:
+    async def _read_ahead(self, prep: Prepared) -> EarlyRead:
         """The next batch's state read, made as soon as this batch's state is applied (so
-        it reads the same state as it would at its turn): Redis reads while this batch's
-        outputs are built and handed to the producer. A write that moves the state
-        meanwhile (an exam result) makes its apply refused, and it reads again."""
-        reads = read_state(prep)
-        call = next(reads)
-        try:
-            while True:
-                reply = await self._redis(
-                    call.op, partial(getattr(self.store, call.op), *call.args))  # fmt: skip
-                if call.op == "read":
-                    self._check_kept(reply[1], call.args[1])
-                call = reads.send(reply)
-        except StopIteration as done:
-            out: Batch = done.value
-            return out
+        it reads the same state as it would at its turn), its two calls at once: Redis
+        reads while this batch's outputs are built and handed to the producer. A write
+        that moves the state meanwhile (an exam result) makes its apply refused, and it
+        reads again."""
+        combos = Combos.of(prep.shippers)
+        remembered, (stored, marks) = await asyncio.gather(
+            self._redis("read_parcels", partial(self.store.read_parcels, prep.parcel_ids)),
+            self._redis("read", partial(self.store.read, prep.shippers, prep.partitions,
+                                        combos)))  # fmt: skip
+        self._check_kept(marks, prep.partitions)
+        return EarlyRead(prep.shippers, combos, remembered, stored, marks)
 
     def drop_ahead(self) -> None:
         """Stopping: the next batch's parse and read are dropped (it is fetched again)."""

@@ -332,3 +332,48 @@ def test_the_next_batch_is_read_once_this_one_is_applied_and_again_if_the_state_
     assert decisions(asyncio.run(run([None, None, None], True))[0]) != decisions(
         asyncio.run(run([None, None, None], False))[0]
     )  # the exam result changes decisions
+
+
+def test_an_early_read_is_completed_for_the_originals_of_amended_parcels() -> None:
+    """The next batch's early read (both its calls at once) holds its own entities
+    only. An amendment that moves a parcel of this batch to another shipper adds
+    the original's shipper to the index: that batch reads again, and decides as read at
+    its turn."""
+
+    def record(docs: list[dict[str, object]], offset: int) -> InRecord:
+        value = b"\n".join(map(orjson.dumps, docs))
+        return InRecord(value, "m", 0, offset, None, 0, b"application/x-ndjson")
+
+    def decided(sent: Sent) -> list[tuple[str, str, float, str | None]]:
+        return [(d["parcel_id"], d["lane"], d["score"], d.get("amends"))
+                for t, _k, v in sent if t == SETTINGS.topic_decisions
+                for d in map(orjson.loads, v.split(b"\n"))]  # fmt: skip
+
+    docs = [orjson.loads(x) for r in feed(46, 300, amend=False) for x in r.value.split(b"\n")]
+    first, second, third = docs[:100], docs[100:200], docs[200:]
+    inside = {d["shipper"]["id"] for d in second}
+    moved = next(d for d in first if d["shipper"]["id"] not in inside)
+    second = [{**moved, "shipper": second[0]["shipper"]}, *second]
+    batches = [[record(first, 0)], [record(second, 1)], [record(third, 2)]]
+
+    class Counting(AsyncTwin):
+        reads = 0
+
+        async def read(self, *args):  # type: ignore[no-untyped-def]
+            self.reads += 1
+            return await super().read(*args)
+
+    async def run(ahead: bool) -> tuple[Sent, int]:
+        sent: Sent = []
+        store = Counting(InMemoryStore())
+        w = processor(store, sent)
+        for n, part in enumerate(batches):
+            nxt = batches[n + 1] if ahead and n + 1 < len(batches) else None
+            await (await w.start(part, nxt))
+        return sent, store.reads
+
+    plain, plain_reads = asyncio.run(run(False))
+    sent, reads = asyncio.run(run(True))
+    assert any(a is not None for *_, a in decided(plain))  # the amendment is one
+    assert decided(sent) == decided(plain)
+    assert reads == plain_reads + 1  # the second batch read again for the original's shipper
