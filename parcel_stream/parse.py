@@ -162,7 +162,6 @@ class _Verdicts(dict[str, bool]):
     def __init__(self, annotated: object) -> None:
         super().__init__()
         (meta,) = (m for m in getattr(annotated, "__metadata__", ()) if m.pattern)
-        self.pattern: str = meta.pattern
         self._search = re.compile(meta.pattern).search
 
     def __missing__(self, value: str) -> bool:

@@ -548,8 +548,8 @@ local function write(u, blobs)
     at = last + 1
     if addr_ttl > 0 then redis.call('EXPIRE', keys[i], addr_ttl) end
   end
-  local lasts, expected
-  keys, expected, firsts, lasts = unpack(parcels)
+  local lasts
+  keys, firsts, lasts = parcels[1], parcels[3], parcels[4]
   for i = 1, #keys do
     redis.call('SET', keys[i], string.sub(blobs, firsts[i], lasts[i]), 'EX', parcel_ttl)
   end
