@@ -53,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parcels", type=int, default=200_000)
     args = ap.parse_args()
-    gc.set_threshold(50_000, 20, 100)  # as the worker does
+    gc.set_threshold(Settings().young_threshold(), 20, 100)  # as the CLI sets it
     tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-btb-"))
     docs = [d for d, _ in generate(FeedConfig(parcels=args.parcels, seed=41))]
     lines = [orjson.dumps(d) for d in docs]

@@ -52,7 +52,7 @@ from parcel_stream.repeats import (
     Classified,
     Remembered,
     classify,
-    content_hash,
+    content_hashes,
     decode_remembered,
 )
 from parcel_stream.reputation import (
@@ -368,7 +368,7 @@ def prepare(
         parsed=parsed,
         shippers=with_pairs(index_shippers(parsed.manifests), columns.value_usd, split_min_usd),
         partitions=batch_partitions(records),
-        hashes=[content_hash(m) for m in parsed.manifests],
+        hashes=content_hashes(parsed.manifests),
         columns=columns,
     )
     if keys:

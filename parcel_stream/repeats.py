@@ -11,9 +11,13 @@ two batch records. Every scored parcel is remembered by id for ``repeat_window_d
 
 The content hash covers the decoded manifest (unknown fields dropped, key order and
 whitespace irrelevant, the ``attributes`` map's order too), so a resend that only
-re-serialises the JSON is still a repeat. It hashes the manifest's MessagePack (a
-quarter cheaper than the JSON hashed before); a parcel remembered with the hash of its
-JSON, by an earlier version, is compared by that hash too.
+re-serialises the JSON is still a repeat. It is the 64-bit XXH3 of the manifest's
+MessagePack (keys in a fixed order): half the cost of the BLAKE2b hashed before, a third
+of a worker's CPU a parcel less. A parcel remembered by an earlier version carries the
+BLAKE2b of its MessagePack or of its JSON (``legacy_hashes``): a resend is compared by
+those too, so a rolling upgrade keeps its repeats. (A downgrade would not: the older
+version takes a resend of a parcel that this one scored for an amendment, which rescores
+it and takes its first contribution back, so the state still counts it once.)
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 import msgspec
 import numpy as np
+import xxhash
 
 from parcel_stream.model import Manifest
 from parcel_stream.sequence import AMEND, NEW, REPEAT, Contribution
@@ -35,13 +40,22 @@ HASH_CHARS = 16
 
 def content_hash(m: Manifest) -> str:
     """16 hex digits identifying a manifest's content."""
-    return hashlib.blake2b(_ENC.encode(m), digest_size=8).hexdigest()
+    return _XXH3(_ENC.encode(m))
 
 
-def legacy_hash(m: Manifest) -> str:
-    """The content hash of earlier versions (of the manifest's JSON), which parcels
-    remembered by them carry."""
-    return hashlib.blake2b(_LEGACY_ENC.encode(m), digest_size=8).hexdigest()
+def content_hashes(manifests: Sequence[Manifest]) -> list[str]:
+    """``content_hash`` of each manifest."""
+    return list(map(_XXH3, map(_ENC.encode, manifests)))
+
+
+_XXH3 = xxhash.xxh3_64_hexdigest
+
+
+def legacy_hashes(m: Manifest) -> tuple[str, str]:
+    """The content hashes of earlier versions, which parcels remembered by them carry:
+    the BLAKE2b of the manifest's MessagePack, and before it of its JSON."""
+    return (hashlib.blake2b(_ENC.encode(m), digest_size=8).hexdigest(),
+            hashlib.blake2b(_LEGACY_ENC.encode(m), digest_size=8).hexdigest())  # fmt: skip
 
 
 class Remembered(msgspec.Struct, array_like=True):
@@ -102,7 +116,7 @@ def classify(
 ) -> Classified:
     """Walk the batch in input order: a parcel id seen earlier in the batch refers to
     that parcel, else to the stored one; same hash = repeat, other = amendment. With the
-    batch's ``manifests``, a stored hash of an earlier version (``legacy_hash``) that
+    batch's ``manifests``, a stored hash of an earlier version (``legacy_hashes``) that
     matches is a repeat too."""
     n = len(parcel_ids)
     contrib = Contribution.none(n)
@@ -117,7 +131,7 @@ def classify(
             same = hashes[j] == h
         elif pid in stored:
             old_hash, refs[i] = stored[pid]
-            same = old_hash == h or (bool(manifests) and old_hash == legacy_hash(manifests[i]))
+            same = old_hash == h or (bool(manifests) and old_hash in legacy_hashes(manifests[i]))
         else:
             last[pid] = i
             continue

@@ -12,9 +12,10 @@ from parcel_stream.repeats import (
     Remembered,
     classify,
     content_hash,
+    content_hashes,
     decode_remembered,
     encode_remembered,
-    legacy_hash,
+    legacy_hashes,
 )
 from parcel_stream.reputation import InMemoryStore
 from parcel_stream.risk import RiskConfig, RiskState
@@ -40,15 +41,19 @@ def test_the_hash_ignores_how_the_json_was_written_attribute_order_included() ->
     b = parcel(attributes={"platform": "shop", "office": "LHR"})
     assert content_hash(a) == content_hash(b)
     assert content_hash(a) != content_hash(parcel(attributes={"office": "LGW", "platform": "shop"}))
-    assert len(content_hash(a)) == 16 and len(legacy_hash(a)) == 16
+    assert len(content_hash(a)) == 16 and all(len(h) == 16 for h in legacy_hashes(a))
+    assert content_hashes([a, b]) == [content_hash(a), content_hash(b)]
 
 
-def test_a_parcel_remembered_with_an_earlier_versions_hash_is_still_a_repeat() -> None:
-    """Parcels remembered before the hash changed carry the hash of their JSON: a resend
-    of the same content is a repeat, other content an amendment, new ids new."""
+@pytest.mark.parametrize("version", [0, 1], ids=["blake2b-msgpack", "blake2b-json"])
+def test_a_parcel_remembered_with_an_earlier_versions_hash_is_still_a_repeat(version: int
+                                                                             ) -> None:  # fmt: skip
+    """Parcels remembered before the hash changed carry the BLAKE2b of their MessagePack
+    or, earlier, of their JSON: a resend of the same content is a repeat, other content an
+    amendment, new ids new."""
     same, changed, fresh = parcel(parcel_id="P1"), parcel(parcel_id="P2"), parcel(parcel_id="P3")
-    stored = {"P1": remembered(legacy_hash(same)),
-              "P2": remembered(legacy_hash(parcel(parcel_id="P2", declared_value=1.0)))}  # fmt: skip
+    stored = {"P1": remembered(legacy_hashes(same)[version]),
+              "P2": remembered(legacy_hashes(parcel(parcel_id="P2", declared_value=1.0))[version])}  # fmt: skip
     batch = [same, changed, fresh]
     hashes = [content_hash(m) for m in batch]
     assert hashes[0] != stored["P1"][0]
