@@ -12,11 +12,12 @@ two batch records. Every scored parcel is remembered by id for ``repeat_window_d
 The content hash covers the decoded manifest (unknown fields dropped, key order and
 whitespace irrelevant, the ``attributes`` map's order too), so a resend that only
 re-serialises the JSON is still a repeat. It is the 64-bit XXH3 of the manifest's
-MessagePack (keys in a fixed order): half the cost of the BLAKE2b of it hashed before. A parcel remembered by an earlier version carries the
-BLAKE2b of its MessagePack or of its JSON (``legacy_hashes``): a resend is compared by
-those too, so a rolling upgrade keeps its repeats. (A downgrade would not: the older
-version takes a resend of a parcel that this one scored for an amendment, which rescores
-it and takes its first contribution back, so the state still counts it once.)
+MessagePack (keys in a fixed order): half the cost of the BLAKE2b of it hashed before. A
+parcel remembered by an earlier version carries the BLAKE2b of its MessagePack or of its
+JSON (``legacy_hashes``): a resend is compared by those too, so a rolling upgrade keeps
+its repeats. (A downgrade would not: the older version takes a resend of a parcel that
+this one scored for an amendment, which rescores it and takes its first contribution
+back, so the state still counts it once.)
 """
 
 from __future__ import annotations
