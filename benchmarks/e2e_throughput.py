@@ -13,6 +13,10 @@ With ``--risk-model`` it measures instead the cost of the learned risk model in 
 worker: batch-record runs with ``PARCEL_RISK_MODEL=off`` and ``shadow`` alternating
 (``--repeats`` pairs, each run from an empty Redis, off first in one pair and shadow first
 in the next), the same feed and broker, and their ratio.
+
+With ``--before CHECKOUT`` alone it measures batch records only, this checkout's worker
+against that checkout's (``git worktree add /tmp/before REV``), ``--repeats`` alternating
+pairs: the figures of a change, each pair printed.
 """
 
 from __future__ import annotations
@@ -219,19 +223,27 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1000, help="parcels per batch record")
     ap.add_argument("--risk-model", action="store_true",
                     help="measure the learned risk model's cost: off against shadow")  # fmt: skip
-    ap.add_argument("--repeats", type=int, default=3, help="--risk-model: pairs of runs")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="--risk-model or --before: pairs of runs")  # fmt: skip
     ap.add_argument("--history", type=int, default=30_000,
                     help="--risk-model: labelled parcels learned before each run")  # fmt: skip
     ap.add_argument("--before", type=Path, metavar="CHECKOUT",
-                    help="--risk-model: also run the worker of this checkout (the project "
+                    help="with --risk-model: also run the worker of this checkout (the project "
                     "before the learned model, e.g. `git worktree add /tmp/before 850090c`) "
-                    "in the same run, a third peer")  # fmt: skip
+                    "in the same run, a third peer; alone: batch records only, this "
+                    "checkout's worker against that one's, --repeats alternating pairs")  # fmt: skip
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    if args.before and not (args.before / "parcel_stream" / "cli").exists():
+        raise SystemExit(f"--before {args.before}: not a checkout of parcel-stream (no "
+                         "parcel_stream/cli); make one with `git worktree add PATH REV`")  # fmt: skip
     if args.risk_model:
         risk_model(args)
+        return
+    if args.before:
+        against(args)
         return
     singles = feed(args.single, seed=21)
     batched = feed(min(args.batch, 100_000), seed=22)
@@ -313,10 +325,43 @@ def code_of(checkout: Path | None) -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
+def against(args: argparse.Namespace) -> None:
+    """Batch records, this checkout's worker against ``--before``'s: ``--repeats`` pairs,
+    alternating which runs first, each run from an empty Redis, the same feed and broker.
+    On a machine whose speed drifts between runs, a ratio needs its pairs (printed)."""
+    batched = feed(args.batch, seed=22)
+    tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-bench-"))
+    info = devstack.up(Settings(), tmp / "stack")
+    client = redis.Redis.from_url(info.redis_url)
+    got: dict[str, list[dict[str, Any]]] = {"before": [], "this": []}
+    try:
+        for k in range(args.repeats):
+            for peer in ("before", "this") if k % 2 == 0 else ("this", "before"):
+                client.flushall()
+                with code_of(args.before if peer == "before" else None):
+                    r = run_worker(info, tmp, batched, args.batch_size)
+                got[peer].append(r)
+                print(f"{peer:<6} {r['rate']:>10,.0f} parcels/s, worker CPU {r['cpu_us']:.1f} "
+                      f"µs a parcel, Redis {r['redis_cpu_us']:.1f} µs, steady RSS "
+                      f"{r['steady_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    finally:
+        client.close()
+        devstack.down(tmp / "stack")
+    before, this = ([r["rate"] for r in got[p]] for p in ("before", "this"))
+    pairs = [t / b for b, t in zip(before, this, strict=True)]
+    print(f"\n{args.batch:,} parcels in {args.batch_size}-parcel batch records, {args.repeats} "
+          f"pairs; before = {args.before}")  # fmt: skip
+    print(f"mean: before {statistics.mean(before):,.0f}, this {statistics.mean(this):,.0f} "
+          f"parcels/s; this / before = {statistics.mean(this) / statistics.mean(before):.2f}; "
+          "per pair " + ", ".join(f"{r:.2f}" for r in pairs)
+          + f" (median {statistics.median(pairs):.2f})")  # fmt: skip
+    for label, key in (("worker", "cpu_us"), ("Redis", "redis_cpu_us")):
+        print(f"{label} CPU a parcel, median: before "
+              f"{statistics.median(r[key] for r in got['before']):.1f} µs, this "
+              f"{statistics.median(r[key] for r in got['this']):.1f} µs")  # fmt: skip
+
+
 def risk_model(args: argparse.Namespace) -> None:
-    if args.before and not (args.before / "parcel_stream" / "cli").exists():
-        raise SystemExit(f"--before {args.before}: not a checkout of parcel-stream (no "
-                         "parcel_stream/cli); make one with `git worktree add PATH REV`")  # fmt: skip
     batched = feed(args.batch, seed=22)
     tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-bench-"))
     # the learned state of a deployment that has been running: a warm start from a

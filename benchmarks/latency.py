@@ -95,8 +95,8 @@ def _bare_consumer(bootstrap: str, topic: str, want: int, wait_ms: int, conn) ->
     conn.send(asyncio.run(consume()))
 
 
-def bare_consumer_latency(info: devstack.StackInfo, s: Settings, docs: list[dict], rate: int
-                          ) -> list[tuple[float, float]]:  # fmt: skip
+def bare_consumer_latency(info: devstack.StackInfo, s: Settings, docs: list[dict], rate: int,
+                          linger_ms: int = 0) -> list[tuple[float, float]]:  # fmt: skip
     mp = multiprocessing.get_context("spawn")
     here, there = mp.Pipe()
     proc = mp.Process(target=_bare_consumer, args=(info.bootstrap, s.topic_manifests, len(docs),
@@ -106,7 +106,7 @@ def bare_consumer_latency(info: devstack.StackInfo, s: Settings, docs: list[dict
         if not here.poll(60):
             raise SystemExit("the bare consumer did not start")
         here.recv()
-        producer = make_producer(info.bootstrap, linger_ms=0)
+        producer = make_producer(info.bootstrap, linger_ms=linger_ms)
         offer(producer, s.topic_manifests, docs, rate)
         producer.close()
         deadline = time.monotonic() + 120
@@ -157,6 +157,10 @@ def main() -> None:
         "--set", action="append", help="worker setting override, e.g. batch_within_s=0.02"
     )
     ap.add_argument("--no-peer", action="store_true", help="skip the bare consumer")
+    ap.add_argument("--partitions", type=int, default=Settings().partitions,
+                    help="partitions of the manifests topic (and the others)")  # fmt: skip
+    ap.add_argument("--linger-ms", type=int, default=0,
+                    help="the hub's producer's linger.ms (Kafka's Java client: 5 since 4.0)")  # fmt: skip
     ap.add_argument("--window", type=float, default=5.0,
                     help="seconds a window of the per-window table")  # fmt: skip
     args = ap.parse_args()
@@ -164,20 +168,24 @@ def main() -> None:
     docs = [d for d, _ in generate(FeedConfig(parcels=n + 200, seed=31))]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; offering {args.rate} parcels/s "
-        f"as single records for {args.seconds:.0f}s ({n} parcels)"
+        f"as single records for {args.seconds:.0f}s ({n} parcels), {args.partitions} partitions, "
+        f"producer linger {args.linger_ms} ms"
     )
     tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-lat-"))
     info = devstack.up(Settings(), tmp / "stack")
+    base = Settings(partitions=args.partitions)
     try:
         peer: list[tuple[float, float]] = []
         if not args.no_peer:
-            bare = isolated_settings(info, uuid.uuid4().hex[:6], tmp / "bare")
-            peer = bare_consumer_latency(info, bare, docs[200:], args.rate)
-        s = isolated_settings(info, uuid.uuid4().hex[:6], tmp / "data").replace(log_level="warning")
+            bare = isolated_settings(info, uuid.uuid4().hex[:6], tmp / "bare", base)
+            peer = bare_consumer_latency(info, bare, docs[200:], args.rate, args.linger_ms)
+        s = isolated_settings(info, uuid.uuid4().hex[:6], tmp / "data", base).replace(
+            log_level="warning"
+        )
         for kv in args.set or []:
             k, v = kv.split("=", 1)
             s = s.replace(**{k: type(getattr(s, k))(v)})
-        producer = make_producer(info.bootstrap, linger_ms=0)
+        producer = make_producer(info.bootstrap, linger_ms=args.linger_ms)
         with running_worker(s, tmp) as worker:
             # warm-up: the worker has joined and scored something before we measure
             offer(producer, s.topic_manifests, docs[:200], args.rate)

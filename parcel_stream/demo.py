@@ -43,12 +43,13 @@ def dev_settings(info: devstack.StackInfo, base: Settings, **overrides: object) 
     return base.replace(**values)
 
 
-def isolated_settings(info: devstack.StackInfo, tag: str, data_dir: str | Path) -> Settings:
-    """Dev-stack settings with their own topics, group and key prefix (tests, benchmarks);
-    the topics are created."""
+def isolated_settings(info: devstack.StackInfo, tag: str, data_dir: str | Path,
+                      base: Settings | None = None) -> Settings:  # fmt: skip
+    """Dev-stack settings (from ``base``, default the defaults) with their own topics, group
+    and key prefix (tests, benchmarks); the topics are created."""
     s = dev_settings(
         info,
-        Settings(),
+        base if base is not None else Settings(),
         app_id=f"ps-{tag}",
         topic_manifests=f"manifests-{tag}",
         topic_holds=f"holds-{tag}",

@@ -131,9 +131,9 @@ def address_keys(addresses: Sequence[Address]) -> list[str]:
     raws = [f"{_FIELD.join(a.lines)}{_FIELD}{a.postal_code}{_FIELD}{a.country}"
             for a in addresses]  # fmt: skip
     # a separator within a field, or no lines (each address has len(lines) + 1 of them):
-    if sum(map(str.count, raws, repeat(_FIELD))) != sum(
-            map(len, map(_get_lines, addresses))) + len(raws) or any(
-            _ADDRESS in r for r in raws):  # fmt: skip
+    joined = "".join(raws)
+    if joined.count(_FIELD) != sum(map(len, map(_get_lines, addresses))) + len(raws) or (
+            _ADDRESS in joined):  # fmt: skip
         return [address_key(a) for a in addresses]  # one by one
     known = _ADDRESS_KEYS
     new = [r for r in dict.fromkeys(raws) if r not in known]
