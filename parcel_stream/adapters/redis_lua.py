@@ -158,14 +158,24 @@ for _, id in ipairs(sellers) do
   n = n + 1; out[n] = p
   n = n + 1; out[n] = row[{N_PARTS} + 1]
 end
+-- the addresses' recent violations: few addresses have any, so their keys are counted
+-- 500 at a time and read only in a group where some exist
+local viol = {{}}
+for lo = 1, #addresses, 500 do
+  local hi = math.min(lo + 499, #addresses)
+  local keys = {{}}
+  for a = lo, hi do keys[a - lo + 1] = prefix .. '@addr:' .. addresses[a] .. '@addr_violations' end
+  if redis.call('EXISTS', unpack(keys)) > 0 then
+    for a = lo, hi do viol[a] = redis.call('HMGET', keys[a - lo + 1], 't', 'rv') end
+  end
+end
 local cards = {{}}
 for a, id in ipairs(addresses) do
-  local key = prefix .. '@addr:' .. id
-  cards[a] = redis.call('SCARD', key .. '@addr_shippers')
+  cards[a] = redis.call('SCARD', prefix .. '@addr:' .. id .. '@addr_shippers')
   n = n + 1; out[n] = cards[a]
-  local v = redis.call('HMGET', key .. '@addr_violations', 't', 'rv')
-  n = n + 1; out[n] = v[1]
-  n = n + 1; out[n] = v[2]
+  local v = viol[a]
+  n = n + 1; out[n] = v and v[1] or false
+  n = n + 1; out[n] = v and v[2] or false
 end
 for _, id in ipairs(pairs_) do
   local row = redis.call('HMGET', prefix .. '@pair:' .. id, 'start_ms', 'value_usd', 'parcels', 'v')

@@ -148,6 +148,28 @@ def test_exam_results_apply_once_move_versions_and_the_learner_is_compare_and_se
     assert store.read_learner() == learner
 
 
+def test_the_violations_of_many_addresses_are_read_each_where_found(store: StateStore) -> None:
+    """A batch's addresses are read in groups (Redis: 500 keys at a time, each address's
+    violations only in a group where some exist): violations found at the first and the
+    last address of a group, the first of the next and the last of the batch are each read
+    at their own address, and no other address has any."""
+    n = 1_201
+    addrs = [f"A{j}" for j in range(n)]
+    found = [0, 499, 500, 1_200]
+    at = 1_790_000_600_000
+    for k, j in enumerate(found):  # a violation found on a parcel to each of these
+        assert store.apply(ReputationUpdate({}, examinable=[
+            (f"P{j}", ParcelRef("S1", addrs[j], "", ("R1",), 61.5))]))  # fmt: skip
+        delta = ExamDelta(f"E{j}", f"P{j}", "S1", addrs[j], True, at + k)
+        assert store.apply_exams([delta]) == [True]
+    zeros = np.zeros(n, dtype=np.int64)
+    idx = ShipperIndex(["S1"], zeros, addrs, np.arange(n, dtype=np.int64), [], zeros - 1)
+    state, _ = store.read(idx, [PART], Combos.of(idx))
+    rv = np.asarray(state.address_rv)
+    assert np.flatnonzero(rv > 0.99).tolist() == found
+    assert (rv[np.setdiff1d(np.arange(n), found)] == 0).all()
+
+
 NAMES = ["hs6:293399", "hs6:293399|o:IN|d:AE", "attr:platform=shop one", "declarant:D 1"]
 IDS = [part_id(NAMES[0]), 2**64 - 1, 1, part_id(NAMES[3])]  # the extremes of the id range
 REF = RiskRef(NAMES, [1.0, -1.2345678901234567, 0.1, 1e-300, *([0.0] * 18)], 0.25, IDS)
