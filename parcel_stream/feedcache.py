@@ -14,8 +14,8 @@ bytes, read only if a stage asks for the decoded manifests (the learned model's 
 encoded outputs). The shipper-address pairs are not kept: they depend on the rule set's
 split threshold and are rebuilt from the index (``features.with_pairs``).
 
-The cache is keyed by the feed file's content (the 128-bit XXH3 of its bytes, about 10 GB/s;
-BLAKE2b, before, took a tenth of a backtest from the cache), the input limits,
+The cache is keyed by the feed file's content (the 128-bit XXH3 of its bytes: 0.13 µs a
+parcel, where BLAKE2b took 1.4, a tenth of a backtest from the cache), the input limits,
 the chunking, this format's version and the source of the modules whose code decides
 what a parse gives. Any change to one of them makes a new entry; nothing stale is read.
 An entry is written to a temporary file and renamed when complete, so an interrupted
