@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
 import tempfile
-import time
 
 import redis
 
-from parcel_stream.adapters.devstack import free_port, redis_binary
+from parcel_stream.adapters.devstack import private_redis
 
 NOW = """
 local n = 0
@@ -83,23 +81,9 @@ ADDRESSES, CALLS = 4_000, 30
 
 
 def main() -> None:
-    port, data = free_port(), tempfile.mkdtemp(prefix="parcel-stream-addr-")
-    server = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", data],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.05)
+    data = tempfile.mkdtemp(prefix="parcel-stream-addr-")
+    with private_redis(data) as port:
+        client = redis.Redis(port=port)
 
         def cpu() -> float:
             info = client.info("cpu")
@@ -123,11 +107,8 @@ def main() -> None:
                     spent += cpu() - t
                 cells.append(f"{name} {spent / (CALLS * ADDRESSES) * 1e6:.2f} µs")
             print(f"  about {share:.0%} already stored: " + ", ".join(cells))
-    finally:
         client.close()
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,8 @@ import json
 import math
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -105,15 +103,7 @@ def _cpu(client: redis.Redis) -> float:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="ps-mem-"))
-    port = devstack.free_port()
-    proc = subprocess.Popen(
-        [devstack.redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        while not devstack._redis_ping(port):
-            time.sleep(0.05)
+    with devstack.private_redis(tmp) as port:
         url = f"redis://127.0.0.1:{port}/0"
         cfg = FeedConfig(parcels=args.parcels, seed=7, shippers=args.shippers,
                          duration_s=args.days * 86_400.0)  # fmt: skip
@@ -150,10 +140,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             sizes[kind].append(int(client.memory_usage(key) or 0))
         used = int(client.info("memory")["used_memory"])
         version = str(client.info("server")["redis_version"])
-    finally:
-        proc.terminate()
-        proc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     work = {c: v for c, v in stats.items() if c not in ADMIN}
     scripts = {c: v for c, v in work.items() if c in SCRIPT_CALLS}
     inner = {c: v for c, v in work.items() if c not in SCRIPT_CALLS}

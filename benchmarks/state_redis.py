@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
-import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
 
-from parcel_stream.adapters.devstack import free_port, redis_binary
+from parcel_stream.adapters.devstack import private_redis
 from parcel_stream.adapters.redis_store import BlockingRedisStore, RedisReputationStore
 from parcel_stream.generate import FeedConfig, generate
 from parcel_stream.parse import InRecord, Limits
@@ -88,31 +86,14 @@ def main() -> None:
     args = ap.parse_args()
     gc.set_threshold(50_000, 20, 100)  # as the worker does
     recs, now = records(args.batches)
-    port = free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="parcel-stream-state-"))
-    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
-    try:
+    with private_redis(tempfile.mkdtemp(prefix="parcel-stream-state-")) as port:
         client = redis.Redis(port=port)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.05)
         s = Settings().replace(redis_url=f"redis://127.0.0.1:{port}/0",
                                risk_model=args.risk_model)  # fmt: skip
         peer = run(InMemoryStore(), recs, now, s, args.warm)
         store = BlockingRedisStore(s.redis_url, store=RedisReputationStore.from_settings(s))
         got = run(store, recs, now, s, args.warm, client)
         store.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     n = (args.batches - args.warm) * BATCH
     print(f"{platform.machine()}, {platform.python_version()}, {n:,} parcels in "
           f"{BATCH:,}-parcel batches, PARCEL_RISK_MODEL={args.risk_model}")  # fmt: skip

@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -149,6 +151,29 @@ def _wait(check: object, what: str, proc: subprocess.Popen[bytes], log: Path, t_
             return
         time.sleep(0.1)
     raise DevStackError(f"{what} did not answer within {t_s:.0f}s; see {log}")
+
+
+@contextmanager
+def private_redis(data_dir: str | Path, timeout_s: float = 30.0) -> Iterator[int]:
+    """A redis-server of its own on a free loopback port, without persistence, its files
+    in ``data_dir`` (benchmarks that measure Redis alone): yields the port once it
+    answers (fails fast if it exits), stops it on leaving."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = _spawn([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", str(data)],
+                  data / "redis.log", data / "redis.pid")  # fmt: skip
+    try:
+        _wait(lambda: _redis_ping(port), "redis-server", proc, data / "redis.log", timeout_s)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def create_topics(bootstrap: str, settings: Settings, **options: object) -> None:

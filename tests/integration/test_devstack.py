@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from parcel_stream.adapters import devstack
 
 
@@ -52,3 +54,21 @@ def test_down_after_the_starter_was_killed_midway(tmp_path: Path) -> None:
     assert all(_alive(p) for p in pids)
     devstack.down(state)
     assert not any(_alive(p) for p in pids)
+
+
+def test_a_private_redis_answers_inside_and_is_stopped_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The benchmarks' redis-server of their own answers once yielded and is gone on
+    leaving; one that exits at its start fails at once, naming it, rather than waiting
+    out its timeout."""
+    with devstack.private_redis(tmp_path / "r") as port:
+        assert devstack._redis_ping(port)
+        pid = int((tmp_path / "r" / "redis.pid").read_text())
+    assert not _alive(pid) and not devstack._redis_ping(port)
+    monkeypatch.setattr(devstack, "redis_binary", lambda: "/bin/false")
+    t0 = time.monotonic()
+    with pytest.raises(devstack.DevStackError, match="redis-server exited with code 1"):
+        with devstack.private_redis(tmp_path / "dead", timeout_s=60):
+            pass
+    assert time.monotonic() - t0 < 30
